@@ -1,0 +1,190 @@
+//! The `metrodr topology` and `metrodr demo` commands, run as a user runs them: the real
+//! binary, real files, exit codes and output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn metrodr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metrodr"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run metrodr")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn example(name: &str) -> String {
+    root().join("examples").join(name).display().to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    for name in ["city-egov.toml", "minimal.toml"] {
+        let o = metrodr(&["topology", "validate", &example(name)]);
+        assert!(o.status.success(), "{name}: {}", stdout(&o));
+        assert!(stdout(&o).contains(": valid"), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn validate_rejects_a_broken_file_with_exit_1_and_the_line() {
+    let file = root().join("topology/tests/corpus/dangling-dep.toml");
+    let o = metrodr(&["topology", "validate", &file.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("error[dangling-ref]"), "{out}");
+    assert!(out.contains("dangling-dep.toml:"), "{out}");
+    assert!(out.contains("did you mean `web`?"), "{out}");
+    assert!(out.contains("invalid"), "{out}");
+}
+
+#[test]
+fn validate_json_gives_machine_readable_diagnostics() {
+    let file = root().join("topology/tests/corpus/many-errors.toml");
+    let o = metrodr(&[
+        "topology",
+        "validate",
+        "--output",
+        "json",
+        &file.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["valid"], false);
+    let diags = v["diagnostics"].as_array().expect("diagnostics array");
+    let errors: Vec<_> = diags.iter().filter(|d| d["severity"] == "error").collect();
+    assert_eq!(v["errors"].as_u64(), Some(errors.len() as u64));
+    assert!(errors.len() >= 5, "{diags:?}");
+    for d in errors {
+        assert!(d["line"].as_u64().is_some_and(|l| l > 0), "{d}");
+        assert!(
+            d["code"].is_string() && d["message"].is_string() && d["hint"].is_string(),
+            "{d}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_unreadable_input_clearly() {
+    let o = metrodr(&["topology", "validate", "/nonexistent/topology.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("cannot read /nonexistent/topology.toml"),
+        "{}",
+        stdout(&o)
+    );
+
+    let dir = root().join("examples").display().to_string();
+    let o = metrodr(&["topology", "validate", &dir]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("is a directory"), "{}", stdout(&o));
+}
+
+#[test]
+fn validate_reads_standard_input() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metrodr"))
+        .args(["topology", "validate", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let text = std::fs::read(example("minimal.toml")).expect("read example");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&text)
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", stdout(&o));
+}
+
+#[test]
+fn plan_prints_placement_and_failover_capacity() {
+    let o = metrodr(&["topology", "plan", &example("city-egov.toml")]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for needle in [
+        "Initial placement (15 VMs on 8 hosts)",
+        "Failover capacity: if `north` is lost, `south` runs everything — OK",
+        "Failover capacity: if `south` is lost, `north` runs everything — OK",
+        "RTO budget",
+        "identity-db-1",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+
+    let o = metrodr(&["topology", "plan", "-o", "json", &example("city-egov.toml")]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["plan"]["placements"].as_array().map(Vec::len), Some(15));
+    assert_eq!(v["plan"]["failover"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn plan_of_an_undersized_site_shows_the_shortfall_and_fails() {
+    let file = root().join("topology/tests/corpus/capacity.toml");
+    let o = metrodr(&["topology", "plan", &file.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("error[capacity]"), "{}", stdout(&o));
+}
+
+#[test]
+fn generate_writes_a_topology_that_validates() {
+    let dir = std::env::temp_dir().join(format!("metrodr-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("gen.toml").display().to_string();
+    let o = metrodr(&[
+        "topology", "generate", "--hosts", "20", "--apps", "100", "--seed", "9", "--out", &file,
+    ]);
+    assert!(o.status.success());
+    let o = metrodr(&["topology", "validate", "-o", "json", &file]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["summary"]["apps"], 100);
+    assert_eq!(v["summary"]["hosts"], 20);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn help_reads_well() {
+    let o = metrodr(&["--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(
+        out.contains("topology") && out.contains("demo") && out.contains("--output"),
+        "{out}"
+    );
+    let o = metrodr(&["topology", "validate", "--help"]);
+    assert!(
+        stdout(&o).contains("Exits 0 when the file is valid"),
+        "{}",
+        stdout(&o)
+    );
+    // A typo in a subcommand is a usage error (exit 2) with a suggestion.
+    let o = metrodr(&["topolgy"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("topology"));
+}
+
+#[test]
+fn demo_validates_and_plans_and_says_what_is_not_built() {
+    let o = metrodr(&["demo"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Failover capacity"), "{out}");
+    assert!(out.contains("Not built yet"), "{out}");
+    let o = metrodr(&["demo", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["apps"], 13);
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages metrodr needs to build, test and run its demo.
+# Idempotent: installs only what is missing, so a second run costs a second.
+# See ../shared/MACHINE.md for why each package is here.
+set -euo pipefail
+
+BUILD_PKGS=(pkg-config libvirt-dev libclang-dev clang protobuf-compiler librocksdb-dev libsnappy-dev)
+RUN_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+          iproute2 iptables busybox-static cpio libnbd-bin nbdkit)
+
+missing=()
+for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all system packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+  command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+else
+  SUDO=
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "${missing[@]}"
+echo "install-deps: done"

@@ -1,0 +1,254 @@
+//! The validated topology: sites, orchestrator nodes, hosts, applications with their
+//! VMs, volumes and probes. A [`Topology`] value only exists after validation passed
+//! (see [`crate::check_str`]); code that holds one may rely on every reference
+//! resolving, every id being unique and every number being in range.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AppId, ByteSize, HostId, NodeId, SiteId, VmId, VolumeId};
+use crate::timing::Timing;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    pub description: Option<String>,
+}
+
+/// What a site is for. Exactly two production sites and one witness are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteRole {
+    /// Runs applications; may take over the other production site's applications.
+    Production,
+    /// Holds only a Raft voter that breaks ties; runs no VMs.
+    Witness,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub id: SiteId,
+    pub name: String,
+    pub role: SiteRole,
+    pub location: Option<String>,
+    pub notes: Option<String>,
+}
+
+/// One orchestrator (Raft voter) and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestratorNode {
+    pub id: NodeId,
+    pub site: SiteId,
+    /// gRPC address peers, agents and operators use (`host:port`).
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: HostId,
+    pub site: SiteId,
+    /// libvirt connection URI, e.g. `qemu:///system` or `test:///default`.
+    pub libvirt_uri: String,
+    /// Address of the agent's endpoint (`host:port`).
+    pub agent_addr: String,
+    pub vcpus: u32,
+    pub memory: ByteSize,
+}
+
+/// What happens to an app when its site is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverPolicy {
+    /// Fail over without asking.
+    #[default]
+    Auto,
+    /// Plan the failover, then wait for `metrodr op approve`.
+    ManualApproval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    Sync,
+    Async,
+}
+
+/// How a volume is replicated to the other production site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum Replication {
+    /// Every acknowledged write is at both sites (RPO = 0).
+    Sync,
+    /// Writes are acknowledged locally and shipped in order; the peer may lag by at most
+    /// `lag_max_s` seconds and `lag_max_size` bytes before the primary throttles.
+    Async {
+        lag_max_s: u32,
+        lag_max_size: ByteSize,
+    },
+}
+
+impl Replication {
+    pub fn mode(&self) -> ReplicationMode {
+        match self {
+            Replication::Sync => ReplicationMode::Sync,
+            Replication::Async { .. } => ReplicationMode::Async,
+        }
+    }
+}
+
+/// Default bound on the bytes an async replica may lag, when only `lag_max_s` is given.
+pub const DEFAULT_LAG_MAX_SIZE: ByteSize = ByteSize::mib(256);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub size: ByteSize,
+    pub replication: Replication,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootKind {
+    /// Boot from the first disk.
+    #[default]
+    Disk,
+    /// libvirt direct kernel boot.
+    Kernel,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Boot {
+    Disk,
+    Kernel {
+        kernel: String,
+        initrd: Option<String>,
+        cmdline: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: VmId,
+    pub vcpus: u32,
+    pub memory: ByteSize,
+    pub boot: Boot,
+    /// The app's volumes this VM uses, in device order (vda, vdb, …).
+    pub disks: Vec<VolumeId>,
+    /// Time from start to health gate, when the VM states it (else `timing.guest_boot_ms`).
+    pub boot_estimate_s: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeKind {
+    Tcp,
+    Serial,
+}
+
+/// A health check that must pass before an app counts as running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Probe {
+    /// A TCP connection to `port` on the VM succeeds.
+    Tcp { vm: VmId, port: u16, timeout_s: u32 },
+    /// `marker` appears on the VM's serial console.
+    Serial {
+        vm: VmId,
+        marker: String,
+        timeout_s: u32,
+    },
+}
+
+/// Default time a probe may take before it counts as failed.
+pub const DEFAULT_PROBE_TIMEOUT_S: u32 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    pub id: AppId,
+    pub name: String,
+    /// Failover order: tier 1 apps are brought up first.
+    pub tier: u32,
+    pub depends_on: Vec<AppId>,
+    pub preferred_site: SiteId,
+    pub failover: FailoverPolicy,
+    pub rto_target_s: u32,
+    pub rpo_target_s: u32,
+    pub vms: Vec<Vm>,
+    /// All volumes of an app form one consistency group.
+    pub volumes: Vec<Volume>,
+    pub probes: Vec<Probe>,
+}
+
+impl App {
+    pub fn vcpus(&self) -> u64 {
+        self.vms.iter().map(|v| u64::from(v.vcpus)).sum()
+    }
+    pub fn memory(&self) -> u64 {
+        self.vms.iter().map(|v| v.memory.bytes()).sum()
+    }
+    pub fn volume(&self, id: &VolumeId) -> Option<&Volume> {
+        self.volumes.iter().find(|v| &v.id == id)
+    }
+}
+
+/// A whole validated topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    pub cluster: Cluster,
+    pub timing: Timing,
+    pub sites: Vec<Site>,
+    pub orchestrators: Vec<OrchestratorNode>,
+    pub hosts: Vec<Host>,
+    pub apps: Vec<App>,
+}
+
+impl Topology {
+    pub fn site(&self, id: &SiteId) -> Option<&Site> {
+        self.sites.iter().find(|s| &s.id == id)
+    }
+
+    /// The two production sites, in file order.
+    pub fn production_sites(&self) -> impl Iterator<Item = &Site> {
+        self.sites.iter().filter(|s| s.role == SiteRole::Production)
+    }
+
+    pub fn witness(&self) -> Option<&Site> {
+        self.sites.iter().find(|s| s.role == SiteRole::Witness)
+    }
+
+    /// The other production site (None for the witness or an unknown id).
+    pub fn peer_site(&self, id: &SiteId) -> Option<&Site> {
+        if self.site(id)?.role != SiteRole::Production {
+            return None;
+        }
+        self.production_sites().find(|s| &s.id != id)
+    }
+
+    pub fn hosts_at<'a>(&'a self, site: &'a SiteId) -> impl Iterator<Item = &'a Host> + 'a {
+        self.hosts.iter().filter(move |h| &h.site == site)
+    }
+
+    pub fn host(&self, id: &HostId) -> Option<&Host> {
+        self.hosts.iter().find(|h| &h.id == id)
+    }
+
+    pub fn app(&self, id: &AppId) -> Option<&App> {
+        self.apps.iter().find(|a| &a.id == id)
+    }
+
+    /// Index of apps by id, for callers that look up many.
+    pub fn app_index(&self) -> HashMap<&AppId, &App> {
+        self.apps.iter().map(|a| (&a.id, a)).collect()
+    }
+
+    pub fn vm_count(&self) -> usize {
+        self.apps.iter().map(|a| a.vms.len()).sum()
+    }
+
+    pub fn volume_count(&self) -> usize {
+        self.apps.iter().map(|a| a.volumes.len()).sum()
+    }
+}
