@@ -99,9 +99,15 @@ pub fn check_id(s: &str) -> Result<(), String> {
 }
 
 /// A size in bytes, written in files with a binary unit: `"64MiB"`, `"500GiB"`, `"2T"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
-#[serde(transparent)]
+/// Serialized the same way (its exact `Display` form), so it round-trips everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;

@@ -17,7 +17,7 @@ pub struct Cluster {
 }
 
 /// What a site is for. Exactly two production sites and one witness are allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SiteRole {
     /// Runs applications; may take over the other production site's applications.
