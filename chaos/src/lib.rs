@@ -3,5 +3,9 @@
 //! Sites as network namespaces, a userspace link proxy for delay/loss/bandwidth, fault
 //! schedules from a seed, and invariant checkers (DESIGN §8).
 //!
-//! Status: not built yet (issue "Lab and chaos"). Empty placeholder for the workspace
-//! layout.
+//! Status: the network-namespace lab primitive exists ([`netns`]: nodes as namespaces
+//! on a bridge, isolate/partition/heal with iptables, cleanup of crashed labs). The
+//! link proxy, seeded fault schedules and invariant checkers are not built yet (issue
+//! "Lab and chaos").
+
+pub mod netns;

@@ -1,0 +1,465 @@
+//! # netns — a lab of "machines" made of Linux network namespaces
+//!
+//! [`NetLab::create`] gives every node its own network namespace with one address on a
+//! private /24, all joined by a Linux bridge in the root namespace. Tests (and later
+//! `metrodr lab up`) run processes in a node with [`NetLab::command`], or run code on a
+//! thread inside it with [`NetLab::in_ns`], and cut links with [`NetLab::isolate`] and
+//! [`NetLab::partition`] (iptables rules inside the node namespaces, healed with
+//! [`NetLab::heal`]). The harness in the root namespace always reaches every node
+//! through the bridge address, even an isolated one.
+//!
+//! ```text
+//!   root namespace            10.A.B.1 <tag>br ── <tag>v0 ═ <tag>p0 10.A.B.2  ns <tag>-<node0>
+//!   (harness)                                  └─ <tag>v1 ═ <tag>p1 10.A.B.3  ns <tag>-<node1>
+//! ```
+//!
+//! **Must never** touch a namespace, link, address or iptables rule it did not create,
+//! nor kill any process (processes are the caller's). Everything it creates carries a
+//! per-lab tag that is reserved in [`STATE_DIR`] first; deletion only ever targets names
+//! from that lab's own list. It changes nothing in the root namespace's iptables or
+//! sysctls.
+//!
+//! Needs root (CAP_NET_ADMIN), `ip` (iproute2) and `iptables`; [`preflight`] checks.
+//! Host caveat: with `br_netfilter` loaded and `bridge-nf-call-iptables = 1`, traffic
+//! between nodes crosses the root namespace's FORWARD chain; a host whose FORWARD
+//! policy is DROP (e.g. Docker hosts) then blocks node-to-node traffic. This module will
+//! not change the host's firewall to work around that.
+
+mod error;
+mod plan;
+mod shell;
+mod state;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+pub use error::LabError;
+use plan::{Faults, Record, Subnet};
+pub use plan::{MAX_NODES, RECORD_VERSION, TAG_PREFIX};
+pub use shell::preflight;
+use shell::{Tools, remove_files, remove_resources, run, wait_links_up};
+pub use state::cleanup_stale;
+use state::{process_starttime, replace, reserve_subnet, reserve_tag};
+
+/// Where labs reserve their tag (`<tag>.lab`, the lab's record) and their subnet
+/// (`net-10.A.B`), and where `.cleanup.lock` serialises [`cleanup_stale`] runs. /run
+/// is a tmpfs, so a reboot, which also removes every namespace and link, forgets the
+/// reservations too.
+pub const STATE_DIR: &str = "/run/metrodr-lab";
+
+/// The per-namespace iptables chain that holds every fault rule; INPUT and OUTPUT jump
+/// to it. Healing only flushes this chain, so rules of anyone else are never touched.
+pub const FAULT_CHAIN: &str = "MDR-FAULT";
+
+/// Where `ip netns add` mounts namespaces.
+pub(crate) const NETNS_DIR: &str = "/run/netns";
+
+/// Tags and subnets tried before giving up. Each try is a fresh hash, so running out
+/// means the space is genuinely crowded (leftovers: see [`cleanup_stale`]).
+pub(crate) const TAG_TRIES: u64 = 32;
+pub(crate) const SUBNET_TRIES: u64 = 64;
+
+/// Links usually report `up` within milliseconds; ten seconds allows for a loaded
+/// 2-core CI machine and is still short enough to fail a broken setup quickly.
+pub(crate) const LINK_UP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Distinguishes labs created by the same process (parallel tests).
+pub(crate) static LAB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    ns: String,
+    addr: Ipv4Addr,
+    host_veth: String,
+    ns_veth: String,
+}
+
+/// What this lab has created so far, so teardown removes exactly that, even after a
+/// creation that failed halfway.
+#[derive(Debug, Default)]
+struct Created {
+    record: Option<PathBuf>,
+    reservation: Option<PathBuf>,
+    bridge: Option<String>,
+    netns: Vec<String>,
+    links: Vec<String>,
+}
+
+/// A set of network namespaces joined by a bridge. Dropping it deletes everything it
+/// created; [`NetLab::destroy`] does the same and reports problems.
+#[derive(Debug)]
+pub struct NetLab {
+    tag: String,
+    subnet: Subnet,
+    nodes: Vec<Node>,
+    tools: Tools,
+    /// Serialises fault changes and remembers what is in force.
+    faults: Mutex<Faults>,
+    created: Created,
+}
+
+impl NetLab {
+    /// Builds a lab with one namespace per node. On error, everything already created
+    /// is removed again before returning.
+    pub fn create(nodes: &[&str]) -> Result<NetLab, LabError> {
+        let tools = Tools::find()?;
+        // Validate names before reserving anything.
+        plan::ns_names(TAG_PREFIX, nodes).map_err(|reason| LabError::BadNodes { reason })?;
+        fs::create_dir_all(STATE_DIR).map_err(|source| LabError::State {
+            what: "creating",
+            path: STATE_DIR.into(),
+            source,
+        })?;
+        let pid = std::process::id();
+        let mut record = Record {
+            pid,
+            starttime: process_starttime(pid).unwrap_or(0),
+            ..Record::default()
+        };
+        let (tag, record_file) = reserve_tag(&tools, &record)?;
+        let mut lab = NetLab {
+            tag,
+            subnet: Subnet([0, 0]),
+            nodes: Vec::new(),
+            tools,
+            faults: Mutex::new(Faults::default()),
+            created: Created {
+                record: Some(record_file.clone()),
+                ..Created::default()
+            },
+        };
+        // From here on, `lab` going out of scope on `?` tears down what exists.
+        let (subnet, reservation) = reserve_subnet(&lab.tools, &lab.tag)?;
+        lab.subnet = subnet;
+        lab.created.reservation = Some(reservation);
+        let ns_names =
+            plan::ns_names(&lab.tag, nodes).map_err(|reason| LabError::BadNodes { reason })?;
+        lab.nodes = nodes
+            .iter()
+            .zip(ns_names)
+            .enumerate()
+            .map(|(i, (name, ns))| Node {
+                name: (*name).to_string(),
+                ns,
+                addr: subnet.node(i),
+                host_veth: plan::host_veth(&lab.tag, i),
+                ns_veth: plan::ns_veth(&lab.tag, i),
+            })
+            .collect();
+        // Write the full list of names down before creating any of them, so that a
+        // crash at any later point leaves enough for cleanup_stale.
+        record.subnet = Some(subnet);
+        record.bridge = Some(plan::bridge_name(&lab.tag));
+        record.netns = lab.nodes.iter().map(|n| n.ns.clone()).collect();
+        record.links = lab.nodes.iter().map(|n| n.host_veth.clone()).collect();
+        replace(&record_file, &record.encode()).map_err(|source| LabError::State {
+            what: "writing lab record",
+            path: record_file.clone(),
+            source,
+        })?;
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let bridge = plan::bridge_name(&self.tag);
+        let ip = &self.tools;
+        run(
+            "creating the lab bridge",
+            ip.ip().args(["link", "add", &bridge, "type", "bridge"]),
+        )?;
+        self.created.bridge = Some(bridge.clone());
+        let bridge_cidr = format!("{}/24", self.subnet.bridge());
+        run(
+            "addressing the lab bridge",
+            ip.ip().args(["addr", "add", &bridge_cidr, "dev", &bridge]),
+        )?;
+        run(
+            "bringing the lab bridge up",
+            ip.ip().args(["link", "set", &bridge, "up"]),
+        )?;
+        for node in &self.nodes {
+            let Node {
+                ns,
+                host_veth,
+                ns_veth,
+                addr,
+                ..
+            } = node;
+            run(
+                "creating a node namespace",
+                ip.ip().args(["netns", "add", ns]),
+            )?;
+            self.created.netns.push(ns.clone());
+            run(
+                "bringing lo up in a node",
+                ip.ip().args(["-n", ns, "link", "set", "lo", "up"]),
+            )?;
+            // Create the pair with its node end already inside the namespace, so no
+            // `<tag>p<i>` ever exists in the root namespace.
+            run(
+                "creating a node's veth pair",
+                ip.ip()
+                    .args(["link", "add", host_veth, "type", "veth"])
+                    .args(["peer", "name", ns_veth, "netns", ns]),
+            )?;
+            self.created.links.push(host_veth.clone());
+            run(
+                "attaching a node's veth to the bridge",
+                ip.ip()
+                    .args(["link", "set", host_veth, "master", &bridge, "up"]),
+            )?;
+            let cidr = format!("{addr}/24");
+            run(
+                "addressing a node",
+                ip.ip()
+                    .args(["-n", ns, "addr", "add", &cidr, "dev", ns_veth]),
+            )?;
+            run(
+                "bringing a node's veth up",
+                ip.ip().args(["-n", ns, "link", "set", ns_veth, "up"]),
+            )?;
+            // The fault chain exists from the start, empty; faults only ever fill or
+            // flush it. Inserting the jumps first keeps them ahead of anyone's rules.
+            for args in [
+                vec!["-w", "-N", FAULT_CHAIN],
+                vec!["-w", "-I", "INPUT", "1", "-j", FAULT_CHAIN],
+                vec!["-w", "-I", "OUTPUT", "1", "-j", FAULT_CHAIN],
+            ] {
+                run(
+                    "setting up a node's fault chain",
+                    ip.iptables_in(ns).args(args),
+                )?;
+            }
+        }
+        let mut links = vec![bridge];
+        links.extend(self.nodes.iter().map(|n| n.host_veth.clone()));
+        wait_links_up(&self.tag, &links)
+    }
+
+    /// The lab's tag: every namespace and link name it creates starts with it.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Node names, in creation order.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.nodes.iter().map(|n| n.name.as_str())
+    }
+
+    /// The lab's network address; the lab is the /24 starting there.
+    pub fn subnet(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+
+    /// The root-namespace address on the bridge: harness traffic to nodes comes from
+    /// here, and faults never block it.
+    pub fn bridge_addr(&self) -> Ipv4Addr {
+        self.subnet.bridge()
+    }
+
+    /// The bridge's interface name in the root namespace.
+    pub fn bridge_name(&self) -> String {
+        plan::bridge_name(&self.tag)
+    }
+
+    /// `node`'s address.
+    ///
+    /// # Panics
+    /// If `node` is not in the lab: that is a bug in the caller's test, not a fault of
+    /// the machine.
+    pub fn addr(&self, node: &str) -> Ipv4Addr {
+        self.expect_node(node).addr
+    }
+
+    /// `node`'s namespace name (for `ip netns exec` by hand).
+    ///
+    /// # Panics
+    /// If `node` is not in the lab (a caller bug).
+    pub fn ns_name(&self, node: &str) -> &str {
+        &self.expect_node(node).ns
+    }
+
+    /// A command that runs `program` inside `node`'s namespace; add arguments and
+    /// spawn it. The process is the caller's: the lab never kills it.
+    ///
+    /// # Panics
+    /// If `node` is not in the lab (a caller bug).
+    pub fn command(&self, node: &str, program: impl AsRef<OsStr>) -> Command {
+        let ns = &self.expect_node(node).ns;
+        let mut cmd = self.tools.ip();
+        cmd.args(["netns", "exec", ns]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a new thread that has joined `node`'s network namespace, and returns
+    /// its result. Sockets created in `f` stay in that namespace after it returns. A
+    /// panic in `f` is resumed on the caller's thread.
+    pub fn in_ns<T: Send>(&self, node: &str, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+        let ns = self.node(node)?.ns.clone();
+        let path = Path::new(NETNS_DIR).join(&ns);
+        let handle = fs::File::open(&path).map_err(|source| LabError::State {
+            what: "opening namespace",
+            path,
+            source,
+        })?;
+        // A fresh thread, because setns changes the calling thread for good: the
+        // caller's own thread must stay in the root namespace.
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(move || -> Result<T, LabError> {
+                setns(&handle, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| LabError::Enter { ns, source })?;
+                Ok(f())
+            });
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Drops all traffic between `node` and every other node, both ways. Traffic with
+    /// the bridge address (the harness) still flows.
+    pub fn isolate(&self, node: &str) -> Result<(), LabError> {
+        let index = self.index(node)?;
+        let count = self.nodes.len();
+        self.change_faults(|f| f.isolate(index, count))
+    }
+
+    /// Drops all traffic between nodes `a` and `b`, both ways.
+    pub fn partition(&self, a: &str, b: &str) -> Result<(), LabError> {
+        let (a, b) = (self.index(a)?, self.index(b)?);
+        self.change_faults(|f| f.block(a, b))
+    }
+
+    /// Removes every fault involving `node` (its isolation and its partitions).
+    pub fn heal(&self, node: &str) -> Result<(), LabError> {
+        let index = self.index(node)?;
+        self.change_faults(|f| f.heal(index))
+    }
+
+    /// Removes every fault. Flushes each node's chain even where none should be in
+    /// force, so it also repairs a half-applied change that returned an error.
+    pub fn heal_all(&self) -> Result<(), LabError> {
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        faults.clear();
+        let mut errors = Vec::new();
+        for i in 0..self.nodes.len() {
+            if let Err(e) = self.write_chain(i, &[]) {
+                errors.push(e);
+            }
+        }
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Decides the new fault set in pure code, then rewrites only the chains of nodes
+    /// whose rules changed. The intended set is kept even if a rewrite fails, so a
+    /// retry or `heal_all` converges on it.
+    fn change_faults(&self, change: impl FnOnce(&mut Faults)) -> Result<(), LabError> {
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = faults.clone();
+        change(&mut next);
+        let changed = faults.changed_nodes(&next, self.nodes.len());
+        *faults = next;
+        for i in changed {
+            let peers: Vec<Ipv4Addr> = faults
+                .blocked_peers(i)
+                .into_iter()
+                .map(|p| self.nodes[p].addr)
+                .collect();
+            self.write_chain(i, &peers)?;
+        }
+        Ok(())
+    }
+
+    /// Makes node `i`'s fault chain drop exactly the traffic from and to `peers`.
+    fn write_chain(&self, i: usize, peers: &[Ipv4Addr]) -> Result<(), LabError> {
+        let ns = &self.nodes[i].ns;
+        let what = format!("changing faults of node {:?}", self.nodes[i].name);
+        run(
+            &what,
+            self.tools.iptables_in(ns).args(["-w", "-F", FAULT_CHAIN]),
+        )?;
+        for rule in plan::fault_rules(FAULT_CHAIN, peers) {
+            run(&what, self.tools.iptables_in(ns).args(rule))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes everything the lab created and reports what could not be deleted.
+    pub fn destroy(mut self) -> Result<(), LabError> {
+        let errors = self.teardown();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Teardown {
+                tag: self.tag.clone(),
+                errors,
+            })
+        }
+    }
+
+    /// Idempotent: forgets each item once handled, so Drop after destroy does nothing.
+    fn teardown(&mut self) -> Vec<String> {
+        let created = std::mem::take(&mut self.created);
+        let mut links = created.links;
+        links.extend(created.bridge);
+        let files: Vec<PathBuf> = created.reservation.into_iter().collect();
+        let mut errors = remove_resources(&self.tools, &created.netns, &links, &files);
+        // The record goes last: while anything above remains, it is how cleanup_stale
+        // finds it.
+        if let Some(record) = created.record {
+            if errors.is_empty() {
+                errors.extend(remove_files(&[record]));
+            } else {
+                errors.push(format!("kept {} for cleanup_stale", record.display()));
+            }
+        }
+        errors
+    }
+
+    fn index(&self, node: &str) -> Result<usize, LabError> {
+        self.nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| LabError::UnknownNode {
+                tag: self.tag.clone(),
+                node: node.to_string(),
+                known: self.nodes().map(String::from).collect(),
+            })
+    }
+
+    fn node(&self, node: &str) -> Result<&Node, LabError> {
+        Ok(&self.nodes[self.index(node)?])
+    }
+
+    fn expect_node(&self, node: &str) -> &Node {
+        match self.node(node) {
+            Ok(n) => n,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        let errors = self.teardown();
+        // Drop cannot return the error and this crate has no logger; stderr is the only
+        // place a leak can be reported. `destroy` is the way to get it as a value.
+        if !errors.is_empty() {
+            eprintln!(
+                "metrodr netns lab {}: teardown left problems: {}",
+                self.tag,
+                errors.join("; ")
+            );
+        }
+    }
+}
