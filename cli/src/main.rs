@@ -3,6 +3,7 @@
 //! This crate only parses arguments, wires crates together and prints; every decision
 //! lives in the library crates (DESIGN §2).
 
+mod cluster_cmd;
 mod demo;
 mod output;
 mod topology_cmd;
@@ -28,25 +29,86 @@ struct Cli {
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 
+    #[command(flatten)]
+    cluster: cluster_cmd::ClusterArgs,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check, plan and generate topology files (sites, hosts, apps, volumes).
+    /// Check, plan, generate, apply and fetch topology files (sites, hosts, apps, volumes).
     #[command(subcommand)]
     Topology(topology_cmd::TopologyCmd),
+
+    /// Run one orchestrator node (a Raft voter) until SIGTERM.
+    Orchestrator(cluster_cmd::OrchestratorArgs),
+
+    /// Form the orchestrator cluster and change its membership.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCmd),
+
+    /// Cluster status: nodes, leader, term, commit index, sites, apps.
+    Status,
+
+    /// Applications as the cluster sees them.
+    #[command(subcommand)]
+    App(AppCmd),
+
+    /// Sites and their hosts as the cluster sees them.
+    #[command(subcommand)]
+    Site(SiteCmd),
+
+    /// Replicated volumes: roles, epochs, data states.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(cluster_cmd::AuditCmd),
 
     /// Run the quickstart: a whole two-site system on this machine.
     Demo(demo::DemoArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum AppCmd {
+    /// Every application: tier, active site, state, where its VMs run.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum SiteCmd {
+    /// Every site with its state and hosts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// Every volume (or one app's) with its replicas.
+    List {
+        /// Only this app's volumes.
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
+    let out = cli.output;
+    let c = &cli.cluster;
     let result = match cli.command {
-        Command::Topology(cmd) => topology_cmd::run(cmd, cli.output),
-        Command::Demo(args) => demo::run(args, cli.output),
+        Command::Topology(cmd) => topology_cmd::run(cmd, c, out),
+        Command::Demo(args) => demo::run(args, out),
+        Command::Orchestrator(a) => block_on(cluster_cmd::orchestrator(a)),
+        Command::Cluster(cmd) => block_on(cluster_cmd::cluster(cmd, c, out)),
+        Command::Status => block_on(cluster_cmd::status(c, out)),
+        Command::App(AppCmd::List) => block_on(cluster_cmd::app_list(c, out)),
+        Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
+        Command::Volume(VolumeCmd::List { app }) => block_on(cluster_cmd::volume_list(app, c, out)),
+        Command::Audit(cmd) => block_on(cluster_cmd::audit(cmd, c, out)),
     };
     match result {
         Ok(code) => code,
@@ -54,5 +116,38 @@ fn main() -> ExitCode {
             eprintln!("metrodr: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Run an async command on a fresh multi-threaded runtime.
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(f)
+}
+
+/// Logs go to stderr; `METRODR_LOG` (or `RUST_LOG`) sets the filter (default: info for
+/// metrodr's own crates, warn for libraries).
+fn init_tracing() {
+    let filter = std::env::var("METRODR_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn,orchestrator=info,metrodr=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks argument definitions lazily, per subcommand, and panics on a bad one
+    /// only when that subcommand runs; this checks all of them at once.
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

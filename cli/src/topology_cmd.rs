@@ -13,6 +13,7 @@ use topology::plan::Plan;
 use topology::validate::{RtoEstimate, dependency_order, rto_estimates};
 use topology::{Code, Diagnostic, MAX_FILE_BYTES, Report, SourceMap, Topology};
 
+use crate::cluster_cmd::ClusterArgs;
 use crate::output::{Output, color_stdout, print_json, ratio, size_ratio, table};
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +27,15 @@ pub enum TopologyCmd {
     Plan(FileArg),
     /// Write a valid synthetic topology of any size (for scale tests and benchmarks).
     Generate(GenerateArgs),
+    /// Validate, then apply to the cluster as a new version (recorded in the audit log
+    /// with who applied it).
+    Apply(FileArg),
+    /// Print an applied topology: the current version, or the version given.
+    Get {
+        /// Version to print (default: the current one).
+        #[arg(value_name = "VERSION")]
+        number: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -53,12 +63,65 @@ pub struct GenerateArgs {
     pub out: Option<PathBuf>,
 }
 
-pub fn run(cmd: TopologyCmd, out: Output) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: TopologyCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     match cmd {
         TopologyCmd::Validate(f) => validate(&f.file, out),
         TopologyCmd::Plan(f) => plan_cmd(&f.file, out),
         TopologyCmd::Generate(g) => generate_cmd(&g),
+        TopologyCmd::Apply(f) => crate::block_on(apply_cmd(&f.file, c, out)),
+        TopologyCmd::Get { number } => crate::block_on(get_cmd(number, c, out)),
     }
+}
+
+async fn apply_cmd(path: &Path, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
+    let l = load(path);
+    if !l.report.is_valid() {
+        print_report(&l, out)?;
+        anyhow::bail!("{} is not valid; nothing was applied", l.name);
+    }
+    let client = c.connect().await?;
+    let r = crate::cluster_cmd::apply(&client, &l.text, &c.actor()).await?;
+    match out {
+        Output::Json => print_json(
+            &serde_json::json!({"file": l.name, "version": r.version, "audit_seq": r.audit_seq, "warnings": r.warnings}),
+        )?,
+        Output::Table => {
+            for w in &r.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{} applied as topology version {} (audit entry {})",
+                l.name, r.version, r.audit_seq
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get_cmd(version: Option<u64>, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
+    let client = c.connect().await?;
+    let mut op = client.op.clone();
+    let r = op
+        .get_topology(orchestrator::pb::GetTopologyRequest {
+            version: version.unwrap_or(0),
+        })
+        .await
+        .map_err(|s| orchestrator::client::ClientError::from_status(&client.addr, s))?
+        .into_inner();
+    match out {
+        Output::Json => print_json(
+            &serde_json::json!({"version": r.version, "latest_version": r.latest_version,
+            "digest": r.digest, "applied_by": r.applied_by, "applied_ms": r.applied_ms, "text": r.text}),
+        )?,
+        Output::Table => {
+            println!(
+                "# topology version {} of {} — applied by {}, sha256 {}",
+                r.version, r.latest_version, r.applied_by, r.digest
+            );
+            print!("{}", r.text);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A topology file as read from disk (or stdin), with its check report.
@@ -170,7 +233,7 @@ fn summary(t: &Topology) -> Summary {
 }
 
 /// Print the diagnostics of a loaded file (human or JSON) and return its exit code.
-fn report(l: &Loaded, out: Output) -> anyhow::Result<ExitCode> {
+pub fn print_report(l: &Loaded, out: Output) -> anyhow::Result<ExitCode> {
     let r = &l.report;
     let map = SourceMap::new(&l.text);
     match out {
@@ -222,7 +285,7 @@ fn report(l: &Loaded, out: Output) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(path: &Path, out: Output) -> anyhow::Result<ExitCode> {
-    report(&load(path), out)
+    print_report(&load(path), out)
 }
 
 #[derive(Serialize)]
@@ -236,7 +299,7 @@ struct PlanJson<'a> {
 fn plan_cmd(path: &Path, out: Output) -> anyhow::Result<ExitCode> {
     let l = load(path);
     let (Some(topo), Some(p)) = (&l.report.topology, &l.report.plan) else {
-        return report(&l, out);
+        return print_report(&l, out);
     };
     let rto = dependency_order(topo)
         .map(|o| rto_estimates(topo, &o))

@@ -2,8 +2,32 @@
 //!
 //! One Raft node (openraft + RocksDB) per site; the replicated state machine records the
 //! topology, where every app runs, every volume replica's role and epoch, site and host
-//! state, operations (the saga log) and the hash-chained audit log (DESIGN §3). It also
-//! holds the lease table, the failure detector and the failover planner and executor.
+//! state, operations (the saga log) and the hash-chained audit log (DESIGN §3).
 //!
-//! Status: not built yet (issue "Raft control plane"). This crate is an empty placeholder
-//! so the workspace layout matches DESIGN §2; nothing depends on it yet.
+//! - [`state`]: the state machine itself — pure, deterministic, exhaustively tested.
+//! - [`store`]: RocksDB storage of the Raft log, vote and state machine.
+//! - [`raft_types`]: openraft's type configuration and node naming.
+//! - [`network`], [`service`], [`node`], [`server`]: gRPC between nodes and for
+//!   operators, the write path (forwarding to the leader), startup.
+//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`client`]: the operator client the CLI uses.
+//!
+//! Never: let I/O decide anything (decisions are in [`state`]), or report a log write
+//! as durable before it is flushed.
+
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod network;
+pub mod node;
+pub mod raft_types;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+
+/// Generated gRPC code for `proto/metrodr.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("metrodr.v1");
+}

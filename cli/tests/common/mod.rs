@@ -1,0 +1,294 @@
+//! Test harness: real `metrodr orchestrator` processes on loopback (port 0, addresses
+//! read from each process's first stdout line) or inside network namespaces, driven
+//! through the real CLI and the operator gRPC client. Every process is killed by PID
+//! when the harness is dropped.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use orchestrator::client::Client;
+use orchestrator::pb;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_metrodr");
+
+/// Cluster tests start several processes each; run them one at a time so that
+/// elections are not slowed by the machine being busy with other clusters.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn minimal_topology() -> PathBuf {
+    root().join("examples/minimal.toml")
+}
+
+/// One orchestrator process.
+pub struct NodeProc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub grpc: String,
+    pub http: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    /// Network namespace it runs in (lab tests), if any.
+    pub netns: Option<String>,
+}
+
+impl NodeProc {
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Write a node config and start the process; wait for its "listening" line.
+pub fn start_node(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    netns: Option<(&str, &chaos::netns::NetLab)>,
+) -> NodeProc {
+    let data_dir = dir.join(name);
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"{listen}\"\nhttp_listen = \"{}:0\"\n",
+            data_dir.display(),
+            listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h)
+        ),
+    )
+    .unwrap();
+    let mut cmd = match netns {
+        Some((node, lab)) => lab.command(node, BIN),
+        None => Command::new(BIN),
+    };
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut child = cmd
+        .args(["orchestrator", "--config"])
+        .arg(&config)
+        .env("METRODR_LOG", "warn,orchestrator=info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn metrodr orchestrator");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        panic!("{name} did not start ({e}): stdout {line:?}\nlog:\n{log}")
+    });
+    NodeProc {
+        name: name.to_string(),
+        child: Some(child),
+        grpc: v["grpc"].as_str().unwrap().to_string(),
+        http: v["http"].as_str().unwrap_or_default().to_string(),
+        config,
+        data_dir,
+        netns: netns.map(|(n, lab)| lab.ns_name(n).to_string()),
+    }
+}
+
+/// Restart a stopped node on the same address and data directory.
+pub fn restart(dir: &Path, old: &mut NodeProc, lab: Option<&chaos::netns::NetLab>) {
+    let name = old.name.clone();
+    let grpc = old.grpc.clone();
+    old.kill();
+    let netns = lab.map(|l| {
+        let node = l
+            .nodes()
+            .find(|n| l.ns_name(n) == old.netns.as_deref().unwrap_or_default())
+            .unwrap()
+            .to_string();
+        (node, l)
+    });
+    *old = start_node(
+        dir,
+        &name,
+        &grpc,
+        netns.as_ref().map(|(n, l)| (n.as_str(), *l)),
+    );
+}
+
+/// Run the CLI.
+pub fn metrodr(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("METRODR_ACTOR", "tester@ci")
+        .output()
+        .expect("run metrodr")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A three-node cluster (orch-a, orch-b, orch-w) formed from examples/minimal.toml.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl TestCluster {
+    pub fn start() -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = ["orch-a", "orch-b", "orch-w"]
+            .iter()
+            .map(|n| start_node(dir.path(), n, "127.0.0.1:0", None))
+            .collect();
+        TestCluster { dir, nodes }
+    }
+
+    pub fn init(&self) {
+        let topo = minimal_topology().display().to_string();
+        let mut args = vec![
+            "cluster".to_string(),
+            "init".into(),
+            "--topology".into(),
+            topo,
+        ];
+        for n in &self.nodes {
+            args.push("--addr".into());
+            args.push(format!("{}={}", n.name, n.grpc));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = metrodr(&a);
+        assert!(o.status.success(), "cluster init failed: {}", text(&o));
+    }
+
+    pub fn addrs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.grpc.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, name: &str) -> &NodeProc {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+}
+
+pub async fn status(addr: &str) -> Option<pb::StatusReply> {
+    let c = Client::connect_to(addr).await.ok()?;
+    let mut op = c.op.clone();
+    tokio::time::timeout(Duration::from_secs(2), op.status(pb::StatusRequest {}))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Poll until `f` returns Some, or fail after `within`.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader's name as seen by `addr`, once one is known.
+pub async fn leader_seen_by(addr: &str, within: Duration) -> String {
+    let a = addr.to_string();
+    wait_for(within, "a leader", move || {
+        let a = a.clone();
+        async move { status(&a).await.map(|s| s.leader).filter(|l| !l.is_empty()) }
+    })
+    .await
+}
+
+/// Write an audit note through `addr` (any node).
+pub async fn note(addr: &str, text: &str) -> Result<pb::WriteReply, tonic::Status> {
+    let c = Client::connect_to(addr)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut op = c.op.clone();
+    op.note(pb::NoteRequest {
+        text: text.into(),
+        actor: "tester@ci".into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+pub async fn audit(addr: &str) -> Vec<pb::AuditEntry> {
+    let c = Client::connect_to(addr).await.unwrap();
+    let mut op = c.op.clone();
+    op.audit_list(pb::AuditListRequest {
+        from_seq: 0,
+        limit: 10_000,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .entries
+}

@@ -1,0 +1,167 @@
+//! Raft between nodes over gRPC: the client side (openraft's `RaftNetworkFactory`) and
+//! the JSON envelope shared with the server side ([`crate::service::cluster`]).
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::RaftMessage;
+use crate::pb::cluster_client::ClusterClient;
+use crate::raft_types::{NodeId, NodeInfo, TypeConfig};
+
+/// Version of the JSON envelope in [`RaftMessage::format`].
+pub const WIRE_FORMAT: u32 = 1;
+
+/// Largest gRPC message accepted or sent (snapshot chunks are 1 MiB, JSON-encoded).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long to wait for a TCP connection to a peer before treating it as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub fn encode<T: Serialize>(v: &T) -> Result<RaftMessage, serde_json::Error> {
+    Ok(RaftMessage {
+        format: WIRE_FORMAT,
+        json: serde_json::to_vec(v)?,
+    })
+}
+
+/// Decode an envelope; errors say what was wrong (never panic on peer input).
+pub fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, String> {
+    if m.format != WIRE_FORMAT {
+        return Err(format!(
+            "message format {} is not supported (this node speaks {WIRE_FORMAT}); are the nodes running different metrodr versions?",
+            m.format
+        ));
+    }
+    serde_json::from_slice(&m.json).map_err(|e| format!("undecodable message: {e}"))
+}
+
+/// A gRPC channel to a peer's address; connects lazily and reconnects by itself.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+pub fn cluster_client(ch: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Creates one [`PeerConnection`] per target; openraft asks for them as it needs them.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            client: channel(&node.addr).ok().map(cluster_client),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    addr: String,
+    /// None when the address does not parse; every RPC then fails as unreachable.
+    client: Option<ClusterClient<Channel>>,
+}
+
+type RpcErr<E> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("bad peer address {:?}", self.addr)),
+            )));
+        };
+        let msg = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let fut = async {
+            match method {
+                Method::Append => client.append_entries(msg).await,
+                Method::Vote => client.vote(msg).await,
+                Method::Snapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} did not answer within {:?}",
+                        self.addr,
+                        option.hard_ttl()
+                    ),
+                ))));
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(Method::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}

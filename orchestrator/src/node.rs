@@ -1,0 +1,222 @@
+//! One running orchestrator node: its Raft instance, applied state, and the write path
+//! every mutating API call goes through (commit locally when leader, forward to the
+//! leader otherwise, with a deadline and clear errors when there is no quorum).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::Mutex;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::network::{self, decode, encode};
+use crate::pb::cluster_client::ClusterClient;
+use crate::raft_types::{NodeId, NodeInfo, Raft};
+use crate::state::{Outcome, RejectKind, Request, Response};
+use crate::store::SharedState;
+
+/// A committed, applied write.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Written {
+    pub audit_seq: u64,
+    pub outcome: Outcome,
+    pub log_index: u64,
+}
+
+pub struct Node {
+    pub name: String,
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub committed: Arc<AtomicU64>,
+    pub write_timeout: Duration,
+    /// Longest Raft election timeout: a leader that has not heard from a majority for
+    /// longer than this is cut off, and says so instead of letting writes hang.
+    pub quorum_loss_ms: u64,
+    /// A problem found in this node's own store at startup (e.g. a broken audit chain).
+    pub store_warning: String,
+    peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
+}
+
+impl Node {
+    pub fn new(
+        name: String,
+        raft: Raft,
+        state: SharedState,
+        committed: Arc<AtomicU64>,
+        write_timeout: Duration,
+        quorum_loss_ms: u64,
+        store_warning: String,
+    ) -> Self {
+        Node {
+            id: crate::raft_types::node_id_of(&name),
+            name,
+            raft,
+            state,
+            committed,
+            write_timeout,
+            quorum_loss_ms,
+            store_warning,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, info))
+    }
+
+    /// Commit a request through Raft: locally when this node leads, else at the
+    /// leader. Rejections become gRPC errors with the state machine's reason.
+    pub async fn write(&self, req: Request) -> Result<Written, Status> {
+        let deadline = Instant::now() + self.write_timeout;
+        match self.leader() {
+            Some((id, _)) if id == self.id => self.write_local(req, deadline).await,
+            Some((_, info)) => self.forward(&info, &req, deadline).await,
+            None => Err(no_leader(&self.name)),
+        }
+    }
+
+    /// Commit on this node, which must be the leader (used for forwarded writes, so a
+    /// write is forwarded at most once).
+    pub async fn write_local(&self, req: Request, deadline: Instant) -> Result<Written, Status> {
+        self.write_local_inner(req, deadline)
+            .await
+            .map_err(from_server)
+    }
+
+    async fn write_local_inner(&self, req: Request, deadline: Instant) -> Result<Written, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(Status::unavailable(format!(
+                "{} is not the leader (it may have just lost leadership); retry the request",
+                self.name
+            )));
+        }
+        if let Some(ms) = m.millis_since_quorum_ack
+            && ms > self.quorum_loss_ms
+        {
+            {
+                return Err(Status::unavailable(format!(
+                    "{} is leader but has not heard from a majority of the orchestrator nodes for {ms} ms: \
+                     it is cut off from the cluster and cannot commit; the other side elects a new leader",
+                    self.name
+                )));
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.raft.client_write(req)).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the write was not committed within {} ms: {} could not reach a majority. \
+                 Its outcome is unknown: it may still commit if the cluster heals (check `metrodr audit list`)",
+                self.write_timeout.as_millis(),
+                self.name
+            ))),
+            Ok(Ok(resp)) => applied(resp.data, resp.log_id.index),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(Status::unavailable(format!(
+                    "{} lost leadership while writing; the leader is now {}; retry",
+                    self.name,
+                    f.leader_node
+                        .map_or_else(|| "unknown".to_string(), |n| n.to_string())
+                )))
+            }
+            Ok(Err(e)) => Err(Status::internal(format!("raft failed to write: {e}"))),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &NodeInfo,
+        req: &Request,
+        deadline: Instant,
+    ) -> Result<Written, Status> {
+        let mut client = {
+            let mut peers = self.peers.lock().await;
+            match peers.get(&leader.addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let ch = network::channel(&leader.addr).map_err(|e| {
+                        Status::internal(format!("bad leader address {:?}: {e}", leader.addr))
+                    })?;
+                    let c = network::cluster_client(ch);
+                    peers.insert(leader.addr.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        let msg =
+            encode(req).map_err(|e| Status::internal(format!("cannot encode request: {e}")))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let reply = match tokio::time::timeout(remaining, client.propose(msg)).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the leader {leader} did not commit the write within {} ms; its outcome is unknown",
+                    self.write_timeout.as_millis()
+                )));
+            }
+            // An answer from the leader's write path is relayed as it is; anything else
+            // means the leader could not be reached.
+            Ok(Err(s)) if s.metadata().get(ORIGIN).is_some() => return Err(s),
+            Ok(Err(s)) => {
+                return Err(Status::unavailable(format!(
+                    "{} cannot reach the leader {leader} ({}): a network partition or the leader is down. \
+                     Writes resume when a majority reachable from here elects a leader",
+                    self.name,
+                    s.message()
+                )));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        decode::<Written>(&reply)
+            .map_err(|e| Status::internal(format!("bad reply from the leader: {e}")))
+    }
+}
+
+/// Metadata key marking a status produced by a node's write path (as opposed to a
+/// transport failure on the way to it).
+const ORIGIN: &str = "x-metrodr-origin";
+
+fn from_server(mut s: Status) -> Status {
+    s.metadata_mut().insert(
+        ORIGIN,
+        tonic::metadata::MetadataValue::from_static("write-path"),
+    );
+    s
+}
+
+fn applied(resp: Response, log_index: u64) -> Result<Written, Status> {
+    match resp {
+        Response::Applied { audit_seq, outcome } => Ok(Written {
+            audit_seq,
+            outcome,
+            log_index,
+        }),
+        Response::Rejected(r) => Err(match r.kind {
+            RejectKind::Invalid => Status::invalid_argument(r.reason),
+            RejectKind::NotFound => Status::not_found(r.reason),
+            RejectKind::Conflict => Status::failed_precondition(r.reason),
+            RejectKind::Invariant => Status::failed_precondition(format!("refused: {}", r.reason)),
+        }),
+        Response::Internal => Err(Status::internal(
+            "the state machine gave no answer to a write",
+        )),
+    }
+}
+
+pub fn no_leader(name: &str) -> Status {
+    Status::unavailable(format!(
+        "{name} knows no leader: a majority of the orchestrator nodes is not reachable from it \
+         (or the cluster is not initialized: run `metrodr cluster init`). Writes are refused until a quorum is back"
+    ))
+}

@@ -1,0 +1,186 @@
+//! Starting and stopping one orchestrator node: open the store, start Raft, bind the
+//! gRPC and HTTP listeners, serve until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::NodeConfig;
+use crate::http::{Metrics, router};
+use crate::network::{MAX_MESSAGE_BYTES, Network};
+use crate::node::Node;
+use crate::pb::agent_server::AgentServer;
+use crate::pb::cluster_server::ClusterServer;
+use crate::pb::operator_server::OperatorServer;
+use crate::raft_types::{Raft, node_id_of};
+use crate::service::agent::AgentService;
+use crate::service::cluster::ClusterService;
+use crate::service::operator::OperatorService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    #[error("invalid Raft settings: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr} ({what}): is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A node that is serving.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Bind with SO_REUSEADDR so that a restarted node gets its old port back at once.
+fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, what, source };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)?;
+    sock.listen(1024).map_err(err)
+}
+
+pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let (log, sm) = crate::store::open(&config.data_dir)?;
+    let state = sm.shared();
+    let committed = log.committed_index();
+    let apply_seconds = sm.apply_histogram();
+
+    // A broken audit chain in our own store is reported, loudly and in status, but
+    // does not stop the node: the cluster's copies are intact and the operator must
+    // be able to inspect this one.
+    let store_warning = {
+        let v = state.read().state.verify_audit();
+        match v.broken {
+            Some((seq, why)) => {
+                let w = format!(
+                    "the audit log in {} is broken at entry {seq}: {why}",
+                    config.data_dir.display()
+                );
+                tracing::error!(node = %config.name, seq, "{w}");
+                w
+            }
+            None => String::new(),
+        }
+    };
+
+    let raft_config = Arc::new(config.raft_config().map_err(StartError::Raft)?);
+    let id = node_id_of(&config.name);
+    let raft = Raft::new(id, raft_config, Network, log, sm)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let node = Arc::new(Node::new(
+        config.name.clone(),
+        raft,
+        state,
+        committed,
+        Duration::from_millis(config.write_timeout_ms),
+        config.timing.raft_election_max_ms,
+        store_warning,
+    ));
+
+    let listener = bind(config.listen, "gRPC")?;
+    let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        what: "gRPC",
+        source,
+    })?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let cluster = ClusterServer::new(ClusterService { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let operator = OperatorServer::new(OperatorService { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut rx = stop_rx.clone();
+    let name = config.name.clone();
+    tasks.push(tokio::spawn(async move {
+        let res = Server::builder()
+            .add_service(cluster)
+            .add_service(operator)
+            .add_service(AgentServer::new(AgentService))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(node = %name, "gRPC server stopped: {e}");
+        }
+    }));
+
+    let http_addr = match config.http_listen {
+        Some(addr) => {
+            let l = bind(addr, "HTTP")?;
+            let local = l.local_addr().map_err(|source| StartError::Bind {
+                addr,
+                what: "HTTP",
+                source,
+            })?;
+            let app = router(node.clone(), Arc::new(Metrics::new(apply_seconds)));
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }));
+            Some(local)
+        }
+        None => None,
+    };
+    Ok(RunningNode {
+        node,
+        grpc_addr,
+        http_addr,
+        stop,
+        tasks,
+    })
+}
+
+impl RunningNode {
+    /// Stop serving and shut Raft down (the store is closed when the last handle drops).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(node = %self.node.name, "raft shutdown: {e}");
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! gRPC services served by every orchestrator node (see `proto/metrodr.proto`).
+
+pub mod agent;
+pub mod cluster;
+pub mod operator;

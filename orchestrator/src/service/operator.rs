@@ -1,0 +1,522 @@
+//! The operator gRPC service: status, cluster membership, topology, apps, volumes and
+//! the audit log. Reads are served from this node's applied state; writes go through
+//! [`Node::write`] (forwarded to the leader when needed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::ChangeMembers;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, no_leader};
+use crate::pb::operator_server::Operator;
+use crate::pb::*;
+use crate::raft_types::{NodeInfo, node_id_of};
+use crate::state::{self, ClusterState, Command};
+
+pub struct OperatorService {
+    pub node: Arc<Node>,
+}
+
+/// The kebab-case name serde gives an enum value (`UpToDate` → `up-to-date`).
+pub fn name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn actor(a: &str) -> Result<String, Status> {
+    let a = a.trim();
+    if a.is_empty() {
+        return Err(Status::invalid_argument(
+            "the request names no actor: say who is acting (e.g. alice@ops)",
+        ));
+    }
+    Ok(a.to_string())
+}
+
+pub fn app_status(s: &ClusterState, a: &state::AppRecord) -> AppStatus {
+    let model = s.topology().and_then(|t| t.model.app(&a.id));
+    AppStatus {
+        id: a.id.to_string(),
+        name: model.map(|m| m.name.clone()).unwrap_or_default(),
+        tier: model.map_or(0, |m| m.tier),
+        active_site: a.active_site.to_string(),
+        preferred_site: model
+            .map(|m| m.preferred_site.to_string())
+            .unwrap_or_default(),
+        state: name(&a.state),
+        desired: name(&a.desired),
+        placement: a
+            .placement
+            .iter()
+            .map(|(vm, host)| Placement {
+                vm: vm.to_string(),
+                host: host.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn audit_pb(e: &state::AuditEntry) -> AuditEntry {
+    AuditEntry {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        detail: e.detail.clone(),
+        prev: e.prev.clone(),
+        digest: e.digest.clone(),
+    }
+}
+
+impl OperatorService {
+    /// Membership changes must run on the leader; elsewhere say where it is.
+    fn require_leader(&self) -> Result<(), Status> {
+        match self.node.leader() {
+            Some((id, _)) if id == self.node.id => Ok(()),
+            Some((_, info)) => {
+                let mut s = Status::failed_precondition(format!(
+                    "membership changes run on the leader: {info}; send the request there"
+                ));
+                if let Ok(v) = info.addr.parse() {
+                    s.metadata_mut().insert("x-metrodr-leader", v);
+                }
+                Err(s)
+            }
+            None => Err(no_leader(&self.node.name)),
+        }
+    }
+
+    fn membership_reply(&self) -> MembershipReply {
+        let m = self.node.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<_> = mem.voter_ids().collect();
+        let mut reply = MembershipReply::default();
+        for (id, info) in mem.nodes() {
+            if voters.contains(id) {
+                reply.voters.push(info.name.clone());
+            } else {
+                reply.learners.push(info.name.clone());
+            }
+        }
+        reply
+    }
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<_> = mem.voter_ids().collect();
+        let leader = m.current_leader.and_then(|id| mem.get_node(&id).cloned());
+        let matched: BTreeMap<u64, Option<u64>> = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        let nodes = mem
+            .nodes()
+            .map(|(id, info)| NodeStatus {
+                name: info.name.clone(),
+                site: info.site.clone(),
+                addr: info.addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+                matched_index: matched
+                    .get(id)
+                    .copied()
+                    .flatten()
+                    .map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX)),
+            })
+            .collect();
+        let a = self.node.state.read();
+        let s = &a.state;
+        let reply = StatusReply {
+            node: self.node.name.clone(),
+            initialized: mem.nodes().next().is_some(),
+            raft_state: format!("{:?}", m.state).to_lowercase(),
+            leader: leader.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
+            leader_addr: leader.as_ref().map(|l| l.addr.clone()).unwrap_or_default(),
+            term: m.current_term,
+            commit_index: self.node.committed_index(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
+            nodes,
+            sites: s
+                .sites
+                .values()
+                .map(|r| SiteStatus {
+                    id: r.id.to_string(),
+                    role: name(&r.role),
+                    state: name(&r.state),
+                    since_ms: r.since_ms,
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+            hosts: s
+                .hosts
+                .values()
+                .map(|h| HostStatus {
+                    id: h.id.to_string(),
+                    site: h.site.to_string(),
+                    state: name(&h.state),
+                    since_ms: h.since_ms,
+                    reason: h.reason.clone(),
+                })
+                .collect(),
+            apps: s.apps.values().map(|r| app_status(s, r)).collect(),
+            topology_version: s.topology().map_or(0, |t| t.version),
+            audit_entries: s.audit.len() as u64,
+            audit_head: s.audit_head(),
+            store_warning: self.node.store_warning.clone(),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn init_cluster(
+        &self,
+        req: Request<InitClusterRequest>,
+    ) -> Result<Response<InitClusterReply>, Status> {
+        let req = req.into_inner();
+        if req.nodes.is_empty() {
+            return Err(Status::invalid_argument(
+                "no nodes given: list the orchestrator nodes (name, site, addr)",
+            ));
+        }
+        let mut members = BTreeMap::new();
+        for n in &req.nodes {
+            topology::ids::check_id(&n.name)
+                .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
+            if n.addr.parse::<std::net::SocketAddr>().is_err() && !n.addr.contains(':') {
+                return Err(Status::invalid_argument(format!(
+                    "node {} has address {:?}; expected host:port",
+                    n.name, n.addr
+                )));
+            }
+            let info = NodeInfo {
+                name: n.name.clone(),
+                site: n.site.clone(),
+                addr: n.addr.clone(),
+            };
+            if members.insert(node_id_of(&n.name), info).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "node {} is listed twice (or two names share a Raft id)",
+                    n.name
+                )));
+            }
+        }
+        if !members.contains_key(&self.node.id) {
+            return Err(Status::invalid_argument(format!(
+                "this node ({}) is not in the list; send `cluster init` to one of the listed nodes",
+                self.node.name
+            )));
+        }
+        let voters = members.values().map(|n| n.name.clone()).collect();
+        match self.node.raft.initialize(members).await {
+            Ok(()) => Ok(Response::new(InitClusterReply { voters })),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(e),
+            )) => Err(Status::failed_precondition(format!(
+                "the cluster is already initialized ({e}); use `metrodr cluster add-node` to grow it"
+            ))),
+            Err(e) => Err(Status::internal(format!("initialize failed: {e}"))),
+        }
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<AddNodeRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        self.require_leader()?;
+        let req = req.into_inner();
+        let n = req
+            .node
+            .ok_or_else(|| Status::invalid_argument("no node given"))?;
+        topology::ids::check_id(&n.name)
+            .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
+        let id = node_id_of(&n.name);
+        let info = NodeInfo {
+            name: n.name.clone(),
+            site: n.site,
+            addr: n.addr,
+        };
+        self.node
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!("adding {} as a learner failed: {e}", n.name))
+            })?;
+        if req.voter {
+            self.node
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(|e| {
+                    Status::failed_precondition(format!("making {} a voter failed: {e}", n.name))
+                })?;
+        }
+        Ok(Response::new(self.membership_reply()))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        self.require_leader()?;
+        let name = req.into_inner().name;
+        let id = node_id_of(&name);
+        let m = self.node.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(Status::not_found(format!(
+                "no node {name:?} in the cluster"
+            )));
+        }
+        let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() <= 1 {
+                return Err(Status::failed_precondition(
+                    "refusing to remove the last voter",
+                ));
+            }
+            self.node
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+                .map_err(|e| {
+                    Status::failed_precondition(format!("removing voter {name} failed: {e}"))
+                })?;
+        }
+        self.node
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing {name} failed: {e}")))?;
+        Ok(Response::new(self.membership_reply()))
+    }
+
+    async fn apply_topology(
+        &self,
+        req: Request<ApplyTopologyRequest>,
+    ) -> Result<Response<ApplyTopologyReply>, Status> {
+        let req = req.into_inner();
+        let actor = actor(&req.actor)?;
+        let report = topology::check_str(&req.text);
+        let (Some(model), Some(plan)) = (report.topology, report.plan) else {
+            let map = topology::SourceMap::new(&req.text);
+            let lines: Vec<String> = report
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .take(10)
+                .map(|d| {
+                    let at = d.span.as_ref().map(|s| map.line_col(s.start));
+                    match at {
+                        Some(p) => {
+                            format!("line {}:{}: [{}] {}", p.line, p.column, d.code, d.message)
+                        }
+                        None => format!("[{}] {}", d.code, d.message),
+                    }
+                })
+                .collect();
+            return Err(Status::invalid_argument(format!(
+                "the topology is invalid ({} errors; nothing was applied):\n{}\nrun `metrodr topology validate FILE` for details",
+                report.diagnostics.iter().filter(|d| d.is_error()).count(),
+                lines.join("\n")
+            )));
+        };
+        let warnings = report
+            .diagnostics
+            .iter()
+            .map(|d| format!("[{}] {}", d.code, d.message))
+            .collect();
+        let placements = plan
+            .placements
+            .iter()
+            .map(|p| (p.vm.clone(), p.host.clone()))
+            .collect();
+        let written = self
+            .node
+            .write(state::Request {
+                actor,
+                at_ms: now_ms(),
+                command: Command::ApplyTopology {
+                    text: req.text,
+                    model: Box::new(model),
+                    placements,
+                },
+            })
+            .await?;
+        let version = match written.outcome {
+            state::Outcome::TopologyVersion(v) => v,
+            _ => 0,
+        };
+        Ok(Response::new(ApplyTopologyReply {
+            version,
+            audit_seq: written.audit_seq,
+            warnings,
+        }))
+    }
+
+    async fn get_topology(
+        &self,
+        req: Request<GetTopologyRequest>,
+    ) -> Result<Response<GetTopologyReply>, Status> {
+        let want = req.into_inner().version;
+        let a = self.node.state.read();
+        let latest = a.state.topology().map_or(0, |t| t.version);
+        let rec = if want == 0 {
+            a.state.topology()
+        } else {
+            a.state.topologies.get(&want)
+        };
+        let rec = rec.ok_or_else(|| {
+            if latest == 0 {
+                Status::not_found(
+                    "no topology has been applied yet: run `metrodr topology apply FILE`",
+                )
+            } else {
+                Status::not_found(format!(
+                    "no topology version {want}; versions 1..={latest} exist"
+                ))
+            }
+        })?;
+        Ok(Response::new(GetTopologyReply {
+            version: rec.version,
+            text: rec.text.clone(),
+            digest: rec.digest.clone(),
+            applied_by: rec.applied_by.clone(),
+            applied_ms: rec.applied_ms,
+            latest_version: latest,
+        }))
+    }
+
+    async fn list_apps(
+        &self,
+        _req: Request<ListAppsRequest>,
+    ) -> Result<Response<ListAppsReply>, Status> {
+        let a = self.node.state.read();
+        let apps = a
+            .state
+            .apps
+            .values()
+            .map(|r| app_status(&a.state, r))
+            .collect();
+        Ok(Response::new(ListAppsReply { apps }))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesReply>, Status> {
+        let app = req.into_inner().app;
+        let a = self.node.state.read();
+        if !app.is_empty() && !a.state.apps.contains(&topology::AppId::new(app.as_str())) {
+            return Err(Status::not_found(format!("no app {app:?}")));
+        }
+        let volumes = a
+            .state
+            .volumes
+            .values()
+            .filter(|v| app.is_empty() || v.app.as_str() == app)
+            .map(|v| VolumeStatus {
+                id: v.id.to_string(),
+                app: v.app.to_string(),
+                mode: name(&v.mode),
+                epoch: v.epoch.0,
+                replicas: v
+                    .replicas
+                    .iter()
+                    .map(|r| ReplicaStatus {
+                        site: r.site.to_string(),
+                        role: name(&r.role),
+                        epoch: r.epoch.0,
+                        data: name(&r.data),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListVolumesReply { volumes }))
+    }
+
+    async fn audit_list(
+        &self,
+        req: Request<AuditListRequest>,
+    ) -> Result<Response<AuditListReply>, Status> {
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n if n > 10_000 => {
+                return Err(Status::invalid_argument(
+                    "limit is at most 10000; page with from_seq",
+                ));
+            }
+            n => n as usize,
+        };
+        let a = self.node.state.read();
+        let entries = a
+            .state
+            .audit
+            .iter()
+            .skip_while(|(seq, _)| **seq < req.from_seq)
+            .take(limit)
+            .map(|(_, e)| audit_pb(e))
+            .collect();
+        Ok(Response::new(AuditListReply {
+            entries,
+            total: a.state.audit.len() as u64,
+        }))
+    }
+
+    async fn audit_verify(
+        &self,
+        req: Request<AuditVerifyRequest>,
+    ) -> Result<Response<AuditVerifyReply>, Status> {
+        let at = req.into_inner().at_seq;
+        let a = self.node.state.read();
+        let v = a.state.verify_audit();
+        let (broken_seq, broken_reason) = v.broken.clone().unwrap_or((0, String::new()));
+        Ok(Response::new(AuditVerifyReply {
+            node: self.node.name.clone(),
+            ok: v.ok(),
+            entries: a.state.audit.len() as u64,
+            head: v.head,
+            broken_seq,
+            broken_reason,
+            digest_at_seq: a
+                .state
+                .audit
+                .get(&at)
+                .map(|e| e.digest.clone())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn note(&self, req: Request<NoteRequest>) -> Result<Response<WriteReply>, Status> {
+        let req = req.into_inner();
+        let actor = actor(&req.actor)?;
+        let w = self
+            .node
+            .write(state::Request {
+                actor,
+                at_ms: now_ms(),
+                command: Command::Note { text: req.text },
+            })
+            .await?;
+        Ok(Response::new(WriteReply {
+            audit_seq: w.audit_seq,
+            log_index: w.log_index,
+        }))
+    }
+}

@@ -1,0 +1,230 @@
+//! Records of the replicated state (DESIGN §3): what is known about every site, host,
+//! app, volume replica and operation. Plain data; the transitions live in `apply`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use topology::{AppId, HostId, ReplicationMode, SiteId, SiteRole, VmId, VolumeId};
+
+/// Replica generation counter for a volume: bumped by every promotion. A replica
+/// refuses writes carrying a lower epoch (DESIGN §4), so the epoch only ever grows.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Id of an operation (failover, switchover, drill, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpId(pub u64);
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op-{}", self.0)
+    }
+}
+
+/// A site as the leader sees it.
+///
+/// ```text
+///   Up ──(hosts stop renewing)──► Suspect ──(lease + margin)──► Down
+///    ▲                               │                           │
+///    └────────(renewals resume)──────┴────(site recover)─────────┘
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteState {
+    Up,
+    Suspect,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub id: SiteId,
+    pub role: SiteRole,
+    pub state: SiteState,
+    pub since_ms: u64,
+    pub reason: String,
+}
+
+/// A hypervisor host as the leader sees it. `Unknown` until its agent registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostState {
+    Unknown,
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub id: HostId,
+    pub site: SiteId,
+    pub state: HostState,
+    pub since_ms: u64,
+    pub reason: String,
+}
+
+/// What the operator wants an app to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// What an app is.
+///
+/// ```text
+///  Stopped ──start──► Running ◄──────────────┐
+///                      │   │                 │ (healthy at target)
+///        (replica lost)│   └─(site lost)─► FailingOver ──(gave up)──► Failed
+///                      ▼                     ▲
+///                   Degraded ──(site lost)───┘      Running ──(switchover)──► Migrating ──► Running
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppState {
+    Running,
+    Degraded,
+    FailingOver,
+    Migrating,
+    Stopped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: AppId,
+    /// The site whose replicas are primary and where the VMs run (or will run).
+    pub active_site: SiteId,
+    pub desired: Desired,
+    pub state: AppState,
+    /// Host of every VM at the active site.
+    pub placement: BTreeMap<VmId, HostId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+/// How good a replica's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataState {
+    /// Holds every acknowledged write: may be promoted.
+    UpToDate,
+    /// Known to miss writes (the primary ran alone with permission): never promoted.
+    Outdated,
+    /// Partially written (initial sync, resync, async over its bound): never promoted.
+    Inconsistent,
+    /// Catching up from the primary: never promoted until it reports UpToDate.
+    Syncing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub site: SiteId,
+    pub role: Role,
+    /// Epoch at which this replica last changed role.
+    pub epoch: Epoch,
+    pub data: DataState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: VolumeId,
+    pub app: AppId,
+    pub mode: ReplicationMode,
+    /// Current epoch: the primary's.
+    pub epoch: Epoch,
+    /// One replica per production site.
+    pub replicas: Vec<Replica>,
+}
+
+impl VolumeRecord {
+    pub fn replica(&self, site: &SiteId) -> Option<&Replica> {
+        self.replicas.iter().find(|r| &r.site == site)
+    }
+    pub fn primary(&self) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.role == Role::Primary)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpKind {
+    Failover,
+    Switchover,
+    Failback,
+    Drill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepResult {
+    Ok,
+    Failed(String),
+}
+
+/// One step of an operation's saga log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub app: Option<AppId>,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub result: Option<StepResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: OpId,
+    pub kind: OpKind,
+    pub apps: Vec<AppId>,
+    pub started_by: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub status: OpStatus,
+    pub note: String,
+    pub steps: Vec<Step>,
+}
+
+/// One applied topology version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyRecord {
+    pub version: u64,
+    /// The file as the operator wrote it (comments included).
+    pub text: String,
+    /// SHA-256 of `text`, hex.
+    pub digest: String,
+    pub applied_by: String,
+    pub applied_ms: u64,
+    pub model: topology::Topology,
+}
