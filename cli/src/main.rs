@@ -128,6 +128,15 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
         .block_on(f)
 }
 
+/// Run any async function on a fresh runtime (for commands that are mostly sync).
+pub fn block_on_value<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    f: F,
+) -> anyhow::Result<T> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(f)
+}
+
 /// Logs go to stderr; `METRODR_LOG` (or `RUST_LOG`) sets the filter (default: info for
 /// metrodr's own crates, warn for libraries).
 fn init_tracing() {

@@ -177,14 +177,28 @@ fn help_reads_well() {
 }
 
 #[test]
-fn demo_validates_and_plans_and_says_what_is_not_built() {
+fn demo_plans_then_loses_the_control_plane_leader_and_loses_nothing() {
     let o = metrodr(&["demo"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let out = stdout(&o);
     assert!(out.contains("Failover capacity"), "{out}");
+    assert!(out.contains("kill -9"), "{out}");
+    assert!(out.contains("(0 lost)"), "{out}");
     assert!(out.contains("Not built yet"), "{out}");
     let o = metrodr(&["demo", "-o", "json"]);
+    assert!(o.status.success(), "{}", stdout(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
-    assert_eq!(v["valid"], true);
+    assert_eq!(v["ok"], true);
     assert_eq!(v["apps"], 13);
+    let cp = &v["control_plane"];
+    assert_eq!(cp["entries_lost"], 0, "{cp}");
+    assert_eq!(cp["audit_verified"], true, "{cp}");
+    assert_ne!(cp["leader_after"], cp["leader_killed"], "{cp}");
+    assert!(
+        cp["entries_after"].as_u64() > cp["entries_committed_before_kill"].as_u64(),
+        "{cp}"
+    );
+    let o = metrodr(&["demo", "--plan-only", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert!(v["control_plane"].is_null());
 }
