@@ -5,7 +5,7 @@
 set -euo pipefail
 
 BUILD_PKGS=(pkg-config libvirt-dev libclang-dev clang protobuf-compiler librocksdb-dev libsnappy-dev)
-RUN_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+RUN_PKGS=(libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
           iproute2 iptables busybox-static cpio libnbd-bin nbdkit)
 
 missing=()

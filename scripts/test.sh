@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# The agent tests drive real QEMU guests through the machine's libvirtd.
+bash scripts/start-libvirtd.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

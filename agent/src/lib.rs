@@ -4,4 +4,18 @@
 //! orchestrator leader and fences itself when it loses it, and serves the replication
 //! endpoints of the volumes placed on its host (DESIGN §1, §4).
 //!
-//! Status: not built yet (issue "Agent"). Empty placeholder for the workspace layout.
+//! - [`daemon`]: the agent process — register, renew the lease, fence when it runs out,
+//!   run queued commands at most once ([`journal`]), report VM states;
+//! - [`lease`]: the agent's lease, pure (clock passed in);
+//! - [`config`]: the agent's TOML configuration;
+//! - [`hypervisor`]: the blocking [`hypervisor::Hypervisor`] trait over libvirt domains
+//!   and its libvirt implementation (reconnects when libvirtd restarts);
+//! - [`domain_xml`]: pure generation of a VM's domain XML from its `VmSpec` and this
+//!   host's paths, and recognition of the domains the agent manages.
+
+pub mod config;
+pub mod daemon;
+pub mod domain_xml;
+pub mod hypervisor;
+pub mod journal;
+pub mod lease;

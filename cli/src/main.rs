@@ -3,6 +3,7 @@
 //! This crate only parses arguments, wires crates together and prints; every decision
 //! lives in the library crates (DESIGN §2).
 
+mod agent_cmd;
 mod cluster_cmd;
 mod demo;
 mod output;
@@ -45,6 +46,21 @@ enum Command {
     /// Run one orchestrator node (a Raft voter) until SIGTERM.
     Orchestrator(cluster_cmd::OrchestratorArgs),
 
+    /// Run the agent of one hypervisor host until SIGTERM (its VMs keep running).
+    Agent(agent_cmd::AgentArgs),
+
+    /// Hosts: state, lease, capacity reported by their agents, VMs.
+    #[command(subcommand)]
+    Host(HostCmd),
+
+    /// VMs: where they run and their libvirt state; act on one through its host's agent.
+    #[command(subcommand)]
+    Vm(agent_cmd::VmCmd),
+
+    /// The lab: build the probe guest image (network namespaces and chaos come later).
+    #[command(subcommand)]
+    Lab(agent_cmd::LabCmd),
+
     /// Form the orchestrator cluster and change its membership.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCmd),
@@ -79,6 +95,12 @@ enum AppCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// Every host with its state, time since its last lease renewal, capacity, VMs.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 enum SiteCmd {
     /// Every site with its state and hosts.
     List,
@@ -109,6 +131,10 @@ fn main() -> ExitCode {
         Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
         Command::Volume(VolumeCmd::List { app }) => block_on(cluster_cmd::volume_list(app, c, out)),
         Command::Audit(cmd) => block_on(cluster_cmd::audit(cmd, c, out)),
+        Command::Agent(a) => block_on(agent_cmd::agent(a)),
+        Command::Host(HostCmd::List) => block_on(agent_cmd::host_list(c, out)),
+        Command::Vm(cmd) => block_on(agent_cmd::vm(cmd, c, out)),
+        Command::Lab(cmd) => agent_cmd::lab(cmd, out),
     };
     match result {
         Ok(code) => code,

@@ -294,7 +294,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         e.message()
     );
 
-    // A second init, and the agent placeholder.
+    // A second init, and agents that do not exist.
     let e = op
         .init_cluster(pb::InitClusterRequest {
             nodes: vec![pb::InitNode {
@@ -307,13 +307,42 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
     let ch = orchestrator::network::channel(&c.nodes[1].grpc).unwrap();
-    let e = orchestrator::pb::agent_client::AgentClient::new(ch.clone())
+    // Agents of hosts the topology does not have, or with malformed names, are refused.
+    let mut agent = orchestrator::pb::agent_client::AgentClient::new(ch.clone());
+    let e = agent
         .register(pb::AgentRegisterRequest {
-            host: "a-h1".into(),
+            host: "z-h9".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(
+        e.message().contains("not in the applied topology"),
+        "{}",
+        e.message()
+    );
+    let e = agent
+        .renew(pb::RenewRequest {
+            host: "Bad Host".into(),
+            seq: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = agent
+        .report(pb::ReportRequest {
+            host: "a-h1".into(),
+            results: vec![pb::CommandOutcome {
+                id: 999,
+                ok: true,
+                message: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
 
     // Garbage on the node-to-node service: refused, and the node keeps serving.
     let mut cl = orchestrator::network::cluster_client(ch);

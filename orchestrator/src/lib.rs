@@ -17,7 +17,9 @@
 
 pub mod client;
 pub mod config;
+pub mod detector;
 pub mod http;
+pub mod leases;
 pub mod network;
 pub mod node;
 pub mod raft_types;
@@ -26,8 +28,5 @@ pub mod service;
 pub mod state;
 pub mod store;
 
-/// Generated gRPC code for `proto/metrodr.proto`.
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    tonic::include_proto!("metrodr.v1");
-}
+/// Generated gRPC code for `proto/metrodr.proto` (the `proto` crate).
+pub use proto::pb;

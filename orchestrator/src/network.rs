@@ -1,7 +1,9 @@
 //! Raft between nodes over gRPC: the client side (openraft's `RaftNetworkFactory`) and
 //! the JSON envelope shared with the server side ([`crate::service::cluster`]).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -60,9 +62,32 @@ pub fn cluster_client(ch: Channel) -> ClusterClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// When each peer last answered a Raft RPC (the leader heartbeats every peer, so this
+/// tells the failure detector which orchestrator nodes it can reach).
+#[derive(Debug, Clone, Default)]
+pub struct PeerHealth {
+    last_ok: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl PeerHealth {
+    fn record(&self, node: NodeId) {
+        if let Ok(mut m) = self.last_ok.lock() {
+            m.insert(node, Instant::now());
+        }
+    }
+
+    /// Time since `node` last answered, if it ever did.
+    pub fn silence(&self, node: NodeId, now: Instant) -> Option<Duration> {
+        let m = self.last_ok.lock().ok()?;
+        m.get(&node).map(|t| now.saturating_duration_since(*t))
+    }
+}
+
 /// Creates one [`PeerConnection`] per target; openraft asks for them as it needs them.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub health: PeerHealth,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
@@ -72,6 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: channel(&node.addr).ok().map(cluster_client),
+            health: self.health.clone(),
         }
     }
 }
@@ -81,6 +107,7 @@ pub struct PeerConnection {
     addr: String,
     /// None when the address does not parse; every RPC then fails as unreachable.
     client: Option<ClusterClient<Channel>>,
+    health: PeerHealth,
 }
 
 type RpcErr<E> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
@@ -127,6 +154,7 @@ impl PeerConnection {
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
             Ok(Ok(r)) => r.into_inner(),
         };
+        self.health.record(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply)
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -12,7 +12,10 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::network::{self, decode, encode};
+use topology::Timing;
+
+use crate::leases::LeaseTable;
+use crate::network::{self, PeerHealth, decode, encode};
 use crate::pb::cluster_client::ClusterClient;
 use crate::raft_types::{NodeId, NodeInfo, Raft};
 use crate::state::{Outcome, RejectKind, Request, Response};
@@ -38,30 +41,60 @@ pub struct Node {
     pub quorum_loss_ms: u64,
     /// A problem found in this node's own store at startup (e.g. a broken audit chain).
     pub store_warning: String,
+    /// Host leases (meaningful on the leader only).
+    pub leases: std::sync::Mutex<LeaseTable>,
+    /// Which peers answer Raft RPCs.
+    pub health: PeerHealth,
+    pub timing: Timing,
     peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
 }
 
+/// Everything a [`Node`] is made of.
+pub struct NodeParts {
+    pub name: String,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub committed: Arc<AtomicU64>,
+    pub write_timeout: Duration,
+    pub store_warning: String,
+    pub health: PeerHealth,
+    pub timing: Timing,
+}
+
 impl Node {
-    pub fn new(
-        name: String,
-        raft: Raft,
-        state: SharedState,
-        committed: Arc<AtomicU64>,
-        write_timeout: Duration,
-        quorum_loss_ms: u64,
-        store_warning: String,
-    ) -> Self {
+    pub fn new(p: NodeParts) -> Self {
+        let t = &p.timing;
         Node {
-            id: crate::raft_types::node_id_of(&name),
-            name,
-            raft,
-            state,
-            committed,
-            write_timeout,
-            quorum_loss_ms,
-            store_warning,
+            id: crate::raft_types::node_id_of(&p.name),
+            leases: std::sync::Mutex::new(LeaseTable::new(
+                Duration::from_millis(t.lease_ms),
+                Duration::from_millis(t.lease_margin_ms),
+            )),
+            quorum_loss_ms: t.raft_election_max_ms,
+            name: p.name,
+            raft: p.raft,
+            state: p.state,
+            committed: p.committed,
+            write_timeout: p.write_timeout,
+            store_warning: p.store_warning,
+            health: p.health,
+            timing: p.timing,
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lease table (a poisoned lock is still usable: it holds plain data).
+    pub fn leases(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when this node is leader and a majority acknowledged it recently: only then
+    /// may it grant leases (DESIGN §4).
+    pub fn is_confirmed_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id)
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| ms <= self.quorum_loss_ms)
     }
 
     pub fn committed_index(&self) -> u64 {

@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::NodeConfig;
 use crate::http::{Metrics, router};
 use crate::network::{MAX_MESSAGE_BYTES, Network};
-use crate::node::Node;
+use crate::node::{Node, NodeParts};
 use crate::pb::agent_server::AgentServer;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::operator_server::OperatorServer;
@@ -97,18 +97,21 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
 
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Raft)?);
     let id = node_id_of(&config.name);
-    let raft = Raft::new(id, raft_config, Network, log, sm)
+    let network = Network::default();
+    let health = network.health.clone();
+    let raft = Raft::new(id, raft_config, network, log, sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let node = Arc::new(Node::new(
-        config.name.clone(),
+    let node = Arc::new(Node::new(NodeParts {
+        name: config.name.clone(),
         raft,
         state,
         committed,
-        Duration::from_millis(config.write_timeout_ms),
-        config.timing.raft_election_max_ms,
+        write_timeout: Duration::from_millis(config.write_timeout_ms),
         store_warning,
-    ));
+        health,
+        timing: config.timing.clone(),
+    }));
 
     let listener = bind(config.listen, "gRPC")?;
     let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -126,13 +129,14 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
     let operator = OperatorServer::new(OperatorService { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let agent = AgentServer::new(AgentService { node: node.clone() });
     let mut rx = stop_rx.clone();
     let name = config.name.clone();
     tasks.push(tokio::spawn(async move {
         let res = Server::builder()
             .add_service(cluster)
             .add_service(operator)
-            .add_service(AgentServer::new(AgentService))
+            .add_service(agent)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
@@ -141,6 +145,11 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
             tracing::error!(node = %name, "gRPC server stopped: {e}");
         }
     }));
+
+    tasks.push(tokio::spawn(crate::detector::run(
+        node.clone(),
+        stop_rx.clone(),
+    )));
 
     let http_addr = match config.http_listen {
         Some(addr) => {

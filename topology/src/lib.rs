@@ -18,6 +18,7 @@ pub mod parse;
 pub mod plan;
 pub mod raw;
 pub mod render;
+pub mod spec;
 pub mod timing;
 pub mod validate;
 

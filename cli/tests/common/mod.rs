@@ -292,3 +292,145 @@ pub async fn audit(addr: &str) -> Vec<pb::AuditEntry> {
     .into_inner()
     .entries
 }
+
+/// One agent process.
+pub struct AgentProc {
+    pub host: String,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (the VMs keep running).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    pub fn journal(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("journal.jsonl")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Write an agent config and start `metrodr agent`.
+pub fn start_agent(
+    dir: &Path,
+    host: &str,
+    cluster: &str,
+    libvirt_uri: &str,
+    netns: Option<(&str, &chaos::netns::NetLab)>,
+) -> AgentProc {
+    let state_dir = dir.join(format!("agent-{host}"));
+    let config = dir.join(format!("agent-{host}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"{libvirt_uri}\"\nstate_dir = \"{}\"\n",
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+    spawn_agent(dir, host, &config, &state_dir, netns)
+}
+
+pub fn spawn_agent(
+    dir: &Path,
+    host: &str,
+    config: &Path,
+    state_dir: &Path,
+    netns: Option<(&str, &chaos::netns::NetLab)>,
+) -> AgentProc {
+    let mut cmd = match netns {
+        Some((node, lab)) => lab.command(node, BIN),
+        None => Command::new(BIN),
+    };
+    let log = dir.join(format!("agent-{host}.log"));
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut child = cmd
+        .args(["agent", "--config"])
+        .arg(config)
+        .env("METRODR_LOG", "warn,agent=info")
+        .stdout(Stdio::piped())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn metrodr agent");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    assert!(
+        line.contains("\"started\""),
+        "agent {host} did not start: {line:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    AgentProc {
+        host: host.to_string(),
+        child: Some(child),
+        config: config.to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
+        log,
+    }
+}
+
+pub async fn hosts(addr: &str) -> Vec<pb::HostInfo> {
+    let c = Client::connect_to(addr).await.unwrap();
+    let mut op = c.op.clone();
+    op.list_hosts(pb::ListHostsRequest {})
+        .await
+        .map(|r| r.into_inner().hosts)
+        .unwrap_or_default()
+}
+
+pub async fn host_state(addr: &str, host: &str) -> Option<String> {
+    hosts(addr)
+        .await
+        .into_iter()
+        .find(|h| h.id == host)
+        .map(|h| h.state)
+}
+
+pub async fn vm_state(addr: &str, vm: &str) -> Option<String> {
+    let c = Client::connect_to(addr).await.ok()?;
+    let mut op = c.op.clone();
+    let r = op.list_vms(pb::ListVmsRequest {}).await.ok()?.into_inner();
+    r.vms.into_iter().find(|v| v.vm == vm).map(|v| v.state)
+}
+
+/// Run a VM action through the API and wait for its result.
+pub async fn vm_do(addr: &str, action: &str, vm: &str) -> pb::VmActionReply {
+    let c = Client::connect_to(addr).await.unwrap();
+    let mut op = c.op.clone();
+    op.vm_action(pb::VmActionRequest {
+        vm: vm.into(),
+        action: action.into(),
+        timeout_s: 20,
+        wait: true,
+        actor: "tester@ci".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}

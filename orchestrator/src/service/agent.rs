@@ -1,12 +1,83 @@
-//! The agent API. Registration, leases and commands are defined by the agent work;
-//! until then every call fails loudly with UNIMPLEMENTED rather than pretending.
+//! The agent API: registration, leases (granted only by a confirmed leader), the
+//! long-polled command queue, and reports of results, VM states and agent events.
+//! Every report is committed through Raft, so a new leader sees all of it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
+use topology::{HostId, VmId};
 
+use crate::node::{Node, no_leader};
 use crate::pb::agent_server::Agent;
-use crate::pb::{AgentRegisterReply, AgentRegisterRequest};
+use crate::pb::*;
+use crate::service::operator::now_ms;
+use crate::state::{
+    self, Command, CommandResult, CommandStatus, HostInventory, HostState, VmState,
+};
 
-pub struct AgentService;
+pub struct AgentService {
+    pub node: Arc<Node>,
+}
+
+/// Longest long-poll an agent may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+fn host_id(h: &str) -> Result<HostId, Status> {
+    topology::ids::check_id(h).map_err(|e| Status::invalid_argument(format!("host {h:?}: {e}")))?;
+    Ok(HostId::new(h))
+}
+
+/// Parse a reported VM state (the agent's DomainState names).
+pub fn vm_state(s: &str) -> VmState {
+    match s {
+        "running" => VmState::Running,
+        "paused" => VmState::Paused,
+        "shutting-down" => VmState::ShuttingDown,
+        "shut-off" => VmState::ShutOff,
+        "crashed" => VmState::Crashed,
+        "undefined" => VmState::Undefined,
+        _ => VmState::Other,
+    }
+}
+
+impl AgentService {
+    fn known_host(&self, host: &HostId) -> Result<String, Status> {
+        let a = self.node.state.read();
+        a.state
+            .hosts
+            .get(host)
+            .map(|h| h.site.to_string())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "host {host} is not in the applied topology; add it with `metrodr topology apply` first"
+                ))
+            })
+    }
+
+    fn leader_addr(&self) -> String {
+        self.node.leader().map(|(_, i)| i.addr).unwrap_or_default()
+    }
+
+    async fn commit(&self, command: Command, host: &HostId) -> Result<(), Status> {
+        let req = state::Request {
+            actor: format!("agent:{host}"),
+            at_ms: now_ms(),
+            command,
+        };
+        match self.node.write(req).await {
+            Ok(_) => Ok(()),
+            // "Nothing changed" is not an error for a reporter.
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition
+                    && s.message().contains("no VM state changed") =>
+            {
+                Ok(())
+            }
+            Err(s) => Err(s),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Agent for AgentService {
@@ -14,9 +85,204 @@ impl Agent for AgentService {
         &self,
         req: Request<AgentRegisterRequest>,
     ) -> Result<Response<AgentRegisterReply>, Status> {
-        Err(Status::unimplemented(format!(
-            "host {:?} tried to register, but this orchestrator has no agent support yet",
-            req.get_ref().host
-        )))
+        let r = req.into_inner();
+        let host = host_id(&r.host)?;
+        let site = self.known_host(&host)?;
+        let inventory = HostInventory {
+            vcpus: r.vcpus,
+            memory_bytes: r.memory_bytes,
+            hypervisor: r.hypervisor,
+            domain_type: r.domain_type,
+            agent_version: r.agent_version,
+            registered_ms: now_ms(),
+        };
+        self.commit(
+            Command::RegisterHost {
+                host: host.clone(),
+                inventory,
+            },
+            &host,
+        )
+        .await?;
+        let states: Vec<(VmId, VmState)> = r
+            .domains
+            .iter()
+            .map(|d| (VmId::new(d.vm.as_str()), vm_state(&d.state)))
+            .collect();
+        if !states.is_empty() {
+            self.commit(
+                Command::SetVmStates {
+                    host: host.clone(),
+                    states,
+                    reason: "found by the agent at registration".into(),
+                },
+                &host,
+            )
+            .await?;
+        }
+        let t = &self.node.timing;
+        Ok(Response::new(AgentRegisterReply {
+            lease_ms: t.lease_ms,
+            renew_ms: t.lease_renew_ms,
+            leader_addr: self.leader_addr(),
+            site,
+        }))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewReply>, Status> {
+        let r = req.into_inner();
+        let host = host_id(&r.host)?;
+        let lease_ms = self.node.timing.lease_ms;
+        if !self.node.is_confirmed_leader() {
+            let leader = self.leader_addr();
+            return Ok(Response::new(RenewReply {
+                granted: false,
+                lease_ms,
+                reason: if leader.is_empty() {
+                    format!(
+                        "{} is not a confirmed leader and knows none",
+                        self.node.name
+                    )
+                } else {
+                    format!("{} is not the leader; renew at {leader}", self.node.name)
+                },
+                leader_addr: leader,
+            }));
+        }
+        self.known_host(&host)?;
+        let granted = self.node.leases().grant(&host, Instant::now());
+        // A host that comes back (or was never seen by Raft as up) goes Up.
+        let needs_up = self
+            .node
+            .state
+            .read()
+            .state
+            .hosts
+            .get(&host)
+            .is_some_and(|h| h.state != HostState::Up);
+        if granted && needs_up {
+            let node = self.node.clone();
+            let h = host.clone();
+            tokio::spawn(async move {
+                let req = state::Request {
+                    actor: crate::detector::SYSTEM_ACTOR.into(),
+                    at_ms: now_ms(),
+                    command: Command::SetHostState {
+                        host: h,
+                        state: HostState::Up,
+                        reason: "lease renewed".into(),
+                    },
+                };
+                let _ = node.write(req).await;
+            });
+        }
+        Ok(Response::new(RenewReply {
+            granted,
+            lease_ms,
+            leader_addr: self.leader_addr(),
+            reason: String::new(),
+        }))
+    }
+
+    async fn poll(&self, req: Request<PollRequest>) -> Result<Response<PollReply>, Status> {
+        let r = req.into_inner();
+        let host = host_id(&r.host)?;
+        self.known_host(&host)?;
+        let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.node.state.subscribe();
+        loop {
+            let commands: Vec<AgentCommand> = {
+                let a = self.node.state.read();
+                a.state
+                    .commands
+                    .iter()
+                    .filter(|(id, c)| {
+                        **id > r.after_id && c.host == host && c.status == CommandStatus::Pending
+                    })
+                    .map(|(id, c)| AgentCommand {
+                        id: *id,
+                        action: c.action.name().into(),
+                        vm: c.action.vm().to_string(),
+                        action_json: serde_json::to_vec(&c.action).unwrap_or_default(),
+                    })
+                    .collect()
+            };
+            if !commands.is_empty() {
+                return Ok(Response::new(PollReply { commands }));
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out (or the node is stopping): nothing for now.
+                _ => {
+                    return Ok(Response::new(PollReply {
+                        commands: Vec::new(),
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn report(&self, req: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
+        let r = req.into_inner();
+        let host = host_id(&r.host)?;
+        self.known_host(&host)?;
+        if r.results.len() > state::MAX_BATCH
+            || r.domains.len() > state::MAX_BATCH
+            || r.events.len() > 100
+        {
+            return Err(Status::invalid_argument(
+                "report too large: send at most 10000 results or states and 100 events",
+            ));
+        }
+        if !r.results.is_empty() {
+            let results = r
+                .results
+                .iter()
+                .map(|o| CommandResult {
+                    id: o.id,
+                    ok: o.ok,
+                    message: o.message.clone(),
+                })
+                .collect();
+            self.commit(
+                Command::RecordCommandResults {
+                    host: host.clone(),
+                    results,
+                },
+                &host,
+            )
+            .await?;
+        }
+        if !r.domains.is_empty() {
+            let states = r
+                .domains
+                .iter()
+                .map(|d| (VmId::new(d.vm.as_str()), vm_state(&d.state)))
+                .collect();
+            self.commit(
+                Command::SetVmStates {
+                    host: host.clone(),
+                    states,
+                    reason: "reported by the agent".into(),
+                },
+                &host,
+            )
+            .await?;
+        }
+        for text in r.events {
+            self.commit(
+                Command::AgentEvent {
+                    host: host.clone(),
+                    text,
+                },
+                &host,
+            )
+            .await?;
+        }
+        if self.node.leader().is_none() {
+            return Err(no_leader(&self.node.name));
+        }
+        Ok(Response::new(ReportReply {}))
     }
 }

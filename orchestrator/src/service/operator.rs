@@ -519,4 +519,186 @@ impl Operator for OperatorService {
             log_index: w.log_index,
         }))
     }
+
+    async fn list_hosts(
+        &self,
+        _req: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsReply>, Status> {
+        let now = std::time::Instant::now();
+        let from_leader = self.node.leases().is_leader();
+        let a = self.node.state.read();
+        let leases = self.node.leases();
+        let hosts = a
+            .state
+            .hosts
+            .values()
+            .map(|h| {
+                let inv = h.inventory.clone();
+                HostInfo {
+                    id: h.id.to_string(),
+                    site: h.site.to_string(),
+                    state: name(&h.state),
+                    since_ms: h.since_ms,
+                    reason: h.reason.clone(),
+                    vcpus: inv.as_ref().map_or(0, |i| i.vcpus),
+                    memory_bytes: inv.as_ref().map_or(0, |i| i.memory_bytes),
+                    hypervisor: inv
+                        .as_ref()
+                        .map(|i| i.hypervisor.clone())
+                        .unwrap_or_default(),
+                    domain_type: inv
+                        .as_ref()
+                        .map(|i| i.domain_type.clone())
+                        .unwrap_or_default(),
+                    agent_version: inv
+                        .as_ref()
+                        .map(|i| i.agent_version.clone())
+                        .unwrap_or_default(),
+                    lease_silence_ms: leases
+                        .silence(&h.id, now)
+                        .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    vms: a
+                        .state
+                        .apps
+                        .values()
+                        .flat_map(|app| app.placement.iter())
+                        .filter(|(_, host)| **host == h.id)
+                        .map(|(vm, _)| vm.to_string())
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListHostsReply { hosts, from_leader }))
+    }
+
+    async fn list_vms(
+        &self,
+        _req: Request<ListVmsRequest>,
+    ) -> Result<Response<ListVmsReply>, Status> {
+        let a = self.node.state.read();
+        let mut vms = Vec::new();
+        for app in a.state.apps.values() {
+            for (vm, host) in &app.placement {
+                let rec = a.state.vms.get(vm);
+                vms.push(VmInfo {
+                    vm: vm.to_string(),
+                    app: app.id.to_string(),
+                    host: host.to_string(),
+                    state: rec.map(|r| name(&r.state)).unwrap_or_default(),
+                    reported_host: rec.map(|r| r.host.to_string()).unwrap_or_default(),
+                    since_ms: rec.map_or(0, |r| r.since_ms),
+                    reason: rec.map(|r| r.reason.clone()).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(Response::new(ListVmsReply { vms }))
+    }
+
+    async fn vm_action(
+        &self,
+        req: Request<VmActionRequest>,
+    ) -> Result<Response<VmActionReply>, Status> {
+        let req = req.into_inner();
+        let actor = actor(&req.actor)?;
+        let vm = topology::VmId::new(req.vm.as_str());
+        let timeout_s = if req.timeout_s == 0 {
+            60
+        } else {
+            req.timeout_s
+        };
+        let (host, action) = {
+            let a = self.node.state.read();
+            let (app, host) = a
+                .state
+                .apps
+                .values()
+                .find_map(|app| app.placement.get(&vm).map(|h| (app.id.clone(), h.clone())))
+                .ok_or_else(|| {
+                    Status::not_found(format!("no VM {:?} is placed on any host", req.vm))
+                })?;
+            let action = match req.action.as_str() {
+                "define" => {
+                    let model = a.state.topology().and_then(|t| t.model.app(&app).cloned());
+                    let spec = model.and_then(|m| {
+                        m.vms.iter().find(|v| v.id == vm).map(|v| {
+                            topology::spec::VmSpec::from_model(
+                                &m,
+                                v,
+                                topology::spec::NetworkSpec::None,
+                            )
+                        })
+                    });
+                    state::AgentAction::Define {
+                        spec: spec.ok_or_else(|| {
+                            Status::not_found(format!("VM {vm} is not in the applied topology"))
+                        })?,
+                    }
+                }
+                "start" => state::AgentAction::Start { vm: vm.clone() },
+                "shutdown" => state::AgentAction::Shutdown {
+                    vm: vm.clone(),
+                    timeout_s,
+                },
+                "destroy" => state::AgentAction::Destroy { vm: vm.clone() },
+                "undefine" => state::AgentAction::Undefine { vm: vm.clone() },
+                "suspend" => state::AgentAction::Suspend { vm: vm.clone() },
+                "resume" => state::AgentAction::Resume { vm: vm.clone() },
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown action {other:?}: use define, start, shutdown, destroy, undefine, suspend or resume"
+                    )));
+                }
+            };
+            (host, action)
+        };
+        let mut changes = self.node.state.subscribe();
+        let w = self
+            .node
+            .write(state::Request {
+                actor,
+                at_ms: now_ms(),
+                command: Command::IssueAgentCommands {
+                    commands: vec![(host.clone(), action)],
+                },
+            })
+            .await?;
+        let id = match w.outcome {
+            state::Outcome::Commands(ids) => ids.first().copied().unwrap_or(0),
+            _ => 0,
+        };
+        let status_of = |node: &Node| -> (String, String) {
+            let a = node.state.read();
+            match a.state.commands.get(&id).map(|c| &c.status) {
+                Some(state::CommandStatus::Succeeded { message, .. }) => {
+                    ("succeeded".into(), message.clone())
+                }
+                Some(state::CommandStatus::Failed { message, .. }) => {
+                    ("failed".into(), message.clone())
+                }
+                _ => ("pending".into(), String::new()),
+            }
+        };
+        let mut status = status_of(&self.node);
+        if req.wait {
+            let deadline = tokio::time::Instant::now()
+                + std::time::Duration::from_secs(u64::from(timeout_s) + 30);
+            while status.0 == "pending" {
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => status = status_of(&self.node),
+                    _ => {
+                        status.1 = format!(
+                            "no result yet: the agent of {host} has not reported (is it running and holding its lease? see `metrodr host list`)"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Response::new(VmActionReply {
+            command_id: id,
+            host: host.to_string(),
+            status: status.0,
+            message: status.1,
+        }))
+    }
 }

@@ -9,20 +9,20 @@
 //! Never: panic on any request (requests arrive over the network), or let an epoch go
 //! down, a second primary appear, or a non-UpToDate replica become primary.
 
+mod agents;
+mod apply_topology;
 pub mod audit;
 mod invariants;
 pub mod table;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use topology::{AppId, HostId, SiteId, SiteRole, Topology, VmId, VolumeId};
+use topology::{AppId, HostId, SiteId, Topology, VmId, VolumeId};
 
+pub use agents::{CommandResult, MAX_BATCH};
 pub use audit::{AuditEntry, Verification};
 pub use invariants::Violation;
-use table::{RowKey, Table};
+use table::{DynTable, Table};
 pub use types::*;
 
 /// Limits on request fields; bigger values are refused (they would bloat every node's
@@ -108,6 +108,31 @@ pub enum Command {
     Note {
         text: String,
     },
+    /// A host's agent registered (host goes Up, inventory recorded).
+    RegisterHost {
+        host: HostId,
+        inventory: HostInventory,
+    },
+    /// Queue commands for agents; the outcome lists their ids.
+    IssueAgentCommands {
+        commands: Vec<(HostId, AgentAction)>,
+    },
+    /// An agent reports how commands went.
+    RecordCommandResults {
+        host: HostId,
+        results: Vec<CommandResult>,
+    },
+    /// An agent reports VM states that changed.
+    SetVmStates {
+        host: HostId,
+        states: Vec<(VmId, VmState)>,
+        reason: String,
+    },
+    /// Something an agent did on its own (self-fencing), for the audit log.
+    AgentEvent {
+        host: HostId,
+        text: String,
+    },
 }
 
 /// Why a command was refused.
@@ -130,6 +155,9 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// What applying a command yields: (audit action, audit detail, outcome), or why not.
+type Applied = Result<(&'static str, String, Outcome), Rejection>;
+
 fn reject<T>(kind: RejectKind, reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection {
         kind,
@@ -146,6 +174,7 @@ pub enum Outcome {
     Operation(OpId),
     Step(u32),
     Epoch(Epoch),
+    Commands(Vec<u64>),
 }
 
 /// The reply to a committed request (Raft's `R`).
@@ -169,23 +198,16 @@ pub struct ClusterState {
     pub hosts: Table<HostId, HostRecord>,
     pub apps: Table<AppId, AppRecord>,
     pub volumes: Table<VolumeId, VolumeRecord>,
+    /// Runtime state of every VM an agent reported.
+    pub vms: Table<VmId, VmRecord>,
+    /// Commands to agents (the per-host queues), with their results.
+    pub commands: Table<u64, AgentCommandRecord>,
     pub operations: Table<u64, Operation>,
     pub audit: Table<u64, AuditEntry>,
 }
 
 /// One changed row, ready to persist: table name, encoded key, JSON value (None = delete).
 pub type RowWrite = (&'static str, String, Option<Vec<u8>>);
-
-/// Names of the tables, as used in store keys and snapshots.
-pub const TABLES: [&str; 7] = [
-    "topologies",
-    "sites",
-    "hosts",
-    "apps",
-    "volumes",
-    "operations",
-    "audit",
-];
 
 impl ClusterState {
     /// The current topology, if any has been applied.
@@ -242,55 +264,61 @@ impl ClusterState {
         seq
     }
 
+    /// Every table with its name, in a fixed order.
+    fn tables(&self) -> [(&'static str, &dyn DynTable); 9] {
+        [
+            ("topologies", &self.topologies),
+            ("sites", &self.sites),
+            ("hosts", &self.hosts),
+            ("apps", &self.apps),
+            ("volumes", &self.volumes),
+            ("vms", &self.vms),
+            ("commands", &self.commands),
+            ("operations", &self.operations),
+            ("audit", &self.audit),
+        ]
+    }
+
+    fn tables_mut(&mut self) -> [(&'static str, &mut dyn DynTable); 9] {
+        [
+            ("topologies", &mut self.topologies),
+            ("sites", &mut self.sites),
+            ("hosts", &mut self.hosts),
+            ("apps", &mut self.apps),
+            ("volumes", &mut self.volumes),
+            ("vms", &mut self.vms),
+            ("commands", &mut self.commands),
+            ("operations", &mut self.operations),
+            ("audit", &mut self.audit),
+        ]
+    }
+
     fn seal(&mut self) {
-        self.topologies.seal();
-        self.sites.seal();
-        self.hosts.seal();
-        self.apps.seal();
-        self.volumes.seal();
-        self.operations.seal();
-        self.audit.seal();
+        self.tables_mut().into_iter().for_each(|(_, t)| t.seal());
     }
 
     fn rollback(&mut self) {
-        self.topologies.rollback();
-        self.sites.rollback();
-        self.hosts.rollback();
-        self.apps.rollback();
-        self.volumes.rollback();
-        self.operations.rollback();
-        self.audit.rollback();
+        self.tables_mut()
+            .into_iter()
+            .for_each(|(_, t)| t.rollback());
     }
 
     /// Hand over every row changed by applied commands since the last call, serialized
     /// for the store.
     pub fn take_changes(&mut self) -> Vec<RowWrite> {
         let mut out = Vec::new();
-        push_rows(&mut out, "topologies", self.topologies.take_dirty());
-        push_rows(&mut out, "sites", self.sites.take_dirty());
-        push_rows(&mut out, "hosts", self.hosts.take_dirty());
-        push_rows(&mut out, "apps", self.apps.take_dirty());
-        push_rows(&mut out, "volumes", self.volumes.take_dirty());
-        push_rows(&mut out, "operations", self.operations.take_dirty());
-        push_rows(&mut out, "audit", self.audit.take_dirty());
+        for (name, t) in self.tables_mut() {
+            out.extend(t.take_dirty_rows().into_iter().map(|(k, v)| (name, k, v)));
+        }
         out
     }
 
     /// Every row of the state, serialized (for snapshots).
     pub fn all_rows(&self) -> Vec<RowWrite> {
-        fn all<K: RowKey, V: Clone>(t: &Table<K, V>) -> Vec<(K, Option<V>)> {
-            t.iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect()
-        }
         let mut out = Vec::new();
-        push_rows(&mut out, "topologies", all(&self.topologies));
-        push_rows(&mut out, "sites", all(&self.sites));
-        push_rows(&mut out, "hosts", all(&self.hosts));
-        push_rows(&mut out, "apps", all(&self.apps));
-        push_rows(&mut out, "volumes", all(&self.volumes));
-        push_rows(&mut out, "operations", all(&self.operations));
-        push_rows(&mut out, "audit", all(&self.audit));
+        for (name, t) in self.tables() {
+            out.extend(t.all_rows().into_iter().map(|(k, v)| (name, k, Some(v))));
+        }
         out
     }
 
@@ -299,47 +327,23 @@ impl ClusterState {
     pub fn load<'a>(
         rows: impl IntoIterator<Item = (&'a str, &'a str, &'a [u8])>,
     ) -> Result<Self, String> {
-        fn put<K: RowKey, V: serde::de::DeserializeOwned>(
-            m: &mut BTreeMap<K, V>,
-            table: &str,
-            key: &str,
-            bytes: &[u8],
-        ) -> Result<(), String> {
-            let k = K::decode(key).ok_or_else(|| format!("table {table}: bad key {key:?}"))?;
-            let v = serde_json::from_slice(bytes)
-                .map_err(|e| format!("table {table}, key {key:?}: {e}"))?;
-            m.insert(k, v);
-            Ok(())
-        }
-        let (mut t, mut s, mut h, mut a, mut v, mut o, mut au) = Default::default();
-        for (table, key, bytes) in rows {
-            match table {
-                "topologies" => put(&mut t, table, key, bytes)?,
-                "sites" => put(&mut s, table, key, bytes)?,
-                "hosts" => put(&mut h, table, key, bytes)?,
-                "apps" => put(&mut a, table, key, bytes)?,
-                "volumes" => put(&mut v, table, key, bytes)?,
-                "operations" => put(&mut o, table, key, bytes)?,
-                "audit" => put(&mut au, table, key, bytes)?,
-                other => return Err(format!("unknown table {other:?}")),
+        let mut s = ClusterState::default();
+        {
+            let mut tables = s.tables_mut();
+            for (table, key, bytes) in rows {
+                let t = tables
+                    .iter_mut()
+                    .find(|(n, _)| *n == table)
+                    .ok_or_else(|| format!("unknown table {table:?}"))?;
+                t.1.load_row(key, bytes)
+                    .map_err(|e| format!("table {table}: {e}"))?;
             }
         }
-        Ok(ClusterState {
-            topologies: Table::from_rows(t),
-            sites: Table::from_rows(s),
-            hosts: Table::from_rows(h),
-            apps: Table::from_rows(a),
-            volumes: Table::from_rows(v),
-            operations: Table::from_rows(o),
-            audit: Table::from_rows(au),
-        })
+        Ok(s)
     }
 
     /// Dispatch; returns (audit action, audit detail, outcome).
-    fn apply_command(
-        &mut self,
-        req: &Request,
-    ) -> Result<(&'static str, String, Outcome), Rejection> {
+    fn apply_command(&mut self, req: &Request) -> Applied {
         let at = req.at_ms;
         match &req.command {
             Command::ApplyTopology {
@@ -526,6 +530,17 @@ impl ClusterState {
                 }
                 Ok(("note", text.clone(), Outcome::Done))
             }
+            Command::RegisterHost { host, inventory } => self.register_host(req, host, inventory),
+            Command::IssueAgentCommands { commands } => self.issue_commands(req, commands),
+            Command::RecordCommandResults { host, results } => {
+                self.record_results(req, host, results)
+            }
+            Command::SetVmStates {
+                host,
+                states,
+                reason,
+            } => self.set_vm_states(req, host, states, reason),
+            Command::AgentEvent { host, text } => self.agent_event(host, text),
         }
     }
 
@@ -543,12 +558,7 @@ impl ClusterState {
         Ok(rec)
     }
 
-    fn place_vm(
-        &mut self,
-        app: &AppId,
-        vm: &VmId,
-        host: &HostId,
-    ) -> Result<(&'static str, String, Outcome), Rejection> {
+    fn place_vm(&mut self, app: &AppId, vm: &VmId, host: &HostId) -> Applied {
         let vm_known = self
             .topology()
             .and_then(|t| t.model.app(app))
@@ -588,7 +598,7 @@ impl ClusterState {
         site: &SiteId,
         epoch: Epoch,
         demoted: DataState,
-    ) -> Result<(&'static str, String, Outcome), Rejection> {
+    ) -> Applied {
         let vol = self
             .volumes
             .get_mut(volume)
@@ -643,272 +653,6 @@ impl ClusterState {
             Outcome::Epoch(epoch),
         ))
     }
-
-    fn apply_topology(
-        &mut self,
-        req: &Request,
-        text: &str,
-        model: &Topology,
-        placements: &[(VmId, HostId)],
-    ) -> Result<(&'static str, String, Outcome), Rejection> {
-        if text.len() > MAX_TOPOLOGY_BYTES {
-            return reject(
-                RejectKind::Invalid,
-                "the topology text is larger than 64 MiB",
-            );
-        }
-        // Sites are the frame everything else hangs on: once applied they stay.
-        if let Some(cur) = self.topology() {
-            let ids = |t: &Topology| {
-                t.sites
-                    .iter()
-                    .map(|s| (s.id.clone(), s.role))
-                    .collect::<BTreeSet<_>>()
-            };
-            if ids(&cur.model) != ids(model) {
-                return reject(
-                    RejectKind::Conflict,
-                    "the sites (ids and roles) differ from the applied topology; sites cannot change once applied",
-                );
-            }
-        }
-        let production: Vec<&SiteId> = model
-            .sites
-            .iter()
-            .filter(|s| s.role == SiteRole::Production)
-            .map(|s| &s.id)
-            .collect();
-        if production.len() != 2 || model.sites.len() != 3 {
-            return reject(
-                RejectKind::Invalid,
-                "a topology needs exactly two production sites and one witness",
-            );
-        }
-        let host_site: BTreeMap<&HostId, &SiteId> =
-            model.hosts.iter().map(|h| (&h.id, &h.site)).collect();
-        let placed: BTreeMap<&VmId, &HostId> = placements.iter().map(|(v, h)| (v, h)).collect();
-        let version = self.topologies.last().map_or(1, |(v, _)| v + 1);
-
-        // Hosts: removed hosts must run nothing.
-        let new_hosts: BTreeSet<&HostId> = model.hosts.iter().map(|h| &h.id).collect();
-        let gone: Vec<HostId> = self
-            .hosts
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|h| !new_hosts.contains(h))
-            .collect();
-        for h in &gone {
-            let users: Vec<&AppId> = self
-                .apps
-                .values()
-                .filter(|a| model.app(&a.id).is_some() && a.placement.values().any(|p| p == h))
-                .map(|a| &a.id)
-                .collect();
-            if let Some(a) = users.first() {
-                return reject(
-                    RejectKind::Conflict,
-                    format!(
-                        "host {h} is removed but app {a} has VMs placed on it; move them first"
-                    ),
-                );
-            }
-            self.hosts.remove(h);
-        }
-        for s in &model.sites {
-            if !self.sites.contains(&s.id) {
-                self.sites.insert(
-                    s.id.clone(),
-                    SiteRecord {
-                        id: s.id.clone(),
-                        role: s.role,
-                        state: SiteState::Up,
-                        since_ms: req.at_ms,
-                        reason: "site added by topology".into(),
-                    },
-                );
-            }
-        }
-        for h in &model.hosts {
-            match self.hosts.get(&h.id) {
-                Some(rec) if rec.site == h.site => {}
-                Some(_) => {
-                    return reject(
-                        RejectKind::Conflict,
-                        format!(
-                            "host {} moved to another site; remove it and add it under a new id",
-                            h.id
-                        ),
-                    );
-                }
-                None => self.hosts.insert(
-                    h.id.clone(),
-                    HostRecord {
-                        id: h.id.clone(),
-                        site: h.site.clone(),
-                        state: HostState::Unknown,
-                        since_ms: req.at_ms,
-                        reason: "host added by topology; no agent has registered yet".into(),
-                    },
-                ),
-            }
-        }
-
-        // Apps and their volumes.
-        let new_apps: BTreeSet<&AppId> = model.apps.iter().map(|a| &a.id).collect();
-        let removed_apps: Vec<AppId> = self
-            .apps
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|a| !new_apps.contains(a))
-            .collect();
-        for a in &removed_apps {
-            self.apps.remove(a);
-        }
-        let new_vols: BTreeSet<&VolumeId> = model
-            .apps
-            .iter()
-            .flat_map(|a| a.volumes.iter().map(|v| &v.id))
-            .collect();
-        let removed_vols: Vec<VolumeId> = self
-            .volumes
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|v| !new_vols.contains(v))
-            .collect();
-        for v in &removed_vols {
-            self.volumes.remove(v);
-        }
-        for app in &model.apps {
-            let mut rec = self
-                .apps
-                .get(&app.id)
-                .cloned()
-                .unwrap_or_else(|| AppRecord {
-                    id: app.id.clone(),
-                    active_site: app.preferred_site.clone(),
-                    desired: Desired::Running,
-                    state: AppState::Stopped,
-                    placement: BTreeMap::new(),
-                });
-            if !production.contains(&&rec.active_site) {
-                return reject(
-                    RejectKind::Invalid,
-                    format!(
-                        "app {} is active at {}, which is not a production site",
-                        app.id, rec.active_site
-                    ),
-                );
-            }
-            let vm_ids: BTreeSet<&VmId> = app.vms.iter().map(|v| &v.id).collect();
-            rec.placement.retain(|vm, _| vm_ids.contains(vm));
-            for vm in &app.vms {
-                if rec.placement.contains_key(&vm.id) {
-                    continue;
-                }
-                let Some(host) = placed.get(&vm.id) else {
-                    return reject(
-                        RejectKind::Invalid,
-                        format!("VM {} of app {} has no placement", vm.id, app.id),
-                    );
-                };
-                if host_site.get(*host) != Some(&&rec.active_site) {
-                    return reject(
-                        RejectKind::Invalid,
-                        format!(
-                            "VM {} is placed on {host}, which is not a host of site {}",
-                            vm.id, rec.active_site
-                        ),
-                    );
-                }
-                rec.placement.insert(vm.id.clone(), (*host).clone());
-            }
-            for vol in &app.volumes {
-                match self.volumes.get_mut(&vol.id) {
-                    Some(existing) if existing.app == app.id => {
-                        existing.mode = vol.replication.mode()
-                    }
-                    Some(existing) => {
-                        return reject(
-                            RejectKind::Conflict,
-                            format!(
-                                "volume {} belongs to app {}; it cannot move to app {}",
-                                vol.id, existing.app, app.id
-                            ),
-                        );
-                    }
-                    None => {
-                        let replicas = production
-                            .iter()
-                            .map(|s| Replica {
-                                site: (*s).clone(),
-                                role: if *s == &rec.active_site {
-                                    Role::Primary
-                                } else {
-                                    Role::Secondary
-                                },
-                                epoch: Epoch(1),
-                                // The secondary holds nothing until the initial sync.
-                                data: if *s == &rec.active_site {
-                                    DataState::UpToDate
-                                } else {
-                                    DataState::Inconsistent
-                                },
-                            })
-                            .collect();
-                        self.volumes.insert(
-                            vol.id.clone(),
-                            VolumeRecord {
-                                id: vol.id.clone(),
-                                app: app.id.clone(),
-                                mode: vol.replication.mode(),
-                                epoch: Epoch(1),
-                                replicas,
-                            },
-                        );
-                    }
-                }
-            }
-            self.apps.insert(app.id.clone(), rec);
-        }
-        let digest = hex::encode(Sha256::digest(text.as_bytes()));
-        self.topologies.insert(
-            version,
-            TopologyRecord {
-                version,
-                text: text.to_string(),
-                digest: digest.clone(),
-                applied_by: req.actor.clone(),
-                applied_ms: req.at_ms,
-                model: model.clone(),
-            },
-        );
-        Ok((
-            "topology.apply",
-            format!(
-                "version {version} (sha256 {}…): {} hosts, {} apps, {} volumes; removed {} apps, {} hosts",
-                &digest[..12],
-                model.hosts.len(),
-                model.apps.len(),
-                new_vols.len(),
-                removed_apps.len(),
-                gone.len()
-            ),
-            Outcome::TopologyVersion(version),
-        ))
-    }
-}
-
-fn push_rows<K: RowKey, V: Serialize>(
-    out: &mut Vec<RowWrite>,
-    name: &'static str,
-    rows: Vec<(K, Option<V>)>,
-) {
-    for (k, v) in rows {
-        // Serializing this plain data to JSON cannot fail (every map key is a string);
-        // should it ever, the empty value is refused by `load` as corrupt.
-        let bytes = v.map(|v| serde_json::to_vec(&v).unwrap_or_default());
-        out.push((name, k.encode(), bytes));
-    }
 }
 
 fn not_found(what: &str, id: &str) -> Rejection {
@@ -936,6 +680,8 @@ fn check_request(req: &Request) -> Result<(), Rejection> {
         Command::StartOperation { note, .. } => Some(note),
         Command::StartStep { name, .. } => Some(name),
         Command::Note { text } => Some(text),
+        Command::SetVmStates { reason, .. } => Some(reason),
+        Command::AgentEvent { text, .. } => Some(text),
         _ => None,
     };
     if text.is_some_and(|t| t.len() > MAX_REASON_LEN) {

@@ -43,6 +43,7 @@ string_key!(
     topology::SiteId,
     topology::HostId,
     topology::AppId,
+    topology::VmId,
     topology::VolumeId
 );
 
@@ -189,6 +190,59 @@ impl<K: RowKey, V: Clone> Table<K, V> {
             undo: BTreeMap::new(),
             dirty: std::collections::BTreeSet::new(),
         }
+    }
+}
+
+/// The operations the state machine runs on every table alike, whatever its types.
+pub trait DynTable {
+    fn seal(&mut self);
+    fn rollback(&mut self);
+    /// Rows changed since the last call: encoded key and JSON value (None: removed).
+    fn take_dirty_rows(&mut self) -> Vec<(String, Option<Vec<u8>>)>;
+    /// Every row, encoded.
+    fn all_rows(&self) -> Vec<(String, Vec<u8>)>;
+    /// Insert one persisted row (no pending change is recorded).
+    fn load_row(&mut self, key: &str, bytes: &[u8]) -> Result<(), String>;
+}
+
+fn to_json<V: Serialize>(v: &V) -> Vec<u8> {
+    // Serializing this plain data to JSON cannot fail (every map key is a string);
+    // should it ever, the empty value is refused by `load_row` as corrupt.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl<K, V> DynTable for Table<K, V>
+where
+    K: RowKey,
+    V: Clone + Serialize + serde::de::DeserializeOwned,
+{
+    fn seal(&mut self) {
+        Table::seal(self);
+    }
+
+    fn rollback(&mut self) {
+        Table::rollback(self);
+    }
+
+    fn take_dirty_rows(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.take_dirty()
+            .into_iter()
+            .map(|(k, v)| (k.encode(), v.as_ref().map(to_json)))
+            .collect()
+    }
+
+    fn all_rows(&self) -> Vec<(String, Vec<u8>)> {
+        self.rows
+            .iter()
+            .map(|(k, v)| (k.encode(), to_json(v)))
+            .collect()
+    }
+
+    fn load_row(&mut self, key: &str, bytes: &[u8]) -> Result<(), String> {
+        let k = K::decode(key).ok_or_else(|| format!("bad key {key:?}"))?;
+        let v = serde_json::from_slice(bytes).map_err(|e| format!("key {key:?}: {e}"))?;
+        self.rows.insert(k, v);
+        Ok(())
     }
 }
 

@@ -368,6 +368,148 @@ fn the_state_survives_a_round_trip_through_persisted_rows() {
     );
 }
 
+#[test]
+fn agent_commands_are_queued_per_host_and_take_one_result() {
+    let mut s = cluster(2, 11);
+    let app = s.apps.values().next().cloned().expect("app");
+    let (vm, host) = app
+        .placement
+        .iter()
+        .next()
+        .map(|(v, h)| (v.clone(), h.clone()))
+        .expect("placed VM");
+    let r = s.apply(&req(Command::IssueAgentCommands {
+        commands: vec![
+            (host.clone(), AgentAction::Start { vm: vm.clone() }),
+            (host.clone(), AgentAction::Destroy { vm: vm.clone() }),
+        ],
+    }));
+    let Response::Applied {
+        outcome: Outcome::Commands(ids),
+        ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| {
+        s.commands
+            .get(id)
+            .is_some_and(|c| c.status == CommandStatus::Pending)
+    }));
+    let result = |ok| CommandResult {
+        id: ids[0],
+        ok,
+        message: "done".into(),
+    };
+    let r = s.apply(&req(Command::RecordCommandResults {
+        host: host.clone(),
+        results: vec![result(true)],
+    }));
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    // A second report (a lost reply, a retry) changes nothing.
+    s.apply(&req(Command::RecordCommandResults {
+        host: host.clone(),
+        results: vec![result(false)],
+    }));
+    assert!(matches!(
+        s.commands.get(&ids[0]).map(|c| &c.status),
+        Some(CommandStatus::Succeeded { .. })
+    ));
+    // Another host cannot answer for this one.
+    let other = s
+        .hosts
+        .iter()
+        .map(|(k, _)| k.clone())
+        .find(|h| *h != host)
+        .expect("another host");
+    let r = s.apply(&req(Command::RecordCommandResults {
+        host: other,
+        results: vec![CommandResult {
+            id: ids[1],
+            ok: true,
+            message: String::new(),
+        }],
+    }));
+    assert!(
+        matches!(
+            r,
+            Response::Rejected(Rejection {
+                kind: RejectKind::Conflict,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // Unknown VMs and hosts are refused.
+    let r = s.apply(&req(Command::IssueAgentCommands {
+        commands: vec![(
+            host.clone(),
+            AgentAction::Start {
+                vm: VmId::new("nope"),
+            },
+        )],
+    }));
+    assert!(
+        matches!(
+            r,
+            Response::Rejected(Rejection {
+                kind: RejectKind::NotFound,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn vm_states_record_changes_only_and_ignore_foreign_domains() {
+    let mut s = cluster(2, 12);
+    let app = s.apps.values().next().cloned().expect("app");
+    let (vm, host) = app
+        .placement
+        .iter()
+        .next()
+        .map(|(v, h)| (v.clone(), h.clone()))
+        .expect("placed VM");
+    let states = |st| {
+        vec![
+            (vm.clone(), st),
+            (VmId::new("someone-elses-domain"), VmState::Running),
+        ]
+    };
+    let r = s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: states(VmState::Running),
+        reason: "started".into(),
+    }));
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    assert_eq!(s.vms.get(&vm).map(|v| v.state), Some(VmState::Running));
+    assert_eq!(s.vms.len(), 1, "foreign domains are not tracked");
+    let r = s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: states(VmState::Running),
+        reason: "again".into(),
+    }));
+    assert!(
+        matches!(r, Response::Rejected(_)),
+        "no change, no entry: {r:?}"
+    );
+    let r = s.apply(&req(Command::RegisterHost {
+        host: host.clone(),
+        inventory: HostInventory {
+            vcpus: 8,
+            memory_bytes: 16 << 30,
+            hypervisor: "test:///default".into(),
+            domain_type: "qemu".into(),
+            agent_version: "0.1.0".into(),
+            registered_ms: 1,
+        },
+    }));
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    assert_eq!(s.hosts.get(&host).map(|h| h.state), Some(HostState::Up));
+}
+
 /// Random commands over real and bogus ids.
 fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
     let vol = proptest::sample::select(ids.volumes.clone());
@@ -391,7 +533,7 @@ fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
             .prop_map(|(site, state)| Command::SetSiteState { site: SiteId::new(site), state, reason: "prop".into() }),
         1 => (host.clone(), prop_oneof![Just(HostState::Up), Just(HostState::Down)])
             .prop_map(|(host, state)| Command::SetHostState { host: HostId::new(host), state, reason: "prop".into() }),
-        1 => (app.clone(), vm, host).prop_map(|(app, vm, host)| Command::PlaceVm {
+        1 => (app.clone(), vm.clone(), host.clone()).prop_map(|(app, vm, host)| Command::PlaceVm {
             app: AppId::new(app), vm: VmId::new(vm), host: HostId::new(host) }),
         1 => app.clone().prop_map(|a| Command::StartOperation { kind: OpKind::Drill, apps: vec![AppId::new(a)], note: String::new() }),
         1 => (1u64..4, any::<bool>()).prop_map(|(op, named)| Command::StartStep {
@@ -400,6 +542,14 @@ fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
         1 => (1u64..4, prop_oneof![Just(OpStatus::Running), Just(OpStatus::Succeeded), Just(OpStatus::Failed)])
             .prop_map(|(op, status)| Command::FinishOperation { op: OpId(op), status }),
         1 => "[a-z ]{0,8}".prop_map(|text| Command::Note { text }),
+        2 => (host.clone(), vm.clone(), 0u32..3).prop_map(|(host, vm, k)| Command::IssueAgentCommands { commands: vec![(
+            HostId::new(host),
+            match k { 0 => AgentAction::Start { vm: VmId::new(vm) }, 1 => AgentAction::Destroy { vm: VmId::new(vm) }, _ => AgentAction::Shutdown { vm: VmId::new(vm), timeout_s: k * 10 } },
+        )] }),
+        2 => (host.clone(), 0u64..6, any::<bool>()).prop_map(|(host, id, ok)| Command::RecordCommandResults {
+            host: HostId::new(host), results: vec![CommandResult { id, ok, message: String::new() }] }),
+        1 => (host.clone(), vm.clone(), prop_oneof![Just(VmState::Running), Just(VmState::ShutOff)]).prop_map(|(host, vm, st)| Command::SetVmStates {
+            host: HostId::new(host), states: vec![(VmId::new(vm), st)], reason: "prop".into() }),
         1 => (any::<u64>(), any::<bool>()).prop_map(move |(seed, bogus)| {
             // Re-apply the model, possibly with one app dropped and a bogus placement.
             let mut m = model.clone();

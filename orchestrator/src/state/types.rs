@@ -78,6 +78,129 @@ pub struct HostRecord {
     pub state: HostState,
     pub since_ms: u64,
     pub reason: String,
+    /// What the host's agent reported when it last registered.
+    #[serde(default)]
+    pub inventory: Option<HostInventory>,
+}
+
+/// A host as its agent sees it (capacity from libvirt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInventory {
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    /// libvirt URI and driver, e.g. `qemu:///system` (QEMU).
+    pub hypervisor: String,
+    /// `qemu` (TCG) or `kvm`.
+    pub domain_type: String,
+    pub agent_version: String,
+    pub registered_ms: u64,
+}
+
+/// What an agent is asked to do with one VM. Each command has an id; the agent
+/// executes it at most once (it journals the ids it has run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum AgentAction {
+    /// Define (or redefine) the domain from the spec.
+    Define {
+        spec: topology::spec::VmSpec,
+    },
+    Start {
+        vm: VmId,
+    },
+    /// Ask the guest to shut down; destroy it if it is still running after `timeout_s`.
+    Shutdown {
+        vm: VmId,
+        timeout_s: u32,
+    },
+    Destroy {
+        vm: VmId,
+    },
+    Undefine {
+        vm: VmId,
+    },
+    Suspend {
+        vm: VmId,
+    },
+    Resume {
+        vm: VmId,
+    },
+}
+
+impl AgentAction {
+    pub fn vm(&self) -> &VmId {
+        match self {
+            AgentAction::Define { spec } => &spec.vm,
+            AgentAction::Start { vm }
+            | AgentAction::Shutdown { vm, .. }
+            | AgentAction::Destroy { vm }
+            | AgentAction::Undefine { vm }
+            | AgentAction::Suspend { vm }
+            | AgentAction::Resume { vm } => vm,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentAction::Define { .. } => "define",
+            AgentAction::Start { .. } => "start",
+            AgentAction::Shutdown { .. } => "shutdown",
+            AgentAction::Destroy { .. } => "destroy",
+            AgentAction::Undefine { .. } => "undefine",
+            AgentAction::Suspend { .. } => "suspend",
+            AgentAction::Resume { .. } => "resume",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum CommandStatus {
+    /// Waiting for the host's agent.
+    Pending,
+    Succeeded {
+        message: String,
+        at_ms: u64,
+    },
+    Failed {
+        message: String,
+        at_ms: u64,
+    },
+}
+
+/// One command in a host's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCommandRecord {
+    pub id: u64,
+    pub host: HostId,
+    pub action: AgentAction,
+    pub issued_by: String,
+    pub issued_ms: u64,
+    pub status: CommandStatus,
+}
+
+/// A VM's runtime state, as its agent last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    Running,
+    Paused,
+    ShuttingDown,
+    ShutOff,
+    Crashed,
+    /// Not defined on its host (never defined, or undefined).
+    Undefined,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub vm: VmId,
+    pub app: AppId,
+    pub host: HostId,
+    pub state: VmState,
+    pub since_ms: u64,
+    pub reason: String,
 }
 
 /// What the operator wants an app to be.

@@ -19,9 +19,20 @@ use crate::raft_types::{
 use crate::state::{ClusterState, Response};
 
 /// The applied state, shared with the API handlers that read it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SharedState {
     inner: Arc<RwLock<Applied>>,
+    /// The last applied log index, for waiters (agent long-polls, `vm` commands).
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        SharedState {
+            inner: Arc::default(),
+            applied: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 /// The state machine's state plus where in the log it is.
@@ -42,6 +53,15 @@ impl SharedState {
 
     fn write(&self) -> RwLockWriteGuard<'_, Applied> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes up on every applied batch.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn notify(&self, index: u64) {
+        self.applied.send_replace(index);
     }
 }
 
@@ -118,6 +138,9 @@ impl StateMachineStore {
                     last_applied,
                     membership,
                 })),
+                applied: Arc::new(
+                    tokio::sync::watch::channel(last_applied.map_or(0, |l| l.index)).0,
+                ),
             },
             // 50 µs .. ~1.6 s
             apply_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -246,6 +269,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             });
         }
         self.persist(&mut a)?;
+        let index = a.last_applied.map_or(0, |l| l.index);
+        drop(a);
+        self.shared.notify(index);
         self.apply_seconds.observe(started.elapsed().as_secs_f64());
         Ok(out)
     }
@@ -320,10 +346,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         w.set_sync(true);
         self.db.write_opt(batch, &w).map_err(sm_write_err)?;
 
-        let mut a = self.shared.write();
-        a.state = state;
-        a.last_applied = last_applied;
-        a.membership = membership;
+        {
+            let mut a = self.shared.write();
+            a.state = state;
+            a.last_applied = last_applied;
+            a.membership = membership;
+        }
+        self.shared.notify(last_applied.map_or(0, |l| l.index));
         Ok(())
     }
 

@@ -1,8 +1,8 @@
-//! Compiles ../proto/metrodr.proto with protoc (Debian's protobuf-compiler, installed
+//! Compiles metrodr.proto with protoc (Debian's protobuf-compiler, installed
 //! by scripts/install-deps.sh).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=../proto/metrodr.proto");
+    println!("cargo:rerun-if-changed=metrodr.proto");
     if std::process::Command::new(std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into()))
         .arg("--version")
         .output()
@@ -10,6 +10,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         return Err("protoc not found: install protobuf-compiler (run scripts/install-deps.sh) or set PROTOC".into());
     }
-    tonic_prost_build::configure().compile_protos(&["../proto/metrodr.proto"], &["../proto"])?;
+    tonic_prost_build::configure().compile_protos(&["metrodr.proto"], &["."])?;
     Ok(())
 }

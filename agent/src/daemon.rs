@@ -1,0 +1,839 @@
+//! The agent process: thin async shell around the pure lease ([`crate::lease`]), the
+//! journal ([`crate::journal`]), libvirt ([`crate::hypervisor`]) and the orchestrator's
+//! Agent API. Tasks:
+//!
+//! - **renew** every `renew_ms` with the leader (following its address hints);
+//! - **fence** checks the lease every 100 ms and, when it runs out, stops guest I/O on
+//!   served volumes (the [`FenceHook`]) and destroys or pauses every managed VM;
+//! - **commands** long-polls the host's queue and executes each command at most once,
+//!   only while the lease is held;
+//! - **watch** reports VM state changes (libvirt polling, 500 ms);
+//! - **report** sends results, states and events, retrying until the cluster has them.
+//!
+//! Never: run a command without a valid lease, restart anything by itself after
+//! regaining a lease, or run a command twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::pb;
+use proto::pb::agent_client::AgentClient;
+use tokio::sync::{Notify, watch};
+use tonic::transport::{Channel, Endpoint};
+use topology::VmId;
+
+use crate::config::{
+    AgentConfig, DiskBackendSetting, DomainTypeSetting, FenceAction, PRIVATE_TEST_URI,
+};
+use crate::domain_xml::{self, DiskBackend, DomainType, HostPaths};
+use crate::hypervisor::{
+    DomainState, HvError, HvErrorKind, Hypervisor, Libvirt, detect_domain_type,
+};
+use crate::journal::{Journal, Line, Seen};
+use crate::lease::{AgentLease, LeaseEvent, Mono, mono_now};
+
+/// What stops guest I/O on the primary volumes this host serves. The replication
+/// engine provides the real one; until it runs here, [`NoVolumes`] says so.
+pub trait FenceHook: Send + Sync + 'static {
+    /// Stop acknowledging guest writes on every primary volume served here.
+    fn fence_io(&self) -> Result<String, String>;
+}
+
+/// This agent serves no replicated volumes (disks are local files or served by
+/// another process): there is no guest I/O to stop besides the VMs themselves.
+pub struct NoVolumes;
+
+impl FenceHook for NoVolumes {
+    fn fence_io(&self) -> Result<String, String> {
+        Ok("no replicated volumes are served by this agent".into())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("cannot prepare {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the agent talks to the cluster (the leader, once known).
+struct Conn {
+    addrs: Vec<String>,
+    current: usize,
+    hint: Option<String>,
+    client: Option<(String, AgentClient<Channel>)>,
+}
+
+impl Conn {
+    fn new(addrs: Vec<String>) -> Self {
+        Conn {
+            addrs,
+            current: 0,
+            hint: None,
+            client: None,
+        }
+    }
+
+    /// The client for the leader hint, else the current address.
+    fn client(&mut self) -> Option<(String, AgentClient<Channel>)> {
+        let want = self
+            .hint
+            .clone()
+            .or_else(|| self.addrs.get(self.current).cloned())?;
+        if let Some((a, c)) = &self.client
+            && *a == want
+        {
+            return Some((a.clone(), c.clone()));
+        }
+        let ep = Endpoint::from_shared(format!("http://{want}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let c = AgentClient::new(ep.connect_lazy());
+        self.client = Some((want.clone(), c.clone()));
+        Some((want, c))
+    }
+
+    /// The last call failed: forget the hint and move on to the next address.
+    fn failed(&mut self) {
+        self.hint = None;
+        self.client = None;
+        if !self.addrs.is_empty() {
+            self.current = (self.current + 1) % self.addrs.len();
+        }
+    }
+
+    fn follow(&mut self, leader: &str) {
+        if !leader.is_empty() {
+            self.hint = Some(leader.to_string());
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outbox {
+    results: Vec<pb::CommandOutcome>,
+    domains: BTreeMap<String, String>,
+    events: Vec<(u64, String)>,
+}
+
+struct Shared {
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    fence: Arc<dyn FenceHook>,
+    journal: Journal,
+    lease: Mutex<AgentLease>,
+    conn: tokio::sync::Mutex<Conn>,
+    outbox: Mutex<Outbox>,
+    wake_reporter: Notify,
+    paths: HostPaths,
+    domain_type: Mutex<DomainType>,
+    lease_ms: Mutex<u64>,
+    renew_ms: Mutex<u64>,
+    /// Serialises commands per VM (different VMs run concurrently).
+    vm_locks: Mutex<HashMap<VmId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running agent; dropping the handle does not stop it, `stop` does.
+pub struct RunningAgent {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn lease_file(cfg: &AgentConfig) -> PathBuf {
+    cfg.state_dir.join("lease")
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The persisted lease expiry, if it belongs to this boot.
+fn read_lease(cfg: &AgentConfig) -> Option<Mono> {
+    let text = std::fs::read_to_string(lease_file(cfg)).ok()?;
+    let (ns, boot) = text.trim().split_once(' ')?;
+    (boot == boot_id()).then(|| ns.parse().ok().map(Mono))?
+}
+
+fn write_lease(cfg: &AgentConfig, until: Mono) {
+    let path = lease_file(cfg);
+    let tmp = path.with_extension("tmp");
+    let ok = std::fs::write(&tmp, format!("{} {}\n", until.0, boot_id()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = ok {
+        tracing::warn!(path = %path.display(), "cannot persist the lease: {e}");
+    }
+}
+
+/// Start the agent: prepare directories, open libvirt and the journal, start the tasks.
+pub async fn start(
+    cfg: AgentConfig,
+    fence: Arc<dyn FenceHook>,
+) -> Result<RunningAgent, AgentError> {
+    for d in [
+        cfg.state_dir.clone(),
+        cfg.volumes_dir(),
+        cfg.sockets_dir(),
+        cfg.consoles_dir(),
+    ] {
+        std::fs::create_dir_all(&d).map_err(|source| AgentError::Dir {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    let uri = if cfg.libvirt_uri == PRIVATE_TEST_URI {
+        let path = cfg.state_dir.join("testhost.xml");
+        let xml =
+            domain_xml::test_host_xml(cfg.private_host_vcpus, cfg.private_host_memory.bytes());
+        std::fs::write(&path, xml).map_err(|source| AgentError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+        format!("test://{}", path.display())
+    } else {
+        cfg.libvirt_uri.clone()
+    };
+    let hv: Arc<dyn Hypervisor> = Arc::new(Libvirt::new(&uri));
+    start_with(cfg, hv, fence).await
+}
+
+/// Start with a given hypervisor (tests pass their own libvirt connection).
+pub async fn start_with(
+    cfg: AgentConfig,
+    hv: Arc<dyn Hypervisor>,
+    fence: Arc<dyn FenceHook>,
+) -> Result<RunningAgent, AgentError> {
+    let journal = Journal::open(&cfg.state_dir.join("journal.jsonl"))?;
+    let lease = AgentLease::resume(read_lease(&cfg), mono_now());
+    let paths = HostPaths {
+        volumes_dir: cfg.volumes_dir(),
+        sockets_dir: cfg.sockets_dir(),
+        consoles_dir: cfg.consoles_dir(),
+    };
+    let shared = Arc::new(Shared {
+        conn: tokio::sync::Mutex::new(Conn::new(cfg.cluster.to_vec())),
+        domain_type: Mutex::new(DomainType::Qemu),
+        hv,
+        fence,
+        journal,
+        lease: Mutex::new(lease),
+        outbox: Mutex::new(Outbox::default()),
+        wake_reporter: Notify::new(),
+        paths,
+        lease_ms: Mutex::new(3000),
+        renew_ms: Mutex::new(500),
+        vm_locks: Mutex::new(HashMap::new()),
+        cfg,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // Fencing runs from the first moment: a restarted agent whose lease ran out while
+    // it was down fences before anything else.
+    tasks.push(tokio::spawn(fence_loop(shared.clone(), stop_rx.clone())));
+    let s = shared.clone();
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if !register(&s, rx.clone()).await {
+            return;
+        }
+        let mut inner = vec![
+            tokio::spawn(renew_loop(s.clone(), rx.clone())),
+            tokio::spawn(command_loop(s.clone(), rx.clone())),
+            tokio::spawn(watch_loop(s.clone(), rx.clone())),
+            tokio::spawn(report_loop(s.clone(), rx.clone())),
+        ];
+        for t in inner.drain(..) {
+            let _ = t.await;
+        }
+    }));
+    Ok(RunningAgent { stop, tasks })
+}
+
+/// Sleep `d`, or less when told to stop; true when stopping.
+async fn stopped(rx: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *rx.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        // Stop requested, or the handle is gone (nobody can stop us any more: stop too).
+        _ = rx.wait_for(|s| *s) => true,
+    }
+}
+
+/// Longest a libvirt call may take: a hung (not dead) libvirtd blocks its caller, and
+/// virt 0.5 has no keep-alive to notice it.
+const HV_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run a blocking hypervisor call off the async threads, with a deadline.
+async fn hv<T: Send + 'static>(
+    s: &Arc<Shared>,
+    f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
+) -> Result<T, HvError> {
+    let hv = s.hv.clone();
+    let uri = hv.uri().to_string();
+    match tokio::time::timeout(
+        HV_TIMEOUT,
+        tokio::task::spawn_blocking(move || f(hv.as_ref())),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(HvError::new(
+            HvErrorKind::Failed,
+            "call",
+            None,
+            format!("the libvirt call panicked: {e}"),
+        )),
+        Err(_) => Err(HvError::new(
+            HvErrorKind::Unavailable,
+            "call",
+            None,
+            format!(
+                "libvirt at {uri} did not answer within {} s; is libvirtd hung?",
+                HV_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// Register until it works (retrying every address); false when stopped first.
+async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
+    let mut warned = false;
+    loop {
+        match hv(s, |h| Ok((h.capacity()?, h.list()?))).await {
+            Ok((cap, domains)) => {
+                let ty = match s.cfg.domain_type {
+                    DomainTypeSetting::Qemu => DomainType::Qemu,
+                    DomainTypeSetting::Kvm => DomainType::Kvm,
+                    DomainTypeSetting::Auto => detect_domain_type(&cap, None),
+                };
+                *lock(&s.domain_type) = ty;
+                let req = pb::AgentRegisterRequest {
+                    host: s.cfg.host.clone(),
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    vcpus: cap.vcpus,
+                    memory_bytes: cap.memory_bytes,
+                    hypervisor: format!("{} ({})", s.hv.uri(), cap.driver),
+                    domain_type: ty.as_str().into(),
+                    domains: domains
+                        .iter()
+                        .filter_map(|d| {
+                            d.managed.as_ref().map(|m| pb::DomainReport {
+                                vm: m.vm.to_string(),
+                                state: d.state.to_string(),
+                            })
+                        })
+                        .collect(),
+                };
+                let client = s.conn.lock().await.client();
+                if let Some((addr, mut c)) = client {
+                    match c.register(req).await {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            *lock(&s.lease_ms) = r.lease_ms;
+                            *lock(&s.renew_ms) = r.renew_ms.max(50);
+                            s.conn.lock().await.follow(&r.leader_addr);
+                            let adopted = domains.iter().filter(|d| d.managed.is_some()).count();
+                            tracing::info!(host = %s.cfg.host, via = %addr, adopted, domain_type = %ty, "agent registered");
+                            return true;
+                        }
+                        Err(e) => {
+                            tracing::warn!(host = %s.cfg.host, via = %addr, "registration failed: {}", e.message());
+                            s.conn.lock().await.failed();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::error!(host = %s.cfg.host, "libvirt is not usable yet, retrying: {e}");
+                    warned = true;
+                }
+            }
+        }
+        if stopped(&mut rx, Duration::from_millis(500)).await {
+            return false;
+        }
+    }
+}
+
+async fn renew_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
+    let mut seq = 0u64;
+    loop {
+        let renew_ms = *lock(&s.renew_ms);
+        seq += 1;
+        let sent = mono_now();
+        let client = s.conn.lock().await.client();
+        if let Some((addr, mut c)) = client {
+            let call = c.renew(pb::RenewRequest {
+                host: s.cfg.host.clone(),
+                seq,
+            });
+            match tokio::time::timeout(Duration::from_millis(renew_ms.max(200) * 2), call).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    if r.granted {
+                        let regained = {
+                            let mut l = lock(&s.lease);
+                            let regained = l.granted(sent, r.lease_ms);
+                            if let Some(until) = l.until() {
+                                write_lease(&s.cfg, until);
+                            }
+                            regained
+                        };
+                        if regained {
+                            tracing::warn!(host = %s.cfg.host, "lease regained; restarting nothing (the orchestrator decides)");
+                            queue_event(
+                                &s,
+                                "lease regained; nothing restarted by the agent".into(),
+                            );
+                        }
+                        s.conn.lock().await.follow(&r.leader_addr);
+                    } else {
+                        tracing::debug!(host = %s.cfg.host, via = %addr, "renewal not granted: {}", r.reason);
+                        let mut conn = s.conn.lock().await;
+                        if r.leader_addr.is_empty() || r.leader_addr == addr {
+                            conn.failed();
+                        } else {
+                            conn.follow(&r.leader_addr);
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(host = %s.cfg.host, via = %addr, "renewal failed: {}", e.message());
+                    s.conn.lock().await.failed();
+                }
+                Err(_) => {
+                    tracing::debug!(host = %s.cfg.host, via = %addr, "renewal timed out");
+                    s.conn.lock().await.failed();
+                }
+            }
+        }
+        if stopped(&mut rx, Duration::from_millis(renew_ms)).await {
+            return;
+        }
+    }
+}
+
+fn queue_event(s: &Arc<Shared>, text: String) {
+    match s.journal.event(text.clone()) {
+        Ok(seq) => lock(&s.outbox).events.push((seq, text)),
+        Err(e) => tracing::error!(host = %s.cfg.host, "cannot journal an event ({text}): {e}"),
+    }
+    s.wake_reporter.notify_one();
+}
+
+async fn fence_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
+    // Events from an earlier run that never reached the cluster.
+    for (seq, text) in s.journal.unreported_events() {
+        lock(&s.outbox).events.push((seq, text));
+    }
+    loop {
+        let event = lock(&s.lease).check(mono_now());
+        if event == LeaseEvent::Fence {
+            fence(&s).await;
+            lock(&s.lease).fenced();
+        }
+        if stopped(&mut rx, Duration::from_millis(100)).await {
+            return;
+        }
+    }
+}
+
+/// Stop guest I/O, then destroy (or pause) every managed VM. Errors are logged and
+/// recorded; a VM that could not be stopped is named in the event.
+async fn fence(s: &Arc<Shared>) {
+    let started = mono_now();
+    let io = s.fence.fence_io();
+    let action = s.cfg.fence_action;
+    let outcome = hv(s, move |h| {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for d in h.list()? {
+            if d.managed.is_none() || !d.state.is_active() {
+                continue;
+            }
+            let r = match action {
+                FenceAction::Destroy => h.fence(&d.name).map(|how| format!("{} ({how})", d.name)),
+                FenceAction::Pause => h.suspend(&d.name).map(|()| d.name.clone()),
+            };
+            match r {
+                Ok(what) => done.push(what),
+                Err(e) => failed.push(format!("{}: {e}", d.name)),
+            }
+        }
+        Ok((done, failed))
+    })
+    .await;
+    let verb = match action {
+        FenceAction::Destroy => "destroyed",
+        FenceAction::Pause => "paused",
+    };
+    let took = mono_now().ms_since(started);
+    let text = match (io, outcome) {
+        (io, Ok((done, failed))) => format!(
+            "lease expired: fenced in {took} ms; {verb} [{}]{}; guest I/O: {}",
+            done.join(", "),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; FAILED to stop [{}]", failed.join("; "))
+            },
+            io.unwrap_or_else(|e| format!("FAILED to stop: {e}"))
+        ),
+        (_, Err(e)) => format!("lease expired: could not list VMs to fence them: {e}"),
+    };
+    tracing::error!(host = %s.cfg.host, "FENCED: {text}");
+    queue_event(s, text);
+}
+
+fn vm_lock(s: &Arc<Shared>, vm: &VmId) -> Arc<tokio::sync::Mutex<()>> {
+    lock(&s.vm_locks).entry(vm.clone()).or_default().clone()
+}
+
+async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
+    let mut after = 0u64;
+    loop {
+        // No lease, no commands: they stay queued and come again.
+        if !lock(&s.lease).valid(mono_now()) {
+            if stopped(&mut rx, Duration::from_millis(100)).await {
+                return;
+            }
+            continue;
+        }
+        let client = s.conn.lock().await.client();
+        let Some((_, mut c)) = client else {
+            if stopped(&mut rx, Duration::from_millis(200)).await {
+                return;
+            }
+            continue;
+        };
+        let poll = c.poll(pb::PollRequest {
+            host: s.cfg.host.clone(),
+            after_id: after,
+            wait_ms: 2000,
+        });
+        let reply = tokio::select! {
+            r = poll => r,
+            _ = rx.wait_for(|v| *v) => return,
+        };
+        match reply {
+            Ok(r) => {
+                for cmd in r.into_inner().commands {
+                    after = after.max(cmd.id);
+                    let s = s.clone();
+                    tokio::spawn(async move { run_command(s, cmd).await });
+                }
+            }
+            Err(e) => {
+                tracing::debug!(host = %s.cfg.host, "poll failed: {}", e.message());
+                if stopped(&mut rx, Duration::from_millis(200)).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The orchestrator's command, as it sends it (`AgentAction` JSON).
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+enum Action {
+    Define { spec: topology::spec::VmSpec },
+    Start { vm: VmId },
+    Shutdown { vm: VmId, timeout_s: u32 },
+    Destroy { vm: VmId },
+    Undefine { vm: VmId },
+    Suspend { vm: VmId },
+    Resume { vm: VmId },
+}
+
+async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
+    let id = cmd.id;
+    let vm = VmId::new(cmd.vm.as_str());
+    let guard = vm_lock(&s, &vm);
+    let _g = guard.lock().await;
+    let (ok, message) = match s.journal.seen(id) {
+        Seen::Done { ok, message } => (ok, message),
+        Seen::Interrupted => (
+            false,
+            "the agent stopped while running this command; its outcome is unknown and it is not run again (see the VM's state)".into(),
+        ),
+        Seen::New => {
+            if !lock(&s.lease).valid(mono_now()) {
+                return; // comes again once the lease is back
+            }
+            if let Err(e) = s.journal.record(Line::Begin { id }) {
+                tracing::error!(host = %s.cfg.host, id, "cannot journal a command, not running it: {e}");
+                return;
+            }
+            let (ok, message) = match serde_json::from_slice::<Action>(&cmd.action_json) {
+                Ok(a) => execute(&s, a).await,
+                Err(e) => (false, format!("this agent does not understand the command: {e}")),
+            };
+            if let Err(e) = s.journal.record(Line::Done { id, ok, message: message.clone() }) {
+                tracing::error!(host = %s.cfg.host, id, "cannot journal a result: {e}");
+            }
+            (ok, message)
+        }
+    };
+    tracing::info!(host = %s.cfg.host, id, action = %cmd.action, vm = %cmd.vm, ok, "{message}");
+    lock(&s.outbox)
+        .results
+        .push(pb::CommandOutcome { id, ok, message });
+    s.wake_reporter.notify_one();
+}
+
+fn result(r: Result<String, HvError>) -> (bool, String) {
+    match r {
+        Ok(m) => (true, m),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
+    match action {
+        Action::Define { spec } => {
+            let backend = match s.cfg.disk_backend {
+                DiskBackendSetting::File => DiskBackend::File,
+                DiskBackendSetting::Nbd => DiskBackend::Nbd,
+            };
+            if backend == DiskBackend::File {
+                // A local raw file per volume, sparse; never truncated if it exists.
+                for d in &spec.disks {
+                    let path = domain_xml::volume_path(&s.paths, &d.volume);
+                    let made = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| {
+                            if f.metadata()?.len() < d.size.bytes() {
+                                f.set_len(d.size.bytes())?;
+                            }
+                            Ok(())
+                        });
+                    if let Err(e) = made {
+                        return (
+                            false,
+                            format!("cannot create the disk {}: {e}", path.display()),
+                        );
+                    }
+                }
+            }
+            let ty = *lock(&s.domain_type);
+            let xml = domain_xml::domain_xml(&spec, ty, &s.paths, backend);
+            let name = spec.vm.to_string();
+            result(
+                hv(s, move |h| {
+                    h.define(&xml)
+                        .map(|()| format!("defined {name} ({ty}, {} disk(s))", spec.disks.len()))
+                })
+                .await,
+            )
+        }
+        Action::Start { vm } => result(
+            hv(s, move |h| {
+                h.start(vm.as_str())?;
+                Ok(format!("{vm}: {}", h.state(vm.as_str())?))
+            })
+            .await,
+        ),
+        Action::Destroy { vm } => result(
+            hv(s, move |h| {
+                h.destroy(vm.as_str()).map(|()| format!("{vm} destroyed"))
+            })
+            .await,
+        ),
+        Action::Undefine { vm } => result(
+            hv(s, move |h| {
+                h.undefine(vm.as_str()).map(|()| format!("{vm} undefined"))
+            })
+            .await,
+        ),
+        Action::Suspend { vm } => result(
+            hv(s, move |h| {
+                h.suspend(vm.as_str()).map(|()| format!("{vm} paused"))
+            })
+            .await,
+        ),
+        Action::Resume { vm } => result(
+            hv(s, move |h| {
+                h.resume(vm.as_str()).map(|()| format!("{vm} resumed"))
+            })
+            .await,
+        ),
+        Action::Shutdown { vm, timeout_s } => {
+            let name = vm.to_string();
+            if let Err(e) = hv(s, move |h| h.shutdown(&name)).await {
+                return (false, e.to_string());
+            }
+            let deadline = mono_now().plus_ms(u64::from(timeout_s) * 1000);
+            loop {
+                let name = vm.to_string();
+                match hv(s, move |h| h.state(&name)).await {
+                    Ok(DomainState::ShutOff) => {
+                        return (true, format!("{vm} shut down gracefully"));
+                    }
+                    Ok(_) if mono_now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Ok(_) => {
+                        let name = vm.to_string();
+                        return match hv(s, move |h| h.destroy(&name)).await {
+                            Ok(()) => (
+                                true,
+                                format!("{vm} did not stop within {timeout_s} s; destroyed"),
+                            ),
+                            Err(e) => (
+                                false,
+                                format!(
+                                    "{vm} did not stop within {timeout_s} s and could not be destroyed: {e}"
+                                ),
+                            ),
+                        };
+                    }
+                    Err(e) => return (false, e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// Report VM state changes: libvirt is polled every 500 ms (events would need a
+/// libvirt event loop thread; polling is simple and bounded).
+async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut libvirt_down = false;
+    loop {
+        match hv(&s, |h| h.list()).await {
+            Ok(domains) => {
+                if libvirt_down {
+                    tracing::warn!(host = %s.cfg.host, "libvirt is reachable again");
+                    queue_event(&s, format!("libvirt at {} is reachable again", s.hv.uri()));
+                    libvirt_down = false;
+                }
+                let now: BTreeMap<String, String> = domains
+                    .iter()
+                    .filter_map(|d| {
+                        d.managed
+                            .as_ref()
+                            .map(|m| (m.vm.to_string(), d.state.to_string()))
+                    })
+                    .collect();
+                let mut changed = BTreeMap::new();
+                for (vm, st) in &now {
+                    if last.get(vm) != Some(st) {
+                        changed.insert(vm.clone(), st.clone());
+                    }
+                }
+                for vm in last.keys().filter(|vm| !now.contains_key(*vm)) {
+                    changed.insert(vm.clone(), "undefined".to_string());
+                }
+                if !changed.is_empty() {
+                    lock(&s.outbox).domains.extend(changed);
+                    s.wake_reporter.notify_one();
+                }
+                last = now;
+            }
+            Err(e) => {
+                if !libvirt_down {
+                    tracing::error!(host = %s.cfg.host, "libvirt is unreachable: {e}");
+                    queue_event(&s, format!("libvirt unreachable: {e}"));
+                    libvirt_down = true;
+                }
+            }
+        }
+        if stopped(&mut rx, Duration::from_millis(500)).await {
+            return;
+        }
+    }
+}
+
+async fn report_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
+    loop {
+        let batch = {
+            let mut o = lock(&s.outbox);
+            std::mem::take(&mut *o)
+        };
+        if !batch.results.is_empty() || !batch.domains.is_empty() || !batch.events.is_empty() {
+            let req = pb::ReportRequest {
+                host: s.cfg.host.clone(),
+                results: batch.results.clone(),
+                domains: batch
+                    .domains
+                    .iter()
+                    .map(|(vm, state)| pb::DomainReport {
+                        vm: vm.clone(),
+                        state: state.clone(),
+                    })
+                    .collect(),
+                events: batch.events.iter().map(|(_, t)| t.clone()).collect(),
+            };
+            let client = s.conn.lock().await.client();
+            let sent = match client {
+                Some((_, mut c)) => c.report(req).await.map_err(|e| e.message().to_string()),
+                None => Err("no orchestrator address".into()),
+            };
+            match sent {
+                Ok(_) => {
+                    for (seq, _) in &batch.events {
+                        let _ = s.journal.record(Line::EventReported { seq: *seq });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(host = %s.cfg.host, "report failed, will retry: {e}");
+                    // Put it back, newer state changes winning over older ones.
+                    {
+                        let mut o = lock(&s.outbox);
+                        let mut results = batch.results;
+                        results.append(&mut o.results);
+                        o.results = results;
+                        let mut domains = batch.domains;
+                        domains.append(&mut o.domains);
+                        o.domains = domains;
+                        let mut events = batch.events;
+                        events.append(&mut o.events);
+                        o.events = events;
+                    }
+                    s.conn.lock().await.failed();
+                    if stopped(&mut rx, Duration::from_millis(300)).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = s.wake_reporter.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = rx.wait_for(|v| *v) => return,
+        }
+    }
+}

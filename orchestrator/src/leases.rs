@@ -1,0 +1,233 @@
+//! Host leases and site states, as decided on the leader (DESIGN §4). Pure: callers
+//! pass the clock in, so every rule is tested without waiting.
+//!
+//! - A host's agent renews its lease every `lease_renew_ms`; the leader records when it
+//!   *granted* each renewal, on its own monotonic clock. The agent counts its lease from
+//!   when it *sent* the request, so the agent's lease always ends first.
+//! - A host is lost when no renewal was granted for `lease_ms + lease_margin_ms`.
+//! - A newly elected leader knows no grant: it counts every host's last grant as its own
+//!   election time, which makes it wait at least one full lease before declaring a host
+//!   lost (the agent may have renewed with the old leader just before it died).
+//! - A site is `Down` when every orchestrator node there is unreachable and none of its
+//!   hosts is up; `Suspect` when something there is unreachable; `Up` otherwise.
+//!
+//! This table lives only in the leader's memory (chatty data stays out of Raft); the
+//! transitions it decides are committed to Raft and audited by the detector.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use topology::{HostId, SiteId, SiteRole};
+
+use crate::state::{ClusterState, HostState, SiteState};
+
+#[derive(Debug, Clone)]
+pub struct LeaseTable {
+    pub lease: Duration,
+    pub margin: Duration,
+    /// When this node became leader; None while it is not leader.
+    leader_since: Option<Instant>,
+    grants: HashMap<HostId, Instant>,
+}
+
+impl LeaseTable {
+    pub fn new(lease: Duration, margin: Duration) -> Self {
+        LeaseTable {
+            lease,
+            margin,
+            leader_since: None,
+            grants: HashMap::new(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader_since.is_some()
+    }
+
+    /// This node just became leader: forget any earlier grants (they may be stale).
+    pub fn became_leader(&mut self, now: Instant) {
+        self.leader_since = Some(now);
+        self.grants.clear();
+    }
+
+    pub fn lost_leadership(&mut self) {
+        self.leader_since = None;
+        self.grants.clear();
+    }
+
+    /// Record a renewal granted now. Refused (false) when this node is not leader.
+    pub fn grant(&mut self, host: &HostId, now: Instant) -> bool {
+        if self.leader_since.is_none() {
+            return false;
+        }
+        self.grants.insert(host.clone(), now);
+        true
+    }
+
+    /// Time since the host's lease was last renewed by this leader (or since this node
+    /// became leader, if never).
+    pub fn silence(&self, host: &HostId, now: Instant) -> Option<Duration> {
+        let since = self.leader_since?;
+        let last = self.grants.get(host).copied().unwrap_or(since).max(since);
+        Some(now.saturating_duration_since(last))
+    }
+
+    /// When a host's lease is considered gone for good.
+    pub fn deadline(&self) -> Duration {
+        self.lease + self.margin
+    }
+
+    /// The hosts among `up` whose lease ended (with margin) without renewal.
+    pub fn expired<'a>(
+        &self,
+        now: Instant,
+        up: impl IntoIterator<Item = &'a HostId>,
+    ) -> Vec<HostId> {
+        up.into_iter()
+            .filter(|h| self.silence(h, now).is_some_and(|s| s > self.deadline()))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `now` is at least one full lease after this node became leader (before
+    /// that, an old leader's grants may still be running).
+    pub fn settled(&self, now: Instant) -> bool {
+        self.leader_since
+            .is_some_and(|s| now.saturating_duration_since(s) >= self.lease)
+    }
+}
+
+/// The state every site should have now, with a reason, given whether the
+/// orchestrator node(s) of each site are reachable (`None`: the site has none).
+pub fn site_states(
+    state: &ClusterState,
+    node_reachable: impl Fn(&SiteId) -> Option<bool>,
+) -> Vec<(SiteId, SiteState, String)> {
+    let mut out = Vec::new();
+    for site in state.sites.values() {
+        let reachable = node_reachable(&site.id);
+        let orch_lost = reachable == Some(false);
+        let hosts: Vec<HostState> = state
+            .hosts
+            .values()
+            .filter(|h| h.site == site.id)
+            .map(|h| h.state)
+            .collect();
+        let up = hosts.iter().filter(|s| **s == HostState::Up).count();
+        let down = hosts.iter().filter(|s| **s == HostState::Down).count();
+        let (st, why) = match site.role {
+            SiteRole::Witness if orch_lost => (
+                SiteState::Down,
+                "its orchestrator node is unreachable".to_string(),
+            ),
+            SiteRole::Witness => (
+                SiteState::Up,
+                "its orchestrator node is reachable".to_string(),
+            ),
+            SiteRole::Production if orch_lost && up == 0 => (
+                SiteState::Down,
+                format!(
+                    "its orchestrator node is unreachable and none of its {} hosts is up",
+                    hosts.len()
+                ),
+            ),
+            SiteRole::Production if orch_lost => (
+                SiteState::Suspect,
+                format!(
+                    "its orchestrator node is unreachable ({up} of {} hosts up)",
+                    hosts.len()
+                ),
+            ),
+            SiteRole::Production if down > 0 => (
+                SiteState::Suspect,
+                format!("{down} of {} hosts lost their lease", hosts.len()),
+            ),
+            SiteRole::Production => (SiteState::Up, "reachable".to_string()),
+        };
+        out.push((site.id.clone(), st, why));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(3000);
+    const MARGIN: Duration = Duration::from_millis(500);
+
+    fn h(s: &str) -> HostId {
+        HostId::new(s)
+    }
+
+    #[test]
+    fn a_follower_grants_nothing_and_declares_nothing() {
+        let mut t = LeaseTable::new(LEASE, MARGIN);
+        let now = Instant::now();
+        assert!(!t.grant(&h("a"), now));
+        assert!(
+            t.expired(now + Duration::from_secs(100), [&h("a")])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_host_is_lost_only_after_lease_plus_margin_without_renewal() {
+        let mut t = LeaseTable::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        t.became_leader(t0);
+        t.grant(&h("a"), t0);
+        let a = h("a");
+        for ms in [0, 1000, 3000, 3499, 3500] {
+            assert!(
+                t.expired(t0 + Duration::from_millis(ms), [&a]).is_empty(),
+                "{ms} ms"
+            );
+        }
+        assert_eq!(
+            t.expired(t0 + Duration::from_millis(3501), [&a]),
+            vec![a.clone()]
+        );
+        // A renewal resets the clock.
+        t.grant(&a, t0 + Duration::from_millis(3000));
+        assert!(t.expired(t0 + Duration::from_millis(6000), [&a]).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_waits_a_full_lease_before_declaring_anyone_lost() {
+        let mut t = LeaseTable::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        t.became_leader(t0);
+        let never_seen = h("b");
+        assert!(!t.settled(t0 + Duration::from_millis(2999)));
+        assert!(t.settled(t0 + LEASE));
+        // Never granted by this leader: counted from the election.
+        assert!(
+            t.expired(t0 + Duration::from_millis(3500), [&never_seen])
+                .is_empty()
+        );
+        assert_eq!(
+            t.expired(t0 + Duration::from_millis(3501), [&never_seen])
+                .len(),
+            1
+        );
+        // Losing and regaining leadership starts over.
+        t.lost_leadership();
+        let t1 = t0 + Duration::from_secs(10);
+        t.became_leader(t1);
+        assert!(
+            t.expired(t1 + Duration::from_millis(3000), [&never_seen])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn grants_from_before_an_election_do_not_count() {
+        let mut t = LeaseTable::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        t.became_leader(t0);
+        t.grant(&h("a"), t0);
+        t.lost_leadership();
+        assert_eq!(t.silence(&h("a"), t0), None);
+    }
+}

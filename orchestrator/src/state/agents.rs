@@ -1,0 +1,250 @@
+//! Transitions driven by agents: registration, the per-host command queues and their
+//! results, VM runtime states, and agent events (self-fencing) for the audit log.
+
+use std::collections::BTreeSet;
+
+use topology::{HostId, VmId};
+
+use super::*;
+
+/// Most commands or results one request may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Result of one agent command, as reported by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+impl ClusterState {
+    fn vm_app(&self, vm: &VmId) -> Option<AppId> {
+        let t = self.topology()?;
+        t.model
+            .apps
+            .iter()
+            .find(|a| a.vms.iter().any(|v| &v.id == vm))
+            .map(|a| a.id.clone())
+    }
+
+    pub(super) fn register_host(
+        &mut self,
+        req: &Request,
+        host: &HostId,
+        inventory: &HostInventory,
+    ) -> Applied {
+        let rec = self
+            .hosts
+            .get_mut(host)
+            .ok_or_else(|| not_found("host", host.as_str()))?;
+        let old = rec.state;
+        rec.inventory = Some(inventory.clone());
+        rec.state = HostState::Up;
+        rec.since_ms = req.at_ms;
+        rec.reason = "agent registered".into();
+        Ok((
+            "host.register",
+            format!(
+                "host {host}: agent {} registered ({} vCPUs, {} MiB, {} {}); {old:?} -> Up",
+                inventory.agent_version,
+                inventory.vcpus,
+                inventory.memory_bytes >> 20,
+                inventory.hypervisor,
+                inventory.domain_type
+            ),
+            Outcome::Done,
+        ))
+    }
+
+    pub(super) fn issue_commands(
+        &mut self,
+        req: &Request,
+        commands: &[(HostId, AgentAction)],
+    ) -> Applied {
+        if commands.is_empty() || commands.len() > MAX_BATCH {
+            return reject(
+                RejectKind::Invalid,
+                format!("send 1 to {MAX_BATCH} commands at a time"),
+            );
+        }
+        let mut ids = Vec::with_capacity(commands.len());
+        let first = self.commands.last().map_or(1, |(k, _)| k + 1);
+        for (next, (host, action)) in (first..).zip(commands) {
+            if !self.hosts.contains(host) {
+                return Err(not_found("host", host.as_str()));
+            }
+            if self.vm_app(action.vm()).is_none() {
+                return Err(not_found("VM in the topology", action.vm().as_str()));
+            }
+            if let AgentAction::Shutdown { timeout_s, .. } = action
+                && !(1..=3600).contains(timeout_s)
+            {
+                return reject(
+                    RejectKind::Invalid,
+                    "a shutdown timeout must be 1 to 3600 s",
+                );
+            }
+            self.commands.insert(
+                next,
+                AgentCommandRecord {
+                    id: next,
+                    host: host.clone(),
+                    action: action.clone(),
+                    issued_by: req.actor.clone(),
+                    issued_ms: req.at_ms,
+                    status: CommandStatus::Pending,
+                },
+            );
+            ids.push(next);
+        }
+        let summary: Vec<String> = commands
+            .iter()
+            .zip(&ids)
+            .take(10)
+            .map(|((h, a), id)| format!("#{id} {} {} on {h}", a.name(), a.vm()))
+            .collect();
+        Ok((
+            "agent.command",
+            format!(
+                "{} command(s): {}{}",
+                ids.len(),
+                summary.join(", "),
+                if ids.len() > 10 { ", …" } else { "" }
+            ),
+            Outcome::Commands(ids),
+        ))
+    }
+
+    /// Results are idempotent: a result for a command that already has one is ignored
+    /// (an agent may report twice when a reply is lost).
+    pub(super) fn record_results(
+        &mut self,
+        req: &Request,
+        host: &HostId,
+        results: &[CommandResult],
+    ) -> Applied {
+        if results.is_empty() || results.len() > MAX_BATCH {
+            return reject(
+                RejectKind::Invalid,
+                format!("report 1 to {MAX_BATCH} results at a time"),
+            );
+        }
+        let mut recorded = Vec::new();
+        for r in results {
+            let rec = self
+                .commands
+                .get(&r.id)
+                .ok_or_else(|| not_found("command", &r.id.to_string()))?;
+            if &rec.host != host {
+                return reject(
+                    RejectKind::Conflict,
+                    format!("command #{} belongs to host {}, not {host}", r.id, rec.host),
+                );
+            }
+            if rec.status != CommandStatus::Pending {
+                continue;
+            }
+            let message = r.message.chars().take(MAX_REASON_LEN).collect();
+            let status = if r.ok {
+                CommandStatus::Succeeded {
+                    message,
+                    at_ms: req.at_ms,
+                }
+            } else {
+                CommandStatus::Failed {
+                    message,
+                    at_ms: req.at_ms,
+                }
+            };
+            if let Some(rec) = self.commands.get_mut(&r.id) {
+                recorded.push(format!(
+                    "#{} {} {}: {}",
+                    r.id,
+                    rec.action.name(),
+                    rec.action.vm(),
+                    if r.ok { "ok" } else { "FAILED" }
+                ));
+                rec.status = status;
+            }
+        }
+        if recorded.is_empty() {
+            return Ok((
+                "agent.result",
+                format!("host {host}: results already recorded"),
+                Outcome::Done,
+            ));
+        }
+        Ok((
+            "agent.result",
+            format!("host {host}: {}", recorded.join(", ")),
+            Outcome::Done,
+        ))
+    }
+
+    pub(super) fn set_vm_states(
+        &mut self,
+        req: &Request,
+        host: &HostId,
+        states: &[(VmId, VmState)],
+        reason: &str,
+    ) -> Applied {
+        if !self.hosts.contains(host) {
+            return Err(not_found("host", host.as_str()));
+        }
+        if states.len() > MAX_BATCH {
+            return reject(
+                RejectKind::Invalid,
+                format!("report at most {MAX_BATCH} VM states at a time"),
+            );
+        }
+        let mut changes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (vm, state) in states {
+            if !seen.insert(vm) {
+                return reject(RejectKind::Invalid, format!("VM {vm} is reported twice"));
+            }
+            // Domains that are not VMs of the topology (foreign domains) are not tracked.
+            let Some(app) = self.vm_app(vm) else {
+                continue;
+            };
+            let unchanged = self
+                .vms
+                .get(vm)
+                .is_some_and(|r| r.state == *state && &r.host == host);
+            if unchanged {
+                continue;
+            }
+            changes.push(format!("{vm} {state:?}"));
+            self.vms.insert(
+                vm.clone(),
+                VmRecord {
+                    vm: vm.clone(),
+                    app,
+                    host: host.clone(),
+                    state: *state,
+                    since_ms: req.at_ms,
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        if changes.is_empty() {
+            return reject(RejectKind::Conflict, "no VM state changed");
+        }
+        Ok((
+            "vm.state",
+            format!("host {host}: {} ({reason})", changes.join(", ")),
+            Outcome::Done,
+        ))
+    }
+
+    pub(super) fn agent_event(&mut self, host: &HostId, text: &str) -> Applied {
+        if !self.hosts.contains(host) {
+            return Err(not_found("host", host.as_str()));
+        }
+        if text.trim().is_empty() {
+            return reject(RejectKind::Invalid, "the event text is empty");
+        }
+        Ok(("agent.event", format!("host {host}: {text}"), Outcome::Done))
+    }
+}

@@ -1,0 +1,86 @@
+//! What an agent needs to run one VM: the VM's size, boot method, disks (its app's
+//! volumes, in device order) and network, taken from the topology. The orchestrator
+//! sends a [`VmSpec`] with every `define` command; the agent turns it into libvirt
+//! domain XML with its own host's paths.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AppId, ByteSize, VmId, VolumeId};
+use crate::model::{App, Boot, Vm};
+
+/// One disk of a VM: the replicated volume behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub volume: VolumeId,
+    pub size: ByteSize,
+}
+
+/// How a VM is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NetworkSpec {
+    /// No network interface (the probe guest needs none).
+    #[default]
+    None,
+    /// A NIC on the named libvirt network.
+    Network { name: String },
+    /// A NIC on a network with no route to production (drills).
+    Isolated { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub vm: VmId,
+    pub app: AppId,
+    pub vcpus: u32,
+    pub memory: ByteSize,
+    pub boot: Boot,
+    /// In device order: the first is `vda`.
+    pub disks: Vec<DiskSpec>,
+    pub network: NetworkSpec,
+}
+
+impl VmSpec {
+    /// The spec of `vm`, one of `app`'s VMs. Disks whose volume the app does not have
+    /// cannot occur in a validated topology and are left out.
+    pub fn from_model(app: &App, vm: &Vm, network: NetworkSpec) -> VmSpec {
+        VmSpec {
+            vm: vm.id.clone(),
+            app: app.id.clone(),
+            vcpus: vm.vcpus,
+            memory: vm.memory,
+            boot: vm.boot.clone(),
+            disks: vm
+                .disks
+                .iter()
+                .filter_map(|d| {
+                    app.volume(d).map(|v| DiskSpec {
+                        volume: v.id.clone(),
+                        size: v.size,
+                    })
+                })
+                .collect(),
+            network,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_carries_the_vm_and_its_volumes_in_disk_order() {
+        let t = crate::check_str(include_str!("../../examples/city-egov.toml"))
+            .topology
+            .expect("valid");
+        let app = t.app(&AppId::new("identity-db")).expect("app");
+        let spec = VmSpec::from_model(app, &app.vms[0], NetworkSpec::None);
+        assert_eq!(spec.vcpus, 16);
+        let vols: Vec<&str> = spec.disks.iter().map(|d| d.volume.as_str()).collect();
+        assert_eq!(vols, ["identity-db-os", "identity-db-data"]);
+        assert_eq!(spec.disks[1].size, ByteSize::gib(800));
+        let json = serde_json::to_string(&spec).expect("json");
+        assert_eq!(serde_json::from_str::<VmSpec>(&json).expect("parse"), spec);
+    }
+}
