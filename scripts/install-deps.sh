@@ -7,9 +7,11 @@ set -euo pipefail
 BUILD_PKGS=(pkg-config libvirt-dev libclang-dev clang protobuf-compiler librocksdb-dev libsnappy-dev)
 RUN_PKGS=(libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
           iproute2 iptables busybox-static cpio libnbd-bin nbdkit)
+# The replication benchmark drives every NBD server with fio's nbd engine (libnbd).
+BENCH_PKGS=(fio)
 
 missing=()
-for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"; do
+for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}" "${BENCH_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

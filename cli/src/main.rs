@@ -8,6 +8,7 @@ mod cluster_cmd;
 mod demo;
 mod output;
 mod topology_cmd;
+mod volume_cmd;
 
 use std::process::ExitCode;
 
@@ -114,6 +115,15 @@ enum VolumeCmd {
         #[arg(long)]
         app: Option<String>,
     },
+    /// Serve a consistency group as primary: NBD exports on a unix socket for QEMU,
+    /// every write streamed to the peer's replica (sync or async). Until SIGTERM.
+    Serve(volume_cmd::ServeArgs),
+    /// Hold a consistency group's secondary replica: accept the primary's stream on
+    /// host:port and apply it. Until SIGTERM.
+    Replica(volume_cmd::ReplicaArgs),
+    /// Copy a disk image (qcow2, raw, …) into a volume as its primary, replicating it
+    /// to the peer as it goes, with progress; returns when the peer holds it too.
+    Import(volume_cmd::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +140,9 @@ fn main() -> ExitCode {
         Command::App(AppCmd::List) => block_on(cluster_cmd::app_list(c, out)),
         Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
         Command::Volume(VolumeCmd::List { app }) => block_on(cluster_cmd::volume_list(app, c, out)),
+        Command::Volume(VolumeCmd::Serve(a)) => block_on(volume_cmd::serve(a)),
+        Command::Volume(VolumeCmd::Replica(a)) => block_on(volume_cmd::replica(a)),
+        Command::Volume(VolumeCmd::Import(a)) => block_on(volume_cmd::import(a)),
         Command::Audit(cmd) => block_on(cluster_cmd::audit(cmd, c, out)),
         Command::Agent(a) => block_on(agent_cmd::agent(a)),
         Command::Host(HostCmd::List) => block_on(agent_cmd::host_list(c, out)),
@@ -168,7 +181,7 @@ pub fn block_on_value<T, F: std::future::Future<Output = anyhow::Result<T>>>(
 fn init_tracing() {
     let filter = std::env::var("METRODR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,orchestrator=info,metrodr=info".into());
+        .unwrap_or_else(|_| "warn,orchestrator=info,replication=info,metrodr=info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -434,3 +434,158 @@ pub async fn vm_do(addr: &str, action: &str, vm: &str) -> pb::VmActionReply {
     .unwrap()
     .into_inner()
 }
+
+/// One `metrodr volume serve|replica` process. A thread reads its JSON lines (so the
+/// pipe never fills) and keeps them; stderr goes to `<dir>/<name>.log`.
+pub struct VolProc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub lines: std::sync::Arc<Mutex<Vec<serde_json::Value>>>,
+    pub ready: serde_json::Value,
+    pub log: PathBuf,
+}
+
+impl VolProc {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// The latest `status` line.
+    pub fn status(&self) -> serde_json::Value {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| l["event"] == "status")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Wait until a status line satisfies `f`; panics with the log after `within`.
+    pub fn wait_status(
+        &self,
+        within: Duration,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what}; last status {st}\nlog:\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, wait for the exit, and return the `stopped` line.
+    pub fn stop(&mut self) -> serde_json::Value {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "{} exited with {status}\nlog:\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        // The reader thread may take a moment to see the last line.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l["event"] == "stopped")
+            {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: no stopped line\nlog:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for VolProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Start `metrodr volume <args>` and wait for its `ready` line.
+pub fn start_volume(dir: &Path, name: &str, args: &[&str]) -> VolProc {
+    let log = dir.join(format!("{name}.log"));
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("volume")
+        .args(args)
+        .env("METRODR_LOG", "warn,replication=info,metrodr=info")
+        .stdout(Stdio::piped())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn metrodr volume");
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let keep = lines.clone();
+    std::thread::spawn(move || {
+        let mut first = Some(tx);
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or(serde_json::Value::String(l));
+            if let Some(tx) = first.take() {
+                let _ = tx.send(v.clone());
+            }
+            keep.lock().unwrap().push(v);
+        }
+    });
+    let ready = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(v) if v["event"] == "ready" => v,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name} did not start: {other:?}\nlog:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        }
+    };
+    VolProc {
+        name: name.to_string(),
+        child: Some(child),
+        lines,
+        ready,
+        log,
+    }
+}

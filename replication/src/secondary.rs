@@ -1,0 +1,521 @@
+//! The secondary side of a consistency group: a TCP endpoint that accepts the primary's
+//! stream (one connection at a time; a newer one replaces an older one), refuses lower
+//! epochs, applies writes in stream order to the local files, acknowledges them, makes
+//! them durable on flush barriers, and answers checksum requests during a resync.
+//!
+//! A region enters the activity log before a write to it is applied and stays busy
+//! until the next fsync (a flush barrier from the primary, or at least every
+//! [`FSYNC_INTERVAL`]). A secondary that crashed reports the regions its log held
+//! ("suspect": writes it acknowledged may not have reached its disk) in every hello
+//! until a resync has covered them.
+//!
+//! Never: apply a frame from an epoch lower than the highest it has seen (that epoch is
+//! persisted before the first frame of a new one is applied), or report itself
+//! consistent before a resync finished.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::frame::{Envelope, Frame, FrameCodec, Hello, HelloReply, VolumeInfo};
+use crate::meta::ReplicaMeta;
+use crate::replica::{HelloDecision, accept_hello, demote};
+use crate::volume::VolumeFile;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A primary that sends nothing (not even pings) for this long is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Applied writes are made durable at least this often.
+pub const FSYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplicaStatus {
+    pub connected: bool,
+    pub primary: String,
+    pub epoch: u64,
+    pub consistent: bool,
+    pub last_seq: u64,
+    pub resync_bytes: u64,
+    pub last_error: String,
+}
+
+pub struct ReplicaGroup {
+    pub name: String,
+    pub volumes: Vec<Arc<VolumeFile>>,
+    meta: Mutex<ReplicaMeta>,
+    /// Bumped by every accepted connection; an older connection stops when it sees it.
+    conn_gen: watch::Sender<u64>,
+    status: watch::Sender<ReplicaStatus>,
+    /// Regions the activity log held when this process started (a crash may have lost
+    /// acknowledged writes there), per volume; reported until a resync covers them.
+    suspect: Mutex<Vec<(u16, Vec<u32>)>>,
+}
+
+impl ReplicaGroup {
+    pub fn new(name: &str, volumes: Vec<Arc<VolumeFile>>, meta: ReplicaMeta) -> Arc<ReplicaGroup> {
+        let status = ReplicaStatus {
+            epoch: meta.epoch,
+            consistent: meta.consistent,
+            last_seq: meta.last_seq,
+            ..Default::default()
+        };
+        let suspect = volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u16, v.al_regions()))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        Arc::new(ReplicaGroup {
+            name: name.to_string(),
+            suspect: Mutex::new(suspect),
+            volumes,
+            meta: Mutex::new(meta),
+            conn_gen: watch::channel(0).0,
+            status: watch::channel(status).0,
+        })
+    }
+
+    pub fn status(&self) -> watch::Receiver<ReplicaStatus> {
+        self.status.subscribe()
+    }
+
+    pub fn meta(&self) -> ReplicaMeta {
+        lock(&self.meta).clone()
+    }
+
+    /// Make everything applied durable; then no region of the log is busy.
+    async fn fsync_all(&self) -> Result<(), String> {
+        for v in &self.volumes {
+            v.sync()
+                .await
+                .map_err(|e| format!("{}: fsync: {e}", v.path.display()))?;
+            v.all_flushed();
+        }
+        Ok(())
+    }
+
+    /// A clean stop: everything durable, the last sequence number recorded, the
+    /// activity log empty (nothing is suspect at the next start).
+    pub async fn close(&self) -> Result<(), String> {
+        let meta = self.meta();
+        self.save(&meta).await?;
+        for v in &self.volumes {
+            v.all_flushed();
+            if self.suspect_regions().is_empty() {
+                v.clear_al().map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn suspect_regions(&self) -> Vec<(u16, Vec<u32>)> {
+        lock(&self.suspect).clone()
+    }
+
+    fn infos(&self) -> Vec<VolumeInfo> {
+        self.volumes
+            .iter()
+            .map(|v| VolumeInfo {
+                id: v.id.clone(),
+                size: v.size,
+            })
+            .collect()
+    }
+
+    /// Persist the group's metadata to every volume (data made durable first, so the
+    /// recorded sequence number never claims more than the disk holds).
+    async fn save(&self, meta: &ReplicaMeta) -> Result<(), String> {
+        for v in &self.volumes {
+            v.sync()
+                .await
+                .map_err(|e| format!("{}: fsync: {e}", v.path.display()))?;
+        }
+        for v in &self.volumes {
+            let mut m = meta.clone();
+            m.volume.clone_from(&v.id);
+            m.size = v.size;
+            m.save(&v.path).map_err(|e| e.to_string())?;
+        }
+        *lock(&self.meta) = meta.clone();
+        Ok(())
+    }
+}
+
+/// Accept primaries on `listener` until `stop` turns true. Connections live in a
+/// `JoinSet` owned by this future: when it returns or is dropped, they all end.
+pub async fn serve(
+    group: Arc<ReplicaGroup>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    let g = group.clone();
+                    conns.spawn(async move {
+                        if let Err(why) = connection(&g, s).await {
+                            tracing::warn!(group = %g.name, %peer, "replication connection closed: {why}");
+                            g.status.send_modify(|st| {
+                                st.connected = false;
+                                st.last_error = why;
+                            });
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(group = %group.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            () = stopped(&mut stop) => break,
+        }
+    }
+    conns.shutdown().await;
+    if let Err(e) = group.close().await {
+        tracing::error!(group = %group.name, "clean stop failed: {e}");
+    }
+    group.status.send_modify(|st| st.connected = false);
+}
+
+/// Resolves when `stop` turns true (or its sender is gone). Holds no watch guard
+/// across an await, so the futures that use it stay `Send`.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+async fn replaced(gen_rx: &mut watch::Receiver<u64>, mine: u64) {
+    let _ = gen_rx.wait_for(|g| *g != mine).await.map(|_| ());
+}
+
+type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
+
+async fn refuse(w: &mut Writer, epoch: u64, why: String) -> Result<(), String> {
+    let _ = w
+        .send(Envelope {
+            seq: 0,
+            epoch,
+            frame: Frame::Error(why.clone()),
+        })
+        .await;
+    Err(why)
+}
+
+async fn connection(group: &Arc<ReplicaGroup>, stream: TcpStream) -> Result<(), String> {
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, FrameCodec);
+    let mut writer = FramedWrite::new(wr, FrameCodec);
+    let (hello, epoch): (Hello, u64) =
+        match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
+            Ok(Some(Ok(Envelope {
+                frame: Frame::Hello(h),
+                epoch,
+                ..
+            }))) => (h, epoch),
+            Ok(Some(Ok(other))) => {
+                return refuse(
+                    &mut writer,
+                    0,
+                    format!("expected a hello, got {:?}", other.frame),
+                )
+                .await;
+            }
+            Ok(Some(Err(e))) => return Err(format!("bad frame: {e}")),
+            Ok(None) => return Err("closed before the hello".into()),
+            Err(_) => return Err("no hello within 10 s".into()),
+        };
+    let meta = group.meta();
+    let (epoch, demoted) = match accept_hello(&meta, &group.infos(), epoch, &hello) {
+        HelloDecision::Reject(why) => return refuse(&mut writer, meta.epoch, why).await,
+        HelloDecision::Accept { epoch, demoted } => (epoch, demoted),
+    };
+    let mut meta = meta;
+    if demoted {
+        tracing::warn!(group = %group.name, epoch, "a newer primary connected: this replica is now secondary");
+        meta = demote(&meta, epoch).map_err(|e| e.to_string())?;
+    }
+    if epoch != meta.epoch || demoted {
+        meta.epoch = epoch;
+        group.save(&meta).await?;
+    }
+    // Replace any older connection.
+    group.conn_gen.send_modify(|g| *g += 1);
+    let my_gen = *group.conn_gen.borrow();
+    let mut gen_rx = group.conn_gen.subscribe();
+    let own_regions = group.suspect_regions();
+    let reply = HelloReply {
+        epoch: meta.epoch,
+        generation: meta.generation.clone(),
+        history: meta.history.clone(),
+        last_seq: meta.last_seq,
+        consistent: meta.consistent,
+        own_regions,
+    };
+    writer
+        .send(Envelope {
+            seq: 0,
+            epoch: meta.epoch,
+            frame: Frame::HelloReply(reply),
+        })
+        .await
+        .map_err(|e| format!("sending the hello reply: {e}"))?;
+    group.status.send_modify(|st| {
+        st.connected = true;
+        st.primary.clone_from(&hello.group);
+        st.epoch = meta.epoch;
+        st.consistent = meta.consistent;
+        st.last_error.clear();
+    });
+    tracing::info!(group = %group.name, epoch, generation = %hello.generation, "primary connected");
+
+    let mut last_seq = meta.last_seq;
+    let mut resyncing = false;
+    let mut last_fsync = tokio::time::Instant::now();
+    loop {
+        let first = tokio::select! {
+            f = tokio::time::timeout(IDLE_TIMEOUT, reader.next()) => f,
+            () = replaced(&mut gen_rx, my_gen) => return Err("replaced by a newer connection".into()),
+        };
+        let mut env = match first {
+            Err(_) => return Err("the primary went silent".into()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return refuse(&mut writer, epoch, format!("bad frame: {e}")).await,
+            Ok(Some(Ok(e))) => e,
+        };
+        // Handle this frame and every one already buffered, then acknowledge once.
+        let mut ack = None;
+        loop {
+            if env.epoch < epoch {
+                return refuse(
+                    &mut writer,
+                    epoch,
+                    format!(
+                        "stale epoch {}: this replica has seen epoch {epoch}",
+                        env.epoch
+                    ),
+                )
+                .await;
+            }
+            match handle(
+                group,
+                &hello,
+                env,
+                &mut writer,
+                &mut resyncing,
+                &mut last_seq,
+            )
+            .await?
+            {
+                Some(Reply::Ack(seq)) => ack = Some(seq),
+                Some(Reply::Now(f)) => writer.send(f).await.map_err(|e| format!("sending: {e}"))?,
+                None => {}
+            }
+            match reader.next().now_or_never() {
+                Some(Some(Ok(e))) => env = e,
+                Some(Some(Err(e))) => {
+                    return refuse(&mut writer, epoch, format!("bad frame: {e}")).await;
+                }
+                Some(None) => return Ok(()),
+                None => break,
+            }
+        }
+        if let Some(seq) = ack {
+            writer
+                .send(Envelope {
+                    seq,
+                    epoch,
+                    frame: Frame::Ack,
+                })
+                .await
+                .map_err(|e| format!("sending: {e}"))?;
+        }
+        if last_fsync.elapsed() >= FSYNC_INTERVAL {
+            if group.volumes.iter().any(|v| v.has_unflushed()) {
+                group.fsync_all().await?;
+            }
+            last_fsync = tokio::time::Instant::now();
+        }
+        group.status.send_modify(|st| st.last_seq = last_seq);
+    }
+}
+
+enum Reply {
+    Ack(u64),
+    Now(Envelope),
+}
+
+fn check_range(v: &VolumeFile, offset: u64, len: u64) -> Result<(), String> {
+    if offset.checked_add(len).is_none_or(|end| end > v.size) {
+        return Err(format!(
+            "write of {len} bytes at {offset} is outside volume {} ({} bytes)",
+            v.id, v.size
+        ));
+    }
+    Ok(())
+}
+
+async fn handle(
+    group: &Arc<ReplicaGroup>,
+    hello: &Hello,
+    env: Envelope,
+    writer: &mut Writer,
+    resyncing: &mut bool,
+    last_seq: &mut u64,
+) -> Result<Option<Reply>, String> {
+    let epoch = env.epoch;
+    let volume = |i: u16| {
+        group
+            .volumes
+            .get(i as usize)
+            .cloned()
+            .ok_or(format!("no volume {i} in this group"))
+    };
+    match env.frame {
+        Frame::Write {
+            volume: vi,
+            offset,
+            data,
+            fua,
+            resync,
+        } => {
+            let v = match volume(vi) {
+                Ok(v) => v,
+                Err(why) => return refuse(writer, epoch, why).await.map(|()| None),
+            };
+            if let Err(why) = check_range(&v, offset, data.len() as u64) {
+                return refuse(writer, epoch, why).await.map(|()| None);
+            }
+            if resync && !*resyncing {
+                // From the first resync write until the resync is done, this copy is
+                // not consistent: say so on disk before changing anything.
+                let mut m = group.meta();
+                m.consistent = false;
+                group.save(&m).await?;
+                *resyncing = true;
+                group.status.send_modify(|st| st.consistent = false);
+            }
+            let n = data.len() as u64;
+            if !resync {
+                v.track(v.regions_of(offset, n), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            v.write(offset, data)
+                .await
+                .map_err(|e| format!("{}: write: {e}", v.path.display()))?;
+            if fua {
+                v.sync()
+                    .await
+                    .map_err(|e| format!("{}: fsync: {e}", v.path.display()))?;
+            }
+            if resync {
+                group.status.send_modify(|st| st.resync_bytes += n);
+            }
+            *last_seq = env.seq;
+            lock(&group.meta).last_seq = env.seq;
+            Ok(Some(Reply::Ack(env.seq)))
+        }
+        Frame::Zero {
+            volume: vi,
+            offset,
+            len,
+            trim,
+        } => {
+            let v = match volume(vi) {
+                Ok(v) => v,
+                Err(why) => return refuse(writer, epoch, why).await.map(|()| None),
+            };
+            if let Err(why) = check_range(&v, offset, len) {
+                return refuse(writer, epoch, why).await.map(|()| None);
+            }
+            v.track(v.regions_of(offset, len), false)
+                .await
+                .map_err(|e| e.to_string())?;
+            v.zero(offset, len, trim)
+                .await
+                .map_err(|e| format!("{}: zero: {e}", v.path.display()))?;
+            *last_seq = env.seq;
+            lock(&group.meta).last_seq = env.seq;
+            Ok(Some(Reply::Ack(env.seq)))
+        }
+        Frame::Flush => {
+            group.fsync_all().await?;
+            *last_seq = env.seq;
+            lock(&group.meta).last_seq = env.seq;
+            Ok(Some(Reply::Now(Envelope {
+                seq: env.seq,
+                epoch,
+                frame: Frame::FlushAck,
+            })))
+        }
+        Frame::SumsRequest(req) => {
+            let v = match volume(req.volume) {
+                Ok(v) => v,
+                Err(why) => return refuse(writer, epoch, why).await.map(|()| None),
+            };
+            if req.region_size != v.region_size
+                || req.regions.iter().any(|r| *r >= v.regions())
+                || req.regions.len() > 65_536
+            {
+                return refuse(
+                    writer,
+                    epoch,
+                    "checksum request for regions this volume does not have".into(),
+                )
+                .await
+                .map(|()| None);
+            }
+            let sums = v
+                .region_sums(req.regions)
+                .await
+                .map_err(|e| format!("{}: read: {e}", v.path.display()))?;
+            Ok(Some(Reply::Now(Envelope {
+                seq: 0,
+                epoch,
+                frame: Frame::Sums {
+                    volume: req.volume,
+                    region_size: v.region_size,
+                    sums,
+                },
+            })))
+        }
+        Frame::ResyncDone(summary) => {
+            let mut m = group.meta();
+            m.consistent = true;
+            m.generation.clone_from(&hello.generation);
+            m.history.clone_from(&hello.history);
+            m.last_seq = env.seq;
+            group.save(&m).await?;
+            for v in &group.volumes {
+                v.all_flushed();
+                v.clear_al().map_err(|e| e.to_string())?;
+            }
+            lock(&group.suspect).clear();
+            *resyncing = false;
+            *last_seq = env.seq;
+            tracing::info!(group = %group.name, copied = summary.regions_copied, bytes = summary.bytes_copied, "resync complete: this replica is consistent");
+            group.status.send_modify(|st| st.consistent = true);
+            Ok(Some(Reply::Ack(env.seq)))
+        }
+        Frame::Ping(n) => Ok(Some(Reply::Now(Envelope {
+            seq: 0,
+            epoch,
+            frame: Frame::Pong(n),
+        }))),
+        other => refuse(writer, epoch, format!("unexpected frame {other:?}"))
+            .await
+            .map(|()| None),
+    }
+}
