@@ -177,7 +177,7 @@ fn help_reads_well() {
 }
 
 #[test]
-fn demo_plans_then_loses_the_control_plane_leader_and_loses_nothing() {
+fn demo_plans_then_loses_the_leader_and_a_volume_primary_and_loses_nothing() {
     let o = metrodr(&["demo"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let out = stdout(&o);
@@ -198,6 +198,11 @@ fn demo_plans_then_loses_the_control_plane_leader_and_loses_nothing() {
         cp["entries_after"].as_u64() > cp["entries_committed_before_kill"].as_u64(),
         "{cp}"
     );
+    let st = &v["storage"];
+    assert!(st["writes_acknowledged"].as_u64() > Some(100), "{st}");
+    assert_eq!(st["writes_lost"], 0, "{st}");
+    assert_eq!(st["promoted_epoch"], 2, "{st}");
+    assert_ne!(st["primary_site"], st["secondary_site"], "{st}");
     let o = metrodr(&["demo", "--plan-only", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
     assert!(v["control_plane"].is_null());

@@ -1,0 +1,539 @@
+//! The replication benchmark: fio (its `nbd` engine, i.e. libnbd) writing through
+//! every storage path a metrodr user could choose, in one run on this machine:
+//!
+//! 1. `qemu-nbd` on a raw file (the baseline NBD server);
+//! 2. `metrodr volume serve`, unreplicated;
+//! 3. `metrodr volume serve --mode sync` to a `metrodr volume replica`, over loopback
+//!    (0 RTT) and through the userspace WAN link ([`chaos::proxy::LinkProxy`]) with
+//!    0.6 ms each way (~1.2 ms RTT; netem is not available here);
+//! 4. the same in `--mode async` at ~1.2 ms RTT;
+//! 5. QEMU's active mirror: `qemu-storage-daemon` exporting a raw file over NBD with a
+//!    `blockdev-mirror` job (`copy-mode: write-blocking`) to a `qemu-nbd` target
+//!    through the same link.
+//!
+//! Cases: 4 KiB random writes at queue depth 1 and 16 (IOPS, p50/p99 completion
+//! latency) and 1 MiB sequential writes at queue depth 4 (MB/s), each after a warm-up.
+//! Then the targets are checked and printed as PASS/FAIL. Run with
+//! `cargo bench -p metrodr --bench replication`; `BENCH_SECS` sets the seconds per
+//! case (default 5). Everything it starts is stopped by PID (or dropped) at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos::proxy::{DirProps, LinkProps, LinkProxy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_metrodr");
+const SIZE: &str = "256MiB";
+const SIZE_BYTES: u64 = 256 << 20;
+const ONE_WAY: Duration = Duration::from_micros(600);
+
+fn banner(what: &str) -> ! {
+    panic!("\n\n#### {what}\n")
+}
+
+fn need(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        banner(&format!(
+            "{tool} is not installed: run scripts/install-deps.sh"
+        ));
+    }
+}
+
+/// A process killed by PID when dropped.
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `metrodr volume ...` and return it with its first (ready) line.
+fn metrodr(dir: &Path, name: &'static str, args: &[String]) -> (Proc, serde_json::Value) {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("volume")
+        .args(args)
+        .env("METRODR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // Keep draining status lines so the pipe never fills.
+    std::thread::spawn(move || for _ in out.lines() {});
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: {e}: {line:?}"));
+    (Proc(child, name), v)
+}
+
+fn wait_socket(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(p).is_err() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sparse(path: &Path) {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(SIZE_BYTES)
+        .unwrap();
+}
+
+/// One storage path under test, running: its NBD socket and what to drop to stop it.
+struct Path_ {
+    name: &'static str,
+    socket: PathBuf,
+    _procs: Vec<Proc>,
+    _link: Option<LinkProxy>,
+}
+
+fn link_to(target: &str) -> LinkProxy {
+    let props = LinkProps::symmetric(DirProps::with_delay(ONE_WAY));
+    LinkProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target.parse().unwrap(),
+        props,
+    )
+    .unwrap()
+}
+
+fn qemu_nbd(dir: &Path) -> Path_ {
+    let file = dir.join("qemu-nbd.raw");
+    sparse(&file);
+    let socket = dir.join("qemu-nbd.sock");
+    let child = Command::new("qemu-nbd")
+        .args(["-f", "raw", "-t", "--cache=writeback", "-x", "disk", "-k"])
+        .arg(&socket)
+        .arg(&file)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_socket(&socket);
+    Path_ {
+        name: "(1) qemu-nbd, raw file",
+        socket,
+        _procs: vec![Proc(child, "qemu-nbd")],
+        _link: None,
+    }
+}
+
+fn metrodr_alone(dir: &Path) -> Path_ {
+    let socket = dir.join("alone.sock");
+    let data = dir.join("alone.raw");
+    let (p, _) = metrodr(
+        dir,
+        "serve-alone",
+        &args(&[
+            "serve",
+            "--data",
+            &s(&data),
+            "--size",
+            SIZE,
+            "--socket",
+            &s(&socket),
+        ]),
+    );
+    Path_ {
+        name: "(2) metrodr, unreplicated",
+        socket,
+        _procs: vec![p],
+        _link: None,
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// A metrodr primary replicating to a replica, directly or through a delayed link.
+fn metrodr_replicated(
+    dir: &Path,
+    tag: &'static str,
+    name: &'static str,
+    mode: &str,
+    delayed: bool,
+) -> Path_ {
+    let (pdata, sdata) = (
+        dir.join(format!("{tag}-a.raw")),
+        dir.join(format!("{tag}-b.raw")),
+    );
+    let (rep, ready) = metrodr(
+        dir,
+        "replica",
+        &args(&[
+            "replica",
+            "--data",
+            &s(&sdata),
+            "--size",
+            SIZE,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+    );
+    let listen = ready["listen"].as_str().unwrap().to_string();
+    let link = delayed.then(|| link_to(&listen));
+    let peer = link.as_ref().map_or(listen, |l| l.local_addr().to_string());
+    let socket = dir.join(format!("{tag}.sock"));
+    let (pri, _) = metrodr(
+        dir,
+        "serve-replicated",
+        &args(&[
+            "serve",
+            "--data",
+            &s(&pdata),
+            "--size",
+            SIZE,
+            "--socket",
+            &s(&socket),
+            "--peer",
+            &peer,
+            "--mode",
+            mode,
+        ]),
+    );
+    // Wait until the initial sync is done (a first write would wait for it anyway).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = Command::new("nbdinfo")
+            .arg(format!("nbd+unix:///disk?socket={}", socket.display()))
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name}: export never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Path_ {
+        name,
+        socket,
+        _procs: vec![pri, rep],
+        _link: link,
+    }
+}
+
+/// A tiny QMP client: one command, one answer (events in between are skipped).
+struct Qmp(BufReader<UnixStream>);
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        wait_socket(path);
+        let mut q = Qmp(BufReader::new(UnixStream::connect(path).unwrap()));
+        q.read(); // greeting
+        q.cmd(serde_json::json!({"execute": "qmp_capabilities"}));
+        q
+    }
+
+    fn read(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP: {e}: {line:?}"))
+    }
+
+    fn cmd(&mut self, c: serde_json::Value) -> serde_json::Value {
+        writeln!(self.0.get_mut(), "{c}").unwrap();
+        loop {
+            let v = self.read();
+            if v.get("event").is_some() {
+                continue;
+            }
+            assert!(v.get("error").is_none(), "QMP {c}: {v}");
+            return v["return"].clone();
+        }
+    }
+}
+
+fn qemu_mirror(dir: &Path) -> Path_ {
+    let (src, tgt) = (dir.join("mirror-a.raw"), dir.join("mirror-b.raw"));
+    sparse(&src);
+    sparse(&tgt);
+    // The target: qemu-nbd on TCP, behind the delayed link.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let target = Command::new("qemu-nbd")
+        .args([
+            "-f",
+            "raw",
+            "-t",
+            "--cache=writeback",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .arg(&tgt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let target = Proc(target, "qemu-nbd (mirror target)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "qemu-nbd target did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let link = link_to(&format!("127.0.0.1:{port}"));
+    let socket = dir.join("mirror.sock");
+    let qmp = dir.join("mirror.qmp");
+    let lp = link.local_addr().port().to_string();
+    let qsd = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,filename={},node-name=file0,cache.direct=off",
+            src.display()
+        ))
+        .args(["--blockdev", "driver=raw,file=file0,node-name=src"])
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={lp},node-name=tgt"
+        ))
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", socket.display()))
+        .args([
+            "--export",
+            "type=nbd,id=exp0,node-name=src,name=disk,writable=on",
+        ])
+        .arg("--chardev")
+        .arg(format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=qmp"])
+        .stderr(std::fs::File::create(dir.join("qsd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let qsd = Proc(qsd, "qemu-storage-daemon");
+    let mut q = Qmp::connect(&qmp);
+    q.cmd(serde_json::json!({"execute": "blockdev-mirror", "arguments": {
+        "job-id": "m0", "device": "src", "target": "tgt", "sync": "full", "copy-mode": "write-blocking"}}));
+    // Ready: the initial copy is done and every new write goes to both.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let jobs = q.cmd(serde_json::json!({"execute": "query-block-jobs"}));
+        if jobs[0]["ready"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror job never became ready: {jobs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Path_ {
+        name: "(5) QEMU active mirror, ~1.2 ms RTT",
+        socket,
+        _procs: vec![qsd, target],
+        _link: Some(link),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Res {
+    iops: f64,
+    mb_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn fio(uri: &str, rw: &str, bs: &str, qd: u32, secs: u64) -> Res {
+    let o = Command::new("fio")
+        .args([
+            "--name=bench",
+            "--ioengine=nbd",
+            "--output-format=json",
+            "--time_based",
+            "--ramp_time=1",
+            "--randrepeat=0",
+        ])
+        .arg(format!("--uri={uri}"))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={bs}"))
+        .arg(format!("--iodepth={qd}"))
+        .arg(format!("--runtime={secs}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "fio failed: {}{}",
+        text,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let start = text.find('{').unwrap_or(0);
+    let v: serde_json::Value =
+        serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("fio output: {e}: {text}"));
+    let w = &v["jobs"][0]["write"];
+    let pct = |p: &str| w["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
+    Res {
+        iops: w["iops"].as_f64().unwrap_or(0.0),
+        mb_s: w["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+    }
+}
+
+/// Median round trip of 1-byte messages through a fresh link like the one used.
+fn measured_rtt() -> Duration {
+    use std::io::Read;
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = echo.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = echo.accept() {
+            let mut b = [0u8; 1];
+            while c.read_exact(&mut b).is_ok() && c.write_all(&b).is_ok() {}
+        }
+    });
+    let link = link_to(&addr);
+    let mut c = std::net::TcpStream::connect(link.local_addr()).unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut rtts = Vec::new();
+    let mut b = [0u8; 1];
+    for _ in 0..300 {
+        let t = Instant::now();
+        c.write_all(&b).unwrap();
+        c.read_exact(&mut b).unwrap();
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    rtts[rtts.len() / 2]
+}
+
+fn main() {
+    for t in ["fio", "qemu-nbd", "qemu-storage-daemon", "nbdinfo"] {
+        need(t);
+    }
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::Builder::new()
+        .prefix("metrodr-repl-bench")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = dir.path();
+    let rtt = measured_rtt();
+    println!(
+        "link: 0.6 ms each way configured; measured RTT through the proxy (p50 of 300 pings): {:.3} ms",
+        rtt.as_secs_f64() * 1e3
+    );
+    println!(
+        "{SIZE} volumes in {}; {secs} s per case after 1 s warm-up; fio --ioengine=nbd\n",
+        dir.display()
+    );
+
+    type Start = fn(&Path) -> Path_;
+    let paths: Vec<Start> = vec![
+        qemu_nbd,
+        metrodr_alone,
+        |d| {
+            metrodr_replicated(
+                d,
+                "sync0",
+                "(3) metrodr sync, loopback (0 RTT)",
+                "sync",
+                false,
+            )
+        },
+        |d| metrodr_replicated(d, "sync1", "(3) metrodr sync, ~1.2 ms RTT", "sync", true),
+        |d| metrodr_replicated(d, "async1", "(4) metrodr async, ~1.2 ms RTT", "async", true),
+        qemu_mirror,
+    ];
+    let mut rows: Vec<(&str, [Res; 3])> = Vec::new();
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} | {:>9}",
+        "path", "QD1 IOPS", "p50 µs", "p99 µs", "QD16 IOPS", "p50 µs", "p99 µs", "1M MB/s"
+    );
+    for start in paths {
+        let p = start(dir);
+        let uri = format!("nbd+unix:///disk?socket={}", p.socket.display());
+        let r = [
+            fio(&uri, "randwrite", "4k", 1, secs),
+            fio(&uri, "randwrite", "4k", 16, secs),
+            fio(&uri, "write", "1M", 4, secs),
+        ];
+        println!(
+            "{:<40} {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} | {:>9.0}",
+            p.name,
+            r[0].iops,
+            r[0].p50_us,
+            r[0].p99_us,
+            r[1].iops,
+            r[1].p50_us,
+            r[1].p99_us,
+            r[2].mb_s
+        );
+        rows.push((p.name, r));
+        drop(p);
+    }
+    let get = |prefix: &str| {
+        rows.iter()
+            .find(|(n, _)| n.starts_with(prefix))
+            .map(|(_, r)| *r)
+            .unwrap()
+    };
+    let (qn, alone, sync1, mirror) = (
+        get("(1)"),
+        get("(2)"),
+        get("(3) metrodr sync, ~"),
+        get("(5)"),
+    );
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    println!("\ntargets:");
+    for (i, what) in ["4 KiB QD1", "4 KiB QD16"].iter().enumerate() {
+        let ratio = alone[i].iops / qn[i].iops;
+        println!(
+            "  (2) >= 0.9x (1), {what}: {ratio:.2}x  {}",
+            verdict(ratio >= 0.9)
+        );
+    }
+    let ratio = alone[2].mb_s / qn[2].mb_s;
+    println!(
+        "  (2) >= 0.9x (1), 1 MiB sequential: {ratio:.2}x  {}",
+        verdict(ratio >= 0.9)
+    );
+    let added_ms = (sync1[0].p50_us - alone[0].p50_us) / 1e3;
+    let budget_nominal = 1.2 + 0.2;
+    let budget_measured = rtt.as_secs_f64() * 1e3 + 0.2;
+    println!(
+        "  (3) at QD1 adds <= RTT + 0.2 ms over (2): adds {added_ms:.3} ms (p50); nominal budget {budget_nominal:.2} ms {}, with the measured RTT {budget_measured:.2} ms {}",
+        verdict(added_ms <= budget_nominal),
+        verdict(added_ms <= budget_measured)
+    );
+    let ratio = sync1[1].iops / mirror[1].iops;
+    println!(
+        "  (3) >= (5) at QD16 (same RTT): {ratio:.2}x  {}",
+        verdict(ratio >= 1.0)
+    );
+}

@@ -1,0 +1,229 @@
+//! The storage step of the demo: one application's volume replicated in sync mode
+//! between the two production sites by real `metrodr volume` processes, written by 16
+//! pipelined NBD writers, its primary killed with SIGKILL mid-stream, the replica at
+//! the other site promoted at a new epoch; every acknowledged write is read back there.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use replication::nbd::{ClientConfig, NbdClient};
+use serde::Serialize;
+use topology::Topology;
+use topology::model::Replication;
+
+/// The demo volume is small whatever the topology says: it is written for a second.
+const SIZE: &str = "64MiB";
+const BLOCKS: u64 = (64 << 20) / 4096;
+
+#[derive(Debug, Serialize)]
+pub struct Storage {
+    pub app: String,
+    pub volume: String,
+    pub primary_site: String,
+    pub secondary_site: String,
+    pub writes_acknowledged: u64,
+    pub writes_lost: u64,
+    pub promoted_epoch: u64,
+    /// From the SIGKILL of the primary to the promoted replica answering reads.
+    pub failover_ms: u64,
+}
+
+/// A `metrodr volume` process, killed by PID when dropped.
+struct Vol(Child);
+
+impl Drop for Vol {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Vol {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<(Vol, serde_json::Value)> {
+        let exe = std::env::current_exe().context("locating the metrodr binary")?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let mut child = Command::new(exe)
+            .arg("volume")
+            .args(args)
+            .env("METRODR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting a metrodr volume process")?;
+        let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        // Drain the status lines so the pipe never fills.
+        std::thread::spawn(move || for _ in out.lines() {});
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{name} did not start; see {}",
+                dir.join(format!("{name}.log")).display()
+            )
+        })?;
+        Ok((Vol(child), v))
+    }
+
+    /// SIGTERM and wait for the clean stop.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+fn block(i: u64) -> Bytes {
+    let mut b = vec![(i % 251) as u8; 4096];
+    b[..8].copy_from_slice(&i.to_be_bytes());
+    Bytes::from(b)
+}
+
+async fn connect(socket: &Path, export: &str) -> anyhow::Result<NbdClient> {
+    let cfg = ClientConfig {
+        export: export.into(),
+        ..ClientConfig::default()
+    };
+    NbdClient::connect_unix(socket, &cfg)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))
+}
+
+pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyhow::Result<Storage> {
+    let mut sites = topo.production_sites();
+    let (Some(a), Some(b)) = (sites.next(), sites.next()) else {
+        bail!("the topology has no two production sites");
+    };
+    let (app, vol) = topo
+        .apps
+        .iter()
+        .flat_map(|app| app.volumes.iter().map(move |v| (app, v)))
+        .filter(|(_, v)| v.replication == Replication::Sync)
+        .min_by_key(|(app, _)| app.tier)
+        .context("no application has a sync volume")?;
+    let (site_a, site_b) = (a.id.to_string(), b.id.to_string());
+    let id = vol.id.to_string();
+    if table {
+        println!(
+            "\nStorage: app {} volume {id} ({SIZE} for the demo), sync replication {site_a} -> {site_b}",
+            app.id
+        );
+    }
+    let a_raw = dir.join(format!("{site_a}-{id}.raw"));
+    let b_raw = dir.join(format!("{site_b}-{id}.raw"));
+    let a_vol = format!("{id}={}", a_raw.display());
+    let b_vol = format!("{id}={}", b_raw.display());
+    let (replica, ready) = Vol::start(
+        dir,
+        "replica",
+        &[
+            "replica",
+            "--volume",
+            &b_vol,
+            "--size",
+            SIZE,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let listen = ready["listen"]
+        .as_str()
+        .context("replica address")?
+        .to_string();
+    let a_sock = dir.join(format!("{site_a}.sock"));
+    let a_sock_s = a_sock.display().to_string();
+    let (mut primary, _) = Vol::start(
+        dir,
+        "primary",
+        &[
+            "serve", "--volume", &a_vol, "--size", SIZE, "--socket", &a_sock_s, "--peer", &listen,
+        ],
+    )?;
+    let c = Arc::new(connect(&a_sock, &id).await?);
+    // The first write also waits for the initial sync.
+    c.write(0, block(0), false).await.context("first write")?;
+    let acked = Arc::new(Mutex::new(vec![0u64]));
+    let writers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (c, acked) = (c.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut i = 1 + w;
+                while i < BLOCKS {
+                    if c.write(i * 4096, block(i), false).await.is_err() {
+                        return;
+                    }
+                    acked.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+                    i += 16;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let killed_at = Instant::now();
+    let _ = primary.0.kill();
+    let _ = primary.0.wait();
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+    drop(primary);
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if table {
+        println!(
+            "  {} writes acknowledged by the {site_a} primary, then kill -9 of it mid-stream",
+            acked.len()
+        );
+    }
+    // Site B: stop the replica, promote its file at epoch 2, serve it.
+    replica.stop();
+    let b_sock = dir.join(format!("{site_b}.sock"));
+    let b_sock_s = b_sock.display().to_string();
+    let (promoted, ready) = Vol::start(
+        dir,
+        "promoted",
+        &[
+            "serve",
+            "--volume",
+            &b_vol,
+            "--socket",
+            &b_sock_s,
+            "--promote",
+            "--epoch",
+            "2",
+        ],
+    )?;
+    let cb = connect(&b_sock, &id).await?;
+    cb.read(0, 4096)
+        .await
+        .context("reading the promoted replica")?;
+    let failover_ms = u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut lost = 0u64;
+    for i in &acked {
+        if cb.read(i * 4096, 4096).await? != block(*i) {
+            lost += 1;
+        }
+    }
+    drop(cb);
+    promoted.stop();
+    let epoch = ready["epoch"].as_u64().unwrap_or(0);
+    if table {
+        println!(
+            "  {site_b} promoted at epoch {epoch}, serving {failover_ms} ms after the kill; {} of {} acknowledged writes there ({lost} lost)",
+            acked.len() as u64 - lost,
+            acked.len()
+        );
+    }
+    Ok(Storage {
+        app: app.id.to_string(),
+        volume: id,
+        primary_site: site_a,
+        secondary_site: site_b,
+        writes_acknowledged: acked.len() as u64,
+        writes_lost: lost,
+        promoted_epoch: epoch,
+        failover_ms,
+    })
+}
