@@ -15,7 +15,9 @@
 //! latency) and 1 MiB sequential writes at queue depth 4 (MB/s), each after a warm-up.
 //! Then the targets are checked and printed as PASS/FAIL. Run with
 //! `cargo bench -p metrodr --bench replication`; `BENCH_SECS` sets the seconds per
-//! case (default 5). Everything it starts is stopped by PID (or dropped) at the end.
+//! case (default 5), `BENCH_ONLY=2,4` runs only those paths (no target check). The
+//! last columns are the CPU time the storage path used per I/O (its processes, plus
+//! the link proxy's threads where there is a link) at QD1 and QD16. Everything it starts is stopped by PID (or dropped) at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -359,15 +361,32 @@ fn qemu_mirror(dir: &Path) -> Path_ {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based) of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Res {
     iops: f64,
     mb_s: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU time of the storage path's processes (and the link proxy) per I/O.
+    cpu_us_per_io: f64,
+    /// The same, per process (in the order of the pids given).
+    cpu_split: [f64; 4],
 }
 
-fn fio(uri: &str, rw: &str, bs: &str, qd: u32, secs: u64) -> Res {
+fn fio(uri: &str, rw: &str, bs: &str, qd: u32, secs: u64, pids: &[u32]) -> Res {
+    let each = || pids.iter().map(|p| cpu_secs(*p)).collect::<Vec<f64>>();
+    let cpu0 = each();
     let o = Command::new("fio")
         .args([
             "--name=bench",
@@ -396,11 +415,20 @@ fn fio(uri: &str, rw: &str, bs: &str, qd: u32, secs: u64) -> Res {
         serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("fio output: {e}: {text}"));
     let w = &v["jobs"][0]["write"];
     let pct = |p: &str| w["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
+    let ios = w["total_ios"].as_f64().unwrap_or(0.0).max(1.0);
     Res {
         iops: w["iops"].as_f64().unwrap_or(0.0),
         mb_s: w["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6,
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),
+        cpu_us_per_io: each().iter().zip(&cpu0).map(|(a, b)| a - b).sum::<f64>() * 1e6 / ios,
+        cpu_split: {
+            let mut split = [0.0; 4];
+            for (i, (a, b)) in each().iter().zip(&cpu0).enumerate().take(4) {
+                split[i] = (a - b) * 1e6 / ios;
+            }
+            split
+        },
     }
 }
 
@@ -472,19 +500,36 @@ fn main() {
     ];
     let mut rows: Vec<(&str, [Res; 3])> = Vec::new();
     println!(
-        "{:<40} {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} | {:>9}",
-        "path", "QD1 IOPS", "p50 µs", "p99 µs", "QD16 IOPS", "p50 µs", "p99 µs", "1M MB/s"
+        "{:<40} {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} | {:>9} | {:>15}",
+        "path",
+        "QD1 IOPS",
+        "p50 µs",
+        "p99 µs",
+        "QD16 IOPS",
+        "p50 µs",
+        "p99 µs",
+        "1M MB/s",
+        "CPU µs/IO QD1/16"
     );
-    for start in paths {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    for (i, start) in paths.into_iter().enumerate() {
+        if !only.is_empty() && !only.split(',').any(|k| k == (i + 1).to_string()) {
+            continue;
+        }
         let p = start(dir);
         let uri = format!("nbd+unix:///disk?socket={}", p.socket.display());
+        // The proxy threads live in this process; count ours only when a link is used.
+        let mut pids: Vec<u32> = p._procs.iter().map(|p| p.0.id()).collect();
+        if p._link.is_some() {
+            pids.push(std::process::id());
+        }
         let r = [
-            fio(&uri, "randwrite", "4k", 1, secs),
-            fio(&uri, "randwrite", "4k", 16, secs),
-            fio(&uri, "write", "1M", 4, secs),
+            fio(&uri, "randwrite", "4k", 1, secs, &pids),
+            fio(&uri, "randwrite", "4k", 16, secs, &pids),
+            fio(&uri, "write", "1M", 4, secs, &pids),
         ];
         println!(
-            "{:<40} {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} | {:>9.0}",
+            "{:<40} {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} | {:>9.0} | {:>7.0} {:>7.0}",
             p.name,
             r[0].iops,
             r[0].p50_us,
@@ -492,10 +537,37 @@ fn main() {
             r[1].iops,
             r[1].p50_us,
             r[1].p99_us,
-            r[2].mb_s
+            r[2].mb_s,
+            r[0].cpu_us_per_io,
+            r[1].cpu_us_per_io
         );
+        if pids.len() > 1 {
+            let names: Vec<&str> = p
+                ._procs
+                .iter()
+                .map(|p| p.1)
+                .chain(p._link.as_ref().map(|_| "link proxy"))
+                .collect();
+            let split = |r: &Res| {
+                names
+                    .iter()
+                    .zip(r.cpu_split)
+                    .map(|(n, c)| format!("{n} {c:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "{:<40}   CPU µs/IO by process: QD1: {}; QD16: {}",
+                "",
+                split(&r[0]),
+                split(&r[1])
+            );
+        }
         rows.push((p.name, r));
         drop(p);
+    }
+    if !only.is_empty() {
+        return;
     }
     let get = |prefix: &str| {
         rows.iter()

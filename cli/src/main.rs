@@ -140,8 +140,12 @@ fn main() -> ExitCode {
         Command::App(AppCmd::List) => block_on(cluster_cmd::app_list(c, out)),
         Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
         Command::Volume(VolumeCmd::List { app }) => block_on(cluster_cmd::volume_list(app, c, out)),
-        Command::Volume(VolumeCmd::Serve(a)) => block_on(volume_cmd::serve(a)),
-        Command::Volume(VolumeCmd::Replica(a)) => block_on(volume_cmd::replica(a)),
+        Command::Volume(VolumeCmd::Serve(a)) => {
+            block_on_data_path(a.g.runtime, volume_cmd::serve(a))
+        }
+        Command::Volume(VolumeCmd::Replica(a)) => {
+            block_on_data_path(a.g.runtime, volume_cmd::replica(a))
+        }
         Command::Volume(VolumeCmd::Import(a)) => block_on(volume_cmd::import(a)),
         Command::Audit(cmd) => block_on(cluster_cmd::audit(cmd, c, out)),
         Command::Agent(a) => block_on(agent_cmd::agent(a)),
@@ -164,6 +168,21 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
 ) -> anyhow::Result<ExitCode> {
     tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(f)
+}
+
+/// The data path (NBD server, replication stream) on the runtime `--runtime` chose.
+pub fn block_on_data_path<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    runtime: volume_cmd::RuntimeArg,
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    let rt = match runtime {
+        volume_cmd::RuntimeArg::Current => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        volume_cmd::RuntimeArg::Multi => tokio::runtime::Runtime::new(),
+    };
+    rt.map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
         .block_on(f)
 }
 
