@@ -6,7 +6,9 @@
 mod agent_cmd;
 mod cluster_cmd;
 mod demo;
+mod op_cmd;
 mod output;
+mod replica_report;
 mod topology_cmd;
 mod volume_cmd;
 
@@ -81,6 +83,10 @@ enum Command {
     #[command(subcommand)]
     Volume(VolumeCmd),
 
+    /// Operations (failovers, switchovers, failbacks): list, show, follow, approve.
+    #[command(subcommand)]
+    Op(op_cmd::OpCmd),
+
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(cluster_cmd::AuditCmd),
@@ -93,6 +99,15 @@ enum Command {
 enum AppCmd {
     /// Every application: tier, active site, state, where its VMs run.
     List,
+    /// Move apps to another site now, as after a loss: promote their volumes there
+    /// (epoch + 1) and start them, in dependency order; follow it to the record.
+    Failover(op_cmd::MoveArgs),
+    /// Planned move with zero loss: stop the VMs gracefully, promote, start at the
+    /// other site (sync volumes only until replication drain lands).
+    Switchover(op_cmd::MoveArgs),
+    /// Switch apps back to their preferred site (refused until the replicas there are
+    /// up to date again).
+    Failback(op_cmd::FailbackArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +120,9 @@ enum HostCmd {
 enum SiteCmd {
     /// Every site with its state and hosts.
     List,
+    /// Declare a production site lost: fail over every app active there (VMs still
+    /// running there are destroyed first). Audited with your name.
+    Fail(op_cmd::SiteFailArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +147,16 @@ enum VolumeCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    let daemon = matches!(
+        cli.command,
+        Command::Orchestrator(_)
+            | Command::Agent(_)
+            | Command::Demo(_)
+            | Command::Volume(VolumeCmd::Serve(_) | VolumeCmd::Replica(_) | VolumeCmd::Import(_))
+    );
+    if !daemon {
+        restore_sigpipe();
+    }
     let out = cli.output;
     let c = &cli.cluster;
     let result = match cli.command {
@@ -139,6 +167,29 @@ fn main() -> ExitCode {
         Command::Status => block_on(cluster_cmd::status(c, out)),
         Command::App(AppCmd::List) => block_on(cluster_cmd::app_list(c, out)),
         Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
+        Command::Site(SiteCmd::Fail(a)) => block_on(op_cmd::start(
+            "site-fail",
+            Vec::new(),
+            a.site,
+            a.run,
+            c,
+            out,
+        )),
+        Command::App(AppCmd::Failover(a)) => {
+            block_on(op_cmd::start("failover", a.apps, a.to, a.run, c, out))
+        }
+        Command::App(AppCmd::Switchover(a)) => {
+            block_on(op_cmd::start("switchover", a.apps, a.to, a.run, c, out))
+        }
+        Command::App(AppCmd::Failback(a)) => block_on(op_cmd::start(
+            "failback",
+            a.apps,
+            String::new(),
+            a.run,
+            c,
+            out,
+        )),
+        Command::Op(cmd) => block_on(op_cmd::run(cmd, c, out)),
         Command::Volume(VolumeCmd::List { app }) => block_on(cluster_cmd::volume_list(app, c, out)),
         Command::Volume(VolumeCmd::Serve(a)) => {
             block_on_data_path(a.g.runtime, volume_cmd::serve(a))
@@ -169,6 +220,20 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
         .block_on(f)
+}
+
+/// `metrodr … | head` ends quietly like other Unix tools instead of panicking on EPIPE.
+/// Daemons keep Rust's default (SIGPIPE ignored: a closed pipe is an error value).
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition
+    // and no handler is installed.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
 }
 
 /// The data path (NBD server, replication stream) on the runtime `--runtime` chose.

@@ -159,6 +159,14 @@ pub struct ServeArgs {
     /// Permission bits of the socket (octal).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     pub socket_mode: u32,
+    /// Report the replication link to these orchestrator nodes (host:port,…) so the
+    /// cluster knows when the other site's replica may be promoted. The group name is
+    /// the app's id. Needs --site.
+    #[arg(long, requires = "site")]
+    pub report_to: Option<String>,
+    /// The site this primary runs at (for --report-to).
+    #[arg(long, requires = "report_to")]
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +216,7 @@ impl GroupArgs {
 fn open_group(g: &GroupArgs, role: Role) -> anyhow::Result<(Vec<Arc<VolumeFile>>, ReplicaMeta)> {
     let mut vols = Vec::new();
     let mut first: Option<ReplicaMeta> = None;
+    let mut all_fresh = true;
     let list = g.volume_list();
     for v in &list {
         if g.size.is_none() && !v.path.exists() {
@@ -216,9 +225,21 @@ fn open_group(g: &GroupArgs, role: Role) -> anyhow::Result<(Vec<Arc<VolumeFile>>
                 v.path.display()
             );
         }
-        let (file, meta) =
+        let fresh = !replication::meta::meta_path(&v.path).exists();
+        let (file, mut meta) =
             open_replica(&v.id, &v.path, g.size.map(|s| s.bytes()), role, g.epoch)
                 .with_context(|| format!("opening volume {} ({})", v.id, v.path.display()))?;
+        // Volumes created together form one group: one generation for all of them.
+        // (A new volume next to existing ones keeps its own: it holds none of their
+        // history, and the mismatch below says so.)
+        if let (true, true, Some(m)) = (fresh, all_fresh, &first)
+            && meta.generation != m.generation
+        {
+            meta.generation.clone_from(&m.generation);
+            meta.save(&v.path)
+                .with_context(|| format!("saving the metadata of volume {}", v.id))?;
+        }
+        all_fresh &= fresh;
         if meta.volume != v.id {
             bail!(
                 "{}: this data file belongs to volume {:?}, not {:?}",
@@ -430,6 +451,17 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     p.print_status(a.g.status_interval_ms);
+    let reporter = match (&a.report_to, &a.site) {
+        (Some(to), Some(site)) => Some(
+            crate::replica_report::Reporter {
+                addrs: orchestrator::client::parse_addrs(to),
+                app: a.g.group.clone(),
+                site: site.clone(),
+            }
+            .spawn(p.group.status(), p.status_stop.clone()),
+        ),
+        _ => None,
+    };
     tokio::select! {
         r = terminated() => r?,
         _ = &mut p.link => {
@@ -444,6 +476,9 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(group = %a.g.group, "stopping: no new NBD requests; waiting for the ones in flight");
     let group = p.group.clone();
     let confirmed = p.stop().await?;
+    if let Some(r) = reporter {
+        r.abort();
+    }
     let st = group.status().borrow().clone();
     line(
         "stopped",

@@ -177,7 +177,7 @@ fn help_reads_well() {
 }
 
 #[test]
-fn demo_plans_then_loses_the_leader_and_a_volume_primary_and_loses_nothing() {
+fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothing() {
     let o = metrodr(&["demo"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let out = stdout(&o);
@@ -185,6 +185,7 @@ fn demo_plans_then_loses_the_leader_and_a_volume_primary_and_loses_nothing() {
     assert!(out.contains("kill -9"), "{out}");
     assert!(out.contains("(0 lost)"), "{out}");
     assert!(out.contains("Not built yet"), "{out}");
+    assert!(out.contains("Failover record (op-1, succeeded)"), "{out}");
     let o = metrodr(&["demo", "-o", "json"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
@@ -203,6 +204,36 @@ fn demo_plans_then_loses_the_leader_and_a_volume_primary_and_loses_nothing() {
     assert_eq!(st["writes_lost"], 0, "{st}");
     assert_eq!(st["promoted_epoch"], 2, "{st}");
     assert_ne!(st["primary_site"], st["secondary_site"], "{st}");
+    // The whole site: every north app runs at south, nothing acknowledged is missing,
+    // and the stored report says the same.
+    let sf = &v["site_failover"];
+    assert_eq!(sf["status"], "succeeded", "{sf}");
+    assert!(sf["writes_acknowledged"].as_u64() > Some(100), "{sf}");
+    assert_eq!(sf["writes_missing"], 0, "{sf}");
+    let apps = sf["apps"].as_array().expect("apps");
+    assert_eq!(
+        apps.len(),
+        4,
+        "db, api, portal, archive moved; mail stays: {sf}"
+    );
+    for a in apps {
+        assert_eq!(
+            (&a["site_before"], &a["site_after"]),
+            (&"north".into(), &"south".into()),
+            "{a}"
+        );
+        let t = a["kill_to_healthy_s"].as_f64().expect("healthy");
+        assert!(
+            t > 0.0 && t <= a["rto_target_s"].as_f64().unwrap_or(0.0),
+            "{a}"
+        );
+    }
+    let db = apps.iter().find(|a| a["app"] == "db").expect("db");
+    assert_eq!(db["acknowledged_writes_missing"], 0, "{db}");
+    let report = std::fs::read(sf["report"].as_str().expect("report path")).expect("report file");
+    let stored: serde_json::Value = serde_json::from_slice(&report).expect("report JSON");
+    assert_eq!(stored["op"], sf["op"]);
+    assert_eq!(stored["record"]["status"], "succeeded");
     let o = metrodr(&["demo", "--plan-only", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
     assert!(v["control_plane"].is_null());

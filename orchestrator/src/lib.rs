@@ -5,6 +5,8 @@
 //! state, operations (the saga log) and the hash-chained audit log (DESIGN §3).
 //!
 //! - [`state`]: the state machine itself — pure, deterministic, exhaustively tested.
+//! - [`planner`]: failover, switchover and failback plans — pure, exhaustively tested.
+//! - [`executor`]: runs plans on the leader as sagas recorded step by step in Raft.
 //! - [`store`]: RocksDB storage of the Raft log, vote and state machine.
 //! - [`raft_types`]: openraft's type configuration and node naming.
 //! - [`network`], [`service`], [`node`], [`server`]: gRPC between nodes and for
@@ -18,10 +20,12 @@
 pub mod client;
 pub mod config;
 pub mod detector;
+pub mod executor;
 pub mod http;
 pub mod leases;
 pub mod network;
 pub mod node;
+pub mod planner;
 pub mod raft_types;
 pub mod server;
 pub mod service;

@@ -150,6 +150,10 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         node.clone(),
         stop_rx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::executor::run(
+        node.clone(),
+        stop_rx.clone(),
+    )));
 
     let http_addr = match config.http_listen {
         Some(addr) => {

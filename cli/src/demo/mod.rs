@@ -9,6 +9,7 @@
 //! ([`storage`]). It states plainly what is not built yet, and grows into a whole
 //! two-site failover as the agents' volumes and application failover land.
 
+mod site;
 mod storage;
 
 use std::io::{BufRead, BufReader};
@@ -42,9 +43,9 @@ pub struct DemoArgs {
 
 /// Parts of the demo that do not exist yet, said out loud rather than faked.
 const NOT_BUILT: &[&str] = &[
-    "agents in the demo (hosts, VMs, leases and self-fencing run in the agent tests)",
-    "agents serving replicated volumes to their VMs; the orchestrator granting permission to run degraded",
-    "failover of applications, switchover and failback",
+    "agents managing the volume processes (the demo starts them and restarts the promoted ones itself)",
+    "app health probes (the health gate is libvirt's running state)",
+    "real QEMU guests in the demo (`--hypervisor qemu`); the agent tests boot the probe guest",
     "drills and signed reports",
     "lab and chaos scenarios",
 ];
@@ -70,6 +71,7 @@ struct DemoJson {
     failover_capacity_ok: bool,
     control_plane: Option<ControlPlane>,
     storage: Option<storage::Storage>,
+    site_failover: Option<site::SiteFailover>,
     ok: bool,
     not_built: &'static [&'static str],
 }
@@ -108,15 +110,24 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         print_plan(&topo, &plan, &rto);
     }
-    let (control_plane, storage) = if args.plan_only {
-        (None, None)
+    let (control_plane, storage, site_failover) = if args.plan_only {
+        (None, None, None)
     } else {
         let cp = crate::block_on_value(control_plane(&topo, &text, table))?;
         let dir = std::env::temp_dir().join(format!("metrodr-demo-storage-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let st = crate::block_on_value(storage::storage_failover(&topo, &dir, table));
         let _ = std::fs::remove_dir_all(&dir);
-        (Some(cp), Some(st?))
+        let dir = std::env::temp_dir().join(format!("metrodr-demo-site-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let reports = std::env::temp_dir().join("metrodr-demo-reports");
+        let sf = crate::block_on_value(site::site_failover(&dir, &reports, table));
+        if sf.is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else if table {
+            println!("  (process logs kept in {})", dir.display());
+        }
+        (Some(cp), Some(st?), Some(sf?))
     };
     let cp_ok = control_plane.as_ref().is_none_or(|c| {
         c.entries_lost == 0 && c.audit_verified && c.leader_after != c.leader_killed
@@ -124,7 +135,13 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
     let storage_ok = storage
         .as_ref()
         .is_none_or(|s| s.writes_lost == 0 && s.writes_acknowledged > 0);
-    let ok = capacity_ok && cp_ok && storage_ok;
+    let site_ok = site_failover.as_ref().is_none_or(|s| {
+        s.status == "succeeded"
+            && s.writes_missing == 0
+            && s.writes_acknowledged > 0
+            && s.apps.iter().all(|a| a.site_after != s.lost_site)
+    });
+    let ok = capacity_ok && cp_ok && storage_ok && site_ok;
     match out {
         Output::Json => print_json(&DemoJson {
             topology: name,
@@ -133,6 +150,7 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
             failover_capacity_ok: capacity_ok,
             control_plane,
             storage,
+            site_failover,
             ok,
             not_built: NOT_BUILT,
         })?,

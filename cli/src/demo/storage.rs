@@ -34,17 +34,23 @@ pub struct Storage {
 }
 
 /// A `metrodr volume` process, killed by PID when dropped.
-struct Vol(Child);
+pub(super) struct Vol(Option<Child>);
 
 impl Drop for Vol {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Vol {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<(Vol, serde_json::Value)> {
+    pub(super) fn start(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(Vol, serde_json::Value)> {
         let exe = std::env::current_exe().context("locating the metrodr binary")?;
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut child = Command::new(exe)
@@ -66,24 +72,41 @@ impl Vol {
                 dir.join(format!("{name}.log")).display()
             )
         })?;
-        Ok((Vol(child), v))
+        Ok((Vol(Some(child)), v))
     }
 
     /// SIGTERM and wait for the clean stop.
     fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
+        if let Some(mut c) = self.0.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL now (a crash).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Hand the process over to another owner (who kills it).
+    pub(super) fn into_child(mut self) -> Child {
+        self.0
+            .take()
+            .unwrap_or_else(|| unreachable!("a started Vol holds its child"))
     }
 }
 
-fn block(i: u64) -> Bytes {
+pub(super) fn block(i: u64) -> Bytes {
     let mut b = vec![(i % 251) as u8; 4096];
     b[..8].copy_from_slice(&i.to_be_bytes());
     Bytes::from(b)
 }
 
-async fn connect(socket: &Path, export: &str) -> anyhow::Result<NbdClient> {
+pub(super) async fn connect(socket: &Path, export: &str) -> anyhow::Result<NbdClient> {
     let cfg = ClientConfig {
         export: export.into(),
         ..ClientConfig::default()
@@ -164,8 +187,7 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
         .collect();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = Instant::now();
-    let _ = primary.0.kill();
-    let _ = primary.0.wait();
+    primary.kill();
     for w in writers {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }

@@ -186,8 +186,13 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start() -> TestCluster {
+        Self::start_named(&["orch-a", "orch-b", "orch-w"])
+    }
+
+    /// Nodes with these names (as the topology's `[[orchestrator]]` ids).
+    pub fn start_named(names: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = ["orch-a", "orch-b", "orch-w"]
+        let nodes = names
             .iter()
             .map(|n| start_node(dir.path(), n, "127.0.0.1:0", None))
             .collect();
@@ -195,7 +200,11 @@ impl TestCluster {
     }
 
     pub fn init(&self) {
-        let topo = minimal_topology().display().to_string();
+        self.init_with(&minimal_topology());
+    }
+
+    pub fn init_with(&self, topology: &Path) {
+        let topo = topology.display().to_string();
         let mut args = vec![
             "cluster".to_string(),
             "init".into(),

@@ -285,4 +285,49 @@ impl Agent for AgentService {
         }
         Ok(Response::new(ReportReply {}))
     }
+
+    async fn report_replica(
+        &self,
+        req: Request<ReplicaReportRequest>,
+    ) -> Result<Response<ReplicaReportReply>, Status> {
+        let r = req.into_inner();
+        let link = match r.link.as_str() {
+            "in-sync" => state::LinkReport::InSync,
+            "resyncing" => state::LinkReport::Resyncing,
+            "down" => state::LinkReport::Down,
+            "alone" => state::LinkReport::Alone,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown link state {other:?}: use in-sync, resyncing, down or alone"
+                )));
+            }
+        };
+        if r.app.trim().is_empty() || r.site.trim().is_empty() {
+            return Err(Status::invalid_argument("name the app and the site"));
+        }
+        let res = self
+            .node
+            .write(state::Request {
+                actor: format!("replica {}@{}", r.app, r.site),
+                at_ms: now_ms(),
+                command: Command::ReplicaStatus {
+                    app: topology::AppId::new(r.app.as_str()),
+                    site: topology::SiteId::new(r.site.as_str()),
+                    epoch: state::Epoch(r.epoch),
+                    link,
+                    detail: r.detail.chars().take(512).collect(),
+                },
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(Response::new(ReplicaReportReply { changed: true })),
+            Err(e)
+                if e.code() == tonic::Code::FailedPrecondition
+                    && e.message().contains("no replica state changed") =>
+            {
+                Ok(Response::new(ReplicaReportReply { changed: false }))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }

@@ -2,4 +2,5 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod operations;
 pub mod operator;

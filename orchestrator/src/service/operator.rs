@@ -701,4 +701,46 @@ impl Operator for OperatorService {
             message: status.1,
         }))
     }
+
+    async fn start_operation(
+        &self,
+        req: Request<StartOperationRequest>,
+    ) -> Result<Response<StartOperationReply>, Status> {
+        let req = req.into_inner();
+        let actor = actor(&req.actor)?;
+        Ok(Response::new(
+            super::operations::start(&self.node, actor, req).await?,
+        ))
+    }
+
+    async fn get_operation(
+        &self,
+        req: Request<GetOperationRequest>,
+    ) -> Result<Response<OperationReply>, Status> {
+        Ok(Response::new(super::operations::get(
+            &self.node,
+            &req.into_inner(),
+        )?))
+    }
+
+    async fn list_operations(
+        &self,
+        req: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsReply>, Status> {
+        Ok(Response::new(super::operations::list(
+            &self.node,
+            &req.into_inner(),
+        )?))
+    }
+
+    async fn approve_operation(
+        &self,
+        req: Request<ApproveOperationRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let req = req.into_inner();
+        let actor = actor(&req.actor)?;
+        Ok(Response::new(
+            super::operations::approve(&self.node, actor, req).await?,
+        ))
+    }
 }

@@ -208,6 +208,19 @@ impl ClusterState {
             let Some(app) = self.vm_app(vm) else {
                 continue;
             };
+            // A host the VM has moved away from reports it stopped: the record stays at
+            // the VM's current host. (One that reports it running is recorded: a VM
+            // running where it is not placed must be visible.)
+            let moved_away = self
+                .apps
+                .get(&app)
+                .and_then(|a| a.placement.get(vm))
+                .is_some_and(|p| p != host)
+                && self.vms.get(vm).is_some_and(|r| &r.host != host)
+                && !matches!(state, VmState::Running | VmState::Paused);
+            if moved_away {
+                continue;
+            }
             let unchanged = self
                 .vms
                 .get(vm)

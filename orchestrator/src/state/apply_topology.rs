@@ -89,6 +89,7 @@ impl ClusterState {
                         state: SiteState::Up,
                         since_ms: req.at_ms,
                         reason: "site added by topology".into(),
+                        downs_ms: Vec::new(),
                     },
                 );
             }

@@ -107,6 +107,7 @@ impl ClusterState {
         for id in self.apps.touched() {
             if let Some(app) = self.apps.get(id) {
                 self.check_placement(app)?;
+                self.check_primaries(app).map_err(Violation)?;
             }
         }
         Ok(())

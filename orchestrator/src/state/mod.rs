@@ -13,6 +13,7 @@ mod agents;
 mod apply_topology;
 pub mod audit;
 mod invariants;
+mod operations;
 pub mod table;
 pub mod types;
 
@@ -29,6 +30,8 @@ pub use types::*;
 /// state and the audit log).
 pub const MAX_ACTOR_LEN: usize = 256;
 pub const MAX_REASON_LEN: usize = 4096;
+/// How many past losses a site record keeps (for flap damping).
+pub const MAX_SITE_DOWNS: usize = 10;
 pub const MAX_TOPOLOGY_BYTES: usize = topology::MAX_FILE_BYTES;
 
 /// A command with who proposed it and when (the proposer's clock, so that apply is
@@ -99,10 +102,45 @@ pub enum Command {
         op: OpId,
         index: u32,
         result: StepResult,
+        #[serde(default)]
+        detail: String,
     },
     FinishOperation {
         op: OpId,
         status: OpStatus,
+    },
+    /// Start executing a plan (the planner's output): an operation that owns the apps
+    /// it moves until it finishes. Refused when another running operation owns one.
+    BeginPlan {
+        plan: Box<crate::planner::Plan>,
+        lost_ms: Option<u64>,
+    },
+    /// An operator approves the apps of an operation that wait for approval (all of
+    /// them when `apps` is empty).
+    ApproveOperation {
+        op: OpId,
+        apps: Vec<AppId>,
+    },
+    /// Move an app to `to` in one step: promote every volume of its consistency group
+    /// that is not primary there yet (each at exactly the epoch given, its current + 1;
+    /// the old primary becomes secondary with data state `demoted`), make `to` the
+    /// active site and record where its VMs run. All or nothing.
+    MoveApp {
+        op: OpId,
+        app: AppId,
+        to: SiteId,
+        epochs: Vec<(VolumeId, Epoch)>,
+        demoted: DataState,
+        placement: Vec<(VmId, HostId)>,
+    },
+    /// The primary of `app`'s consistency group at `site` (at `epoch`) reports its link;
+    /// the other replicas' data states follow. Refused from a stale primary.
+    ReplicaStatus {
+        app: AppId,
+        site: SiteId,
+        epoch: Epoch,
+        link: LinkReport,
+        detail: String,
     },
     /// An operator's note in the audit log.
     Note {
@@ -364,6 +402,11 @@ impl ClusterState {
                 rec.state = *state;
                 rec.since_ms = at;
                 rec.reason.clone_from(reason);
+                if *state == SiteState::Down && old != SiteState::Down {
+                    rec.downs_ms.push(at);
+                    let n = rec.downs_ms.len();
+                    rec.downs_ms.drain(..n.saturating_sub(MAX_SITE_DOWNS));
+                }
                 Ok((
                     "site.state",
                     format!("site {site}: {old:?} -> {state:?} ({reason})"),
@@ -454,6 +497,9 @@ impl ClusterState {
                         status: OpStatus::Running,
                         note: note.clone(),
                         steps: Vec::new(),
+                        plan: None,
+                        lost_ms: None,
+                        approved: Vec::new(),
                     },
                 );
                 let names = apps
@@ -481,6 +527,7 @@ impl ClusterState {
                     started_ms: at,
                     ended_ms: None,
                     result: None,
+                    detail: String::new(),
                 });
                 Ok((
                     "op.step",
@@ -488,7 +535,12 @@ impl ClusterState {
                     Outcome::Step(index),
                 ))
             }
-            Command::FinishStep { op, index, result } => {
+            Command::FinishStep {
+                op,
+                index,
+                result,
+                detail,
+            } => {
                 let rec = self.running_op(*op)?;
                 let step = rec
                     .steps
@@ -502,6 +554,7 @@ impl ClusterState {
                 }
                 step.ended_ms = Some(at);
                 step.result = Some(result.clone());
+                step.detail.clone_from(detail);
                 Ok((
                     "op.step",
                     format!("{op} step {index} finished: {result:?}"),
@@ -524,6 +577,23 @@ impl ClusterState {
                     Outcome::Done,
                 ))
             }
+            Command::BeginPlan { plan, lost_ms } => self.begin_plan(req, plan, *lost_ms),
+            Command::ApproveOperation { op, apps } => self.approve(*op, apps),
+            Command::MoveApp {
+                op,
+                app,
+                to,
+                epochs,
+                demoted,
+                placement,
+            } => self.move_app(*op, app, to, epochs, *demoted, placement),
+            Command::ReplicaStatus {
+                app,
+                site,
+                epoch,
+                link,
+                detail,
+            } => self.replica_status(app, site, *epoch, *link, detail),
             Command::Note { text } => {
                 if text.trim().is_empty() {
                     return reject(RejectKind::Invalid, "the note is empty");
@@ -679,6 +749,7 @@ fn check_request(req: &Request) -> Result<(), Rejection> {
         | Command::SetAppState { reason, .. } => Some(reason),
         Command::StartOperation { note, .. } => Some(note),
         Command::StartStep { name, .. } => Some(name),
+        Command::FinishStep { detail, .. } | Command::ReplicaStatus { detail, .. } => Some(detail),
         Command::Note { text } => Some(text),
         Command::SetVmStates { reason, .. } => Some(reason),
         Command::AgentEvent { text, .. } => Some(text),

@@ -288,6 +288,7 @@ fn operations_record_their_steps() {
         op,
         index: 0,
         result: StepResult::Ok,
+        detail: String::new(),
     });
     assert!(matches!(s.apply(&finish), Response::Applied { .. }));
     assert!(
@@ -538,7 +539,7 @@ fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
         1 => app.clone().prop_map(|a| Command::StartOperation { kind: OpKind::Drill, apps: vec![AppId::new(a)], note: String::new() }),
         1 => (1u64..4, any::<bool>()).prop_map(|(op, named)| Command::StartStep {
             op: OpId(op), name: "s".into(), app: None.filter(|_: &AppId| named) }),
-        1 => (1u64..4, 0u32..3).prop_map(|(op, index)| Command::FinishStep { op: OpId(op), index, result: StepResult::Ok }),
+        1 => (1u64..4, 0u32..3).prop_map(|(op, index)| Command::FinishStep { op: OpId(op), index, result: StepResult::Ok, detail: String::new() }),
         1 => (1u64..4, prop_oneof![Just(OpStatus::Running), Just(OpStatus::Succeeded), Just(OpStatus::Failed)])
             .prop_map(|(op, status)| Command::FinishOperation { op: OpId(op), status }),
         1 => "[a-z ]{0,8}".prop_map(|text| Command::Note { text }),

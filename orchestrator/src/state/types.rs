@@ -60,6 +60,9 @@ pub struct SiteRecord {
     pub state: SiteState,
     pub since_ms: u64,
     pub reason: String,
+    /// When the site last went `Down` (the latest few), to hold a flapping site.
+    #[serde(default)]
+    pub downs_ms: Vec<u64>,
 }
 
 /// A hypervisor host as the leader sees it. `Unknown` until its agent registers.
@@ -324,6 +327,9 @@ pub struct Step {
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
     pub result: Option<StepResult>,
+    /// What the step did (epochs promoted, hosts chosen, …): the record's evidence.
+    #[serde(default)]
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +343,17 @@ pub struct Operation {
     pub status: OpStatus,
     pub note: String,
     pub steps: Vec<Step>,
+    /// The plan the leader executes (failover, switchover, failback); None for
+    /// operations recorded by hand.
+    #[serde(default)]
+    pub plan: Option<Box<crate::planner::Plan>>,
+    /// When the loss that caused it began (the first missed lease), for the achieved
+    /// RTO; None for planned operations (they count from `started_ms`).
+    #[serde(default)]
+    pub lost_ms: Option<u64>,
+    /// Apps an operator approved (policy `manual-approval`).
+    #[serde(default)]
+    pub approved: Vec<AppId>,
 }
 
 /// One applied topology version.
@@ -350,4 +367,20 @@ pub struct TopologyRecord {
     pub applied_by: String,
     pub applied_ms: u64,
     pub model: topology::Topology,
+}
+
+/// What the primary of a consistency group says about its replication link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkReport {
+    /// Streaming with nothing outstanding to resync: the peer holds every acknowledged
+    /// write (sync) or follows within its bound (async). The peer is `UpToDate`.
+    InSync,
+    /// Connected and copying what the peer missed: the peer is `Syncing`.
+    Resyncing,
+    /// Not connected; sync writes are held, so the peer misses nothing acknowledged
+    /// yet: its data state does not change.
+    Down,
+    /// Running alone (the peer was given up on): the peer is `Outdated`.
+    Alone,
 }

@@ -1,0 +1,472 @@
+//! Moving apps: `app failover|switchover|failback`, `site fail`, and `op list|show|
+//! approve|wait`. Long operations print every step as it finishes and end with the
+//! failover record: per app, the achieved RTO against its target and the promotion
+//! evidence.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use orchestrator::pb;
+use orchestrator::planner::Plan;
+use orchestrator::state::{OpStatus, Operation, StepResult};
+use serde::Serialize;
+
+use crate::cluster_cmd::ClusterArgs;
+use crate::output::{Output, print_json, table};
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// The apps to move.
+    #[arg(required = true)]
+    pub apps: Vec<String>,
+    /// The site to move them to.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FailbackArgs {
+    /// The apps to bring home (to their preferred site).
+    #[arg(required = true)]
+    pub apps: Vec<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SiteFailArgs {
+    /// The production site to declare lost: its apps fail over to the other site
+    /// (VMs still running there are destroyed first).
+    pub site: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct RunArgs {
+    /// Show the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the operation has begun instead of following it to the end.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up following after this many seconds (the operation goes on).
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpCmd {
+    /// Operations, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One operation: every step, achieved RTO per app, promotion evidence.
+    Show { id: u64 },
+    /// Follow an operation until it ends.
+    Wait {
+        id: u64,
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Approve apps of an operation that wait for an operator (policy
+    /// `manual-approval`): every waiting app, or only those named.
+    Approve {
+        id: u64,
+        #[arg(long = "app")]
+        apps: Vec<String>,
+    },
+}
+
+fn status_err(addr: &str, e: tonic::Status) -> anyhow::Error {
+    orchestrator::client::ClientError::from_status(addr, e).into()
+}
+
+/// Plan and begin (or dry-run) a verb, then follow it.
+pub async fn start(
+    verb: &str,
+    apps: Vec<String>,
+    site: String,
+    run: RunArgs,
+    c: &ClusterArgs,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    let client = c.connect().await?;
+    let mut op = client.op.clone();
+    let r = op
+        .start_operation(pb::StartOperationRequest {
+            actor: c.actor(),
+            verb: verb.into(),
+            apps,
+            site,
+            dry_run: run.dry_run,
+        })
+        .await
+        .map_err(|e| status_err(&client.addr, e))?
+        .into_inner();
+    let plan: Plan = serde_json::from_str(&r.plan_json).context("the plan from the cluster")?;
+    if run.dry_run {
+        match out {
+            Output::Json => print_json(&plan)?,
+            Output::Table => print_plan(&plan),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if out == Output::Table {
+        print_plan(&plan);
+        eprintln!("op-{} begun", r.op);
+    }
+    if run.no_wait {
+        if out == Output::Json {
+            print_json(&serde_json::json!({"op": r.op, "plan": plan}))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(c, r.op, Duration::from_secs(run.timeout_s), out).await
+}
+
+pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OpCmd::List { limit } => {
+            let client = c.connect().await?;
+            let r = client
+                .op
+                .clone()
+                .list_operations(pb::ListOperationsRequest { limit })
+                .await
+                .map_err(|e| status_err(&client.addr, e))?
+                .into_inner();
+            let ops: Vec<Operation> = r
+                .operations_json
+                .iter()
+                .map(|j| serde_json::from_str(j))
+                .collect::<Result<_, _>>()
+                .context("operations from the cluster")?;
+            match out {
+                Output::Json => print_json(&ops.iter().map(record).collect::<Vec<_>>())?,
+                Output::Table => {
+                    let mut t = table(&["op", "kind", "status", "apps", "by", "note"]);
+                    for o in &ops {
+                        t.add_row(vec![
+                            o.id.to_string(),
+                            format!("{:?}", o.kind).to_lowercase(),
+                            format!("{:?}", o.status).to_lowercase(),
+                            o.apps.len().to_string(),
+                            o.started_by.clone(),
+                            o.note.clone(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        OpCmd::Show { id } => {
+            let o = get(c, id).await?;
+            match out {
+                Output::Json => print_json(&record(&o))?,
+                Output::Table => print_record(&o),
+            }
+            Ok(exit_of(&o))
+        }
+        OpCmd::Wait { id, timeout_s } => follow(c, id, Duration::from_secs(timeout_s), out).await,
+        OpCmd::Approve { id, apps } => {
+            let client = c.connect().await?;
+            client
+                .op
+                .clone()
+                .approve_operation(pb::ApproveOperationRequest {
+                    actor: c.actor(),
+                    op: id,
+                    apps,
+                })
+                .await
+                .map_err(|e| status_err(&client.addr, e))?;
+            if out == Output::Table {
+                println!("op-{id}: approved");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn get(c: &ClusterArgs, id: u64) -> anyhow::Result<Operation> {
+    let client = c.connect().await?;
+    let r = client
+        .op
+        .clone()
+        .get_operation(pb::GetOperationRequest { op: id })
+        .await
+        .map_err(|e| status_err(&client.addr, e))?
+        .into_inner();
+    serde_json::from_str(&r.operation_json).context("the operation from the cluster")
+}
+
+/// Print steps as they finish until the operation ends; then the record.
+async fn follow(
+    c: &ClusterArgs,
+    id: u64,
+    timeout: Duration,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    let deadline = Instant::now() + timeout;
+    let mut printed = std::collections::BTreeSet::new();
+    loop {
+        // A leader change makes a read fail briefly: retry until the deadline.
+        let o = match get(c, id).await {
+            Ok(o) => o,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("retrying: {e:#}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if out == Output::Table {
+            for (i, s) in o.steps.iter().enumerate() {
+                if s.result.is_none() || !printed.insert(i) {
+                    continue;
+                }
+                let at = s.ended_ms.unwrap_or(0).saturating_sub(o.started_ms);
+                let app = s.app.as_ref().map_or("", |a| a.as_str());
+                eprintln!(
+                    "  +{:>6.2} s  {app:<20} {:<28} {}",
+                    at as f64 / 1000.0,
+                    s.name,
+                    result_text(s.result.as_ref(), &s.detail)
+                );
+            }
+        }
+        if o.status != OpStatus::Running {
+            match out {
+                Output::Json => print_json(&record(&o))?,
+                Output::Table => print_record(&o),
+            }
+            return Ok(exit_of(&o));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "op-{id} is still running after {} s; follow it with `metrodr op wait {id}`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn exit_of(o: &Operation) -> ExitCode {
+    match o.status {
+        OpStatus::Succeeded | OpStatus::Running => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn result_text(r: Option<&StepResult>, detail: &str) -> String {
+    match r {
+        None => "running".into(),
+        Some(StepResult::Ok) if detail.is_empty() => "ok".into(),
+        Some(StepResult::Ok) => format!("ok: {detail}"),
+        Some(StepResult::Failed(e)) => format!("FAILED: {e}"),
+    }
+}
+
+fn print_plan(p: &Plan) {
+    println!(
+        "{}: {} app(s) in {} wave(s)",
+        p.trigger.describe(),
+        p.apps().count(),
+        p.waves.len()
+    );
+    let mut t = table(&[
+        "wave", "app", "tier", "from", "to", "promote", "start on", "approval",
+    ]);
+    for (i, w) in p.waves.iter().enumerate() {
+        for m in &w.apps {
+            t.add_row(vec![
+                (i + 1).to_string(),
+                m.app.to_string(),
+                m.tier.to_string(),
+                m.from.to_string(),
+                m.to.to_string(),
+                m.volumes.len().to_string(),
+                m.starts
+                    .iter()
+                    .map(|(v, h)| format!("{v}@{h}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if m.needs_approval { "needed" } else { "" }.into(),
+            ]);
+        }
+    }
+    println!("{t}");
+    for s in &p.skipped {
+        println!("skipped {}: {}", s.app, s.reason);
+    }
+}
+
+/// One app's line in a failover record.
+#[derive(Debug, Serialize)]
+pub struct AppRecordLine {
+    pub app: String,
+    pub from: String,
+    pub to: String,
+    pub result: String,
+    /// From the loss (or the start of a planned operation) to the health gate.
+    pub rto_s: Option<f64>,
+    pub rto_target_s: u32,
+    pub rto_met: Option<bool>,
+    /// The promotion step's evidence (epochs before and after).
+    pub promotion: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepLine {
+    pub app: Option<String>,
+    pub name: String,
+    pub start_s: f64,
+    pub end_s: Option<f64>,
+    pub result: String,
+}
+
+/// The failover record of an operation.
+#[derive(Debug, Serialize)]
+pub struct OpRecord {
+    pub op: u64,
+    pub kind: String,
+    pub status: String,
+    pub note: String,
+    pub started_by: String,
+    pub started_ms: u64,
+    pub lost_ms: Option<u64>,
+    pub duration_s: Option<f64>,
+    pub apps: Vec<AppRecordLine>,
+    pub skipped: Vec<(String, String)>,
+    pub steps: Vec<StepLine>,
+}
+
+pub fn record(o: &Operation) -> OpRecord {
+    let origin = o.lost_ms.unwrap_or(o.started_ms);
+    let secs = |ms: u64| ms.saturating_sub(origin) as f64 / 1000.0;
+    let plan = o.plan.as_deref();
+    let apps = plan
+        .map(|p| {
+            p.apps()
+                .map(|m| {
+                    let steps: Vec<_> = o
+                        .steps
+                        .iter()
+                        .filter(|s| s.app.as_ref() == Some(&m.app))
+                        .collect();
+                    let failed = steps.iter().find_map(|s| match &s.result {
+                        Some(StepResult::Failed(e)) => Some(format!("failed at {}: {e}", s.name)),
+                        _ => None,
+                    });
+                    let healthy = steps
+                        .iter()
+                        .find(|s| s.name == "health gate" && s.result == Some(StepResult::Ok))
+                        .and_then(|s| s.ended_ms);
+                    let result = failed.unwrap_or_else(|| match healthy {
+                        Some(_) => "healthy".into(),
+                        None => "in progress".into(),
+                    });
+                    let rto_s = healthy.map(secs);
+                    AppRecordLine {
+                        app: m.app.to_string(),
+                        from: m.from.to_string(),
+                        to: m.to.to_string(),
+                        result,
+                        rto_s,
+                        rto_target_s: m.rto_target_s,
+                        rto_met: rto_s.map(|r| r <= f64::from(m.rto_target_s)),
+                        promotion: steps
+                            .iter()
+                            .find(|s| s.name.starts_with("promote"))
+                            .map(|s| s.detail.clone())
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    OpRecord {
+        op: o.id.0,
+        kind: format!("{:?}", o.kind).to_lowercase(),
+        status: format!("{:?}", o.status).to_lowercase(),
+        note: o.note.clone(),
+        started_by: o.started_by.clone(),
+        started_ms: o.started_ms,
+        lost_ms: o.lost_ms,
+        duration_s: o.ended_ms.map(secs),
+        apps,
+        skipped: plan
+            .map(|p| {
+                p.skipped
+                    .iter()
+                    .map(|s| (s.app.to_string(), s.reason.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        steps: o
+            .steps
+            .iter()
+            .map(|s| StepLine {
+                app: s.app.as_ref().map(ToString::to_string),
+                name: s.name.clone(),
+                start_s: secs(s.started_ms),
+                end_s: s.ended_ms.map(secs),
+                result: result_text(s.result.as_ref(), &s.detail),
+            })
+            .collect(),
+    }
+}
+
+fn print_record(o: &Operation) {
+    let r = record(o);
+    let origin = if r.lost_ms.is_some() {
+        "since the loss began"
+    } else {
+        "since the operation began"
+    };
+    println!(
+        "{} {} ({}) by {}: {}{}",
+        o.id,
+        r.kind,
+        r.note,
+        r.started_by,
+        r.status,
+        r.duration_s
+            .map(|d| format!(" after {d:.2} s {origin}"))
+            .unwrap_or_default()
+    );
+    let mut t = table(&["app", "from", "to", "result", "RTO", "target", "promotion"]);
+    for a in &r.apps {
+        t.add_row(vec![
+            a.app.clone(),
+            a.from.clone(),
+            a.to.clone(),
+            a.result.clone(),
+            a.rto_s
+                .map(|s| format!("{s:.2} s"))
+                .unwrap_or_else(|| "-".into()),
+            format!(
+                "{} s{}",
+                a.rto_target_s,
+                match a.rto_met {
+                    Some(true) => " met",
+                    Some(false) => " MISSED",
+                    None => "",
+                }
+            ),
+            a.promotion.clone(),
+        ]);
+    }
+    println!("{t}");
+    for (app, why) in &r.skipped {
+        println!("skipped {app}: {why}");
+    }
+}

@@ -1,0 +1,148 @@
+//! A primary tells the cluster about its replication link: when the link changes
+//! (in sync, resyncing, down, running alone) it reports to any orchestrator node,
+//! which commits the other replica's data state. This is how the cluster learns that a
+//! replica may be promoted. Reports are retried until one node takes them; a stale
+//! primary is told so (and logs it loudly).
+
+use std::time::Duration;
+
+use orchestrator::pb;
+use orchestrator::pb::agent_client::AgentClient;
+use replication::primary::GroupStatus;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What to report for a status, if anything (pure).
+pub fn link_of(st: &GroupStatus) -> Option<&'static str> {
+    if st.fenced {
+        return None;
+    }
+    if st.degraded {
+        return Some("alone");
+    }
+    match st.link.as_str() {
+        "streaming" => Some("in-sync"),
+        "resyncing" => Some("resyncing"),
+        l if l.starts_with("down") => Some("down"),
+        _ => None,
+    }
+}
+
+pub struct Reporter {
+    pub addrs: Vec<String>,
+    pub app: String,
+    pub site: String,
+}
+
+impl Reporter {
+    pub fn spawn(
+        self,
+        mut rx: watch::Receiver<GroupStatus>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut sent: Option<(&'static str, u64)> = None;
+            let mut next = 0usize;
+            loop {
+                let (link, epoch, detail) = {
+                    let st = rx.borrow_and_update();
+                    (link_of(&st), st.epoch, st.link.clone())
+                };
+                if let Some(link) = link
+                    && sent != Some((link, epoch))
+                {
+                    match self.send(&mut next, link, epoch, &detail).await {
+                        Ok(()) => sent = Some((link, epoch)),
+                        Err(e) => {
+                            tracing::warn!(app = %self.app, "cannot report the replica state ({link}): {e}; retrying");
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            continue;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    }
+
+    async fn send(
+        &self,
+        next: &mut usize,
+        link: &str,
+        epoch: u64,
+        detail: &str,
+    ) -> Result<(), String> {
+        let mut last = String::from("no cluster address");
+        for _ in 0..self.addrs.len() {
+            let addr = &self.addrs[*next % self.addrs.len()];
+            let r = async {
+                let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(10));
+                let mut c = AgentClient::new(ep.connect().await.map_err(|e| e.to_string())?);
+                c.report_replica(pb::ReplicaReportRequest {
+                    app: self.app.clone(),
+                    site: self.site.clone(),
+                    epoch,
+                    link: link.into(),
+                    detail: detail.into(),
+                })
+                .await
+                .map_err(|s| {
+                    if s.code() == tonic::Code::FailedPrecondition
+                        && s.message().contains("stale report")
+                    {
+                        tracing::error!(app = %self.app, "{}", s.message());
+                    }
+                    format!("{addr}: {}", s.message())
+                })
+            }
+            .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    last = e;
+                    *next += 1;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(link: &str, degraded: bool, fenced: bool) -> GroupStatus {
+        GroupStatus {
+            link: link.into(),
+            degraded,
+            fenced,
+            ..GroupStatus::default()
+        }
+    }
+
+    #[test]
+    fn only_a_streaming_link_makes_the_peer_promotable() {
+        assert_eq!(link_of(&st("streaming", false, false)), Some("in-sync"));
+        assert_eq!(link_of(&st("resyncing", false, false)), Some("resyncing"));
+        assert_eq!(link_of(&st("down: refused", false, false)), Some("down"));
+        assert_eq!(
+            link_of(&st("down, holding writes: x", false, false)),
+            Some("down")
+        );
+        assert_eq!(link_of(&st("streaming", true, false)), Some("alone"));
+        assert_eq!(link_of(&st("starting", false, false)), None);
+        assert_eq!(link_of(&st("not replicated", false, false)), None);
+        // A fenced primary reports nothing: it is stale.
+        assert_eq!(link_of(&st("streaming", false, true)), None);
+    }
+}

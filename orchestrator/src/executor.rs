@@ -1,0 +1,657 @@
+//! The executor (DESIGN §6): runs plans on the leader as sagas.
+//!
+//! A task on every node that acts only while the node leads. Every 200 ms it
+//! - turns automatic triggers ([`auto_triggers`], pure) into plans: a site `Down`
+//!   fails over every app active there, a host `Down` inside a healthy site restarts its
+//!   VMs on the site's other hosts, a flapping site is held for an operator;
+//! - drives every running operation that has a plan: wave by wave, the apps of a wave
+//!   concurrently, each app through its steps (approval, stop or fence at the source,
+//!   promote + move, start, health gate).
+//!
+//! Every step is committed to Raft before it runs (`StartStep`) and after
+//! (`FinishStep`, with what it did). Each step checks the state first and does only
+//! what is missing (a promotion already committed, agent commands already issued by
+//! this operation), so a new leader resumes an operation from the log and finishes it
+//! exactly once: no VM started twice, no epoch skipped or reused.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use topology::{AppId, HostId, SiteRole, VmId};
+
+use crate::detector::SYSTEM_ACTOR;
+use crate::node::Node;
+use crate::planner::{self, AppMove, Plan, Trigger, busy_apps};
+use crate::service::operator::now_ms;
+use crate::state::{
+    AgentAction, AppState, ClusterState, Command, CommandStatus, DataState, Epoch, HostState, OpId,
+    OpStatus, Outcome, Request, SiteState, StepResult, VmState,
+};
+
+/// How often the executor looks.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How often a waiting step re-reads the state (it also wakes on every applied entry).
+const POLL: Duration = Duration::from_millis(50);
+/// A site lost this many times within [`FLAP_WINDOW_MS`] is held for an operator.
+pub const FLAP_LIMIT: usize = 3;
+pub const FLAP_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Time a guest gets to shut down in a switchover before it is destroyed.
+pub const SHUTDOWN_TIMEOUT_S: u32 = 60;
+
+/// The actor of everything an operation commits (agent commands carry it too, which is
+/// how a resumed step finds the commands its earlier run issued).
+pub fn op_actor(op: OpId) -> String {
+    format!("{SYSTEM_ACTOR} {op}")
+}
+
+/// Automatic triggers in `state` at `now_ms` (pure). A trigger whose plan moves
+/// nothing is dropped by the caller.
+pub fn auto_triggers(state: &ClusterState) -> Vec<Trigger> {
+    let Some(topo) = state.topology().map(|t| &t.model) else {
+        return Vec::new();
+    };
+    let busy = busy_apps(state);
+    let mut out = Vec::new();
+    for site in state.sites.values() {
+        if site.role != SiteRole::Production || site.state != SiteState::Down {
+            continue;
+        }
+        if flapping(site.downs_ms.as_slice(), site.since_ms) {
+            continue;
+        }
+        let waiting = state
+            .apps
+            .values()
+            .any(|a| a.active_site == site.id && !busy.contains(&a.id));
+        if waiting {
+            out.push(Trigger::SiteLost {
+                site: site.id.clone(),
+            });
+        }
+    }
+    for host in state.hosts.values() {
+        if host.state != HostState::Down {
+            continue;
+        }
+        // Inside a site that is fully up only: while a site is suspect, its hosts are
+        // probably going down together and the site's failover handles them.
+        let site_up = state
+            .sites
+            .get(&host.site)
+            .is_some_and(|s| s.state == SiteState::Up);
+        let has_vms = state.apps.values().any(|a| {
+            !busy.contains(&a.id)
+                && a.active_site == host.site
+                && a.placement.values().any(|h| h == &host.id)
+        });
+        if site_up && has_vms && topo.host(&host.id).is_some() {
+            out.push(Trigger::HostLost {
+                host: host.id.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// A site lost [`FLAP_LIMIT`] times within the window (ending at its latest loss)
+/// flaps: its automatic failover waits for an operator (`metrodr site fail`).
+pub fn flapping(downs_ms: &[u64], latest_ms: u64) -> bool {
+    downs_ms
+        .iter()
+        .filter(|t| latest_ms.saturating_sub(**t) <= FLAP_WINDOW_MS)
+        .count()
+        >= FLAP_LIMIT
+}
+
+pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drivers: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        drivers.retain(|_, h| !h.is_finished());
+        if !node.is_confirmed_leader() {
+            for (_, h) in drivers.drain() {
+                h.abort();
+            }
+            continue;
+        }
+        start_automatic(&node).await;
+        let running: Vec<u64> = {
+            let a = node.state.read();
+            a.state
+                .operations
+                .values()
+                .filter(|o| o.status == OpStatus::Running && o.plan.is_some())
+                .map(|o| o.id.0)
+                .collect()
+        };
+        for id in running {
+            drivers.entry(id).or_insert_with(|| {
+                let node = node.clone();
+                tokio::spawn(async move { drive(node, OpId(id)).await })
+            });
+        }
+    }
+    for (_, h) in drivers.drain() {
+        h.abort();
+    }
+}
+
+/// Plan and begin the automatic operations the state calls for.
+async fn start_automatic(node: &Node) {
+    let plans: Vec<(Plan, Option<u64>)> = {
+        let a = node.state.read();
+        auto_triggers(&a.state)
+            .into_iter()
+            .filter_map(|t| {
+                let lost = lost_since(&a.state, &t);
+                match planner::plan(&a.state, &t) {
+                    Ok(p) if !p.is_empty() => Some((p, lost)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, "no plan for {}: {e}", t.describe());
+                        None
+                    }
+                }
+            })
+            .collect()
+    };
+    for (plan, lost_ms) in plans {
+        tracing::warn!(node = %node.name, "automatic {}", plan.trigger.describe());
+        let req = Request {
+            actor: SYSTEM_ACTOR.into(),
+            at_ms: now_ms(),
+            command: Command::BeginPlan {
+                plan: Box::new(plan),
+                lost_ms,
+            },
+        };
+        if let Err(e) = node.write(req).await {
+            tracing::warn!(node = %node.name, "could not begin the plan: {}", e.message());
+        }
+    }
+}
+
+/// When the loss behind an automatic trigger began: the last lease renewal the leader
+/// could have granted (down time − lease − margin) of the earliest lost host.
+pub fn lost_since(state: &ClusterState, t: &Trigger) -> Option<u64> {
+    let timing = &state.topology()?.model.timing;
+    let back = timing.lease_ms + timing.lease_margin_ms;
+    let down_ms = match t {
+        Trigger::SiteLost { site } => state
+            .hosts
+            .values()
+            .filter(|h| &h.site == site && h.state == HostState::Down)
+            .map(|h| h.since_ms)
+            .min()
+            .or_else(|| state.sites.get(site).map(|s| s.since_ms))?,
+        Trigger::HostLost { host } => state.hosts.get(host)?.since_ms,
+        _ => return None,
+    };
+    Some(down_ms.saturating_sub(back))
+}
+
+/// One operation's saga on this leader.
+struct Saga {
+    node: Arc<Node>,
+    op: OpId,
+    actor: String,
+}
+
+impl Saga {
+    /// Commit, retrying while the cluster is briefly unavailable; a rejection is
+    /// returned as is.
+    async fn commit(&self, command: Command) -> Result<Outcome, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let req = Request {
+                actor: self.actor.clone(),
+                at_ms: now_ms(),
+                command: command.clone(),
+            };
+            match self.node.write(req).await {
+                Ok(w) => return Ok(w.outcome),
+                Err(e)
+                    if e.code() == tonic::Code::Unavailable
+                        && Instant::now() < deadline
+                        && self.node.is_confirmed_leader() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.message().to_string()),
+            }
+        }
+    }
+
+    /// Run one step of `app` exactly once across leaders: a finished step is not run
+    /// again (its result stands); an unfinished one (its leader died) is run again
+    /// under the same index — the step itself only does what is missing.
+    async fn step<F, Fut>(&self, app: &AppId, name: &str, f: F) -> Result<(), String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, String>>,
+    {
+        let existing = {
+            let a = self.node.state.read();
+            a.state.operations.get(&self.op.0).and_then(|o| {
+                o.steps
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find(|(_, s)| s.app.as_ref() == Some(app) && s.name == name)
+                    .map(|(i, s)| (i as u32, s.result.clone()))
+            })
+        };
+        let index = match existing {
+            Some((_, Some(StepResult::Ok))) => return Ok(()),
+            Some((_, Some(StepResult::Failed(e)))) => return Err(e),
+            Some((i, None)) => i,
+            None => match self
+                .commit(Command::StartStep {
+                    op: self.op,
+                    name: name.into(),
+                    app: Some(app.clone()),
+                })
+                .await?
+            {
+                Outcome::Step(i) => i,
+                other => return Err(format!("unexpected outcome {other:?}")),
+            },
+        };
+        let r = f().await;
+        let (result, detail) = match &r {
+            Ok(d) => (StepResult::Ok, d.clone()),
+            Err(e) => (StepResult::Failed(e.clone()), String::new()),
+        };
+        self.commit(Command::FinishStep {
+            op: self.op,
+            index,
+            result,
+            detail,
+        })
+        .await?;
+        r.map(|_| ())
+    }
+
+    /// Wait until `check` on the state gives an answer, or `timeout`.
+    async fn wait<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&ClusterState) -> Option<Result<T, String>>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + timeout;
+        let mut applied = self.node.state.subscribe();
+        loop {
+            if let Some(r) = check(&self.node.state.read().state) {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out after {} ms waiting for {what}",
+                    timeout.as_millis()
+                ));
+            }
+            let _ = tokio::time::timeout(POLL, applied.changed()).await;
+        }
+    }
+}
+
+async fn drive(node: Arc<Node>, op: OpId) {
+    let plan = {
+        let a = node.state.read();
+        a.state
+            .operations
+            .get(&op.0)
+            .and_then(|o| o.plan.as_deref().cloned())
+    };
+    let Some(plan) = plan else { return };
+    let saga = Saga {
+        node: node.clone(),
+        op,
+        actor: op_actor(op),
+    };
+    let mut failed = Vec::new();
+    for wave in &plan.waves {
+        let results =
+            futures_util::future::join_all(wave.apps.iter().map(|m| drive_app(&saga, m))).await;
+        for (m, r) in wave.apps.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::warn!(node = %node.name, %op, app = %m.app, "app failed: {e}");
+                failed.push(m.app.clone());
+            }
+        }
+        if !node.is_confirmed_leader() {
+            return;
+        }
+    }
+    let status = if failed.is_empty() {
+        OpStatus::Succeeded
+    } else {
+        OpStatus::Failed
+    };
+    if let Err(e) = saga.commit(Command::FinishOperation { op, status }).await {
+        tracing::warn!(node = %node.name, %op, "could not finish: {e}");
+    }
+}
+
+async fn set_app_state(saga: &Saga, app: &AppId, state: AppState, reason: &str) {
+    let already = saga
+        .node
+        .state
+        .read()
+        .state
+        .apps
+        .get(app)
+        .is_some_and(|a| a.state == state);
+    if !already {
+        let _ = saga
+            .commit(Command::SetAppState {
+                app: app.clone(),
+                state,
+                reason: reason.into(),
+            })
+            .await;
+    }
+}
+
+async fn drive_app(saga: &Saga, m: &AppMove) -> Result<(), String> {
+    let r = drive_app_steps(saga, m).await;
+    let op = saga.op;
+    match &r {
+        Ok(()) => set_app_state(saga, &m.app, AppState::Running, &format!("{op} done")).await,
+        Err(e) => set_app_state(saga, &m.app, AppState::Failed, &format!("{op}: {e}")).await,
+    }
+    r
+}
+
+async fn drive_app_steps(saga: &Saga, m: &AppMove) -> Result<(), String> {
+    let app = &m.app;
+    let op = saga.op;
+    let timeout = Duration::from_millis(m.health_timeout_ms.max(1000));
+    if m.needs_approval {
+        saga.step(app, "approval", || {
+            saga.wait(Duration::from_secs(24 * 3600), "operator approval", |s| {
+                let o = s.operations.get(&op.0)?;
+                if o.approved.contains(app) {
+                    Some(Ok(format!("approved (`metrodr op approve {}`)", op.0)))
+                } else if o.status != OpStatus::Running {
+                    Some(Err("the operation ended".into()))
+                } else {
+                    None
+                }
+            })
+        })
+        .await?;
+    }
+    let moving_state = if m.graceful {
+        AppState::Migrating
+    } else {
+        AppState::FailingOver
+    };
+    set_app_state(saga, app, moving_state, &format!("{op}")).await;
+    if !m.stops.is_empty() {
+        let name = if m.graceful {
+            format!("stop at {}", m.from)
+        } else {
+            format!("fence at {}", m.from)
+        };
+        saga.step(app, &name, || stop_vms(saga, m, timeout)).await?;
+    }
+    saga.step(app, &format!("promote and move to {}", m.to), || {
+        move_app(saga, m)
+    })
+    .await?;
+    if !m.starts.is_empty() {
+        saga.step(app, "start VMs", || start_vms(saga, m, timeout))
+            .await?;
+    }
+    saga.step(app, "health gate", || health_gate(saga, m, timeout))
+        .await
+}
+
+/// Commands this operation already issued for `vm` on `host` with action `name`.
+fn issued(s: &ClusterState, actor: &str, host: &HostId, vm: &VmId, name: &str) -> Vec<u64> {
+    s.commands
+        .values()
+        .filter(|c| {
+            c.issued_by == actor
+                && &c.host == host
+                && c.action.vm() == vm
+                && c.action.name() == name
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
+/// Issue `batch` unless this operation issued each already; returns the command ids.
+async fn issue_once(saga: &Saga, batch: Vec<(HostId, AgentAction)>) -> Result<Vec<u64>, String> {
+    let mut ids = Vec::new();
+    let mut missing = Vec::new();
+    {
+        let a = saga.node.state.read();
+        for (host, action) in batch {
+            match issued(&a.state, &saga.actor, &host, action.vm(), action.name()).last() {
+                Some(id) => ids.push(*id),
+                None => missing.push((host, action)),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        match saga
+            .commit(Command::IssueAgentCommands { commands: missing })
+            .await?
+        {
+            Outcome::Commands(new) => ids.extend(new),
+            other => return Err(format!("unexpected outcome {other:?}")),
+        }
+    }
+    Ok(ids)
+}
+
+/// Wait for commands to succeed; the first failure fails the step with its message.
+async fn await_commands(saga: &Saga, ids: &[u64], timeout: Duration) -> Result<(), String> {
+    saga.wait(timeout, "the agents' command results", |s| {
+        let mut done = true;
+        for id in ids {
+            match s.commands.get(id).map(|c| (&c.status, c)) {
+                Some((CommandStatus::Succeeded { .. }, _)) => {}
+                Some((CommandStatus::Failed { message, .. }, c)) => {
+                    return Some(Err(format!(
+                        "{} of {} on {} failed: {message}",
+                        c.action.name(),
+                        c.action.vm(),
+                        c.host
+                    )));
+                }
+                Some((CommandStatus::Pending, _)) => done = false,
+                None => return Some(Err(format!("command {id} vanished"))),
+            }
+        }
+        done.then_some(Ok(()))
+    })
+    .await
+}
+
+async fn stop_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
+    let mut batch = Vec::new();
+    let mut fenced = Vec::new();
+    {
+        let a = saga.node.state.read();
+        for (vm, host) in &m.stops {
+            let up = a
+                .state
+                .hosts
+                .get(host)
+                .is_some_and(|h| h.state == HostState::Up);
+            if !up {
+                fenced.push(format!("{vm}@{host} (host down: fenced by its lease)"));
+                continue;
+            }
+            let action = if m.graceful {
+                AgentAction::Shutdown {
+                    vm: vm.clone(),
+                    timeout_s: SHUTDOWN_TIMEOUT_S,
+                }
+            } else {
+                AgentAction::Destroy { vm: vm.clone() }
+            };
+            batch.push((host.clone(), action));
+        }
+    }
+    let stopped: Vec<String> = batch
+        .iter()
+        .map(|(h, a)| format!("{} {}@{h}", a.name(), a.vm()))
+        .collect();
+    if !batch.is_empty() {
+        let ids = issue_once(saga, batch).await?;
+        await_commands(
+            saga,
+            &ids,
+            timeout + Duration::from_secs(u64::from(SHUTDOWN_TIMEOUT_S)),
+        )
+        .await?;
+    }
+    Ok([stopped, fenced].concat().join(", "))
+}
+
+async fn move_app(saga: &Saga, m: &AppMove) -> Result<String, String> {
+    let (epochs, done) = {
+        let a = saga.node.state.read();
+        let s = &a.state;
+        let rec = s.apps.get(&m.app).ok_or("the app is gone")?;
+        let placed: Vec<(VmId, HostId)> = rec
+            .placement
+            .iter()
+            .map(|(v, h)| (v.clone(), h.clone()))
+            .collect();
+        let mut epochs: Vec<(topology::VolumeId, Epoch)> = Vec::new();
+        for v in &m.volumes {
+            let vol = s
+                .volumes
+                .get(v)
+                .ok_or_else(|| format!("volume {v} is gone"))?;
+            if vol.primary().is_none_or(|p| p.site != m.to) {
+                epochs.push((v.clone(), vol.epoch.next()));
+            }
+        }
+        let done = epochs.is_empty() && rec.active_site == m.to && placed == m.placement;
+        (epochs, done)
+    };
+    let evidence = |epochs: &[(topology::VolumeId, Epoch)]| {
+        epochs
+            .iter()
+            .map(|(v, e)| format!("{v} epoch {} -> {e}", e.0 - 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if done {
+        return Ok(format!(
+            "already at {} (committed by an earlier leader)",
+            m.to
+        ));
+    }
+    let demoted = if m.graceful {
+        DataState::UpToDate
+    } else {
+        DataState::Outdated
+    };
+    saga.commit(Command::MoveApp {
+        op: saga.op,
+        app: m.app.clone(),
+        to: m.to.clone(),
+        epochs: epochs.clone(),
+        demoted,
+        placement: m.placement.clone(),
+    })
+    .await?;
+    let e = evidence(&epochs);
+    Ok(if e.is_empty() {
+        format!("active at {}; nothing to promote", m.to)
+    } else {
+        format!("promoted at {}: {e}; old primary {demoted:?}", m.to)
+    })
+}
+
+async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
+    let specs = {
+        let a = saga.node.state.read();
+        let model = a
+            .state
+            .topology()
+            .and_then(|t| t.model.app(&m.app).cloned())
+            .ok_or("the app is gone from the topology")?;
+        m.starts
+            .iter()
+            .map(|(vm, host)| {
+                let v = model
+                    .vms
+                    .iter()
+                    .find(|v| &v.id == vm)
+                    .ok_or_else(|| format!("VM {vm} is gone from the topology"))?;
+                Ok((
+                    host.clone(),
+                    topology::spec::VmSpec::from_model(
+                        &model,
+                        v,
+                        topology::spec::NetworkSpec::None,
+                    ),
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?
+    };
+    let mut batch = Vec::new();
+    for (host, spec) in specs {
+        let vm = spec.vm.clone();
+        batch.push((host.clone(), AgentAction::Define { spec }));
+        batch.push((host, AgentAction::Start { vm }));
+    }
+    let ids = issue_once(saga, batch).await?;
+    await_commands(saga, &ids, timeout).await?;
+    Ok(m.starts
+        .iter()
+        .map(|(v, h)| format!("{v}@{h}"))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
+    saga.wait(timeout, "every VM running", |s| {
+        let all = m.placement.iter().all(|(vm, host)| {
+            s.vms
+                .get(vm)
+                .is_some_and(|r| &r.host == host && r.state == VmState::Running)
+        });
+        all.then(|| {
+            Ok(format!(
+                "libvirt reports {} VM(s) running at {}",
+                m.placement.len(),
+                m.to
+            ))
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_losses_within_ten_minutes_flap_two_do_not() {
+        let m = 60_000;
+        assert!(!flapping(&[0, 5 * m], 5 * m));
+        assert!(flapping(&[0, 5 * m, 9 * m], 9 * m));
+        // The oldest loss is out of the window.
+        assert!(!flapping(&[0, 5 * m, 11 * m], 11 * m));
+        assert!(!flapping(&[], 0));
+    }
+}

@@ -1,0 +1,322 @@
+//! Operations that execute a plan: begin, approve, and the atomic move of one app
+//! (promote its consistency group at the next epoch and make the other site active).
+
+use topology::{AppId, HostId, SiteId, SiteRole, VmId, VolumeId};
+
+use super::{
+    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpStatus, Operation, Outcome,
+    RejectKind, Request, Role, not_found, reject,
+};
+use crate::planner::{Plan, busy_apps};
+
+impl ClusterState {
+    pub(super) fn begin_plan(
+        &mut self,
+        req: &Request,
+        plan: &Plan,
+        lost_ms: Option<u64>,
+    ) -> Applied {
+        if plan.is_empty() {
+            return reject(RejectKind::Invalid, "the plan moves no app");
+        }
+        let busy = busy_apps(self);
+        let mut apps: Vec<AppId> = Vec::new();
+        for m in plan.apps() {
+            if !self.apps.contains(&m.app) {
+                return Err(not_found("app", m.app.as_str()));
+            }
+            if busy.contains(&m.app) || apps.contains(&m.app) {
+                return reject(
+                    RejectKind::Conflict,
+                    format!(
+                        "app {} is already being moved by a running operation",
+                        m.app
+                    ),
+                );
+            }
+            for (_, h) in m.placement.iter().chain(&m.stops) {
+                if !self.hosts.contains(h) {
+                    return Err(not_found("host", h.as_str()));
+                }
+            }
+            apps.push(m.app.clone());
+        }
+        let id = self.operations.last().map_or(1, |(k, _)| k + 1);
+        let note = plan.trigger.describe();
+        let names = apps
+            .iter()
+            .map(AppId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let skipped = plan
+            .skipped
+            .iter()
+            .map(|s| format!("; {} skipped: {}", s.app, s.reason))
+            .collect::<String>();
+        self.operations.insert(
+            id,
+            Operation {
+                id: OpId(id),
+                kind: plan.kind,
+                apps,
+                started_by: req.actor.clone(),
+                started_ms: req.at_ms,
+                ended_ms: None,
+                status: OpStatus::Running,
+                note: note.clone(),
+                steps: Vec::new(),
+                plan: Some(Box::new(plan.clone())),
+                lost_ms,
+                approved: Vec::new(),
+            },
+        );
+        Ok((
+            "op.start",
+            format!(
+                "{} {:?} ({note}) of [{names}] in {} wave(s){skipped}",
+                OpId(id),
+                plan.kind,
+                plan.waves.len()
+            ),
+            Outcome::Operation(OpId(id)),
+        ))
+    }
+
+    pub(super) fn approve(&mut self, op: OpId, apps: &[AppId]) -> Applied {
+        let rec = self.running_op(op)?;
+        let waiting: Vec<AppId> = rec
+            .plan
+            .as_ref()
+            .map(|p| {
+                p.apps()
+                    .filter(|m| m.needs_approval && !rec.approved.contains(&m.app))
+                    .map(|m| m.app.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chosen: Vec<AppId> = if apps.is_empty() {
+            waiting.clone()
+        } else {
+            if let Some(a) = apps.iter().find(|a| !waiting.contains(a)) {
+                return reject(
+                    RejectKind::Conflict,
+                    format!("{op} is not waiting for an approval of app {a}"),
+                );
+            }
+            apps.to_vec()
+        };
+        if chosen.is_empty() {
+            return reject(RejectKind::Conflict, format!("{op} waits for no approval"));
+        }
+        // An app named twice in one request is approved once.
+        for a in &chosen {
+            if !rec.approved.contains(a) {
+                rec.approved.push(a.clone());
+            }
+        }
+        let names = chosen
+            .iter()
+            .map(AppId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok((
+            "op.approve",
+            format!("{op}: approved [{names}]"),
+            Outcome::Done,
+        ))
+    }
+
+    pub(super) fn move_app(
+        &mut self,
+        op: OpId,
+        app: &AppId,
+        to: &SiteId,
+        epochs: &[(VolumeId, Epoch)],
+        demoted: DataState,
+        placement: &[(VmId, HostId)],
+    ) -> Applied {
+        let rec = self.running_op(op)?;
+        let Some(planned) = rec
+            .plan
+            .as_ref()
+            .and_then(|p| p.apps().find(|m| &m.app == app))
+        else {
+            return reject(
+                RejectKind::Conflict,
+                format!("app {app} is not part of the plan of {op}"),
+            );
+        };
+        // Policy manual-approval: nothing of the app moves before an operator says so.
+        if planned.needs_approval && !rec.approved.contains(app) {
+            return reject(
+                RejectKind::Conflict,
+                format!(
+                    "app {app} waits for approval (`metrodr op approve {}`)",
+                    op.0
+                ),
+            );
+        }
+        match self.sites.get(to) {
+            None => return Err(not_found("site", to.as_str())),
+            Some(s) if s.role != SiteRole::Production => {
+                return reject(
+                    RejectKind::Invalid,
+                    format!("site {to} is not a production site"),
+                );
+            }
+            Some(_) => {}
+        }
+        let model = self
+            .topology()
+            .and_then(|t| t.model.app(app))
+            .cloned()
+            .ok_or_else(|| not_found("app", app.as_str()))?;
+        if let Some((vm, _)) = placement
+            .iter()
+            .find(|(vm, _)| !model.vms.iter().any(|v| &v.id == vm))
+        {
+            return Err(not_found("VM of that app", vm.as_str()));
+        }
+        let mut promoted = Vec::new();
+        for v in &model.volumes {
+            let vol = self
+                .volumes
+                .get(&v.id)
+                .ok_or_else(|| not_found("volume", v.id.as_str()))?;
+            let here = vol.primary().is_some_and(|p| &p.site == to);
+            let given = epochs.iter().find(|(id, _)| id == &v.id).map(|(_, e)| *e);
+            match (here, given) {
+                (true, None) => {}
+                (true, Some(_)) => {
+                    return reject(
+                        RejectKind::Conflict,
+                        format!("volume {} is already primary at {to}", v.id),
+                    );
+                }
+                (false, None) => {
+                    return reject(
+                        RejectKind::Invalid,
+                        format!(
+                            "volume {} of {app} is not primary at {to}: the move must promote it",
+                            v.id
+                        ),
+                    );
+                }
+                (false, Some(e)) => {
+                    self.promote(&v.id, to, e, demoted)?;
+                    promoted.push(format!("{}@{e}", v.id));
+                }
+            }
+        }
+        if let Some((id, _)) = epochs.iter().find(|(id, _)| model.volume(id).is_none()) {
+            return Err(not_found("volume of that app", id.as_str()));
+        }
+        let rec = self
+            .apps
+            .get_mut(app)
+            .ok_or_else(|| not_found("app", app.as_str()))?;
+        let from = rec.active_site.clone();
+        rec.active_site = to.clone();
+        rec.placement = placement.iter().cloned().collect();
+        let hosts = placement
+            .iter()
+            .map(|(v, h)| format!("{v}@{h}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok((
+            "app.move",
+            format!(
+                "{op}: app {app} {from} -> {to}; promoted [{}] (old primary {demoted:?}); VMs [{hosts}]",
+                promoted.join(", ")
+            ),
+            Outcome::Done,
+        ))
+    }
+
+    pub(super) fn replica_status(
+        &mut self,
+        app: &AppId,
+        site: &SiteId,
+        epoch: Epoch,
+        link: LinkReport,
+        detail: &str,
+    ) -> Applied {
+        let model = self
+            .topology()
+            .and_then(|t| t.model.app(app))
+            .cloned()
+            .ok_or_else(|| not_found("app", app.as_str()))?;
+        let target = match link {
+            LinkReport::InSync => Some(DataState::UpToDate),
+            LinkReport::Resyncing => Some(DataState::Syncing),
+            LinkReport::Down => None,
+            LinkReport::Alone => Some(DataState::Outdated),
+        };
+        let mut changes = Vec::new();
+        for v in &model.volumes {
+            let vol = self
+                .volumes
+                .get_mut(&v.id)
+                .ok_or_else(|| not_found("volume", v.id.as_str()))?;
+            let current = vol.primary().is_some_and(|p| &p.site == site) && vol.epoch == epoch;
+            if !current {
+                let (at, e) = vol
+                    .primary()
+                    .map_or(("nowhere".to_string(), vol.epoch), |p| {
+                        (p.site.to_string(), vol.epoch)
+                    });
+                return reject(
+                    RejectKind::Conflict,
+                    format!(
+                        "stale report: the primary of volume {} is at {at} at epoch {e}, not at {site} at epoch {epoch} (this primary must stop)",
+                        v.id
+                    ),
+                );
+            }
+            let Some(target) = target else { continue };
+            for r in vol
+                .replicas
+                .iter_mut()
+                .filter(|r| r.role == Role::Secondary)
+            {
+                if r.data != target {
+                    changes.push(format!(
+                        "{} at {}: {:?} -> {target:?}",
+                        v.id, r.site, r.data
+                    ));
+                    r.data = target;
+                }
+            }
+        }
+        if changes.is_empty() {
+            return reject(RejectKind::Conflict, "no replica state changed");
+        }
+        Ok((
+            "replica.link",
+            format!(
+                "app {app}: primary at {site} epoch {epoch} reports {link:?} ({detail}): {}",
+                changes.join(", ")
+            ),
+            Outcome::Done,
+        ))
+    }
+
+    /// Every volume of `app` with a primary has it at the app's active site.
+    pub(super) fn check_primaries(&self, app: &super::AppRecord) -> Result<(), String> {
+        let Some(model) = self.topology().and_then(|t| t.model.app(&app.id)) else {
+            return Ok(());
+        };
+        for v in &model.volumes {
+            if let Some(p) = self.volumes.get(&v.id).and_then(|r| r.primary())
+                && p.site != app.active_site
+                && p.role == Role::Primary
+            {
+                return Err(format!(
+                    "app {} is active at {} but the primary of its volume {} is at {}",
+                    app.id, app.active_site, v.id, p.site
+                ));
+            }
+        }
+        Ok(())
+    }
+}
