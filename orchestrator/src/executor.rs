@@ -319,10 +319,45 @@ async fn drive(node: Arc<Node>, op: OpId) {
         op,
         actor: op_actor(op),
     };
-    let mut failed = Vec::new();
+    let deps: std::collections::BTreeMap<AppId, Vec<AppId>> = {
+        let a = node.state.read();
+        a.state
+            .topology()
+            .map(|t| {
+                t.model
+                    .apps
+                    .iter()
+                    .map(|x| (x.id.clone(), x.depends_on.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut failed: Vec<AppId> = Vec::new();
     for wave in &plan.waves {
-        let results =
-            futures_util::future::join_all(wave.apps.iter().map(|m| drive_app(&saga, m))).await;
+        // An app whose dependency failed in this operation does not start: it fails
+        // with that reason (recorded as a step), and so do its own dependents.
+        let blocked = |m: &AppMove| failed_dependency(&deps, &failed, &m.app);
+        let results = futures_util::future::join_all(wave.apps.iter().map(|m| {
+            let dep = blocked(m);
+            let saga = &saga;
+            async move {
+                match dep {
+                    Some(d) => {
+                        let r = saga
+                            .step(&m.app, "dependencies healthy", || async {
+                                Err(format!(
+                                    "{d}, which it depends on, failed in this operation"
+                                ))
+                            })
+                            .await;
+                        set_app_state(saga, &m.app, AppState::Failed, "a dependency failed").await;
+                        r
+                    }
+                    None => drive_app(saga, m).await,
+                }
+            }
+        }))
+        .await;
         for (m, r) in wave.apps.iter().zip(results) {
             if let Err(e) = r {
                 tracing::warn!(node = %node.name, %op, app = %m.app, "app failed: {e}");
@@ -341,6 +376,15 @@ async fn drive(node: Arc<Node>, op: OpId) {
     if let Err(e) = saga.commit(Command::FinishOperation { op, status }).await {
         tracing::warn!(node = %node.name, %op, "could not finish: {e}");
     }
+}
+
+/// The first dependency of `app` that failed in this operation, if any (pure).
+pub fn failed_dependency(
+    deps: &std::collections::BTreeMap<AppId, Vec<AppId>>,
+    failed: &[AppId],
+    app: &AppId,
+) -> Option<AppId> {
+    deps.get(app)?.iter().find(|d| failed.contains(d)).cloned()
 }
 
 async fn set_app_state(saga: &Saga, app: &AppId, state: AppState, reason: &str) {
@@ -644,6 +688,33 @@ async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_app_waits_for_nothing_but_its_own_failed_dependencies() {
+        let id = AppId::new;
+        let deps = std::collections::BTreeMap::from([
+            (id("api"), vec![id("db"), id("cache")]),
+            (id("portal"), vec![id("api")]),
+            (id("mail"), vec![]),
+        ]);
+        assert_eq!(failed_dependency(&deps, &[], &id("api")), None);
+        assert_eq!(
+            failed_dependency(&deps, &[id("cache")], &id("api")),
+            Some(id("cache"))
+        );
+        assert_eq!(
+            failed_dependency(&deps, &[id("db")], &id("portal")),
+            None,
+            "only direct ones"
+        );
+        // A blocked app is itself added to the failed list, so its dependents follow.
+        assert_eq!(
+            failed_dependency(&deps, &[id("db"), id("api")], &id("portal")),
+            Some(id("api"))
+        );
+        assert_eq!(failed_dependency(&deps, &[id("db")], &id("mail")), None);
+        assert_eq!(failed_dependency(&deps, &[id("db")], &id("unknown")), None);
+    }
 
     #[test]
     fn three_losses_within_ten_minutes_flap_two_do_not() {
