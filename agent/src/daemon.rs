@@ -139,8 +139,10 @@ struct Shared {
     domain_type: Mutex<DomainType>,
     lease_ms: Mutex<u64>,
     renew_ms: Mutex<u64>,
-    /// Serialises commands per VM (different VMs run concurrently).
-    vm_locks: Mutex<HashMap<VmId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One queue per VM with a worker draining it: commands of one VM run one at a
+    /// time in the order the cluster issued them (define before start); different VMs
+    /// run concurrently.
+    vm_queues: Mutex<HashMap<VmId, tokio::sync::mpsc::UnboundedSender<pb::AgentCommand>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -247,7 +249,7 @@ pub async fn start_with(
         paths,
         lease_ms: Mutex::new(3000),
         renew_ms: Mutex::new(500),
-        vm_locks: Mutex::new(HashMap::new()),
+        vm_queues: Mutex::new(HashMap::new()),
         cfg,
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -513,8 +515,49 @@ async fn fence(s: &Arc<Shared>) {
     queue_event(s, text);
 }
 
-fn vm_lock(s: &Arc<Shared>, vm: &VmId) -> Arc<tokio::sync::Mutex<()>> {
-    lock(&s.vm_locks).entry(vm.clone()).or_default().clone()
+/// Queue `cmd` behind the VM's earlier commands, starting the VM's worker if idle.
+fn dispatch(s: &Arc<Shared>, cmd: pb::AgentCommand) {
+    let vm = VmId::new(cmd.vm.as_str());
+    let mut queues = lock(&s.vm_queues);
+    // A worker removes its queue only under this lock, after finding it empty: a
+    // sender found here is still drained.
+    let cmd = match queues.get(&vm) {
+        Some(tx) => match tx.send(cmd) {
+            Ok(()) => return,
+            Err(e) => e.0,
+        },
+        None => cmd,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = tx.send(cmd);
+    queues.insert(vm.clone(), tx);
+    tokio::spawn(vm_worker(s.clone(), vm, rx));
+}
+
+async fn vm_worker(
+    s: Arc<Shared>,
+    vm: VmId,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<pb::AgentCommand>,
+) {
+    loop {
+        let next = match rx.try_recv() {
+            Ok(c) => Some(c),
+            Err(_) => {
+                let mut queues = lock(&s.vm_queues);
+                match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        queues.remove(&vm);
+                        None
+                    }
+                }
+            }
+        };
+        match next {
+            Some(cmd) => run_command(s.clone(), cmd).await,
+            None => return,
+        }
+    }
 }
 
 async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
@@ -547,8 +590,7 @@ async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
             Ok(r) => {
                 for cmd in r.into_inner().commands {
                     after = after.max(cmd.id);
-                    let s = s.clone();
-                    tokio::spawn(async move { run_command(s, cmd).await });
+                    dispatch(&s, cmd);
                 }
             }
             Err(e) => {
@@ -576,9 +618,6 @@ enum Action {
 
 async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
     let id = cmd.id;
-    let vm = VmId::new(cmd.vm.as_str());
-    let guard = vm_lock(&s, &vm);
-    let _g = guard.lock().await;
     let (ok, message) = match s.journal.seen(id) {
         Seen::Done { ok, message } => (ok, message),
         Seen::Interrupted => (

@@ -241,14 +241,11 @@ impl Saga {
     {
         let existing = {
             let a = self.node.state.read();
-            a.state.operations.get(&self.op.0).and_then(|o| {
-                o.steps
-                    .iter()
-                    .enumerate()
-                    .rev()
-                    .find(|(_, s)| s.app.as_ref() == Some(app) && s.name == name)
-                    .map(|(i, s)| (i as u32, s.result.clone()))
-            })
+            a.state
+                .steps_of(self.op)
+                .rev()
+                .find(|(_, s)| s.app.as_ref() == Some(app) && s.name == name)
+                .map(|(i, s)| (i, s.result.clone()))
         };
         let index = match existing {
             Some((_, Some(StepResult::Ok))) => return Ok(()),

@@ -109,7 +109,7 @@ pub async fn start(
 
 pub fn get(node: &Node, req: &GetOperationRequest) -> Result<OperationReply, Status> {
     let a = node.state.read();
-    let op = a.state.operations.get(&req.op).ok_or_else(|| {
+    let op = a.state.operation_view(req.op).ok_or_else(|| {
         Status::not_found(format!(
             "no operation op-{} (see `metrodr op list`)",
             req.op
@@ -117,7 +117,7 @@ pub fn get(node: &Node, req: &GetOperationRequest) -> Result<OperationReply, Sta
     })?;
     let timing = a.state.topology().map(|t| t.model.timing.clone());
     Ok(OperationReply {
-        operation_json: json(op)?,
+        operation_json: json(&op)?,
         timing_json: json(&timing)?,
     })
 }
@@ -132,10 +132,11 @@ pub fn list(node: &Node, req: &ListOperationsRequest) -> Result<ListOperationsRe
     let operations_json = a
         .state
         .operations
-        .values()
+        .keys()
         .rev()
         .take(limit)
-        .map(json)
+        .filter_map(|id| a.state.operation_view(*id))
+        .map(|o| json(&o))
         .collect::<Result<_, _>>()?;
     Ok(ListOperationsReply { operations_json })
 }

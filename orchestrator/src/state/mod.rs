@@ -241,8 +241,18 @@ pub struct ClusterState {
     /// Commands to agents (the per-host queues), with their results.
     pub commands: Table<u64, AgentCommandRecord>,
     pub operations: Table<u64, Operation>,
+    /// Every operation's steps, keyed by [`step_key`].
+    pub op_steps: Table<u64, Step>,
     pub audit: Table<u64, AuditEntry>,
 }
+
+/// Row key of step `index` of operation `op` (2^24 steps per operation).
+pub fn step_key(op: OpId, index: u32) -> u64 {
+    (op.0 << 24) | u64::from(index & 0x00ff_ffff)
+}
+
+/// Most steps one operation may record.
+pub const MAX_STEPS: u32 = 1 << 24;
 
 /// One changed row, ready to persist: table name, encoded key, JSON value (None = delete).
 pub type RowWrite = (&'static str, String, Option<Vec<u8>>);
@@ -303,7 +313,7 @@ impl ClusterState {
     }
 
     /// Every table with its name, in a fixed order.
-    fn tables(&self) -> [(&'static str, &dyn DynTable); 9] {
+    fn tables(&self) -> [(&'static str, &dyn DynTable); 10] {
         [
             ("topologies", &self.topologies),
             ("sites", &self.sites),
@@ -313,11 +323,12 @@ impl ClusterState {
             ("vms", &self.vms),
             ("commands", &self.commands),
             ("operations", &self.operations),
+            ("op_steps", &self.op_steps),
             ("audit", &self.audit),
         ]
     }
 
-    fn tables_mut(&mut self) -> [(&'static str, &mut dyn DynTable); 9] {
+    fn tables_mut(&mut self) -> [(&'static str, &mut dyn DynTable); 10] {
         [
             ("topologies", &mut self.topologies),
             ("sites", &mut self.sites),
@@ -327,6 +338,7 @@ impl ClusterState {
             ("vms", &mut self.vms),
             ("commands", &mut self.commands),
             ("operations", &mut self.operations),
+            ("op_steps", &mut self.op_steps),
             ("audit", &mut self.audit),
         ]
     }
@@ -519,16 +531,28 @@ impl ClusterState {
                 {
                     return Err(not_found("app", a.as_str()));
                 }
-                let rec = self.running_op(*op)?;
-                let index = u32::try_from(rec.steps.len()).unwrap_or(u32::MAX);
-                rec.steps.push(Step {
-                    name: name.clone(),
-                    app: app.clone(),
-                    started_ms: at,
-                    ended_ms: None,
-                    result: None,
-                    detail: String::new(),
-                });
+                self.running_op_ref(*op)?;
+                let index = self
+                    .steps_of(*op)
+                    .next_back()
+                    .map_or(0, |(i, _)| i.saturating_add(1));
+                if index >= MAX_STEPS - 1 {
+                    return reject(
+                        RejectKind::Conflict,
+                        format!("{op} has {MAX_STEPS} steps already"),
+                    );
+                }
+                self.op_steps.insert(
+                    step_key(*op, index),
+                    Step {
+                        name: name.clone(),
+                        app: app.clone(),
+                        started_ms: at,
+                        ended_ms: None,
+                        result: None,
+                        detail: String::new(),
+                    },
+                );
                 Ok((
                     "op.step",
                     format!("{op} step {index} started: {name}"),
@@ -541,10 +565,10 @@ impl ClusterState {
                 result,
                 detail,
             } => {
-                let rec = self.running_op(*op)?;
-                let step = rec
-                    .steps
-                    .get_mut(*index as usize)
+                self.running_op_ref(*op)?;
+                let step = (*index < MAX_STEPS)
+                    .then(|| self.op_steps.get_mut(&step_key(*op, *index)))
+                    .flatten()
                     .ok_or_else(|| not_found("step", &format!("{op} #{index}")))?;
                 if step.result.is_some() {
                     return reject(
@@ -612,6 +636,35 @@ impl ClusterState {
             } => self.set_vm_states(req, host, states, reason),
             Command::AgentEvent { host, text } => self.agent_event(host, text),
         }
+    }
+
+    /// Steps of `op` in order, with their index.
+    pub fn steps_of(&self, op: OpId) -> impl DoubleEndedIterator<Item = (u32, &Step)> {
+        self.op_steps
+            .range(step_key(op, 0)..=step_key(op, MAX_STEPS - 1))
+            .map(|(k, s)| ((k & 0x00ff_ffff) as u32, s))
+    }
+
+    /// An operation with its steps (as operators and reports see it).
+    pub fn operation_view(&self, id: u64) -> Option<Operation> {
+        let mut o = self.operations.get(&id)?.clone();
+        o.steps
+            .extend(self.steps_of(OpId(id)).map(|(_, s)| s.clone()));
+        Some(o)
+    }
+
+    fn running_op_ref(&self, op: OpId) -> Result<&Operation, Rejection> {
+        let rec = self
+            .operations
+            .get(&op.0)
+            .ok_or_else(|| not_found("operation", &op.to_string()))?;
+        if rec.status != OpStatus::Running {
+            return reject(
+                RejectKind::Conflict,
+                format!("{op} already finished ({:?})", rec.status),
+            );
+        }
+        Ok(rec)
     }
 
     fn running_op(&mut self, op: OpId) -> Result<&mut Operation, Rejection> {

@@ -135,7 +135,7 @@ impl ClusterState {
         demoted: DataState,
         placement: &[(VmId, HostId)],
     ) -> Applied {
-        let rec = self.running_op(op)?;
+        let rec = self.running_op_ref(op)?;
         let Some(planned) = rec
             .plan
             .as_ref()

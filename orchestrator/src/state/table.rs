@@ -98,6 +98,10 @@ impl<K: RowKey, V: Clone> Table<K, V> {
         self.rows.iter()
     }
 
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> {
+        self.rows.keys()
+    }
+
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> {
         self.rows.values()
     }
@@ -112,6 +116,13 @@ impl<K: RowKey, V: Clone> Table<K, V> {
 
     pub fn last(&self) -> Option<(&K, &V)> {
         self.rows.last_key_value()
+    }
+
+    pub fn range(
+        &self,
+        r: impl std::ops::RangeBounds<K>,
+    ) -> impl DoubleEndedIterator<Item = (&K, &V)> {
+        self.rows.range(r)
     }
 
     fn remember(&mut self, k: &K) {

@@ -295,6 +295,43 @@ fn operations_record_their_steps() {
         matches!(s.apply(&finish), Response::Rejected(_)),
         "a step finishes once"
     );
+    let view = s.operation_view(op.0).expect("view");
+    assert_eq!(view.steps.len(), 1);
+    assert_eq!(view.steps[0].result, Some(StepResult::Ok));
+    assert!(
+        s.operations.get(&op.0).expect("op").steps.is_empty(),
+        "steps live in their own table: a step never copies the operation"
+    );
+    // A second operation's steps are its own, numbered from 0.
+    let r = s.apply(&req(Command::StartOperation {
+        kind: OpKind::Drill,
+        apps: vec![],
+        note: "other".into(),
+    }));
+    let Response::Applied {
+        outcome: Outcome::Operation(op2),
+        ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    let r = s.apply(&req(Command::StartStep {
+        op: op2,
+        name: "x".into(),
+        app: None,
+    }));
+    assert!(
+        matches!(
+            r,
+            Response::Applied {
+                outcome: Outcome::Step(0),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(s.operation_view(op.0).expect("view").steps.len(), 1);
+    assert_eq!(s.operation_view(op2.0).expect("view").steps[0].name, "x");
     assert!(matches!(
         s.apply(&req(Command::FinishOperation {
             op,

@@ -342,6 +342,10 @@ pub struct Operation {
     pub ended_ms: Option<u64>,
     pub status: OpStatus,
     pub note: String,
+    /// The saga log. Stored row by row in [`super::ClusterState::op_steps`] (so that a
+    /// step does not copy the whole operation); filled in by
+    /// [`super::ClusterState::operation_view`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
     /// The plan the leader executes (failover, switchover, failback); None for
     /// operations recorded by hand.
