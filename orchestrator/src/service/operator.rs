@@ -580,14 +580,31 @@ impl Operator for OperatorService {
         for app in a.state.apps.values() {
             for (vm, host) in &app.placement {
                 let rec = a.state.vms.get(vm);
+                // The last report from a host that is down says nothing about now: its
+                // agent has fenced (destroyed) its VMs or is gone.
+                let down = rec
+                    .and_then(|r| a.state.hosts.get(&r.host))
+                    .filter(|h| h.state == state::HostState::Down);
                 vms.push(VmInfo {
                     vm: vm.to_string(),
                     app: app.id.to_string(),
                     host: host.to_string(),
-                    state: rec.map(|r| name(&r.state)).unwrap_or_default(),
+                    state: match down {
+                        Some(_) => "unknown".into(),
+                        None => rec.map(|r| name(&r.state)).unwrap_or_default(),
+                    },
                     reported_host: rec.map(|r| r.host.to_string()).unwrap_or_default(),
                     since_ms: rec.map_or(0, |r| r.since_ms),
-                    reason: rec.map(|r| r.reason.clone()).unwrap_or_default(),
+                    reason: match (down, rec) {
+                        (Some(h), Some(r)) => format!(
+                            "host {} is down ({}); last reported {} ({})",
+                            h.id,
+                            h.reason,
+                            name(&r.state),
+                            r.reason
+                        ),
+                        _ => rec.map(|r| r.reason.clone()).unwrap_or_default(),
+                    },
                 });
             }
         }
