@@ -311,6 +311,11 @@ async fn losing_a_site_fails_every_app_over_in_dependency_order() {
         "not moved before approval"
     );
     assert_eq!(
+        vm_state(&live, "archive-1").await.as_deref(),
+        Some("unknown"),
+        "a VM on a down host is not shown as running"
+    );
+    assert_eq!(
         commands_for(&live, "start", "archive-1").await,
         1,
         "archive-1 was started once (initially), not at south yet"
