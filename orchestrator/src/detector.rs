@@ -34,7 +34,10 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         {
             let mut t = node.leases();
             match (leading, t.is_leader()) {
-                (true, false) => t.became_leader(now),
+                (true, false) => {
+                    t.became_leader(now);
+                    t.note_previous_leader(node.previous_leader_contact());
+                }
                 (false, true) => t.lost_leadership(),
                 _ => {}
             }
@@ -58,7 +61,7 @@ async fn commit(node: &Node, command: Command) {
 
 async fn check(node: &Node, now: Instant) {
     // Hosts that lost their lease.
-    let (lost, deadline): (Vec<(HostId, u64)>, u64) = {
+    let (lost, deadline): (Vec<(HostId, u64, Option<u64>)>, u64) = {
         let a = node.state.read();
         let t = node.leases();
         let up: Vec<&HostId> = a
@@ -73,12 +76,15 @@ async fn check(node: &Node, now: Instant) {
             .into_iter()
             .map(|h| {
                 let ms = t.silence(&h, now).map_or(0, |d| d.as_millis() as u64);
-                (h, ms)
+                let seen = t.last_alive(&h).map(|at| {
+                    now_ms().saturating_sub(now.saturating_duration_since(at).as_millis() as u64)
+                });
+                (h, ms, seen)
             })
             .collect();
         (lost, t.deadline().as_millis() as u64)
     };
-    for (host, silent_ms) in lost {
+    for (host, silent_ms, last_seen_ms) in lost {
         tracing::warn!(node = %node.name, host = %host, silent_ms, "host lost its lease");
         commit(
             node,
@@ -88,6 +94,7 @@ async fn check(node: &Node, now: Instant) {
                 reason: format!(
                     "no lease renewal for {silent_ms} ms (lease + margin = {deadline} ms)"
                 ),
+                last_seen_ms,
             },
         )
         .await;

@@ -185,18 +185,28 @@ async fn start_automatic(node: &Node) {
 pub fn lost_since(state: &ClusterState, t: &Trigger) -> Option<u64> {
     let timing = &state.topology()?.model.timing;
     let back = timing.lease_ms + timing.lease_margin_ms;
-    let down_ms = match t {
+    // Per lost host: when it was last known alive (the detector's estimate), else the
+    // latest moment it can have held a lease. The loss began at the earliest.
+    let alive = |h: &crate::state::HostRecord| {
+        h.last_seen_ms
+            .unwrap_or_else(|| h.since_ms.saturating_sub(back))
+    };
+    match t {
         Trigger::SiteLost { site } => state
             .hosts
             .values()
             .filter(|h| &h.site == site && h.state == HostState::Down)
-            .map(|h| h.since_ms)
+            .map(alive)
             .min()
-            .or_else(|| state.sites.get(site).map(|s| s.since_ms))?,
-        Trigger::HostLost { host } => state.hosts.get(host)?.since_ms,
-        _ => return None,
-    };
-    Some(down_ms.saturating_sub(back))
+            .or_else(|| {
+                state
+                    .sites
+                    .get(site)
+                    .map(|s| s.since_ms.saturating_sub(back))
+            }),
+        Trigger::HostLost { host } => state.hosts.get(host).map(alive),
+        _ => None,
+    }
 }
 
 /// One operation's saga on this leader.

@@ -28,6 +28,9 @@ pub struct LeaseTable {
     /// When this node became leader; None while it is not leader.
     leader_since: Option<Instant>,
     grants: HashMap<HostId, Instant>,
+    /// When this node last heard from the previous leader before it became leader:
+    /// hosts may have renewed there until about then.
+    previous_leader_seen: Option<Instant>,
 }
 
 impl LeaseTable {
@@ -37,6 +40,7 @@ impl LeaseTable {
             margin,
             leader_since: None,
             grants: HashMap::new(),
+            previous_leader_seen: None,
         }
     }
 
@@ -48,6 +52,27 @@ impl LeaseTable {
     pub fn became_leader(&mut self, now: Instant) {
         self.leader_since = Some(now);
         self.grants.clear();
+        self.previous_leader_seen = None;
+    }
+
+    /// When this node last heard from the previous leader (for [`Self::last_alive`]).
+    pub fn note_previous_leader(&mut self, seen: Option<Instant>) {
+        self.previous_leader_seen = seen;
+    }
+
+    /// The latest moment `host` is known to have held a lease: its last renewal by this
+    /// leader or, if it never renewed here, the last time this node heard from the
+    /// previous leader (where it may have renewed). Used for the failover record only;
+    /// it is never later than the truth, so an RTO measured from it is not understated.
+    pub fn last_alive(&self, host: &HostId) -> Option<Instant> {
+        let since = self.leader_since?;
+        Some(
+            self.grants
+                .get(host)
+                .copied()
+                .or(self.previous_leader_seen)
+                .unwrap_or(since),
+        )
     }
 
     pub fn lost_leadership(&mut self) {
@@ -158,6 +183,34 @@ mod tests {
 
     fn h(s: &str) -> HostId {
         HostId::new(s)
+    }
+
+    #[test]
+    fn a_host_was_last_alive_at_its_grant_or_when_the_old_leader_was_last_heard() {
+        let mut t = LeaseTable::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        let old = t0 - Duration::from_millis(1200);
+        assert_eq!(t.last_alive(&h("a")), None, "a follower knows nothing");
+        t.became_leader(t0);
+        assert_eq!(
+            t.last_alive(&h("a")),
+            Some(t0),
+            "nothing heard before: since leading"
+        );
+        t.note_previous_leader(Some(old));
+        assert_eq!(
+            t.last_alive(&h("a")),
+            Some(old),
+            "it may have renewed at the old leader"
+        );
+        t.grant(&h("b"), t0 + Duration::from_millis(500));
+        assert_eq!(t.last_alive(&h("b")), Some(t0 + Duration::from_millis(500)));
+        t.became_leader(t0 + Duration::from_secs(10));
+        assert_eq!(
+            t.last_alive(&h("b")),
+            Some(t0 + Duration::from_secs(10)),
+            "a new term forgets"
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Node {
     pub health: PeerHealth,
     pub timing: Timing,
     peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
+    /// When this node last accepted an AppendEntries (heartbeat) from a leader.
+    leader_contact: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Everything a [`Node`] is made of.
@@ -80,7 +82,24 @@ impl Node {
             health: p.health,
             timing: p.timing,
             peers: Mutex::new(HashMap::new()),
+            leader_contact: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A leader's AppendEntries was handled at `at`.
+    pub fn heard_from_leader(&self, at: Instant) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// When this node last heard from a leader (before becoming one itself).
+    pub fn previous_leader_contact(&self) -> Option<Instant> {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lease table (a poisoned lock is still usable: it holds plain data).

@@ -39,7 +39,7 @@ pub struct AppOutcome {
     pub app: String,
     pub site_before: String,
     pub site_after: String,
-    /// Achieved RTO from the op record (origin: the last lease the lost hosts held).
+    /// Achieved RTO from the op record (origin: when the lost hosts were last known alive).
     pub rto_s: Option<f64>,
     pub rto_target_s: u32,
     /// Wall clock from the kill to this app's health gate.
@@ -596,7 +596,7 @@ pub async fn site_failover(
     if table {
         println!("\n  Failover record (op-{op}, {}):", out.status);
         println!(
-            "  app      from   -> to     kill->healthy  RTO (record)  target   (record: from the last lease the lost hosts held)"
+            "  app      from   -> to     kill->healthy  RTO (record)  target   (record: from when the lost hosts were last known alive)"
         );
         for a in &out.apps {
             println!(

@@ -130,6 +130,7 @@ fn set_host(s: &mut ClusterState, host: &HostId, state: HostState) {
             host: host.clone(),
             state,
             reason: "test".into(),
+            last_seen_ms: None,
         },
     );
 }

@@ -171,6 +171,7 @@ impl Agent for AgentService {
                         host: h,
                         state: HostState::Up,
                         reason: "lease renewed".into(),
+                        last_seen_ms: None,
                     },
                 };
                 let _ = node.write(req).await;

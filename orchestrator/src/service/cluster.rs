@@ -34,7 +34,11 @@ impl Cluster for ClusterService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
-        reply(&self.node.raft.append_entries(rpc).await)
+        let r = self.node.raft.append_entries(rpc).await;
+        if r.is_ok() {
+            self.node.heard_from_leader(Instant::now());
+        }
+        reply(&r)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

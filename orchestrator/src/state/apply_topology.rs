@@ -115,6 +115,7 @@ impl ClusterState {
                         since_ms: req.at_ms,
                         reason: "host added by topology; no agent has registered yet".into(),
                         inventory: None,
+                        last_seen_ms: None,
                     },
                 ),
             }

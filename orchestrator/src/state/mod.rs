@@ -64,6 +64,9 @@ pub enum Command {
         host: HostId,
         state: HostState,
         reason: String,
+        /// When the host was last known alive (the leader's estimate, for records).
+        #[serde(default)]
+        last_seen_ms: Option<u64>,
     },
     SetAppState {
         app: AppId,
@@ -429,6 +432,7 @@ impl ClusterState {
                 host,
                 state,
                 reason,
+                last_seen_ms,
             } => {
                 let rec = self
                     .hosts
@@ -438,6 +442,7 @@ impl ClusterState {
                 rec.state = *state;
                 rec.since_ms = at;
                 rec.reason.clone_from(reason);
+                rec.last_seen_ms = *last_seen_ms;
                 Ok((
                     "host.state",
                     format!("host {host}: {old:?} -> {state:?} ({reason})"),

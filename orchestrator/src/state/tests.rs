@@ -570,7 +570,7 @@ fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
         1 => (site, prop_oneof![Just(SiteState::Up), Just(SiteState::Suspect), Just(SiteState::Down)])
             .prop_map(|(site, state)| Command::SetSiteState { site: SiteId::new(site), state, reason: "prop".into() }),
         1 => (host.clone(), prop_oneof![Just(HostState::Up), Just(HostState::Down)])
-            .prop_map(|(host, state)| Command::SetHostState { host: HostId::new(host), state, reason: "prop".into() }),
+            .prop_map(|(host, state)| Command::SetHostState { host: HostId::new(host), state, reason: "prop".into(), last_seen_ms: None }),
         1 => (app.clone(), vm.clone(), host.clone()).prop_map(|(app, vm, host)| Command::PlaceVm {
             app: AppId::new(app), vm: VmId::new(vm), host: HostId::new(host) }),
         1 => app.clone().prop_map(|a| Command::StartOperation { kind: OpKind::Drill, apps: vec![AppId::new(a)], note: String::new() }),

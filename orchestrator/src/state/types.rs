@@ -84,6 +84,10 @@ pub struct HostRecord {
     /// What the host's agent reported when it last registered.
     #[serde(default)]
     pub inventory: Option<HostInventory>,
+    /// When the host was last known alive, as the leader that declared it down
+    /// estimated it (never later than the truth).
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
 }
 
 /// A host as its agent sees it (capacity from libvirt).
