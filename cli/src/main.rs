@@ -123,6 +123,12 @@ enum SiteCmd {
     /// Declare a production site lost: fail over every app active there (VMs still
     /// running there are destroyed first). Audited with your name.
     Fail(op_cmd::SiteFailArgs),
+    /// Acknowledge that a lost site is back (its node and hosts are up again): clears
+    /// its flap hold and lists its replicas that must still resync.
+    Recover {
+        /// The production site.
+        site: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +173,7 @@ fn main() -> ExitCode {
         Command::Status => block_on(cluster_cmd::status(c, out)),
         Command::App(AppCmd::List) => block_on(cluster_cmd::app_list(c, out)),
         Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
+        Command::Site(SiteCmd::Recover { site }) => block_on(op_cmd::recover(site, c, out)),
         Command::Site(SiteCmd::Fail(a)) => block_on(op_cmd::start(
             "site-fail",
             Vec::new(),

@@ -130,6 +130,43 @@ pub async fn start(
     follow(c, r.op, Duration::from_secs(run.timeout_s), out).await
 }
 
+/// `site recover SITE`.
+pub async fn recover(site: String, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
+    let client = c.connect().await?;
+    let r = client
+        .op
+        .clone()
+        .recover_site(pb::RecoverSiteRequest {
+            actor: c.actor(),
+            site: site.clone(),
+        })
+        .await
+        .map_err(|e| status_err(&client.addr, e))?
+        .into_inner();
+    match out {
+        Output::Json => print_json(&serde_json::json!({
+            "site": site, "audit_seq": r.audit_seq, "not_up_to_date": r.not_up_to_date,
+        }))?,
+        Output::Table => {
+            println!(
+                "site {site} recovered (audit #{}); a later loss fails over automatically again",
+                r.audit_seq
+            );
+            if r.not_up_to_date.is_empty() {
+                println!("every replica at {site} is up to date");
+            } else {
+                println!(
+                    "replicas at {site} that resync before they may be promoted (they become up to date when their primary reports in sync):"
+                );
+                for v in &r.not_up_to_date {
+                    println!("  {v}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     match cmd {
         OpCmd::List { limit } => {

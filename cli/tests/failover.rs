@@ -412,6 +412,64 @@ async fn losing_a_site_fails_every_app_over_in_dependency_order() {
     assert!(t.contains("Outdated") || t.contains("down"), "{t}");
     let o = lab.run(&["app", "failback", "db"]);
     assert!(!o.status.success(), "{}", text(&o));
+
+    // North comes back. Recovering it is refused until it is up, then lists what
+    // must resync before anything may move home.
+    let o = lab.run(&["site", "recover", "north"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("must be back first"), "{}", text(&o));
+    let dir = lab.c.dir.path().to_path_buf();
+    restart(&dir, lab.c.node_mut("orch-north"), None);
+    for h in ["north-h1", "north-h2"] {
+        let addrs = lab.addrs.clone();
+        lab.agents.insert(
+            h.into(),
+            start_agent(&dir, h, &addrs, "test:///private", None),
+        );
+    }
+    wait_for(Duration::from_secs(20), "site north up again", || {
+        let l = &lab;
+        async move {
+            let v = l.json(&["site", "list"]);
+            v.as_array()?
+                .iter()
+                .any(|s| {
+                    s["id"] == "north"
+                        && s["state"] == "up"
+                        && s["hosts"]
+                            .as_array()
+                            .is_some_and(|h| h.iter().all(|h| h["state"] == "up"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    // The leader sees the returning node as reachable only once Raft replicates to it
+    // again: retry like an operator would.
+    let t = Instant::now();
+    let r = loop {
+        let o = lab.run(&["site", "recover", "north"]);
+        if o.status.success() {
+            break serde_json::from_slice::<Value>(&o.stdout).unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", text(&o));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "site recover accepted {:.1} s after north was seen up",
+        t.elapsed().as_secs_f64()
+    );
+    let behind: Vec<&str> = r["not_up_to_date"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(behind.contains(&"db-data (Outdated)"), "{r}");
+    assert!(!behind.iter().any(|v| v.starts_with("mail-data")), "{r}");
+    // Still refused: the returning replicas must resync first.
+    let o = lab.run(&["app", "failback", "db"]);
+    assert!(!o.status.success(), "{}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread")]

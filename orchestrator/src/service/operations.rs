@@ -161,3 +161,33 @@ pub async fn approve(
         log_index: w.log_index,
     })
 }
+
+pub async fn recover_site(
+    node: &Node,
+    actor: String,
+    req: RecoverSiteRequest,
+) -> Result<RecoverSiteReply, Status> {
+    let site = SiteId::new(req.site.trim());
+    let w = node
+        .write(state::Request {
+            actor,
+            at_ms: now_ms(),
+            command: Command::RecoverSite { site: site.clone() },
+        })
+        .await?;
+    let a = node.state.read();
+    let not_up_to_date = a
+        .state
+        .volumes
+        .values()
+        .filter_map(|v| {
+            v.replica(&site)
+                .filter(|r| r.data != state::DataState::UpToDate)
+                .map(|r| format!("{} ({:?})", v.id, r.data))
+        })
+        .collect();
+    Ok(RecoverSiteReply {
+        audit_seq: w.audit_seq,
+        not_up_to_date,
+    })
+}

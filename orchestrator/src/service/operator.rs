@@ -760,4 +760,15 @@ impl Operator for OperatorService {
             super::operations::approve(&self.node, actor, req).await?,
         ))
     }
+
+    async fn recover_site(
+        &self,
+        req: Request<RecoverSiteRequest>,
+    ) -> Result<Response<RecoverSiteReply>, Status> {
+        let req = req.into_inner();
+        let actor = actor(&req.actor)?;
+        Ok(Response::new(
+            super::operations::recover_site(&self.node, actor, req).await?,
+        ))
+    }
 }

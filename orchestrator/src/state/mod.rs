@@ -145,6 +145,12 @@ pub enum Command {
         link: LinkReport,
         detail: String,
     },
+    /// An operator acknowledges that a lost site is back (its orchestrator node and
+    /// hosts are up again): its flap history is cleared, so a later loss fails over
+    /// automatically again.
+    RecoverSite {
+        site: SiteId,
+    },
     /// An operator's note in the audit log.
     Note {
         text: String,
@@ -623,6 +629,7 @@ impl ClusterState {
                 link,
                 detail,
             } => self.replica_status(app, site, *epoch, *link, detail),
+            Command::RecoverSite { site } => self.recover_site(site),
             Command::Note { text } => {
                 if text.trim().is_empty() {
                     return reject(RejectKind::Invalid, "the note is empty");

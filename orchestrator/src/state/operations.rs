@@ -301,6 +301,49 @@ impl ClusterState {
         ))
     }
 
+    pub(super) fn recover_site(&mut self, site: &SiteId) -> Applied {
+        let rec = self
+            .sites
+            .get(site)
+            .ok_or_else(|| not_found("site", site.as_str()))?;
+        if rec.role != SiteRole::Production {
+            return reject(
+                RejectKind::Invalid,
+                format!("site {site} is the witness; it holds no applications"),
+            );
+        }
+        if rec.state != crate::state::SiteState::Up {
+            return reject(
+                RejectKind::Conflict,
+                format!(
+                    "site {site} is still {:?} ({}): its orchestrator node and hosts must be back first",
+                    rec.state, rec.reason
+                ),
+            );
+        }
+        let behind: Vec<String> = self
+            .volumes
+            .values()
+            .filter_map(|v| {
+                v.replica(site)
+                    .filter(|r| r.data != DataState::UpToDate)
+                    .map(|r| format!("{} ({:?})", v.id, r.data))
+            })
+            .collect();
+        let held = rec.downs_ms.len();
+        if let Some(r) = self.sites.get_mut(site) {
+            r.downs_ms.clear();
+        }
+        Ok((
+            "site.recover",
+            format!(
+                "site {site} recovered: {held} past loss(es) forgotten; replicas still to resync: [{}]",
+                behind.join(", ")
+            ),
+            Outcome::Done,
+        ))
+    }
+
     /// Every volume of `app` with a primary has it at the app's active site.
     pub(super) fn check_primaries(&self, app: &super::AppRecord) -> Result<(), String> {
         let Some(model) = self.topology().and_then(|t| t.model.app(&app.id)) else {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use topology::SiteRole;
 use topology::generate::{GenSpec, generate};
 
 use super::*;
@@ -731,5 +732,54 @@ fn the_random_scenarios_reach_promotions_and_rejections() {
     assert!(
         promoted > 5 && reapplied > 5 && rejected > 50,
         "promoted {promoted}, reapplied {reapplied}, rejected {rejected}"
+    );
+}
+
+#[test]
+fn recovering_a_site_needs_it_up_and_forgets_its_losses() {
+    let mut s = cluster(2, 11);
+    let sites: Vec<(SiteId, SiteRole)> = s.sites.values().map(|r| (r.id.clone(), r.role)).collect();
+    let (prod, _) = sites
+        .iter()
+        .find(|(_, r)| *r == SiteRole::Production)
+        .expect("production");
+    let (witness, _) = sites
+        .iter()
+        .find(|(_, r)| *r == SiteRole::Witness)
+        .expect("witness");
+    let set = |st: SiteState| {
+        req(Command::SetSiteState {
+            site: prod.clone(),
+            state: st,
+            reason: "test".into(),
+        })
+    };
+    let recover = |site: &SiteId| req(Command::RecoverSite { site: site.clone() });
+    for _ in 0..3 {
+        assert!(matches!(
+            s.apply(&set(SiteState::Down)),
+            Response::Applied { .. }
+        ));
+        assert!(matches!(
+            s.apply(&set(SiteState::Up)),
+            Response::Applied { .. }
+        ));
+    }
+    assert_eq!(
+        s.sites.get(prod).expect("site").downs_ms.len(),
+        3,
+        "three losses remembered"
+    );
+    s.apply(&set(SiteState::Suspect));
+    match s.apply(&recover(prod)) {
+        Response::Rejected(r) => assert!(r.reason.contains("must be back first"), "{r:?}"),
+        r => panic!("a suspect site cannot be recovered: {r:?}"),
+    }
+    assert!(matches!(s.apply(&recover(witness)), Response::Rejected(_)));
+    s.apply(&set(SiteState::Up));
+    assert!(matches!(s.apply(&recover(prod)), Response::Applied { .. }));
+    assert!(
+        s.sites.get(prod).expect("site").downs_ms.is_empty(),
+        "the flap hold is cleared"
     );
 }
