@@ -29,8 +29,15 @@ fn exports(dir: &std::path::Path) -> Arc<ExportSet<FileBackend>> {
     )
 }
 
+/// The stale-socket check connects to the path: while another test of this process
+/// forks a client (nbdinfo, qemu-io), the child briefly holds a copy of a just-closed
+/// listener until it execs, and the socket looks live. The two tests take turns.
+static FORKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test]
+#[allow(clippy::await_holding_lock)] // held on purpose for the whole test (see FORKS)
 async fn socket_mode_stale_and_live_sockets() {
+    let _turn = FORKS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("v.sock");
     let ex = exports(dir.path());
@@ -101,6 +108,7 @@ async fn socket_mode_stale_and_live_sockets() {
 
 #[test]
 fn tcp_server_serves_nbdinfo_qemu_io_and_the_rust_client() {
+    let _turn = FORKS.lock().unwrap_or_else(|e| e.into_inner());
     let nbdinfo = tool("nbdinfo", "libnbd-bin");
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
