@@ -566,4 +566,38 @@ async fn switchover_moves_an_app_gracefully_and_failback_brings_it_home() {
     let plan = lab.json(&["app", "failover", "mail", "--to", "north", "--dry-run"]);
     assert_eq!(plan["waves"][0]["apps"][0]["app"], "mail", "{plan}");
     assert_eq!(lab.app("mail")["active_site"], "south");
+
+    // Bad requests: a clear reason, exit 1, nothing changes.
+    let audit_before = audit(&live).await.len();
+    for (args, says) in [
+        (
+            &["app", "failover", "nope", "--to", "south"][..],
+            "no app \"nope\"",
+        ),
+        (
+            &["app", "failover", "mail", "--to", "witness"][..],
+            "witness",
+        ),
+        (
+            &["app", "failover", "mail", "--to", "mars"][..],
+            "no site \"mars\"",
+        ),
+        (&["site", "fail", "witness"][..], "witness"),
+        (&["site", "recover", "mars"][..], "no site \"mars\""),
+        (&["op", "show", "999"][..], "no operation op-999"),
+        (&["op", "approve", "1"][..], "already finished"),
+    ] {
+        let o = lab.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(says),
+            "{args:?} should say {says:?}: {}",
+            text(&o)
+        );
+    }
+    assert_eq!(
+        audit(&live).await.len(),
+        audit_before,
+        "refused requests change nothing"
+    );
 }

@@ -132,13 +132,13 @@ impl Plan {
 pub enum PlanError {
     #[error("no topology has been applied yet (run `metrodr topology apply FILE`)")]
     NoTopology,
-    #[error("no site {0:?} in the topology")]
+    #[error("no site \"{0}\" in the topology")]
     UnknownSite(SiteId),
     #[error("site {0} is the witness; it runs no applications (name a production site)")]
     WitnessSite(SiteId),
-    #[error("no host {0:?} in the cluster")]
+    #[error("no host \"{0}\" in the cluster")]
     UnknownHost(HostId),
-    #[error("no app {0:?} in the topology")]
+    #[error("no app \"{0}\" in the topology")]
     UnknownApp(AppId),
     #[error("no apps named (give at least one app)")]
     NoApps,
