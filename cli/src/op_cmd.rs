@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use orchestrator::client::Client;
 use orchestrator::pb;
 use orchestrator::planner::Plan;
 use orchestrator::state::{OpStatus, Operation, StepResult};
@@ -204,7 +205,7 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         OpCmd::Show { id } => {
-            let o = get(c, id).await?;
+            let o = get(&c.connect().await?, id).await?;
             match out {
                 Output::Json => print_json(&record(&o))?,
                 Output::Table => print_record(&o),
@@ -232,8 +233,7 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
     }
 }
 
-async fn get(c: &ClusterArgs, id: u64) -> anyhow::Result<Operation> {
-    let client = c.connect().await?;
+async fn get(client: &Client, id: u64) -> anyhow::Result<Operation> {
     let r = client
         .op
         .clone()
@@ -253,11 +253,21 @@ async fn follow(
 ) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     let mut printed = std::collections::BTreeSet::new();
+    // One connection while it works; a new one after a failure (the node may be gone).
+    let mut client: Option<Client> = None;
     loop {
+        if client.is_none() {
+            client = c.connect().await.ok();
+        }
+        let got = match &client {
+            Some(cl) => get(cl, id).await,
+            None => Err(anyhow::anyhow!("no orchestrator node answers")),
+        };
         // A leader change makes a read fail briefly: retry until the deadline.
-        let o = match get(c, id).await {
+        let o = match got {
             Ok(o) => o,
             Err(e) if Instant::now() < deadline => {
+                client = None;
                 tracing::debug!("retrying: {e:#}");
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
@@ -353,6 +363,8 @@ pub struct AppRecordLine {
     pub from: String,
     pub to: String,
     pub result: String,
+    /// When the app passed its health gate (ms since the epoch).
+    pub healthy_ms: Option<u64>,
     /// From the loss (or the start of a planned operation) to the health gate.
     pub rto_s: Option<f64>,
     pub rto_target_s: u32,
@@ -417,6 +429,7 @@ pub fn record(o: &Operation) -> OpRecord {
                         from: m.from.to_string(),
                         to: m.to.to_string(),
                         result,
+                        healthy_ms: healthy,
                         rto_s,
                         rto_target_s: m.rto_target_s,
                         rto_met: rto_s.map(|r| r <= f64::from(m.rto_target_s)),

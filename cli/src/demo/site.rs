@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -25,7 +25,7 @@ use orchestrator::state::{OpStatus, Operation};
 use serde::Serialize;
 use topology::Topology;
 
-use super::storage::{Vol, block, connect};
+use super::storage::{Vol, Writers, connect, missing};
 use crate::op_cmd::{OpRecord, record};
 
 /// The lab topology, built in.
@@ -343,33 +343,13 @@ pub async fn site_failover(
         .context("no app with volumes at north")?;
     let db_vol = db.volumes[0].id.to_string();
     let sock = dir.join(format!("{LOST}-{}.sock", db.id));
-    let c = Arc::new(connect(&sock, &db_vol).await?);
-    c.write(0, block(0), false).await.context("first write")?;
     let blocks = (64u64 << 20) / 4096;
-    let acked = Arc::new(Mutex::new(vec![0u64]));
-    let writers: Vec<_> = (0..16u64)
-        .map(|w| {
-            let (c, acked) = (c.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut i = 1 + w;
-                while i < blocks {
-                    if c.write(i * 4096, block(i), false).await.is_err() {
-                        return;
-                    }
-                    acked.lock().unwrap_or_else(|e| e.into_inner()).push(i);
-                    i += 16;
-                }
-            })
-        })
-        .collect();
+    let writers = Writers::start(connect(&sock, &db_vol).await?, blocks).await?;
     // Mid-stream: once a quarter of the volume is acknowledged.
     wait(
         Duration::from_secs(30),
         "the writers to get going",
-        || async {
-            (acked.lock().unwrap_or_else(|e| e.into_inner()).len() as u64 >= blocks / 4)
-                .then_some(())
-        },
+        || async { (writers.count() >= blocks / 4).then_some(()) },
     )
     .await?;
 
@@ -385,10 +365,7 @@ pub async fn site_failover(
     for n in &north {
         kids.kill(n);
     }
-    for w in writers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
-    }
-    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let acked = writers.finish().await;
     if table {
         println!(
             "  {} writes acknowledged on {}; kill -9 of every process at {LOST}: {}",
@@ -534,12 +511,7 @@ pub async fn site_failover(
         &db_vol,
     )
     .await?;
-    let mut missing = 0u64;
-    for i in &acked {
-        if cb.read(i * 4096, 4096).await? != block(*i) {
-            missing += 1;
-        }
-    }
+    let missing = missing(&cb, &acked).await?;
     if table {
         println!(
             "  {SURVIVOR}'s replicas restarted as primaries at the committed epochs (the agents' job once they manage volumes; the demo does it here)"
@@ -554,23 +526,16 @@ pub async fn site_failover(
     let apps: Vec<AppOutcome> = rec
         .apps
         .iter()
-        .map(|a| {
-            let healthy_ms = done
-                .steps
-                .iter()
-                .filter(|s| {
-                    s.app.as_ref().is_some_and(|x| x.as_str() == a.app) && s.name == "health gate"
-                })
-                .find_map(|s| s.ended_ms);
-            AppOutcome {
-                app: a.app.clone(),
-                site_before: a.from.clone(),
-                site_after: a.to.clone(),
-                rto_s: a.rto_s,
-                rto_target_s: a.rto_target_s,
-                kill_to_healthy_s: healthy_ms.map(|m| m.saturating_sub(killed_ms) as f64 / 1000.0),
-                acknowledged_writes_missing: (a.app == db.id.as_str()).then_some(missing),
-            }
+        .map(|a| AppOutcome {
+            app: a.app.clone(),
+            site_before: a.from.clone(),
+            site_after: a.to.clone(),
+            rto_s: a.rto_s,
+            rto_target_s: a.rto_target_s,
+            kill_to_healthy_s: a
+                .healthy_ms
+                .map(|m| m.saturating_sub(killed_ms) as f64 / 1000.0),
+            acknowledged_writes_missing: (a.app == db.id.as_str()).then_some(missing),
         })
         .collect();
     let last = apps

@@ -100,10 +100,67 @@ impl Vol {
     }
 }
 
-pub(super) fn block(i: u64) -> Bytes {
+fn block(i: u64) -> Bytes {
     let mut b = vec![(i % 251) as u8; 4096];
     b[..8].copy_from_slice(&i.to_be_bytes());
     Bytes::from(b)
+}
+
+/// 16 pipelined NBD writers, each block written once (block `i` holds its number), and
+/// the blocks whose writes were acknowledged.
+pub(super) struct Writers {
+    pub acked: Arc<Mutex<Vec<u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Write block 0 (which also waits for the initial sync), then start the writers
+    /// over blocks 1..`blocks`.
+    pub(super) async fn start(client: NbdClient, blocks: u64) -> anyhow::Result<Writers> {
+        let c = Arc::new(client);
+        c.write(0, block(0), false).await.context("first write")?;
+        let acked = Arc::new(Mutex::new(vec![0u64]));
+        let tasks = (0..16u64)
+            .map(|w| {
+                let (c, acked) = (c.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let mut i = 1 + w;
+                    while i < blocks {
+                        if c.write(i * 4096, block(i), false).await.is_err() {
+                            return;
+                        }
+                        acked.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+                        i += 16;
+                    }
+                })
+            })
+            .collect();
+        Ok(Writers { acked, tasks })
+    }
+
+    pub(super) fn count(&self) -> u64 {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// Wait for the writers to end (their server gone or the volume written) and
+    /// return what was acknowledged.
+    pub(super) async fn finish(self) -> Vec<u64> {
+        for w in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// How many acknowledged blocks do not read back as written.
+pub(super) async fn missing(c: &NbdClient, acked: &[u64]) -> anyhow::Result<u64> {
+    let mut n = 0u64;
+    for i in acked {
+        if c.read(i * 4096, 4096).await? != block(*i) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 pub(super) async fn connect(socket: &Path, export: &str) -> anyhow::Result<NbdClient> {
@@ -166,33 +223,12 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
             "serve", "--volume", &a_vol, "--size", SIZE, "--socket", &a_sock_s, "--peer", &listen,
         ],
     )?;
-    let c = Arc::new(connect(&a_sock, &id).await?);
-    // The first write also waits for the initial sync.
-    c.write(0, block(0), false).await.context("first write")?;
-    let acked = Arc::new(Mutex::new(vec![0u64]));
-    let writers: Vec<_> = (0..16u64)
-        .map(|w| {
-            let (c, acked) = (c.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut i = 1 + w;
-                while i < BLOCKS {
-                    if c.write(i * 4096, block(i), false).await.is_err() {
-                        return;
-                    }
-                    acked.lock().unwrap_or_else(|e| e.into_inner()).push(i);
-                    i += 16;
-                }
-            })
-        })
-        .collect();
+    let writers = Writers::start(connect(&a_sock, &id).await?, BLOCKS).await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = Instant::now();
     primary.kill();
-    for w in writers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
-    }
     drop(primary);
-    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let acked = writers.finish().await;
     if table {
         println!(
             "  {} writes acknowledged by the {site_a} primary, then kill -9 of it mid-stream",
@@ -222,12 +258,7 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
         .await
         .context("reading the promoted replica")?;
     let failover_ms = u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut lost = 0u64;
-    for i in &acked {
-        if cb.read(i * 4096, 4096).await? != block(*i) {
-            lost += 1;
-        }
-    }
+    let lost = missing(&cb, &acked).await?;
     drop(cb);
     promoted.stop();
     let epoch = ready["epoch"].as_u64().unwrap_or(0);

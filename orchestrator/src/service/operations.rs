@@ -175,17 +175,7 @@ pub async fn recover_site(
             command: Command::RecoverSite { site: site.clone() },
         })
         .await?;
-    let a = node.state.read();
-    let not_up_to_date = a
-        .state
-        .volumes
-        .values()
-        .filter_map(|v| {
-            v.replica(&site)
-                .filter(|r| r.data != state::DataState::UpToDate)
-                .map(|r| format!("{} ({:?})", v.id, r.data))
-        })
-        .collect();
+    let not_up_to_date = node.state.read().state.replicas_behind(&site);
     Ok(RecoverSiteReply {
         audit_seq: w.audit_seq,
         not_up_to_date,

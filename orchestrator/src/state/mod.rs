@@ -680,17 +680,10 @@ impl ClusterState {
     }
 
     fn running_op(&mut self, op: OpId) -> Result<&mut Operation, Rejection> {
-        let rec = self
-            .operations
+        self.running_op_ref(op)?;
+        self.operations
             .get_mut(&op.0)
-            .ok_or_else(|| not_found("operation", &op.to_string()))?;
-        if rec.status != OpStatus::Running {
-            return reject(
-                RejectKind::Conflict,
-                format!("{op} already finished ({:?})", rec.status),
-            );
-        }
-        Ok(rec)
+            .ok_or_else(|| not_found("operation", &op.to_string()))
     }
 
     fn place_vm(&mut self, app: &AppId, vm: &VmId, host: &HostId) -> Applied {

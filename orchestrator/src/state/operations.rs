@@ -321,15 +321,7 @@ impl ClusterState {
                 ),
             );
         }
-        let behind: Vec<String> = self
-            .volumes
-            .values()
-            .filter_map(|v| {
-                v.replica(site)
-                    .filter(|r| r.data != DataState::UpToDate)
-                    .map(|r| format!("{} ({:?})", v.id, r.data))
-            })
-            .collect();
+        let behind = self.replicas_behind(site);
         let held = rec.downs_ms.len();
         if let Some(r) = self.sites.get_mut(site) {
             r.downs_ms.clear();
@@ -342,6 +334,18 @@ impl ClusterState {
             ),
             Outcome::Done,
         ))
+    }
+
+    /// The replicas at `site` that may not be promoted yet: "volume (state)".
+    pub fn replicas_behind(&self, site: &SiteId) -> Vec<String> {
+        self.volumes
+            .values()
+            .filter_map(|v| {
+                v.replica(site)
+                    .filter(|r| r.data != DataState::UpToDate)
+                    .map(|r| format!("{} ({:?})", v.id, r.data))
+            })
+            .collect()
     }
 
     /// Every volume of `app` with a primary has it at the app's active site.
