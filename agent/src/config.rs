@@ -11,6 +11,7 @@
 //! disk_backend = "file"                   # file | nbd
 //! private_host_vcpus = 8                  # capacity of a "test:///private" host
 //! private_host_memory = "16GiB"
+//! replication_ip = "10.10.0.11"           # where this host's replica endpoints listen
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,14 @@ pub struct AgentConfig {
     pub private_host_vcpus: u32,
     #[serde(default = "default_private_memory")]
     pub private_host_memory: ByteSize,
+    /// The address this host's replica endpoints listen on: the other site's
+    /// primaries connect to it (volumes served by agents).
+    #[serde(default = "default_replication_ip")]
+    pub replication_ip: String,
+}
+
+fn default_replication_ip() -> String {
+    "127.0.0.1".into()
 }
 
 fn default_private_vcpus() -> u32 {
@@ -152,6 +161,15 @@ impl AgentConfig {
                 format!(
                     "{:?} is not a libvirt URI (e.g. qemu:///system, test:///private)",
                     c.libvirt_uri
+                ),
+            ));
+        }
+        if c.replication_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "replication_ip",
+                format!(
+                    "{:?} is not an IP address (e.g. 10.10.0.11, the address the other site reaches this host at)",
+                    c.replication_ip
                 ),
             ));
         }

@@ -33,6 +33,7 @@ use crate::hypervisor::{
 };
 use crate::journal::{Journal, Line, Seen};
 use crate::lease::{AgentLease, LeaseEvent, Mono, mono_now};
+use crate::volumes::Volumes;
 
 /// What stops guest I/O on the primary volumes this host serves. The replication
 /// engine provides the real one; until it runs here, [`NoVolumes`] says so.
@@ -143,6 +144,8 @@ struct Shared {
     /// time in the order the cluster issued them (define before start); different VMs
     /// run concurrently.
     vm_queues: Mutex<HashMap<VmId, tokio::sync::mpsc::UnboundedSender<pb::AgentCommand>>>,
+    /// The volume groups served here.
+    volumes: Arc<Volumes>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,6 +156,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct RunningAgent {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    volumes: Arc<Volumes>,
 }
 
 impl RunningAgent {
@@ -160,6 +164,9 @@ impl RunningAgent {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        for line in self.volumes.stop_all().await {
+            tracing::info!("{line}");
         }
     }
 }
@@ -250,6 +257,12 @@ pub async fn start_with(
         lease_ms: Mutex::new(3000),
         renew_ms: Mutex::new(500),
         vm_queues: Mutex::new(HashMap::new()),
+        volumes: Arc::new(Volumes::new(
+            cfg.volumes_dir(),
+            cfg.sockets_dir(),
+            cfg.replication_ip.clone(),
+            cfg.cluster.to_vec(),
+        )),
         cfg,
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -273,7 +286,11 @@ pub async fn start_with(
             let _ = t.await;
         }
     }));
-    Ok(RunningAgent { stop, tasks })
+    Ok(RunningAgent {
+        stop,
+        tasks,
+        volumes: shared.volumes.clone(),
+    })
 }
 
 /// Sleep `d`, or less when told to stop; true when stopping.
@@ -415,6 +432,11 @@ async fn renew_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                                 &s,
                                 "lease regained; nothing restarted by the agent".into(),
                             );
+                            // What it served was stopped at the fence: registering
+                            // again tells the cluster to place it anew.
+                            if !register(&s, rx.clone()).await {
+                                return;
+                            }
                         }
                         s.conn.lock().await.follow(&r.leader_addr);
                     } else {
@@ -472,7 +494,10 @@ async fn fence_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
 /// recorded; a VM that could not be stopped is named in the event.
 async fn fence(s: &Arc<Shared>) {
     let started = mono_now();
-    let io = s.fence.fence_io();
+    let io = match (s.volumes.fence_io(), s.fence.fence_io()) {
+        (Ok(a), Ok(b)) => Ok(format!("{a}; {b}")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     let action = s.cfg.fence_action;
     let outcome = hv(s, move |h| {
         let mut done = Vec::new();
@@ -497,6 +522,12 @@ async fn fence(s: &Arc<Shared>) {
         FenceAction::Destroy => "destroyed",
         FenceAction::Pause => "paused",
     };
+    // The fenced primaries acknowledge nothing any more: stop serving every group
+    // (the cluster serves them again once this host registers after a new lease).
+    let groups = s.volumes.stop_all().await;
+    if !groups.is_empty() {
+        tracing::warn!(host = %s.cfg.host, "fence: {}", groups.join("; "));
+    }
     let took = mono_now().ms_since(started);
     let text = match (io, outcome) {
         (io, Ok((done, failed))) => format!(
@@ -614,6 +645,8 @@ enum Action {
     Undefine { vm: VmId },
     Suspend { vm: VmId },
     Resume { vm: VmId },
+    Serve { group: topology::spec::GroupSpec },
+    Unserve { app: topology::ids::AppId },
 }
 
 async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
@@ -722,6 +755,14 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             })
             .await,
         ),
+        Action::Serve { group } => match s.volumes.serve(group).await {
+            Ok(m) => (true, m),
+            Err(e) => (false, e),
+        },
+        Action::Unserve { app } => match s.volumes.unserve(&app).await {
+            Ok(m) => (true, m),
+            Err(e) => (false, e),
+        },
         Action::Resume { vm } => result(
             hv(s, move |h| {
                 h.resume(vm.as_str()).map(|()| format!("{vm} resumed"))

@@ -87,9 +87,10 @@ pub fn volume_path(paths: &HostPaths, volume: &VolumeId) -> PathBuf {
     paths.volumes_dir.join(format!("{volume}.raw"))
 }
 
-/// `<sockets_dir>/<volume>.sock`
-pub fn socket_path(paths: &HostPaths, volume: &VolumeId) -> PathBuf {
-    paths.sockets_dir.join(format!("{volume}.sock"))
+/// `<sockets_dir>/<app>.sock`: the app's consistency group, one NBD export per
+/// volume (named by the volume id).
+pub fn socket_path(paths: &HostPaths, app: &AppId) -> PathBuf {
+    paths.sockets_dir.join(format!("{app}.sock"))
 }
 
 /// `<consoles_dir>/<vm>.log`
@@ -177,9 +178,10 @@ pub fn domain_xml(
                 let _ = writeln!(
                     x,
                     "    <disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/>\
-                     <source protocol='nbd'><host transport='unix' socket='{}'/></source>\
+                     <source protocol='nbd' name='{}'><host transport='unix' socket='{}'/></source>\
                      <target dev='{dev}' bus='virtio'/></disk>",
-                    esc_path(&socket_path(paths, &disk.volume))
+                    esc(disk.volume.as_str()),
+                    esc_path(&socket_path(paths, &spec.app))
                 );
             }
         }
@@ -410,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn nbd_disks_point_at_the_volume_sockets() {
+    fn nbd_disks_are_exports_of_the_app_socket() {
         let xml = domain_xml(
             &spec(Boot::Disk, &["a", "b", "c"], NetworkSpec::None),
             DomainType::Kvm,
@@ -421,7 +423,7 @@ mod tests {
         let d = doc.root_element();
         assert_eq!(d.attribute("type"), Some("kvm"));
         let disks = children(child(d, "devices"), "disk");
-        let got: Vec<(&str, &str)> = disks
+        let got: Vec<(&str, &str, &str)> = disks
             .iter()
             .map(|disk| {
                 assert_eq!(disk.attribute("type"), Some("network"));
@@ -432,6 +434,7 @@ mod tests {
                 assert_eq!(host.attribute("transport"), Some("unix"));
                 (
                     child(*disk, "target").attribute("dev").unwrap(),
+                    src.attribute("name").unwrap(),
                     host.attribute("socket").unwrap(),
                 )
             })
@@ -439,9 +442,9 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("vda", "/run/metrodr/nbd/a.sock"),
-                ("vdb", "/run/metrodr/nbd/b.sock"),
-                ("vdc", "/run/metrodr/nbd/c.sock"),
+                ("vda", "a", "/run/metrodr/nbd/shop.sock"),
+                ("vdb", "b", "/run/metrodr/nbd/shop.sock"),
+                ("vdc", "c", "/run/metrodr/nbd/shop.sock"),
             ]
         );
     }
@@ -545,7 +548,7 @@ mod tests {
             };
             let want = match backend {
                 DiskBackend::File => "/v/a&b<c>d'e\"f/a.raw",
-                DiskBackend::Nbd => "/s/a&b<c>d'e\"f/a.sock",
+                DiskBackend::Nbd => "/s/a&b<c>d'e\"f/shop.sock",
             };
             assert_eq!(disk_path, Some(want));
             let net = child(child(dev, "interface"), "source");
@@ -593,8 +596,8 @@ mod tests {
             PathBuf::from("/srv/metrodr/volumes/v1.raw")
         );
         assert_eq!(
-            socket_path(&p, &VolumeId::new("v1")),
-            PathBuf::from("/run/metrodr/nbd/v1.sock")
+            socket_path(&p, &AppId::new("shop")),
+            PathBuf::from("/run/metrodr/nbd/shop.sock")
         );
         assert_eq!(
             console_path(&p, &VmId::new("web-1")),

@@ -11,7 +11,10 @@
 //! - [`hypervisor`]: the blocking [`hypervisor::Hypervisor`] trait over libvirt domains
 //!   and its libvirt implementation (reconnects when libvirtd restarts);
 //! - [`domain_xml`]: pure generation of a VM's domain XML from its `VmSpec` and this
-//!   host's paths, and recognition of the domains the agent manages.
+//!   host's paths, and recognition of the domains the agent manages;
+//! - [`volumes`]: the volume groups the cluster places on this host (primary or
+//!   secondary, in process), and [`replica_report`]: how their primaries tell the
+//!   cluster about the link and ask permission to run without the peer.
 
 pub mod config;
 pub mod daemon;
@@ -19,3 +22,5 @@ pub mod domain_xml;
 pub mod hypervisor;
 pub mod journal;
 pub mod lease;
+pub mod replica_report;
+pub mod volumes;

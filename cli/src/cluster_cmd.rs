@@ -500,7 +500,7 @@ pub async fn volume_list(
                 .iter()
                 .map(|v| {
                     serde_json::json!({"id": v.id, "app": v.app, "mode": v.mode, "epoch": v.epoch,
-                    "replicas": v.replicas.iter().map(|r| serde_json::json!({"site": r.site, "role": r.role, "epoch": r.epoch, "data": r.data})).collect::<Vec<_>>()})
+                    "replicas": v.replicas.iter().map(|r| serde_json::json!({"site": r.site, "host": r.host, "role": r.role, "epoch": r.epoch, "data": r.data})).collect::<Vec<_>>()})
                 })
                 .collect::<Vec<_>>(),
         )?,
@@ -512,7 +512,7 @@ pub async fn volume_list(
                     v.app.clone(),
                     v.mode.clone(),
                     v.epoch.to_string(),
-                    v.replicas.iter().map(|r| format!("{}: {} {}", r.site, r.role, r.data)).collect::<Vec<_>>().join("; "),
+                    v.replicas.iter().map(|r| if r.host.is_empty() { format!("{}: {} {}", r.site, r.role, r.data) } else { format!("{} ({}): {} {}", r.site, r.host, r.role, r.data) }).collect::<Vec<_>>().join("; "),
                 ]);
             }
             println!("{t}");

@@ -8,7 +8,6 @@ mod cluster_cmd;
 mod demo;
 mod op_cmd;
 mod output;
-mod replica_report;
 mod topology_cmd;
 mod volume_cmd;
 

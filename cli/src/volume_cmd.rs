@@ -11,14 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use replication::meta::{ReplicaMeta, Role};
-use replication::nbd::{Export, ExportSet, ServerConfig, UnixServer};
-use replication::primary::{
-    AlwaysDegrade, DegradePermission, GroupConfig, NeverDegrade, PrimaryGroup,
-};
-use replication::replica::{Mode, promote};
-use replication::secondary::ReplicaGroup;
-use replication::volume::{VolumeFile, open_replica};
+use replication::primary::{AlwaysDegrade, DegradePermission, NeverDegrade};
+use replication::replica::Mode;
+use replication::service::{GroupFiles, PrimaryOptions, ServedPrimary, ServedSecondary};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -212,69 +207,6 @@ impl GroupArgs {
     }
 }
 
-/// Open every volume of the group and check their metadata agree.
-fn open_group(g: &GroupArgs, role: Role) -> anyhow::Result<(Vec<Arc<VolumeFile>>, ReplicaMeta)> {
-    let mut vols = Vec::new();
-    let mut first: Option<ReplicaMeta> = None;
-    let mut all_fresh = true;
-    let list = g.volume_list();
-    for v in &list {
-        if g.size.is_none() && !v.path.exists() {
-            bail!(
-                "{}: no such data file; pass --size to create it (e.g. --size 10GiB)",
-                v.path.display()
-            );
-        }
-        let fresh = !replication::meta::meta_path(&v.path).exists();
-        let (file, mut meta) =
-            open_replica(&v.id, &v.path, g.size.map(|s| s.bytes()), role, g.epoch)
-                .with_context(|| format!("opening volume {} ({})", v.id, v.path.display()))?;
-        // Volumes created together form one group: one generation for all of them.
-        // (A new volume next to existing ones keeps its own: it holds none of their
-        // history, and the mismatch below says so.)
-        if let (true, true, Some(m)) = (fresh, all_fresh, &first)
-            && meta.generation != m.generation
-        {
-            meta.generation.clone_from(&m.generation);
-            meta.save(&v.path)
-                .with_context(|| format!("saving the metadata of volume {}", v.id))?;
-        }
-        all_fresh &= fresh;
-        if meta.volume != v.id {
-            bail!(
-                "{}: this data file belongs to volume {:?}, not {:?}",
-                v.path.display(),
-                meta.volume,
-                v.id
-            );
-        }
-        match &first {
-            None => first = Some(meta),
-            Some(m) => {
-                if (m.role, m.epoch, &m.generation, m.consistent)
-                    != (meta.role, meta.epoch, &meta.generation, meta.consistent)
-                {
-                    bail!(
-                        "the group's volumes disagree ({}: {:?} epoch {} generation {}; {}: {:?} epoch {} generation {}): \
-                         they were not replicated as one group; serve them as separate groups or restore them together",
-                        list[0].id,
-                        m.role,
-                        m.epoch,
-                        m.generation,
-                        v.id,
-                        meta.role,
-                        meta.epoch,
-                        meta.generation
-                    );
-                }
-            }
-        }
-        vols.push(file);
-    }
-    let meta = first.context("a group needs at least one --volume")?;
-    Ok((vols, meta))
-}
-
 fn line<T: Serialize>(event: &str, body: &T) {
     let mut v = serde_json::to_value(body).unwrap_or(serde_json::Value::Null);
     if let Some(o) = v.as_object_mut() {
@@ -319,16 +251,54 @@ async fn terminated() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A primary group being served: its NBD server on a unix socket and its link.
+impl GroupArgs {
+    fn files(&self) -> GroupFiles {
+        GroupFiles {
+            name: self.group.clone(),
+            volumes: self
+                .volume_list()
+                .into_iter()
+                .map(|v| (v.id, v.path, None))
+                .collect(),
+            size: self.size.map(|s| s.bytes()),
+            epoch: self.epoch,
+        }
+    }
+}
+
+impl PrimaryOpts {
+    fn options(&self) -> PrimaryOptions {
+        let permission: Arc<dyn DegradePermission> = match self.degrade {
+            DegradeArg::Never => Arc::new(NeverDegrade),
+            DegradeArg::Always => {
+                tracing::warn!(
+                    "--degrade always: continuing without the peer needs nobody's permission; a lab setting, not RPO 0"
+                );
+                Arc::new(AlwaysDegrade)
+            }
+        };
+        PrimaryOptions {
+            peer: self.peer.clone(),
+            mode: match self.mode {
+                ModeArg::Sync => Mode::Sync,
+                ModeArg::Async => Mode::Async,
+            },
+            promote: self.promote,
+            permission,
+            hold_before_asking: Duration::from_millis(self.hold_ms),
+            peer_timeout: Duration::from_millis(self.peer_timeout_ms),
+            lag_max_bytes: self.lag_max.bytes(),
+            lag_max: Duration::from_secs(self.lag_max_secs),
+            stop_grace: Duration::from_secs(self.stop_grace_secs),
+        }
+    }
+}
+
+/// A primary group served by this command, with its status lines.
 struct Primary {
-    group: Arc<PrimaryGroup>,
-    vols: Vec<Arc<VolumeFile>>,
-    link: tokio::task::JoinHandle<()>,
-    shutdown: CancellationToken,
-    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    served: ServedPrimary,
     status_stop: CancellationToken,
     status: Option<tokio::task::JoinHandle<()>>,
-    stop_grace: Duration,
 }
 
 impl Primary {
@@ -341,96 +311,29 @@ impl Primary {
         if p.peer.is_none() && p.mode == ModeArg::Async {
             bail!("--mode async needs --peer (without a peer the volumes are not replicated)");
         }
-        let (vols, mut meta) = open_group(g, Role::Primary)?;
-        if p.promote {
-            meta = promote(&meta, g.epoch)
-                .with_context(|| format!("promoting group {} to primary", g.group))?;
-        } else if meta.role == Role::Secondary {
-            bail!(
-                "group {}: these files are a secondary replica (epoch {}); serving them would fork the data. \
-                 For a failover pass --promote --epoch N with N above {} (the epoch the orchestrator committed)",
-                g.group,
-                meta.epoch,
-                meta.epoch
-            );
-        }
-        let mode = match p.mode {
-            ModeArg::Sync => Mode::Sync,
-            ModeArg::Async => Mode::Async,
-        };
-        let mut cfg = GroupConfig::new(&g.group, mode, p.peer.clone());
-        cfg.hold_before_asking = Duration::from_millis(p.hold_ms);
-        cfg.peer_timeout = Duration::from_millis(p.peer_timeout_ms.max(100));
-        cfg.lag_max_bytes = p.lag_max.bytes();
-        cfg.lag_max = Duration::from_secs(p.lag_max_secs.max(1));
-        let permission: Arc<dyn DegradePermission> = match p.degrade {
-            DegradeArg::Never => Arc::new(NeverDegrade),
-            DegradeArg::Always => {
-                tracing::warn!(
-                    "--degrade always: continuing without the peer needs nobody's permission; a lab setting, not RPO 0"
-                );
-                Arc::new(AlwaysDegrade)
-            }
-        };
-        let group =
-            PrimaryGroup::open(cfg, vols.clone(), meta, permission).map_err(anyhow::Error::msg)?;
-        let link = tokio::spawn(replication::link::run(group.clone()));
-        let exports = vols
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Export {
-                name: v.id.clone(),
-                description: format!("metrodr group {} volume {}", g.group, v.id),
-                backend: Arc::new(group.backend(i)),
-                multi_conn: true,
-            })
-            .collect();
-        let exports = Arc::new(ExportSet::new(exports)?);
-        let server = UnixServer::bind(socket, socket_mode, exports, ServerConfig::default())
-            .with_context(|| format!("listening on {}", socket.display()))?;
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(server.run(shutdown.clone()));
+        let served = ServedPrimary::start(&g.files(), &p.options(), socket, socket_mode)
+            .map_err(anyhow::Error::msg)?;
         Ok(Primary {
-            group,
-            vols,
-            link,
-            shutdown,
-            serving,
+            served,
             status_stop: CancellationToken::new(),
             status: None,
-            stop_grace: Duration::from_secs(p.stop_grace_secs),
         })
     }
 
     /// Print `status` lines from now on (after the `ready` line).
     fn print_status(&mut self, every_ms: u64) {
-        let g = self.group.clone();
+        let g = self.served.group.clone();
         self.status = Some(spawn_status_lines(
-            self.group.status(),
+            self.served.group.status(),
             move || g.refresh(),
             Duration::from_millis(every_ms.max(10)),
             self.status_stop.clone(),
         ));
     }
 
-    /// Stop taking NBD requests, let the ones in flight finish, wait (bounded) for the
-    /// peer to confirm everything, stop the link. Returns whether the peer confirmed all.
+    /// Stop serving (see [`ServedPrimary::stop`]); whether the peer confirmed all.
     async fn stop(self) -> anyhow::Result<bool> {
-        self.shutdown.cancel();
-        match self.serving.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("NBD server: {e}"),
-            Err(e) => tracing::warn!("NBD server task: {e}"),
-        }
-        let confirmed = self
-            .group
-            .close(self.stop_grace)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        // (`serve` may have awaited the link already, when it ended by itself.)
-        if !self.link.is_finished() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.link).await;
-        }
+        let confirmed = self.served.stop().await.map_err(anyhow::Error::msg)?;
         self.status_stop.cancel();
         if let Some(s) = self.status {
             let _ = s.await;
@@ -441,40 +344,40 @@ impl Primary {
 
 pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut p = Primary::start(&a.g, &a.p, &a.socket, a.socket_mode)?;
-    let m = p.group.meta();
+    let m = p.served.group.meta();
     line(
         "ready",
         &serde_json::json!({
             "role": "primary", "group": a.g.group, "socket": a.socket, "pid": std::process::id(),
-            "exports": p.vols.iter().map(|v| serde_json::json!({"name": v.id, "size": v.size, "path": v.path})).collect::<Vec<_>>(),
+            "exports": p.served.vols.iter().map(|v| serde_json::json!({"name": v.id, "size": v.size, "path": v.path})).collect::<Vec<_>>(),
             "peer": a.p.peer, "mode": format!("{:?}", a.p.mode).to_lowercase(), "epoch": m.epoch, "generation": m.generation,
         }),
     );
     p.print_status(a.g.status_interval_ms);
     let reporter = match (&a.report_to, &a.site) {
         (Some(to), Some(site)) => Some(
-            crate::replica_report::Reporter {
+            agent::replica_report::Reporter {
                 addrs: orchestrator::client::parse_addrs(to),
                 app: a.g.group.clone(),
                 site: site.clone(),
             }
-            .spawn(p.group.status(), p.status_stop.clone()),
+            .spawn(p.served.group.status(), p.status_stop.clone()),
         ),
         _ => None,
     };
     tokio::select! {
         r = terminated() => r?,
-        _ = &mut p.link => {
+        _ = &mut p.served.link => {
             // The link ends by itself when there is no peer (then it is not watched
             // here) or when this primary was fenced by a newer epoch.
-            if p.group.is_fenced() {
+            if p.served.group.is_fenced() {
                 tracing::error!("this primary is fenced (a newer primary exists): it acknowledges no write; stop it");
             }
             terminated().await?;
         }
     }
     tracing::info!(group = %a.g.group, "stopping: no new NBD requests; waiting for the ones in flight");
-    let group = p.group.clone();
+    let group = p.served.group.clone();
     let confirmed = p.stop().await?;
     if let Some(r) = reporter {
         r.abort();
@@ -553,6 +456,7 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let socket = dir.join("nbd.sock");
     let p = Primary::start(&g, &a.p, &socket, 0o600)?;
     let vol = p
+        .served
         .vols
         .iter()
         .find(|v| v.id == target.id)
@@ -609,7 +513,7 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         if last_line.elapsed() >= Duration::from_millis(500) {
             last_line = std::time::Instant::now();
-            let st = p.group.status().borrow().clone();
+            let st = p.served.group.status().borrow().clone();
             line(
                 "progress",
                 &serde_json::json!({"phase": "copy", "percent": last_percent(&text), "link": st.link, "lag_bytes": st.lag_bytes}),
@@ -628,9 +532,9 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let copied_in = started.elapsed();
     // The copy is local; now the peer must hold it too.
     if a.p.peer.is_some() {
-        let mut rx = p.group.status();
+        let mut rx = p.served.group.status();
         loop {
-            p.group.refresh();
+            p.served.group.refresh();
             let st = rx.borrow_and_update().clone();
             if st.link == "streaming" && !st.degraded && st.lag_bytes == 0 {
                 break;
@@ -661,24 +565,16 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn replica(a: ReplicaArgs) -> anyhow::Result<ExitCode> {
-    let (vols, meta) = open_group(&a.g, Role::Secondary)?;
-    let listener = tokio::net::TcpListener::bind(&a.listen)
+    let served = ServedSecondary::start(&a.g.files(), &a.listen)
         .await
-        .with_context(|| format!("listening on {} for the primary's stream", a.listen))?;
-    let addr = listener.local_addr()?;
-    let group = ReplicaGroup::new(&a.g.group, vols.clone(), meta);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = tokio::spawn(replication::secondary::serve(
-        group.clone(),
-        listener,
-        stop_rx,
-    ));
+        .map_err(anyhow::Error::msg)?;
+    let group = served.group.clone();
     let m = group.meta();
     line(
         "ready",
         &serde_json::json!({
-            "role": format!("{:?}", m.role).to_lowercase(), "group": a.g.group, "listen": addr.to_string(), "pid": std::process::id(),
-            "volumes": vols.iter().map(|v| serde_json::json!({"name": v.id, "size": v.size, "path": v.path})).collect::<Vec<_>>(),
+            "role": format!("{:?}", m.role).to_lowercase(), "group": a.g.group, "listen": served.addr.to_string(), "pid": std::process::id(),
+            "volumes": served.vols.iter().map(|v| serde_json::json!({"name": v.id, "size": v.size, "path": v.path})).collect::<Vec<_>>(),
             "epoch": m.epoch, "generation": m.generation, "consistent": m.consistent,
         }),
     );
@@ -690,8 +586,7 @@ pub async fn replica(a: ReplicaArgs) -> anyhow::Result<ExitCode> {
         status_stop.clone(),
     );
     terminated().await?;
-    let _ = stop_tx.send(true);
-    let _ = serving.await;
+    served.stop().await;
     status_stop.cancel();
     let _ = status.await;
     let st = group.status().borrow().clone();

@@ -124,6 +124,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         start_automatic(&node).await;
+        serve_volumes(&node).await;
         let running: Vec<u64> = {
             let a = node.state.read();
             a.state
@@ -176,6 +177,26 @@ async fn start_automatic(node: &Node) {
         };
         if let Err(e) = node.write(req).await {
             tracing::warn!(node = %node.name, "could not begin the plan: {}", e.message());
+        }
+    }
+}
+
+/// Issue the volume-group commands the controller finds missing.
+async fn serve_volumes(node: &Node) {
+    let commands = {
+        let a = node.state.read();
+        crate::controller::reconcile(&a.state, now_ms())
+    };
+    for chunk in commands.chunks(256) {
+        let req = Request {
+            actor: crate::controller::ACTOR.into(),
+            at_ms: now_ms(),
+            command: Command::IssueAgentCommands {
+                commands: chunk.to_vec(),
+            },
+        };
+        if let Err(e) = node.write(req).await {
+            tracing::warn!(node = %node.name, "could not issue volume commands: {}", e.message());
         }
     }
 }
@@ -457,10 +478,36 @@ async fn drive_app_steps(saga: &Saga, m: &AppMove) -> Result<(), String> {
         };
         saga.step(app, &name, || stop_vms(saga, m, timeout)).await?;
     }
+    let model = {
+        let a = saga.node.state.read();
+        a.state
+            .topology()
+            .and_then(|t| t.model.app(app).cloned())
+            .ok_or("the app is gone from the topology")?
+    };
+    let (source, target) = {
+        let a = saga.node.state.read();
+        (
+            crate::controller::replica_host(&a.state, &model, &m.from).filter(|_| m.from != m.to),
+            crate::controller::replica_host(&a.state, &model, &m.to).filter(|_| m.from != m.to),
+        )
+    };
+    if let Some(h) = &source {
+        saga.step(app, &format!("stop volumes at {}", m.from), || {
+            unserve_source(saga, m, h, timeout)
+        })
+        .await?;
+    }
     saga.step(app, &format!("promote and move to {}", m.to), || {
         move_app(saga, m)
     })
     .await?;
+    if let Some(h) = &target {
+        saga.step(app, &format!("serve volumes at {h}"), || {
+            serve_promoted(saga, m, &model, h, source.as_ref(), timeout)
+        })
+        .await?;
+    }
     if !m.starts.is_empty() {
         saga.step(app, "start VMs", || start_vms(saga, m, timeout))
             .await?;
@@ -476,11 +523,25 @@ fn issued(s: &ClusterState, actor: &str, host: &HostId, vm: &VmId, name: &str) -
         .filter(|c| {
             c.issued_by == actor
                 && &c.host == host
-                && c.action.vm() == vm
+                && c.action.vm() == Some(vm)
                 && c.action.name() == name
         })
         .map(|c| c.id)
         .collect()
+}
+
+/// Commands `actor` already issued on `host` for the same VM and action (a VM
+/// command), or exactly this action (a volume group command).
+fn issued_same(s: &ClusterState, actor: &str, host: &HostId, action: &AgentAction) -> Vec<u64> {
+    match action.vm() {
+        Some(vm) => issued(s, actor, host, vm, action.name()),
+        None => s
+            .commands
+            .values()
+            .filter(|c| c.issued_by == actor && &c.host == host && &c.action == action)
+            .map(|c| c.id)
+            .collect(),
+    }
 }
 
 /// Issue `batch` unless this operation issued each already; returns the command ids.
@@ -490,7 +551,8 @@ async fn issue_once(saga: &Saga, batch: Vec<(HostId, AgentAction)>) -> Result<Ve
     {
         let a = saga.node.state.read();
         for (host, action) in batch {
-            match issued(&a.state, &saga.actor, &host, action.vm(), action.name()).last() {
+            let done = issued_same(&a.state, &saga.actor, &host, &action);
+            match done.last() {
                 Some(id) => ids.push(*id),
                 None => missing.push((host, action)),
             }
@@ -519,7 +581,7 @@ async fn await_commands(saga: &Saga, ids: &[u64], timeout: Duration) -> Result<(
                     return Some(Err(format!(
                         "{} of {} on {} failed: {message}",
                         c.action.name(),
-                        c.action.vm(),
+                        c.action.target(),
                         c.host
                     )));
                 }
@@ -560,7 +622,7 @@ async fn stop_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String,
     }
     let stopped: Vec<String> = batch
         .iter()
-        .map(|(h, a)| format!("{} {}@{h}", a.name(), a.vm()))
+        .map(|(h, a)| format!("{} {}@{h}", a.name(), a.target()))
         .collect();
     if !batch.is_empty() {
         let ids = issue_once(saga, batch).await?;
@@ -630,6 +692,95 @@ async fn move_app(saga: &Saga, m: &AppMove) -> Result<String, String> {
     } else {
         format!("promoted at {}: {e}; old primary {demoted:?}", m.to)
     })
+}
+
+/// Stop serving the group at the source (its VMs are stopped): a graceful move needs
+/// the peer to have confirmed every write; a failover goes on (the source's replica
+/// is committed `Outdated` by the move). A host without a lease has stopped already.
+async fn unserve_source(
+    saga: &Saga,
+    m: &AppMove,
+    host: &HostId,
+    timeout: Duration,
+) -> Result<String, String> {
+    let up = {
+        let a = saga.node.state.read();
+        a.state
+            .hosts
+            .get(host)
+            .is_some_and(|h| h.state == HostState::Up)
+    };
+    if !up {
+        return Ok(format!(
+            "{host} is down: its agent stopped serving at its fence"
+        ));
+    }
+    let ids = issue_once(
+        saga,
+        vec![(host.clone(), AgentAction::Unserve { app: m.app.clone() })],
+    )
+    .await?;
+    await_commands(saga, &ids, timeout).await?;
+    let msg = {
+        let a = saga.node.state.read();
+        match ids
+            .first()
+            .and_then(|id| a.state.commands.get(id))
+            .map(|c| &c.status)
+        {
+            Some(CommandStatus::Succeeded { message, .. }) => message.clone(),
+            _ => String::new(),
+        }
+    };
+    if m.graceful && msg.contains("did NOT confirm") {
+        return Err(format!(
+            "{msg}: not promoting (a switchover loses nothing; let the link recover and retry, or fail over)"
+        ));
+    }
+    Ok(msg)
+}
+
+/// Serve the group as primary on the target's replica host at the committed epoch
+/// (promoting the secondary), pointing at the source's endpoint for reprotection.
+async fn serve_promoted(
+    saga: &Saga,
+    m: &AppMove,
+    model: &topology::App,
+    host: &HostId,
+    source: Option<&HostId>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let spec = {
+        let a = saga.node.state.read();
+        let epoch =
+            crate::controller::group_epoch(&a.state, model).ok_or("the app's volumes are gone")?;
+        let mut spec = topology::spec::GroupSpec::from_model(
+            model,
+            &m.to,
+            topology::spec::GroupRole::Primary,
+            epoch,
+        );
+        spec.promote = true;
+        spec.peer = source.and_then(|h| crate::controller::endpoint(&a.state, &m.app, h));
+        spec
+    };
+    let ids = issue_once(
+        saga,
+        vec![(host.clone(), AgentAction::Serve { group: spec })],
+    )
+    .await?;
+    await_commands(saga, &ids, timeout).await?;
+    let a = saga.node.state.read();
+    Ok(
+        match ids
+            .first()
+            .and_then(|id| a.state.commands.get(id))
+            .map(|c| &c.status)
+        {
+            Some(CommandStatus::Succeeded { message, .. }) => message.clone(),
+            _ => format!("served at {host}"),
+        },
+    )
 }
 
 async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {

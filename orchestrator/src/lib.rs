@@ -7,6 +7,7 @@
 //! - [`state`]: the state machine itself — pure, deterministic, exhaustively tested.
 //! - [`planner`]: failover, switchover and failback plans — pure, exhaustively tested.
 //! - [`executor`]: runs plans on the leader as sagas recorded step by step in Raft.
+//! - [`controller`]: keeps every app's volume group served by the agents (pure).
 //! - [`store`]: RocksDB storage of the Raft log, vote and state machine.
 //! - [`raft_types`]: openraft's type configuration and node naming.
 //! - [`network`], [`service`], [`node`], [`server`]: gRPC between nodes and for
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod detector;
 pub mod executor;
 pub mod http;

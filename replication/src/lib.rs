@@ -11,6 +11,7 @@
 //! - [`volume`]: a replica's data file, change tracking and range lock.
 //! - [`primary`], [`link`]: the primary side of a group (NBD backends, the stream).
 //! - [`secondary`]: the secondary side (the replica endpoint).
+//! - [`service`]: a group being served (files + NBD server or stream endpoint).
 
 pub mod backend;
 pub mod frame;
@@ -20,4 +21,5 @@ pub mod nbd;
 pub mod primary;
 pub mod replica;
 pub mod secondary;
+pub mod service;
 pub mod volume;

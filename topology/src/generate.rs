@@ -190,6 +190,7 @@ pub fn generate(spec: GenSpec) -> Topology {
                 "{} hosts, {} apps, seed {}",
                 spec.hosts, spec.apps, spec.seed
             )),
+            volumes: crate::model::VolumeService::default(),
         },
         timing,
         sites,

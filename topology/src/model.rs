@@ -14,6 +14,23 @@ use crate::timing::Timing;
 pub struct Cluster {
     pub name: String,
     pub description: Option<String>,
+    /// Who serves the replicated volumes.
+    #[serde(default)]
+    pub volumes: VolumeService,
+}
+
+/// Who serves each app's replicated volumes (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeService {
+    /// `metrodr volume serve|replica` processes started by the operator (they report
+    /// their link with `--report-to`); agents only run VMs.
+    #[default]
+    External,
+    /// The agents: the cluster places each group's primary on the host of the app's
+    /// VMs and its secondary on a host of the other site, and promotes it there on
+    /// failover. VMs with disks run on the host that holds their replica.
+    Agents,
 }
 
 /// What a site is for. Exactly two production sites and one witness are allowed.

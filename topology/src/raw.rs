@@ -16,6 +16,7 @@ pub type S<T> = Spanned<T>;
 pub struct RawCluster {
     pub name: S<String>,
     pub description: Option<String>,
+    pub volumes: Option<crate::model::VolumeService>,
 }
 
 /// `[[site]]`

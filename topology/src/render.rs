@@ -24,6 +24,9 @@ pub fn to_toml(t: &Topology) -> String {
     if let Some(d) = &t.cluster.description {
         let _ = writeln!(o, "description = {}", q(d));
     }
+    if t.cluster.volumes == crate::model::VolumeService::Agents {
+        let _ = writeln!(o, "volumes = \"agents\"");
+    }
     if t.timing != Timing::default() {
         let _ = writeln!(o, "\n[timing]");
         for (k, v) in t.timing.fields() {

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AppId, ByteSize, VmId, VolumeId};
-use crate::model::{App, Boot, Vm};
+use crate::ids::{AppId, ByteSize, SiteId, VmId, VolumeId};
+use crate::model::{App, Boot, Replication, ReplicationMode, Vm};
 
 /// One disk of a VM: the replicated volume behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,87 @@ impl VmSpec {
                 })
                 .collect(),
             network,
+        }
+    }
+}
+
+/// Which side of its replication a served group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupRole {
+    /// Serves the volumes to the app's VMs (NBD on a unix socket) and streams every
+    /// write to the peer.
+    Primary,
+    /// Receives the primary's stream on a TCP endpoint.
+    Secondary,
+}
+
+/// What an agent needs to serve one app's consistency group (all its volumes): the
+/// orchestrator sends it with every `serve` command; the agent keeps the data files in
+/// its own volumes directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub app: AppId,
+    /// The site this replica belongs to (the primary reports its link with it).
+    pub site: SiteId,
+    pub role: GroupRole,
+    /// The epoch the orchestrator committed for the group.
+    pub epoch: u64,
+    /// Primary only: this replica was a secondary and becomes primary at `epoch` (a
+    /// failover or switchover the orchestrator committed).
+    pub promote: bool,
+    pub mode: ReplicationMode,
+    /// Primary only: the secondary's endpoint (`host:port`); None: served alone (the
+    /// other site is lost).
+    pub peer: Option<String>,
+    /// In the app's order (the same on both sides).
+    pub volumes: Vec<DiskSpec>,
+    /// Async: the most seconds and bytes the peer may lag.
+    pub lag_max_s: u32,
+    pub lag_max_bytes: u64,
+}
+
+impl GroupSpec {
+    /// The group of `app` as served at `site` (role, epoch and peer set by the caller).
+    pub fn from_model(app: &App, site: &SiteId, role: GroupRole, epoch: u64) -> GroupSpec {
+        let (mut lag_s, mut lag_b) = (0, 0);
+        for v in &app.volumes {
+            if let Replication::Async {
+                lag_max_s,
+                lag_max_size,
+            } = v.replication
+            {
+                lag_s = lag_s.max(lag_max_s);
+                lag_b = lag_b.max(lag_max_size.bytes());
+            }
+        }
+        let mode = if app
+            .volumes
+            .iter()
+            .any(|v| v.replication.mode() == ReplicationMode::Sync)
+        {
+            ReplicationMode::Sync
+        } else {
+            ReplicationMode::Async
+        };
+        GroupSpec {
+            app: app.id.clone(),
+            site: site.clone(),
+            role,
+            epoch,
+            promote: false,
+            mode,
+            peer: None,
+            volumes: app
+                .volumes
+                .iter()
+                .map(|v| DiskSpec {
+                    volume: v.id.clone(),
+                    size: v.size,
+                })
+                .collect(),
+            lag_max_s: lag_s,
+            lag_max_bytes: lag_b,
         }
     }
 }

@@ -377,6 +377,29 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             skipped.push(skip(reason));
             continue;
         }
+        // Volumes served by agents live on one host per site: VMs with disks must run
+        // there (their NBD socket is local).
+        let pinned: Option<HostId> = app
+            .volumes
+            .first()
+            .and_then(|v| state.volumes.get(&v.id))
+            .and_then(|v| v.replica(&to))
+            .and_then(|r| r.host.clone());
+        if let Some(p) = &pinned {
+            let disks = app.vms.iter().any(|vm| !vm.disks.is_empty());
+            if disks && host_lost.as_ref() == Some(p) {
+                skipped.push(skip(format!(
+                    "its volumes at {to} were served by the lost host {p}: fail it over to the other site (`metrodr app failover {app_id} --to SITE`)"
+                )));
+                continue;
+            }
+            if disks && !room.contains_key(p) {
+                skipped.push(skip(format!(
+                    "host {p}, which holds its replicas at {to}, is not up"
+                )));
+                continue;
+            }
+        }
         // Hosts: VMs that must (re)start, largest first, best fit on Up hosts at `to`.
         let restart: Vec<&topology::Vm> = app
             .vms
@@ -396,11 +419,17 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             let (vc, mem) = (u64::from(vm.vcpus), vm.memory.bytes());
             let fits = |r: &Room| r.vcpus >= vc && r.memory >= mem;
             let at_site = |h: &HostId| topo.host(h).is_some_and(|x| x.site == to);
+            let need = if vm.disks.is_empty() {
+                None
+            } else {
+                pinned.as_ref()
+            };
+            let allowed = |h: &HostId| at_site(h) && need.is_none_or(|p| p == h);
             // Best fit (least free memory that fits), other hosts of this app first.
             let pick = |avoid: bool| {
                 trial
                     .iter()
-                    .filter(|(h, r)| at_site(h) && fits(r) && !(avoid && used.contains(h)))
+                    .filter(|(h, r)| allowed(h) && fits(r) && !(avoid && used.contains(h)))
                     .min_by_key(|(h, r)| (r.memory, (*h).clone()))
                     .map(|(h, _)| h.clone())
             };
@@ -414,10 +443,16 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                     starts.push((vm.id.clone(), h));
                 }
                 None => {
-                    short = Some(format!(
-                        "no up host at {to} has room for VM {} ({} vCPUs, {}) (add capacity or move lower tiers)",
-                        vm.id, vm.vcpus, vm.memory
-                    ));
+                    short = Some(match need {
+                        Some(p) => format!(
+                            "host {p}, which holds its replicas at {to}, has no room for VM {} ({} vCPUs, {})",
+                            vm.id, vm.vcpus, vm.memory
+                        ),
+                        None => format!(
+                            "no up host at {to} has room for VM {} ({} vCPUs, {}) (add capacity or move lower tiers)",
+                            vm.id, vm.vcpus, vm.memory
+                        ),
+                    });
                     break;
                 }
             }

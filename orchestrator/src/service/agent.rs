@@ -204,7 +204,7 @@ impl Agent for AgentService {
                     .map(|(id, c)| AgentCommand {
                         id: *id,
                         action: c.action.name().into(),
-                        vm: c.action.vm().to_string(),
+                        vm: c.action.target(),
                         action_json: serde_json::to_vec(&c.action).unwrap_or_default(),
                     })
                     .collect()

@@ -443,6 +443,7 @@ impl Operator for OperatorService {
                         role: name(&r.role),
                         epoch: r.epoch.0,
                         data: name(&r.data),
+                        host: r.host.as_ref().map(ToString::to_string).unwrap_or_default(),
                     })
                     .collect(),
             })

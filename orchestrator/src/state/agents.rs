@@ -74,8 +74,23 @@ impl ClusterState {
             if !self.hosts.contains(host) {
                 return Err(not_found("host", host.as_str()));
             }
-            if self.vm_app(action.vm()).is_none() {
-                return Err(not_found("VM in the topology", action.vm().as_str()));
+            match action {
+                AgentAction::Serve { group } => {
+                    if !self.apps.contains(&group.app) {
+                        return Err(not_found("app", group.app.as_str()));
+                    }
+                }
+                AgentAction::Unserve { app } => {
+                    if !self.apps.contains(app) {
+                        return Err(not_found("app", app.as_str()));
+                    }
+                }
+                _ => {
+                    let vm = action.vm().map(VmId::as_str).unwrap_or_default();
+                    if self.vm_app(&VmId::new(vm)).is_none() {
+                        return Err(not_found("VM in the topology", vm));
+                    }
+                }
             }
             if let AgentAction::Shutdown { timeout_s, .. } = action
                 && !(1..=3600).contains(timeout_s)
@@ -102,7 +117,7 @@ impl ClusterState {
             .iter()
             .zip(&ids)
             .take(10)
-            .map(|((h, a), id)| format!("#{id} {} {} on {h}", a.name(), a.vm()))
+            .map(|((h, a), id)| format!("#{id} {} {} on {h}", a.name(), a.target()))
             .collect();
         Ok((
             "agent.command",
@@ -162,7 +177,7 @@ impl ClusterState {
                     "#{} {} {}: {}",
                     r.id,
                     rec.action.name(),
-                    rec.action.vm(),
+                    rec.action.target(),
                     if r.ok { "ok" } else { "FAILED" }
                 ));
                 rec.status = status;

@@ -169,6 +169,7 @@ impl ClusterState {
             }
             let vm_ids: BTreeSet<&VmId> = app.vms.iter().map(|v| &v.id).collect();
             rec.placement.retain(|vm, _| vm_ids.contains(vm));
+            let mut newly: BTreeSet<&VmId> = BTreeSet::new();
             for vm in &app.vms {
                 if rec.placement.contains_key(&vm.id) {
                     continue;
@@ -189,6 +190,26 @@ impl ClusterState {
                     );
                 }
                 rec.placement.insert(vm.id.clone(), (*host).clone());
+                newly.insert(&vm.id);
+            }
+            // Volumes served by agents: an app's VMs with disks share the host that
+            // serves its group (their NBD socket is local to it).
+            if model.cluster.volumes == topology::VolumeService::Agents {
+                let disk_vms: Vec<&VmId> = app
+                    .vms
+                    .iter()
+                    .filter(|v| !v.disks.is_empty())
+                    .map(|v| &v.id)
+                    .collect();
+                if let Some(home) = disk_vms
+                    .first()
+                    .and_then(|v| rec.placement.get(*v))
+                    .cloned()
+                {
+                    for v in disk_vms.into_iter().filter(|v| newly.contains(v)) {
+                        rec.placement.insert(v.clone(), home.clone());
+                    }
+                }
             }
             for vol in &app.volumes {
                 match self.volumes.get_mut(&vol.id) {
@@ -209,6 +230,7 @@ impl ClusterState {
                             .iter()
                             .map(|s| Replica {
                                 site: (*s).clone(),
+                                host: None,
                                 role: if *s == &rec.active_site {
                                     Role::Primary
                                 } else {
@@ -238,6 +260,9 @@ impl ClusterState {
             }
             self.apps.insert(app.id.clone(), rec);
         }
+        if model.cluster.volumes == topology::VolumeService::Agents {
+            self.assign_replica_hosts(model);
+        }
         let digest = hex::encode(Sha256::digest(text.as_bytes()));
         self.topologies.insert(
             version,
@@ -263,5 +288,97 @@ impl ClusterState {
             ),
             Outcome::TopologyVersion(version),
         ))
+    }
+
+    /// Give every replica without one a host (volumes served by agents): at the app's
+    /// active site the host of its VMs with disks; at the other site the host with the
+    /// most vCPUs left after what runs there and what it already stands by for, so a
+    /// failover finds room. All volumes of an app at a site share one host (one group).
+    fn assign_replica_hosts(&mut self, model: &Topology) {
+        let mut load: BTreeMap<HostId, u64> = BTreeMap::new();
+        let vcpus_of = |app: &topology::App| app.vcpus();
+        for app in &model.apps {
+            let Some(rec) = self.apps.get(&app.id) else {
+                continue;
+            };
+            for vm in &app.vms {
+                if let Some(h) = rec.placement.get(&vm.id) {
+                    *load.entry(h.clone()).or_default() += u64::from(vm.vcpus);
+                }
+            }
+        }
+        // What each host already stands by for (once per app: its first volume).
+        for app in &model.apps {
+            let (Some(rec), Some(first)) = (
+                self.apps.get(&app.id),
+                app.volumes.first().and_then(|v| self.volumes.get(&v.id)),
+            ) else {
+                continue;
+            };
+            for r in &first.replicas {
+                if let Some(h) = &r.host
+                    && r.site != rec.active_site
+                {
+                    *load.entry(h.clone()).or_default() += vcpus_of(app);
+                }
+            }
+        }
+        for app in &model.apps {
+            let Some(rec) = self.apps.get(&app.id).cloned() else {
+                continue;
+            };
+            let sites: BTreeSet<SiteId> = app
+                .volumes
+                .iter()
+                .filter_map(|v| self.volumes.get(&v.id))
+                .flat_map(|v| v.replicas.iter().map(|r| r.site.clone()))
+                .collect();
+            for site in sites {
+                let existing = app.volumes.iter().find_map(|v| {
+                    self.volumes
+                        .get(&v.id)
+                        .and_then(|r| r.replica(&site))
+                        .and_then(|r| r.host.clone())
+                });
+                let chosen = existing.or_else(|| {
+                    if site == rec.active_site {
+                        let with_disks = app.vms.iter().find(|vm| !vm.disks.is_empty());
+                        with_disks
+                            .or(app.vms.first())
+                            .and_then(|vm| rec.placement.get(&vm.id).cloned())
+                    } else {
+                        let best = model
+                            .hosts
+                            .iter()
+                            .filter(|h| h.site == site)
+                            .map(|h| {
+                                let used = load.get(&h.id).copied().unwrap_or(0);
+                                (u64::from(h.vcpus).saturating_sub(used), h.id.clone())
+                            })
+                            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                        let host = best.map(|(_, h)| h)?;
+                        *load.entry(host.clone()).or_default() += vcpus_of(app);
+                        Some(host)
+                    }
+                });
+                let Some(host) = chosen else {
+                    continue;
+                };
+                for v in &app.volumes {
+                    if let Some(mut vol) = self.volumes.get(&v.id).cloned() {
+                        let mut changed = false;
+                        for r in vol.replicas.iter_mut().filter(|r| r.site == site) {
+                            if r.host.is_none() {
+                                r.host = Some(host.clone());
+                                changed = true;
+                            }
+                        }
+                        if changed {
+                            self.volumes.insert(v.id.clone(), vol);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

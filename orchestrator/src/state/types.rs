@@ -132,18 +132,39 @@ pub enum AgentAction {
     Resume {
         vm: VmId,
     },
+    /// Serve an app's consistency group (as primary or secondary); replaces whatever
+    /// this host served of the group before.
+    Serve {
+        group: topology::spec::GroupSpec,
+    },
+    /// Stop serving an app's group (a primary waits briefly for its peer).
+    Unserve {
+        app: AppId,
+    },
 }
 
 impl AgentAction {
-    pub fn vm(&self) -> &VmId {
+    /// The VM the command is about; None for the commands about a volume group.
+    pub fn vm(&self) -> Option<&VmId> {
         match self {
-            AgentAction::Define { spec } => &spec.vm,
+            AgentAction::Define { spec } => Some(&spec.vm),
             AgentAction::Start { vm }
             | AgentAction::Shutdown { vm, .. }
             | AgentAction::Destroy { vm }
             | AgentAction::Undefine { vm }
             | AgentAction::Suspend { vm }
-            | AgentAction::Resume { vm } => vm,
+            | AgentAction::Resume { vm } => Some(vm),
+            AgentAction::Serve { .. } | AgentAction::Unserve { .. } => None,
+        }
+    }
+
+    /// What the command is about: a VM's id, or `group:APP`. An agent runs the
+    /// commands of one target in order.
+    pub fn target(&self) -> String {
+        match self {
+            AgentAction::Serve { group } => format!("group:{}", group.app),
+            AgentAction::Unserve { app } => format!("group:{app}"),
+            other => other.vm().map(ToString::to_string).unwrap_or_default(),
         }
     }
 
@@ -156,6 +177,8 @@ impl AgentAction {
             AgentAction::Undefine { .. } => "undefine",
             AgentAction::Suspend { .. } => "suspend",
             AgentAction::Resume { .. } => "resume",
+            AgentAction::Serve { .. } => "serve",
+            AgentAction::Unserve { .. } => "unserve",
         }
     }
 }
@@ -273,6 +296,10 @@ pub enum DataState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
     pub site: SiteId,
+    /// The host whose agent serves this replica (topologies with `volumes = "agents"`);
+    /// None: served by processes outside the cluster's control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostId>,
     pub role: Role,
     /// Epoch at which this replica last changed role.
     pub epoch: Epoch,

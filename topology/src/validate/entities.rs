@@ -232,6 +232,7 @@ impl Cx<'_> {
                 Cluster {
                     name: c.name.into_inner(),
                     description: c.description,
+                    volumes: c.volumes.unwrap_or_default(),
                 }
             }
             None => {
@@ -242,6 +243,7 @@ impl Cx<'_> {
                 Cluster {
                     name: String::new(),
                     description: None,
+                    volumes: crate::model::VolumeService::default(),
                 }
             }
         }

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use orchestrator::pb;
-use orchestrator::pb::agent_client::AgentClient;
-use replication::primary::GroupStatus;
+use proto::pb;
+use proto::pb::agent_client::AgentClient;
+use replication::primary::{DegradePermission, GroupStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,7 @@ impl Reporter {
         })
     }
 
-    async fn send(
+    pub async fn send(
         &self,
         next: &mut usize,
         link: &str,
@@ -114,6 +114,34 @@ impl Reporter {
             }
         }
         Err(last)
+    }
+}
+
+/// Permission to run without the peer (DESIGN §4): granted only once the cluster
+/// has committed the peer's replica `Outdated` (a report of `alone` that a majority
+/// took). Without a quorum there is no permission: sync writes stay held and the
+/// agent fences at lease expiry.
+pub struct ClusterPermission {
+    pub reporter: Reporter,
+}
+
+impl DegradePermission for ClusterPermission {
+    fn request(
+        &self,
+        _group: &str,
+        epoch: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut next = 0;
+            self.reporter
+                .send(
+                    &mut next,
+                    "alone",
+                    epoch,
+                    "the peer is unreachable: asking to continue without it",
+                )
+                .await
+        })
     }
 }
 

@@ -1,0 +1,320 @@
+//! The volume groups this agent serves (topologies with `volumes = "agents"`): one
+//! consistency group per app, as primary (NBD exports on `<sockets>/<app>.sock` for the
+//! app's VMs, replicated to the peer) or as secondary (the endpoint the other site's
+//! primary streams to). The data path runs inside the agent: when the agent dies, so
+//! does what it served, as when the host dies.
+//!
+//! Every group keeps one replication port for life (`<volumes>/<app>.port`): the
+//! secondary listens on it, and a primary promoted at the other site after a loss
+//! points at it, so the returning site's replica is found again without restarting
+//! the primary (reprotect resyncs the delta).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use replication::meta::{ReplicaMeta, Role};
+use replication::primary::PrimaryGroup;
+use replication::replica::Mode;
+use replication::service::{GroupFiles, PrimaryOptions, ServedPrimary, ServedSecondary};
+use tokio_util::sync::CancellationToken;
+use topology::ReplicationMode;
+use topology::ids::AppId;
+use topology::spec::{GroupRole, GroupSpec};
+
+use crate::replica_report::{ClusterPermission, Reporter};
+
+/// How long a primary being replaced or stopped waits for its peer to confirm.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+enum Served {
+    Primary {
+        served: ServedPrimary,
+        spec: GroupSpec,
+        reporter_stop: CancellationToken,
+    },
+    Secondary {
+        served: ServedSecondary,
+        spec: GroupSpec,
+    },
+}
+
+impl Served {
+    fn spec(&self) -> &GroupSpec {
+        match self {
+            Served::Primary { spec, .. } | Served::Secondary { spec, .. } => spec,
+        }
+    }
+
+    /// Stop it; what happened, for the command's result.
+    async fn stop(self) -> String {
+        match self {
+            Served::Primary {
+                served,
+                reporter_stop,
+                spec,
+            } => {
+                reporter_stop.cancel();
+                let fenced = served.group.is_fenced();
+                let st = served.group.status().borrow().clone();
+                match served.stop().await {
+                    Ok(true) => format!(
+                        "stopped the primary of {} at epoch {} (the peer confirmed every write up to seq {})",
+                        spec.app,
+                        st.epoch,
+                        st.next_seq.saturating_sub(1)
+                    ),
+                    Ok(false) if fenced => format!(
+                        "stopped the fenced primary of {} at epoch {}",
+                        spec.app, st.epoch
+                    ),
+                    Ok(false) => format!(
+                        "stopped the primary of {} at epoch {} (the peer did NOT confirm every write: {})",
+                        spec.app, st.epoch, st.link
+                    ),
+                    Err(e) => format!("stopped the primary of {}: {e}", spec.app),
+                }
+            }
+            Served::Secondary { served, spec } => {
+                served.stop().await;
+                format!("stopped the secondary of {}", spec.app)
+            }
+        }
+    }
+}
+
+/// The groups served on this host.
+pub struct Volumes {
+    volumes_dir: PathBuf,
+    sockets_dir: PathBuf,
+    /// Where secondaries listen (the address the other site's primaries reach).
+    ip: String,
+    cluster: Vec<String>,
+    groups: tokio::sync::Mutex<BTreeMap<AppId, Served>>,
+    /// The primaries, reachable without awaiting (fencing runs from a lease check).
+    primaries: Mutex<BTreeMap<AppId, Arc<PrimaryGroup>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Volumes {
+    pub fn new(
+        volumes_dir: PathBuf,
+        sockets_dir: PathBuf,
+        ip: String,
+        cluster: Vec<String>,
+    ) -> Volumes {
+        Volumes {
+            volumes_dir,
+            sockets_dir,
+            ip,
+            cluster,
+            groups: tokio::sync::Mutex::new(BTreeMap::new()),
+            primaries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn files(&self, spec: &GroupSpec) -> GroupFiles {
+        GroupFiles {
+            name: spec.app.to_string(),
+            volumes: spec
+                .volumes
+                .iter()
+                .map(|d| {
+                    (
+                        d.volume.to_string(),
+                        self.volumes_dir.join(format!("{}.raw", d.volume)),
+                        Some(d.size.bytes()),
+                    )
+                })
+                .collect(),
+            size: None,
+            epoch: spec.epoch,
+        }
+    }
+
+    /// The group's replication endpoint, chosen once (a free port) and kept.
+    fn endpoint(&self, app: &AppId) -> Result<String, String> {
+        let path = self.volumes_dir.join(format!("{app}.port"));
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(port) = text.trim().parse::<u16>()
+        {
+            return Ok(format!("{}:{port}", self.ip));
+        }
+        let probe = std::net::TcpListener::bind(format!("{}:0", self.ip))
+            .map_err(|e| format!("cannot find a free port on {}: {e}", self.ip))?;
+        let port = probe.local_addr().map_err(|e| e.to_string())?.port();
+        drop(probe);
+        let tmp = path.with_extension("port.tmp");
+        std::fs::write(&tmp, format!("{port}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot record the port in {}: {e}", path.display()))?;
+        Ok(format!("{}:{port}", self.ip))
+    }
+
+    /// The socket the app's VMs reach their disks through.
+    pub fn socket(&self, app: &AppId) -> PathBuf {
+        self.sockets_dir.join(format!("{app}.sock"))
+    }
+
+    /// Serve `spec`, replacing what this host served of the group. Serving the same
+    /// role at the same epoch again changes nothing.
+    pub async fn serve(&self, spec: GroupSpec) -> Result<String, String> {
+        if spec.volumes.is_empty() {
+            return Err(format!("app {} has no volumes to serve", spec.app));
+        }
+        let endpoint = self.endpoint(&spec.app)?;
+        let mut groups = self.groups.lock().await;
+        if let Some(cur) = groups.get(&spec.app) {
+            let c = cur.spec();
+            if c.role == spec.role && c.epoch == spec.epoch && c.peer == spec.peer {
+                return Ok(format!(
+                    "already serving {} as {} at epoch {}; endpoint={endpoint}",
+                    spec.app,
+                    role_name(spec.role),
+                    spec.epoch
+                ));
+            }
+        }
+        let mut replaced = String::new();
+        if let Some(old) = groups.remove(&spec.app) {
+            lock(&self.primaries).remove(&spec.app);
+            replaced = format!(" (replaced: {})", old.stop().await);
+        }
+        let files = self.files(&spec);
+        let (served, msg) = match spec.role {
+            GroupRole::Secondary => {
+                let served = ServedSecondary::start(&files, &endpoint).await?;
+                let m = served.group.meta();
+                let msg = format!(
+                    "serving {} as secondary (files: {} at epoch {}){replaced}; endpoint={endpoint}",
+                    spec.app,
+                    role_name_meta(&m),
+                    m.epoch
+                );
+                (Served::Secondary { served, spec }, msg)
+            }
+            GroupRole::Primary => {
+                let first = files.volumes.first().map(|v| v.1.clone());
+                let meta = first.and_then(|p| ReplicaMeta::load(&p).ok().flatten());
+                // Promote only what is not primary at this epoch yet (a command
+                // retried after a restart finds it promoted).
+                let promote = spec.promote
+                    && meta
+                        .as_ref()
+                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch);
+                let reporter = || Reporter {
+                    addrs: self.cluster.clone(),
+                    app: spec.app.to_string(),
+                    site: spec.site.to_string(),
+                };
+                let opts = PrimaryOptions {
+                    peer: spec.peer.clone(),
+                    mode: match spec.mode {
+                        ReplicationMode::Sync => Mode::Sync,
+                        ReplicationMode::Async => Mode::Async,
+                    },
+                    promote,
+                    permission: Arc::new(ClusterPermission {
+                        reporter: reporter(),
+                    }),
+                    hold_before_asking: Duration::from_secs(1),
+                    peer_timeout: Duration::from_secs(3),
+                    lag_max_bytes: spec.lag_max_bytes.max(1 << 20),
+                    lag_max: Duration::from_secs(u64::from(spec.lag_max_s.max(1))),
+                    stop_grace: STOP_GRACE,
+                };
+                let socket = self.socket(&spec.app);
+                let served = ServedPrimary::start(&files, &opts, &socket, 0o660)?;
+                let reporter_stop = CancellationToken::new();
+                reporter().spawn(served.group.status(), reporter_stop.clone());
+                lock(&self.primaries).insert(spec.app.clone(), served.group.clone());
+                let m = served.group.meta();
+                let msg = format!(
+                    "serving {} as primary at epoch {}{} on {}; peer {}{replaced}; endpoint={endpoint}",
+                    spec.app,
+                    m.epoch,
+                    if promote { " (promoted)" } else { "" },
+                    socket.display(),
+                    spec.peer
+                        .as_deref()
+                        .unwrap_or("none (the other site is lost)"),
+                );
+                (
+                    Served::Primary {
+                        served,
+                        spec,
+                        reporter_stop,
+                    },
+                    msg,
+                )
+            }
+        };
+        groups.insert(served.spec().app.clone(), served);
+        Ok(msg)
+    }
+
+    /// Stop serving the app's group.
+    pub async fn unserve(&self, app: &AppId) -> Result<String, String> {
+        lock(&self.primaries).remove(app);
+        let old = self.groups.lock().await.remove(app);
+        Ok(match old {
+            Some(s) => s.stop().await,
+            None => format!("{app}: nothing served here"),
+        })
+    }
+
+    /// Stop acknowledging guest writes on every primary (the lease ran out).
+    pub fn fence_io(&self) -> Result<String, String> {
+        let primaries = lock(&self.primaries);
+        if primaries.is_empty() {
+            return Ok("no primary volume groups served".into());
+        }
+        let mut names = Vec::new();
+        for (app, g) in primaries.iter() {
+            g.fence("this host's lease ran out");
+            names.push(app.to_string());
+        }
+        Ok(format!("fenced primaries [{}]", names.join(", ")))
+    }
+
+    /// Stop everything (the agent stops, or it fenced and starts over).
+    pub async fn stop_all(&self) -> Vec<String> {
+        lock(&self.primaries).clear();
+        let all: Vec<Served> = std::mem::take(&mut *self.groups.lock().await)
+            .into_values()
+            .collect();
+        let mut out = Vec::new();
+        for s in all {
+            out.push(s.stop().await);
+        }
+        out
+    }
+
+    /// Apps served here and as what (for status).
+    pub async fn list(&self) -> Vec<(AppId, GroupRole, u64)> {
+        self.groups
+            .lock()
+            .await
+            .values()
+            .map(|s| (s.spec().app.clone(), s.spec().role, s.spec().epoch))
+            .collect()
+    }
+}
+
+fn role_name(r: GroupRole) -> &'static str {
+    match r {
+        GroupRole::Primary => "primary",
+        GroupRole::Secondary => "secondary",
+    }
+}
+
+fn role_name_meta(m: &ReplicaMeta) -> &'static str {
+    match m.role {
+        Role::Primary => "primary",
+        Role::Secondary => "secondary",
+    }
+}
