@@ -29,7 +29,7 @@ use crate::config::{
 };
 use crate::domain_xml::{self, DiskBackend, DomainType, HostPaths};
 use crate::hypervisor::{
-    DomainState, HvError, HvErrorKind, Hypervisor, Libvirt, detect_domain_type,
+    DomainState, HvError, HvErrorKind, Hypervisor, Libvirt, detect_domain_type, only_ours,
 };
 use crate::journal::{Journal, Line, Seen};
 use crate::lease::{AgentLease, LeaseEvent, Mono, mono_now};
@@ -240,6 +240,7 @@ pub async fn start_with(
     let journal = Journal::open(&cfg.state_dir.join("journal.jsonl"))?;
     let lease = AgentLease::resume(read_lease(&cfg), mono_now());
     let paths = HostPaths {
+        host: cfg.host.clone(),
         volumes_dir: cfg.volumes_dir(),
         sockets_dir: cfg.sockets_dir(),
         consoles_dir: cfg.consoles_dir(),
@@ -345,7 +346,8 @@ async fn hv<T: Send + 'static>(
 async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
     let mut warned = false;
     loop {
-        match hv(s, |h| Ok((h.capacity()?, h.list()?))).await {
+        let host = s.cfg.host.clone();
+        match hv(s, move |h| Ok((h.capacity()?, only_ours(h.list()?, &host)))).await {
             Ok((cap, domains)) => {
                 let ty = match s.cfg.domain_type {
                     DomainTypeSetting::Qemu => DomainType::Qemu,
@@ -499,10 +501,11 @@ async fn fence(s: &Arc<Shared>) {
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     let action = s.cfg.fence_action;
+    let host = s.cfg.host.clone();
     let outcome = hv(s, move |h| {
         let mut done = Vec::new();
         let mut failed = Vec::new();
-        for d in h.list()? {
+        for d in only_ours(h.list()?, &host) {
             if d.managed.is_none() || !d.state.is_active() {
                 continue;
             }
@@ -812,7 +815,8 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut libvirt_down = false;
     loop {
-        match hv(&s, |h| h.list()).await {
+        let host = s.cfg.host.clone();
+        match hv(&s, move |h| h.list().map(|d| only_ours(d, &host))).await {
             Ok(domains) => {
                 if libvirt_down {
                     tracing::warn!(host = %s.cfg.host, "libvirt is reachable again");

@@ -31,9 +31,12 @@ pub const METADATA_NS: &str = "urn:metrodr:vm:1";
 /// (e.g. `/run/metrodr/nbd`). QEMU fails at start, not at define, when it is too long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPaths {
+    /// This host's id: domains are marked with it, so that agents sharing one libvirt
+    /// (a lab) leave each other's domains alone.
+    pub host: String,
     /// One raw file per volume: `<volumes_dir>/<volume>.raw`.
     pub volumes_dir: PathBuf,
-    /// One NBD unix socket per volume: `<sockets_dir>/<volume>.sock`.
+    /// One NBD unix socket per app (its group): `<sockets_dir>/<app>.sock`.
     pub sockets_dir: PathBuf,
     /// One serial console log per VM: `<consoles_dir>/<vm>.log`.
     pub consoles_dir: PathBuf,
@@ -80,6 +83,16 @@ impl std::fmt::Display for DomainType {
 pub struct ManagedBy {
     pub app: AppId,
     pub vm: VmId,
+    /// The host whose agent defined it (None in marks written before hosts were
+    /// recorded: taken as this host's).
+    pub host: Option<String>,
+}
+
+impl ManagedBy {
+    /// Is the domain this host's to manage?
+    pub fn is_for(&self, host: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+    }
 }
 
 /// `<volumes_dir>/<volume>.raw`
@@ -131,9 +144,10 @@ pub fn domain_xml(
     let _ = writeln!(x, "  <name>{}</name>", esc(spec.vm.as_str()));
     let _ = writeln!(
         x,
-        "  <metadata><metrodr:vm xmlns:metrodr=\"{METADATA_NS}\" app=\"{}\" vm=\"{}\"/></metadata>",
+        "  <metadata><metrodr:vm xmlns:metrodr=\"{METADATA_NS}\" app=\"{}\" vm=\"{}\" host=\"{}\"/></metadata>",
         esc(spec.app.as_str()),
-        esc(spec.vm.as_str())
+        esc(spec.vm.as_str()),
+        esc(&paths.host)
     );
     let _ = writeln!(
         x,
@@ -230,9 +244,11 @@ pub fn managed_by(domain_xml: &str) -> Option<ManagedBy> {
     let vm = mark.attribute("vm")?;
     check_id(app).ok()?;
     check_id(vm).ok()?;
+    let host = mark.attribute("host").filter(|h| check_id(h).is_ok());
     Some(ManagedBy {
         app: AppId::new(app),
         vm: VmId::new(vm),
+        host: host.map(str::to_string),
     })
 }
 
@@ -288,6 +304,7 @@ mod tests {
 
     fn paths() -> HostPaths {
         HostPaths {
+            host: "north-h1".into(),
             volumes_dir: "/srv/metrodr/volumes".into(),
             sockets_dir: "/run/metrodr/nbd".into(),
             consoles_dir: "/var/log/metrodr/consoles".into(),
@@ -407,6 +424,7 @@ mod tests {
             Some(ManagedBy {
                 app: AppId::new("shop"),
                 vm: VmId::new("web-1"),
+                host: Some("north-h1".into()),
             })
         );
     }
@@ -523,6 +541,7 @@ mod tests {
             cmdline: Some(format!("console=ttyS0 x={nasty}\ttab\nnl bell\u{7}")),
         };
         let p = HostPaths {
+            host: "north-h1".into(),
             volumes_dir: format!("/v/{nasty}").into(),
             sockets_dir: format!("/s/{nasty}").into(),
             consoles_dir: format!("/c/{nasty}").into(),
@@ -623,6 +642,7 @@ mod tests {
             Some(ManagedBy {
                 app: AppId::new("shop"),
                 vm: VmId::new("web-1"),
+                host: None,
             })
         );
         // The prefix does not matter, the namespace does.

@@ -68,6 +68,7 @@ fn spec(vm: &str) -> VmSpec {
 
 fn paths(root: &Path) -> HostPaths {
     HostPaths {
+        host: "h1".into(),
         volumes_dir: root.join("volumes"),
         sockets_dir: root.join("nbd"),
         consoles_dir: root.join("consoles"),
@@ -147,6 +148,7 @@ fn a_managed_domain_goes_through_its_whole_life() {
         Some(ManagedBy {
             app: AppId::new("shop"),
             vm: VmId::new(&vm),
+            host: Some("h1".into()),
         })
     );
     // Redefining is fine and changes nothing visible.

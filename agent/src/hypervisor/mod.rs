@@ -79,6 +79,17 @@ pub struct DomainInfo {
     pub managed: Option<ManagedBy>,
 }
 
+/// The domains of `host`: a domain marked by another host's agent (agents sharing
+/// one libvirt, as in a lab) is listed as not ours, like any foreign domain.
+pub fn only_ours(mut domains: Vec<DomainInfo>, host: &str) -> Vec<DomainInfo> {
+    for d in &mut domains {
+        if d.managed.as_ref().is_some_and(|m| !m.is_for(host)) {
+            d.managed = None;
+        }
+    }
+    domains
+}
+
 /// What the host offers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
@@ -277,6 +288,41 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&HvErrorKind::NotFound).unwrap(),
             "\"not-found\""
+        );
+    }
+}
+
+#[cfg(test)]
+mod ours_tests {
+    use super::*;
+    use topology::ids::{AppId, VmId};
+
+    fn domain(name: &str, host: Option<&str>) -> DomainInfo {
+        DomainInfo {
+            name: name.into(),
+            state: DomainState::Running,
+            managed: Some(ManagedBy {
+                app: AppId::new("shop"),
+                vm: VmId::new(name),
+                host: host.map(str::to_string),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_domain_marked_by_another_host_is_not_ours() {
+        let all = vec![
+            domain("a", Some("h1")),
+            domain("b", Some("h2")),
+            domain("c", None),
+        ];
+        let mine: Vec<(String, bool)> = only_ours(all, "h1")
+            .into_iter()
+            .map(|d| (d.name, d.managed.is_some()))
+            .collect();
+        assert_eq!(
+            mine,
+            [("a".into(), true), ("b".into(), false), ("c".into(), true)]
         );
     }
 }

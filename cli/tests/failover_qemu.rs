@@ -1,0 +1,279 @@
+//! Site loss with a real guest: the probe guest (QEMU, TCG) runs at north on a disk the
+//! north agent serves and replicates synchronously to the south agent; every process
+//! of north dies (its orchestrator node, its agent, the guest's QEMU); the cluster
+//! fails the app over, the south agent promotes its replica and the guest boots at
+//! south from it. Its disk must hold every record the guest acknowledged at north.
+//! Both agents share this machine's libvirtd (domains carry their host's mark).
+//! Needs root, libvirtd (scripts/start-libvirtd.sh) and the probe guest image (built
+//! from Debian packages at test time); fails loudly without them.
+
+// Each test holds the `serial()` guard for its whole run, on purpose (see cluster.rs).
+#![allow(clippy::await_holding_lock, clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn banner(what: &str) -> ! {
+    panic!(
+        "\n\n####################################################################\n\
+         #### {what}\n\
+         ####################################################################\n\n"
+    )
+}
+
+fn virsh(args: &[&str]) -> (bool, String) {
+    match Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+    {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// Destroys and undefines the test's domain however the test ends.
+struct DomainGuard(String);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0]);
+    }
+}
+
+/// Two production sites with one QEMU host each and a witness; one app: the probe
+/// guest on a 16 MiB synchronously replicated disk served by the agents.
+fn topology(img: &chaos::guest::GuestImage, vm: &str) -> String {
+    let mut t = String::from(
+        "[cluster]\nname = \"qemu-lab\"\nvolumes = \"agents\"\n\n\
+         [[site]]\nid = \"north\"\nrole = \"production\"\n\n\
+         [[site]]\nid = \"south\"\nrole = \"production\"\n\n\
+         [[site]]\nid = \"witness\"\nrole = \"witness\"\n\n",
+    );
+    for (i, (node, site)) in [
+        ("orch-north", "north"),
+        ("orch-south", "south"),
+        ("orch-witness", "witness"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        t.push_str(&format!(
+            "[[orchestrator]]\nid = \"{node}\"\nsite = \"{site}\"\naddr = \"127.0.0.1:{}\"\n\n",
+            7600 + i
+        ));
+    }
+    for (i, site) in ["north", "south"].iter().enumerate() {
+        t.push_str(&format!(
+            "[[host]]\nid = \"{site}-h1\"\nsite = \"{site}\"\nlibvirt_uri = \"qemu:///system\"\n\
+             agent_addr = \"127.0.0.1:{}\"\nvcpus = 4\nmemory = \"8GiB\"\n\n",
+            7700 + i
+        ));
+    }
+    t.push_str(&format!(
+        "[[app]]\nid = \"probe\"\ntier = 1\npreferred_site = \"north\"\nrto_target_s = 60\nrpo_target_s = 0\n\n\
+         [[app.volume]]\nid = \"{vm}-disk\"\nsize = \"16MiB\"\nreplication = \"sync\"\n\n\
+         [[app.vm]]\nid = \"{vm}\"\nvcpus = 1\nmemory = \"256MiB\"\nboot = \"kernel\"\nkernel = \"{}\"\ninitrd = \"{}\"\ncmdline = \"{}\"\ndisks = [\"{vm}-disk\"]\n\n\
+         [[app.probe]]\nkind = \"serial\"\nmarker = \"metrodr-probe: ready\"\n",
+        img.kernel.display(),
+        img.initrd.display(),
+        img.cmdline
+    ));
+    t
+}
+
+fn start_qemu_agent(dir: &Path, host: &str, cluster: &str) -> AgentProc {
+    let state_dir = dir.join(format!("agent-{host}"));
+    let config = dir.join(format!("agent-{host}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"qemu:///system\"\n\
+             state_dir = \"{}\"\ndisk_backend = \"nbd\"\ndomain_type = \"qemu\"\n",
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+    spawn_agent(dir, host, &config, &state_dir, None)
+}
+
+fn console(agent: &AgentProc, vm: &str) -> PathBuf {
+    agent.state_dir.join("consoles").join(format!("{vm}.log"))
+}
+
+async fn wait_console(
+    path: &Path,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&chaos::guest::ConsoleLog) -> bool,
+) -> chaos::guest::ConsoleLog {
+    let p = path.to_path_buf();
+    let f = &f;
+    wait_for(within, what, || {
+        let p = p.clone();
+        async move {
+            let log = chaos::guest::parse_console(&std::fs::read_to_string(&p).unwrap_or_default());
+            f(&log).then_some(log)
+        }
+    })
+    .await
+}
+
+fn json(addrs: &str, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["--cluster", addrs, "-o", "json"];
+    a.extend_from_slice(args);
+    let o = metrodr(&a);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record() {
+    let _g = serial();
+    if !virsh(&["version"]).0 {
+        banner("libvirtd (qemu:///system) is not running: run `bash scripts/start-libvirtd.sh`");
+    }
+    let dir_img = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrodr-guest");
+    let img = chaos::guest::build(&chaos::guest::BuildOptions::new(dir_img))
+        .unwrap_or_else(|e| banner(&format!("cannot build the probe guest: {e}")));
+    let vm = format!("mdr-fo-{}", std::process::id());
+    let _guard = DomainGuard(vm.clone());
+
+    let mut c = TestCluster::start_named(&["orch-north", "orch-south", "orch-witness"]);
+    let topo = c.dir.path().join("qemu-lab.toml");
+    std::fs::write(&topo, topology(&img, &vm)).unwrap();
+    c.init_with(&topo);
+    let addrs = c.addrs();
+    let mut north = start_qemu_agent(c.dir.path(), "north-h1", &addrs);
+    let south = start_qemu_agent(c.dir.path(), "south-h1", &addrs);
+    let any = c.nodes[2].grpc.clone();
+    for h in ["north-h1", "south-h1"] {
+        let a = any.clone();
+        wait_for(Duration::from_secs(20), &format!("{h} up"), move || {
+            let a = a.clone();
+            async move { (host_state(&a, h).await? == "up").then_some(()) }
+        })
+        .await;
+    }
+    let volume = format!("{vm}-disk");
+    wait_for(Duration::from_secs(60), "south's replica up to date", || {
+        let (a, v) = (addrs.clone(), volume.clone());
+        async move {
+            let vols = json(&a, &["volume", "list"])?;
+            let vol = vols.as_array()?.iter().find(|x| x["id"] == v.as_str())?;
+            vol["replicas"]
+                .as_array()?
+                .iter()
+                .all(|r| r["data"] == "up-to-date")
+                .then_some(())
+        }
+    })
+    .await;
+
+    for action in ["define", "start"] {
+        let r = vm_do(&any, action, &vm).await;
+        assert_eq!(r.status, "succeeded", "{action}: {}", r.message);
+    }
+    let north_console = console(&north, &vm);
+    let log = wait_console(
+        &north_console,
+        "the guest at north to acknowledge 20 records",
+        Duration::from_secs(90),
+        |l| l.ready && l.acks >= 20,
+    )
+    .await;
+    eprintln!("guest ready at north; {} records acknowledged so far", log.acks);
+
+    // North dies: its orchestrator node, its agent (and the data path in it), and the
+    // guest's QEMU process.
+    let killed = Instant::now();
+    c.node_mut("orch-north").kill();
+    north.kill();
+    let (ok, out) = virsh(&["destroy", &vm]);
+    assert!(ok, "virsh destroy {vm}: {out}");
+    let at_north = chaos::guest::parse_console(&std::fs::read_to_string(&north_console).unwrap());
+    let acked = at_north.max_ack.unwrap_or(0);
+    assert!(acked >= 20, "{at_north:?}");
+
+    let addrs_live = format!("{},{}", c.nodes[1].grpc, c.nodes[2].grpc);
+    let op = wait_for(Duration::from_secs(30), "the automatic failover", || {
+        let a = addrs_live.clone();
+        async move {
+            let ops = json(&a, &["op", "list"])?;
+            ops.as_array()?
+                .iter()
+                .find(|o| o["note"] == "site north lost")
+                .and_then(|o| o["op"].as_u64())
+        }
+    })
+    .await;
+    let rec = wait_for(Duration::from_secs(120), "the failover to end", || {
+        let a = addrs_live.clone();
+        async move {
+            let r = json(&a, &["op", "show", &op.to_string()])?;
+            (r["status"] != "running").then_some(r)
+        }
+    })
+    .await;
+    let op_done = killed.elapsed();
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    let south_console = console(&south, &vm);
+    let log = wait_console(
+        &south_console,
+        "the guest to boot at south and write on",
+        Duration::from_secs(90),
+        |l| l.ready && l.acks >= 5,
+    )
+    .await;
+    let ready = killed.elapsed();
+    let resumed = log.resume_after.first().copied().unwrap_or(0);
+    eprintln!(
+        "north lost → failover done {:.2} s, guest writing at south {:.2} s after the kill; \
+         north acknowledged {acked} records, the guest at south found {resumed}",
+        op_done.as_secs_f64(),
+        ready.as_secs_f64()
+    );
+    assert!(
+        resumed >= acked,
+        "the promoted disk lacks acknowledged records: guest found {resumed}, north acknowledged {acked}"
+    );
+    let disk = south.state_dir.join("volumes").join(format!("{volume}.raw"));
+    let records = chaos::guest::disk_records(&disk).unwrap();
+    assert!(
+        records.contiguous >= acked,
+        "south's disk holds {} contiguous records; {acked} were acknowledged",
+        records.contiguous
+    );
+    let vols = json(&addrs_live, &["volume", "list"]).unwrap();
+    let vol = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == volume.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(vol["epoch"], 2, "{vol}");
+    let app_line = rec["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "probe")
+        .cloned()
+        .unwrap();
+    eprintln!("record: {app_line}");
+    drop(south);
+    drop(north);
+}
