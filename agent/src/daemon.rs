@@ -146,6 +146,8 @@ struct Shared {
     vm_queues: Mutex<HashMap<VmId, tokio::sync::mpsc::UnboundedSender<pb::AgentCommand>>>,
     /// The volume groups served here.
     volumes: Arc<Volumes>,
+    /// Per VM, the console log's length when it was last started here.
+    console_marks: Mutex<HashMap<VmId, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -258,6 +260,7 @@ pub async fn start_with(
         lease_ms: Mutex::new(3000),
         renew_ms: Mutex::new(500),
         vm_queues: Mutex::new(HashMap::new()),
+        console_marks: Mutex::new(HashMap::new()),
         volumes: Arc::new(Volumes::new(
             cfg.volumes_dir(),
             cfg.sockets_dir(),
@@ -641,15 +644,39 @@ async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
 #[derive(Debug, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 enum Action {
-    Define { spec: topology::spec::VmSpec },
-    Start { vm: VmId },
-    Shutdown { vm: VmId, timeout_s: u32 },
-    Destroy { vm: VmId },
-    Undefine { vm: VmId },
-    Suspend { vm: VmId },
-    Resume { vm: VmId },
-    Serve { group: topology::spec::GroupSpec },
-    Unserve { app: topology::ids::AppId },
+    Define {
+        spec: topology::spec::VmSpec,
+    },
+    Start {
+        vm: VmId,
+    },
+    Shutdown {
+        vm: VmId,
+        timeout_s: u32,
+    },
+    Destroy {
+        vm: VmId,
+    },
+    Undefine {
+        vm: VmId,
+    },
+    Suspend {
+        vm: VmId,
+    },
+    Resume {
+        vm: VmId,
+    },
+    Probe {
+        vm: VmId,
+        marker: String,
+        timeout_s: u32,
+    },
+    Serve {
+        group: topology::spec::GroupSpec,
+    },
+    Unserve {
+        app: topology::ids::AppId,
+    },
 }
 
 async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
@@ -683,6 +710,47 @@ async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
         .results
         .push(pb::CommandOutcome { id, ok, message });
     s.wake_reporter.notify_one();
+}
+
+/// Wait for `marker` on the VM's serial console since its latest start here (the
+/// whole log when this agent did not start it).
+async fn probe_console(s: &Arc<Shared>, vm: &VmId, marker: &str, timeout_s: u32) -> (bool, String) {
+    let path = domain_xml::console_path(&s.paths, vm);
+    let mark = lock(&s.console_marks).get(vm).copied().unwrap_or(0);
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_secs(u64::from(timeout_s));
+    loop {
+        let text = std::fs::read(&path).unwrap_or_default();
+        let since = text
+            .get(usize::try_from(mark).unwrap_or(usize::MAX)..)
+            .unwrap_or(&[]);
+        let since = String::from_utf8_lossy(since);
+        if since.contains(marker) {
+            return (
+                true,
+                format!(
+                    "{vm}: {marker:?} on the serial console {} ms after the probe began",
+                    started.elapsed().as_millis()
+                ),
+            );
+        }
+        if started.elapsed() >= deadline {
+            let last = since
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return (
+                false,
+                format!(
+                    "{vm}: {marker:?} did not appear on the serial console within {timeout_s} s (last line: {:?}); see {}",
+                    last.chars().take(200).collect::<String>(),
+                    path.display()
+                ),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn result(r: Result<String, HvError>) -> (bool, String) {
@@ -733,13 +801,25 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
                 .await,
             )
         }
-        Action::Start { vm } => result(
-            hv(s, move |h| {
-                h.start(vm.as_str())?;
-                Ok(format!("{vm}: {}", h.state(vm.as_str())?))
-            })
-            .await,
-        ),
+        Action::Start { vm } => {
+            // Probes look at what the console shows from this start on (the log is
+            // appended across boots).
+            let console = domain_xml::console_path(&s.paths, &vm);
+            let mark = std::fs::metadata(&console).map_or(0, |m| m.len());
+            lock(&s.console_marks).insert(vm.clone(), mark);
+            result(
+                hv(s, move |h| {
+                    h.start(vm.as_str())?;
+                    Ok(format!("{vm}: {}", h.state(vm.as_str())?))
+                })
+                .await,
+            )
+        }
+        Action::Probe {
+            vm,
+            marker,
+            timeout_s,
+        } => probe_console(s, &vm, &marker, timeout_s).await,
         Action::Destroy { vm } => result(
             hv(s, move |h| {
                 h.destroy(vm.as_str()).map(|()| format!("{vm} destroyed"))

@@ -212,11 +212,11 @@ pub fn domain_xml(
     }
     let _ = writeln!(
         x,
-        "    <serial type='file'><source path='{console}'/><target port='0'/></serial>"
+        "    <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>"
     );
     let _ = writeln!(
         x,
-        "    <console type='file'><source path='{console}'/><target type='serial' port='0'/></console>"
+        "    <console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>"
     );
     x.push_str("  </devices>\n</domain>\n");
     x

@@ -169,18 +169,22 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
         .await;
     }
     let volume = format!("{vm}-disk");
-    wait_for(Duration::from_secs(60), "south's replica up to date", || {
-        let (a, v) = (addrs.clone(), volume.clone());
-        async move {
-            let vols = json(&a, &["volume", "list"])?;
-            let vol = vols.as_array()?.iter().find(|x| x["id"] == v.as_str())?;
-            vol["replicas"]
-                .as_array()?
-                .iter()
-                .all(|r| r["data"] == "up-to-date")
-                .then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "south's replica up to date",
+        || {
+            let (a, v) = (addrs.clone(), volume.clone());
+            async move {
+                let vols = json(&a, &["volume", "list"])?;
+                let vol = vols.as_array()?.iter().find(|x| x["id"] == v.as_str())?;
+                vol["replicas"]
+                    .as_array()?
+                    .iter()
+                    .all(|r| r["data"] == "up-to-date")
+                    .then_some(())
+            }
+        },
+    )
     .await;
 
     for action in ["define", "start"] {
@@ -195,7 +199,10 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
         |l| l.ready && l.acks >= 20,
     )
     .await;
-    eprintln!("guest ready at north; {} records acknowledged so far", log.acks);
+    eprintln!(
+        "guest ready at north; {} records acknowledged so far",
+        log.acks
+    );
 
     // North dies: its orchestrator node, its agent (and the data path in it), and the
     // guest's QEMU process.
@@ -230,6 +237,21 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
     .await;
     let op_done = killed.elapsed();
     assert_eq!(rec["status"], "succeeded", "{rec}");
+    // The health gate waited for the guest's own ready marker, not only for libvirt.
+    let gate = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "health gate")
+        .cloned()
+        .unwrap();
+    assert!(
+        gate["result"]
+            .as_str()
+            .unwrap()
+            .contains("\"metrodr-probe: ready\" on the serial console"),
+        "{gate}"
+    );
     let south_console = console(&south, &vm);
     let log = wait_console(
         &south_console,
@@ -250,7 +272,10 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
         resumed >= acked,
         "the promoted disk lacks acknowledged records: guest found {resumed}, north acknowledged {acked}"
     );
-    let disk = south.state_dir.join("volumes").join(format!("{volume}.raw"));
+    let disk = south
+        .state_dir
+        .join("volumes")
+        .join(format!("{volume}.raw"));
     let records = chaos::guest::disk_records(&disk).unwrap();
     assert!(
         records.contiguous >= acked,

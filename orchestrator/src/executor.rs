@@ -825,7 +825,73 @@ async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String
         .join(", "))
 }
 
+/// The app's health gate: every VM running in libvirt, then its serial-console probes
+/// (the agent of the VM's host watches the console). TCP probes need the guest's
+/// address, which the cluster does not know yet: they are named, not checked.
 async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
+    let running = vms_running(saga, m, timeout).await?;
+    let probes: Vec<topology::Probe> = {
+        let a = saga.node.state.read();
+        a.state
+            .topology()
+            .and_then(|t| t.model.app(&m.app).map(|x| x.probes.clone()))
+            .unwrap_or_default()
+    };
+    let mut batch = Vec::new();
+    let mut unchecked = Vec::new();
+    for p in &probes {
+        match p {
+            topology::Probe::Serial {
+                vm,
+                marker,
+                timeout_s,
+            } => {
+                if let Some(host) = m.placement.iter().find(|(v, _)| v == vm).map(|(_, h)| h) {
+                    batch.push((
+                        host.clone(),
+                        AgentAction::Probe {
+                            vm: vm.clone(),
+                            marker: marker.clone(),
+                            timeout_s: (*timeout_s).clamp(1, 3600),
+                        },
+                    ));
+                }
+            }
+            topology::Probe::Tcp { vm, port, .. } => {
+                unchecked.push(format!("tcp {vm}:{port} (not checked yet)"));
+            }
+        }
+    }
+    if batch.is_empty() {
+        return Ok(running);
+    }
+    let wait = batch
+        .iter()
+        .map(|(_, a)| match a {
+            AgentAction::Probe { timeout_s, .. } => u64::from(*timeout_s),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    let ids = issue_once(saga, batch).await?;
+    await_commands(saga, &ids, Duration::from_secs(wait + 10)).await?;
+    let seen: Vec<String> = {
+        let a = saga.node.state.read();
+        ids.iter()
+            .filter_map(|id| match a.state.commands.get(id).map(|c| &c.status) {
+                Some(CommandStatus::Succeeded { message, .. }) => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = format!("{running}; probes: {}", seen.join("; "));
+    if !unchecked.is_empty() {
+        out.push_str(&format!("; {}", unchecked.join(", ")));
+    }
+    Ok(out)
+}
+
+async fn vms_running(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
     saga.wait(timeout, "every VM running", |s| {
         let all = m.placement.iter().all(|(vm, host)| {
             s.vms

@@ -92,6 +92,16 @@ impl ClusterState {
                     }
                 }
             }
+            if let AgentAction::Probe {
+                timeout_s, marker, ..
+            } = action
+                && (!(1..=3600).contains(timeout_s) || marker.is_empty() || marker.len() > 256)
+            {
+                return reject(
+                    RejectKind::Invalid,
+                    "a probe needs a marker of 1 to 256 bytes and a timeout of 1 to 3600 s",
+                );
+            }
             if let AgentAction::Shutdown { timeout_s, .. } = action
                 && !(1..=3600).contains(timeout_s)
             {

@@ -132,6 +132,13 @@ pub enum AgentAction {
     Resume {
         vm: VmId,
     },
+    /// Wait until `marker` appears on the VM's serial console (since its latest
+    /// start); fails after `timeout_s`. The app's serial probe (health gate).
+    Probe {
+        vm: VmId,
+        marker: String,
+        timeout_s: u32,
+    },
     /// Serve an app's consistency group (as primary or secondary); replaces whatever
     /// this host served of the group before.
     Serve {
@@ -153,7 +160,8 @@ impl AgentAction {
             | AgentAction::Destroy { vm }
             | AgentAction::Undefine { vm }
             | AgentAction::Suspend { vm }
-            | AgentAction::Resume { vm } => Some(vm),
+            | AgentAction::Resume { vm }
+            | AgentAction::Probe { vm, .. } => Some(vm),
             AgentAction::Serve { .. } | AgentAction::Unserve { .. } => None,
         }
     }
@@ -164,6 +172,8 @@ impl AgentAction {
         match self {
             AgentAction::Serve { group } => format!("group:{}", group.app),
             AgentAction::Unserve { app } => format!("group:{app}"),
+            // Its own queue: a long wait must not hold up the VM's other commands.
+            AgentAction::Probe { vm, .. } => format!("probe:{vm}"),
             other => other.vm().map(ToString::to_string).unwrap_or_default(),
         }
     }
@@ -177,6 +187,7 @@ impl AgentAction {
             AgentAction::Undefine { .. } => "undefine",
             AgentAction::Suspend { .. } => "suspend",
             AgentAction::Resume { .. } => "resume",
+            AgentAction::Probe { .. } => "probe",
             AgentAction::Serve { .. } => "serve",
             AgentAction::Unserve { .. } => "unserve",
         }
