@@ -2,7 +2,7 @@
 //! places each app's group (primary at its site, secondary at the other), the agents
 //! serve them in process, and a failover promotes the secondary on the host where the
 //! app's VMs restart. Real processes: three orchestrator nodes and four agents on
-//! libvirt's test driver (examples/lab.toml with agent-served volumes); a writer talks
+//! libvirt's test driver (examples/lab.toml, whose volumes the agents serve); a writer talks
 //! NBD to the primary's socket on its host, as QEMU would.
 
 // Each test holds the `serial()` guard for its whole run, on purpose (see cluster.rs).
@@ -50,15 +50,9 @@ fn agent_config(dir: &Path, host: &str, cluster: &str) -> (PathBuf, PathBuf) {
 impl Lab {
     async fn start() -> Lab {
         let c = TestCluster::start_named(&NODES);
-        let topo = c.dir.path().join("lab-agents.toml");
         let text = std::fs::read_to_string(root().join("examples/lab.toml")).unwrap();
-        let text = text.replacen(
-            "name = \"lab\"\n",
-            "name = \"lab\"\nvolumes = \"agents\"\n",
-            1,
-        );
-        std::fs::write(&topo, text).unwrap();
-        c.init_with(&topo);
+        assert!(text.contains("volumes = \"agents\""), "examples/lab.toml");
+        c.init_with(&root().join("examples/lab.toml"));
         let addrs = c.addrs();
         let mut lab = Lab {
             c,

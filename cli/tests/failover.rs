@@ -2,11 +2,12 @@
 //! an agent per host on libvirt's test driver, the lab topology (examples/lab.toml:
 //! db ← api ← portal in tiers 1–3 at north, archive waiting for approval, mail at south).
 //!
-//! Every consistency group really replicates (a `volume serve` primary per app at its
-//! site, a `volume replica` at the other), and the primaries report their link to the
-//! cluster: only that makes the other site's replicas `UpToDate` and promotable.
-//! Restarting the promoted replica as the new primary is the agents' job, not built
-//! yet; these tests check the control plane's decisions.
+//! Every consistency group really replicates, here by processes outside the cluster
+//! (`volume serve --report-to` primaries and `volume replica` secondaries, the lab
+//! topology without `volumes = "agents"`): the primaries report their link, and only
+//! that makes the other site's replicas `UpToDate` and promotable. These tests check
+//! the control plane's decisions; `agent_volumes.rs` runs the same lab with the
+//! agents serving and promoting the volumes.
 
 // Each test holds the `serial()` guard for its whole run, on purpose (see cluster.rs).
 #![allow(clippy::await_holding_lock, clippy::unwrap_used)]
@@ -43,7 +44,12 @@ const GROUPS: [(&str, &str, &[&str]); 5] = [
 impl Lab {
     async fn start() -> Lab {
         let c = TestCluster::start_named(&NODES);
-        c.init_with(&root().join("examples/lab.toml"));
+        // The lab with its volumes served by processes outside the cluster (`volume
+        // serve --report-to`), the other supported way.
+        let text = std::fs::read_to_string(root().join("examples/lab.toml")).unwrap();
+        let external = c.dir.path().join("lab-external.toml");
+        std::fs::write(&external, text.replace("volumes = \"agents\"\n", "")).unwrap();
+        c.init_with(&external);
         let addrs = c.addrs();
         let mut agents = BTreeMap::new();
         for h in HOSTS {

@@ -712,7 +712,7 @@ async fn unserve_source(
     };
     if !up {
         return Ok(format!(
-            "{host} is down: its agent stopped serving at its fence"
+            "{host} is down: its lease ran out, so its agent fenced (or died) and serves nothing"
         ));
     }
     let ids = issue_once(

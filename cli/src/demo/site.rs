@@ -3,16 +3,16 @@
 //! app over by itself.
 //!
 //! Three orchestrator processes, one agent per host (libvirt's test driver: each agent
-//! its own private fake host), every app's consistency group replicated north → south
-//! by `metrodr volume` processes whose primaries report their link to the cluster, 16
-//! NBD writers on the tier-1 database. Then `kill -9` of everything at north
-//! (orchestrator node, agents, primaries): the leader declares north lost after lease plus
-//! margin, plans, and runs the failover in dependency order; the demo approves the
-//! app whose policy asks for an operator. South's replicas are then restarted as
-//! primaries at the epoch the cluster committed — the agents' job once they manage
-//! volumes; the demo does it and says so — and every acknowledged write is read back.
+//! its own private fake host), every app's consistency group served by the agents
+//! (primary on the host of the app's VMs, replicated synchronously or asynchronously to
+//! a secondary on a host of the other site), 16 NBD writers on the tier-1 database's
+//! socket, as its VM's QEMU would write. Then `kill -9` of everything at north
+//! (orchestrator node and agents, with the data path inside them): the leader declares
+//! north lost after lease plus margin, plans, and runs the failover in dependency
+//! order — the south agents promote their replicas at the committed epochs and the VMs
+//! start on those hosts; the demo approves the app whose policy asks for an operator.
+//! Every acknowledged write is read back from the promoted replica.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -25,12 +25,11 @@ use orchestrator::state::{OpStatus, Operation};
 use serde::Serialize;
 use topology::Topology;
 
-use super::storage::{Vol, Writers, connect, missing};
+use super::storage::{Writers, connect, missing};
 use crate::op_cmd::{OpRecord, record};
 
 /// The lab topology, built in.
 pub const LAB: &str = include_str!("../../../examples/lab.toml");
-const SIZE: &str = "64MiB";
 const LOST: &str = "north";
 const SURVIVOR: &str = "south";
 
@@ -98,7 +97,7 @@ fn spawn_agent(dir: &Path, host: &str, cluster: &str) -> anyhow::Result<Child> {
     std::fs::write(
         &cfg,
         format!(
-            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"test:///private\"\nstate_dir = \"{}\"\n",
+            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"test:///private\"\nstate_dir = \"{}\"\ndisk_backend = \"nbd\"\n",
             state.display()
         ),
     )?;
@@ -230,6 +229,20 @@ pub async fn site_failover(
         },
     )
     .await?;
+    // The agents serve every group: secondaries first, then the primaries towards
+    // them; the initial syncs make the other site's replicas promotable.
+    wait(
+        Duration::from_secs(60),
+        "every replica up to date",
+        || async {
+            let v = volumes(&client).await?;
+            v.iter()
+                .all(|v| v.replicas.iter().all(|r| r.data == "up-to-date"))
+                .then_some(())
+        },
+    )
+    .await?;
+    let groups = topo.apps.iter().filter(|a| !a.volumes.is_empty()).count();
     for app in &topo.apps {
         for vm in &app.vms {
             for action in ["define", "start"] {
@@ -253,85 +266,9 @@ pub async fn site_failover(
     }
     if table {
         println!(
-            "  3 orchestrator nodes, {} agents up; {} VMs running where planned",
+            "  3 orchestrator nodes, {} agents up; {groups} consistency groups served by the agents, every replica up to date; {} VMs running where planned",
             topo.hosts.len(),
             topo.vm_count()
-        );
-    }
-    // Replication: a replica at the other site, then the primary, per app.
-    let mut vols: BTreeMap<String, (String, String, Vec<String>)> = BTreeMap::new();
-    for app in &topo.apps {
-        let home = app.preferred_site.to_string();
-        let other = topo
-            .peer_site(&app.preferred_site)
-            .context("no peer site")?
-            .id
-            .to_string();
-        let ids: Vec<String> = app.volumes.iter().map(|v| v.id.to_string()).collect();
-        let group = |site: &str| {
-            let mut v = vec!["--group".to_string(), app.id.to_string()];
-            for id in &ids {
-                v.push("--volume".into());
-                v.push(format!(
-                    "{id}={}",
-                    dir.join(format!("{site}-{id}.raw")).display()
-                ));
-            }
-            v.extend(["--size".into(), SIZE.into()]);
-            v
-        };
-        let mut r = vec!["replica".to_string()];
-        r.extend(group(&other));
-        r.extend(["--listen".into(), "127.0.0.1:0".into()]);
-        let r: Vec<&str> = r.iter().map(String::as_str).collect();
-        let (rep, ready) = Vol::start(dir, &format!("{}-replica-{other}", app.id), &r)?;
-        let peer = ready["listen"]
-            .as_str()
-            .context("replica address")?
-            .to_string();
-        kids.0
-            .push((format!("{}@{other}", app.id), rep.into_child()));
-        let mode = match app.volumes.first().map(|v| &v.replication) {
-            Some(topology::model::Replication::Async { .. }) => "async",
-            _ => "sync",
-        };
-        let mut p = vec!["serve".to_string()];
-        p.extend(group(&home));
-        p.extend([
-            "--socket".into(),
-            dir.join(format!("{home}-{}.sock", app.id))
-                .display()
-                .to_string(),
-            "--peer".into(),
-            peer,
-            "--mode".into(),
-            mode.into(),
-            "--report-to".into(),
-            cluster.clone(),
-            "--site".into(),
-            home.clone(),
-        ]);
-        let p: Vec<&str> = p.iter().map(String::as_str).collect();
-        let (prim, _) = Vol::start(dir, &format!("{}-primary-{home}", app.id), &p)?;
-        kids.0
-            .push((format!("{}@{home}", app.id), prim.into_child()));
-        vols.insert(app.id.to_string(), (home, other, ids));
-    }
-    wait(
-        Duration::from_secs(30),
-        "every replica up to date",
-        || async {
-            let v = volumes(&client).await?;
-            v.iter()
-                .all(|v| v.replicas.iter().all(|r| r.data == "up-to-date"))
-                .then_some(())
-        },
-    )
-    .await?;
-    if table {
-        println!(
-            "  {} consistency groups replicating; the cluster reports every replica up to date",
-            vols.len()
         );
     }
     // The writer workload on the tier-1 app's first volume.
@@ -342,7 +279,17 @@ pub async fn site_failover(
         .min_by_key(|a| a.tier)
         .context("no app with volumes at north")?;
     let db_vol = db.volumes[0].id.to_string();
-    let sock = dir.join(format!("{LOST}-{}.sock", db.id));
+    let served_at = |vs: &[pb::VolumeStatus], site: &str| -> anyhow::Result<PathBuf> {
+        let host = vs
+            .iter()
+            .find(|v| v.id == db_vol)
+            .and_then(|v| v.replicas.iter().find(|r| r.site == site))
+            .map(|r| r.host.clone())
+            .filter(|h| !h.is_empty())
+            .with_context(|| format!("no host serves {db_vol} at {site}"))?;
+        Ok(dir.join(format!("agent-{host}/sockets/{}.sock", db.id)))
+    };
+    let sock = served_at(&volumes(&client).await.context("volume list")?, LOST)?;
     let blocks = (64u64 << 20) / 4096;
     let writers = Writers::start(connect(&sock, &db_vol).await?, blocks).await?;
     // Mid-stream: once a quarter of the volume is acknowledged.
@@ -465,56 +412,16 @@ pub async fn site_failover(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let rec = record(&done);
-    // The data path: south's replicas become primaries at the committed epochs.
+    // The data path: south's agents serve the promoted replicas (the op's "serve
+    // volumes" steps); read every acknowledged write back from there.
     let vs = volumes(&sc).await.context("volume list")?;
-    let mut promoted_socks = BTreeMap::new();
-    for (app, (home, other, ids)) in &vols {
-        if home != LOST {
-            continue;
-        }
-        let epoch = vs
-            .iter()
-            .find(|v| ids.first() == Some(&v.id))
-            .map(|v| v.epoch)
-            .context("volume epoch")?;
-        kids.kill(&format!("{app}@{other}"));
-        let mut p = vec!["serve".to_string(), "--group".into(), app.clone()];
-        for id in ids {
-            p.push("--volume".into());
-            p.push(format!(
-                "{id}={}",
-                dir.join(format!("{other}-{id}.raw")).display()
-            ));
-        }
-        let s = dir.join(format!("{other}-{app}.sock"));
-        p.extend([
-            "--socket".into(),
-            s.display().to_string(),
-            "--promote".into(),
-            "--epoch".into(),
-            epoch.to_string(),
-        ]);
-        let p: Vec<&str> = p.iter().map(String::as_str).collect();
-        let (prim, ready) = Vol::start(dir, &format!("{app}-promoted-{other}"), &p)?;
-        if ready["epoch"].as_u64() != Some(epoch) {
-            bail!(
-                "{app}: the promoted replica serves epoch {}, not {epoch}",
-                ready["epoch"]
-            );
-        }
-        kids.0
-            .push((format!("{app}@{other}-primary"), prim.into_child()));
-        promoted_socks.insert(app.clone(), s);
-    }
-    let cb = connect(
-        promoted_socks.get(db.id.as_str()).context("db promoted")?,
-        &db_vol,
-    )
-    .await?;
+    let promoted = served_at(&vs, SURVIVOR)?;
+    let cb = connect(&promoted, &db_vol).await?;
     let missing = missing(&cb, &acked).await?;
     if table {
         println!(
-            "  {SURVIVOR}'s replicas restarted as primaries at the committed epochs (the agents' job once they manage volumes; the demo does it here)"
+            "  {SURVIVOR}'s agents serve the promoted replicas ({})",
+            promoted.display()
         );
         println!(
             "  {}: {} of {} acknowledged writes on the promoted replica ({missing} missing)",

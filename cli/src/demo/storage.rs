@@ -91,13 +91,6 @@ impl Vol {
             let _ = c.wait();
         }
     }
-
-    /// Hand the process over to another owner (who kills it).
-    pub(super) fn into_child(mut self) -> Child {
-        self.0
-            .take()
-            .unwrap_or_else(|| unreachable!("a started Vol holds its child"))
-    }
 }
 
 fn block(i: u64) -> Bytes {
