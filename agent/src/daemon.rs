@@ -676,6 +676,8 @@ enum Action {
     },
     Unserve {
         app: topology::ids::AppId,
+        #[serde(default)]
+        grace_s: u32,
     },
 }
 
@@ -842,7 +844,7 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             Ok(m) => (true, m),
             Err(e) => (false, e),
         },
-        Action::Unserve { app } => match s.volumes.unserve(&app).await {
+        Action::Unserve { app, grace_s } => match s.volumes.unserve(&app, grace_s).await {
             Ok(m) => (true, m),
             Err(e) => (false, e),
         },

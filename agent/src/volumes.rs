@@ -47,15 +47,17 @@ impl Served {
         }
     }
 
-    /// Stop it; what happened, for the command's result.
-    async fn stop(self) -> String {
+    /// Stop it (a primary waits up to `grace` for its peer); what happened, for the
+    /// command's result, with the sequence numbers that prove it.
+    async fn stop(self, grace: Duration) -> String {
         match self {
             Served::Primary {
-                served,
+                mut served,
                 reporter_stop,
                 spec,
             } => {
                 reporter_stop.cancel();
+                served.set_stop_grace(grace);
                 let fenced = served.group.is_fenced();
                 let st = served.group.status().borrow().clone();
                 match served.stop().await {
@@ -77,8 +79,13 @@ impl Served {
                 }
             }
             Served::Secondary { served, spec } => {
+                let group = served.group.clone();
                 served.stop().await;
-                format!("stopped the secondary of {}", spec.app)
+                let st = group.status().borrow().clone();
+                format!(
+                    "stopped the secondary of {} (epoch {}, last applied seq {})",
+                    spec.app, st.epoch, st.last_seq
+                )
             }
         }
     }
@@ -182,7 +189,7 @@ impl Volumes {
         let mut replaced = String::new();
         if let Some(old) = groups.remove(&spec.app) {
             lock(&self.primaries).remove(&spec.app);
-            replaced = format!(" (replaced: {})", old.stop().await);
+            replaced = format!(" (replaced: {})", old.stop(STOP_GRACE).await);
         }
         let files = self.files(&spec);
         let (served, msg) = match spec.role {
@@ -257,12 +264,18 @@ impl Volumes {
         Ok(msg)
     }
 
-    /// Stop serving the app's group.
-    pub async fn unserve(&self, app: &AppId) -> Result<String, String> {
+    /// Stop serving the app's group; a primary waits up to `grace_s` (0: 5 s) for its
+    /// peer to confirm every write.
+    pub async fn unserve(&self, app: &AppId, grace_s: u32) -> Result<String, String> {
         lock(&self.primaries).remove(app);
         let old = self.groups.lock().await.remove(app);
+        let grace = if grace_s == 0 {
+            STOP_GRACE
+        } else {
+            Duration::from_secs(u64::from(grace_s))
+        };
         Ok(match old {
-            Some(s) => s.stop().await,
+            Some(s) => s.stop(grace).await,
             None => format!("{app}: nothing served here"),
         })
     }
@@ -289,7 +302,7 @@ impl Volumes {
             .collect();
         let mut out = Vec::new();
         for s in all {
-            out.push(s.stop().await);
+            out.push(s.stop(STOP_GRACE).await);
         }
         out
     }

@@ -244,7 +244,39 @@ async fn get(client: &Client, id: u64) -> anyhow::Result<Operation> {
     serde_json::from_str(&r.operation_json).context("the operation from the cluster")
 }
 
-/// Print steps as they finish until the operation ends; then the record.
+/// How far an operation is: apps done (healthy or failed) of the apps it moves, and
+/// the wave the first unfinished app belongs to (pure).
+pub fn progress(o: &Operation) -> (u64, u64, String) {
+    let Some(plan) = o.plan.as_deref() else {
+        return (0, 0, String::new());
+    };
+    let finished = |app: &topology::AppId| {
+        o.steps.iter().any(|s| {
+            s.app.as_ref() == Some(app)
+                && s.result.is_some()
+                && (s.name == "health gate" || matches!(s.result, Some(StepResult::Failed(_))))
+        })
+    };
+    let total = plan.apps().count() as u64;
+    let done = plan.apps().filter(|m| finished(&m.app)).count() as u64;
+    let wave = plan
+        .waves
+        .iter()
+        .enumerate()
+        .find(|(_, w)| w.apps.iter().any(|m| !finished(&m.app)))
+        .map_or(String::new(), |(i, w)| {
+            format!(
+                "wave {}/{} (tier {})",
+                i + 1,
+                plan.waves.len(),
+                w.apps.first().map_or(0, |m| m.tier)
+            )
+        });
+    (done, total, wave)
+}
+
+/// Print steps as they finish until the operation ends; then the record. On a
+/// terminal a progress bar (apps done, the current wave) stays below the step lines.
 async fn follow(
     c: &ClusterArgs,
     id: u64,
@@ -253,6 +285,20 @@ async fn follow(
 ) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
     let mut printed = std::collections::BTreeSet::new();
+    // Hidden by itself when stderr is not a terminal (scripts, CI, pipes).
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        if out == Output::Table {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  [{elapsed_precise}] {bar:30} {pos}/{len} apps  {msg}",
+    ) {
+        bar.set_style(style);
+    }
     // One connection while it works; a new one after a failure (the node may be gone).
     let mut client: Option<Client> = None;
     loop {
@@ -281,15 +327,25 @@ async fn follow(
                 }
                 let at = s.ended_ms.unwrap_or(0).saturating_sub(o.started_ms);
                 let app = s.app.as_ref().map_or("", |a| a.as_str());
-                eprintln!(
+                let line = format!(
                     "  +{:>6.2} s  {app:<20} {:<28} {}",
                     at as f64 / 1000.0,
                     s.name,
                     result_text(s.result.as_ref(), &s.detail)
                 );
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
+            let (done, total, wave) = progress(&o);
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(wave);
         }
         if o.status != OpStatus::Running {
+            bar.finish_and_clear();
             match out {
                 Output::Json => print_json(&record(&o))?,
                 Output::Table => print_record(&o),
@@ -518,5 +574,104 @@ fn print_record(o: &Operation) {
     println!("{t}");
     for (app, why) in &r.skipped {
         println!("skipped {app}: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator::planner::{Trigger, plan};
+    use orchestrator::state::{
+        ClusterState, Command, HostState, OpId, OpKind, Request, Response, Step,
+    };
+
+    fn apply(s: &mut ClusterState, command: Command) {
+        let r = s.apply(&Request {
+            actor: "t".into(),
+            at_ms: 1,
+            command,
+        });
+        assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    }
+
+    /// The lab's failover of north as an operation, with `steps` done.
+    fn op(steps: &[(&str, &str, Option<StepResult>)]) -> Operation {
+        let text = include_str!("../../examples/lab.toml");
+        let mut s = ClusterState::from_topology(text).expect("the lab applies");
+        let model = s.topology().expect("applied").model.clone();
+        for h in &model.hosts {
+            apply(
+                &mut s,
+                Command::SetHostState {
+                    host: h.id.clone(),
+                    state: HostState::Up,
+                    reason: "t".into(),
+                    last_seen_ms: None,
+                },
+            );
+        }
+        for v in model.apps.iter().flat_map(|a| &a.volumes) {
+            apply(
+                &mut s,
+                Command::SetReplicaData {
+                    volume: v.id.clone(),
+                    site: topology::SiteId::new("south"),
+                    data: orchestrator::state::DataState::UpToDate,
+                },
+            );
+        }
+        let p = plan(
+            &s,
+            &Trigger::Failover {
+                apps: ["db", "api", "portal"].map(topology::AppId::new).to_vec(),
+                to: topology::SiteId::new("south"),
+            },
+        )
+        .expect("a plan");
+        Operation {
+            id: OpId(1),
+            kind: OpKind::Failover,
+            apps: Vec::new(),
+            started_by: "t".into(),
+            started_ms: 0,
+            ended_ms: None,
+            status: OpStatus::Running,
+            note: String::new(),
+            steps: steps
+                .iter()
+                .map(|(app, name, result)| Step {
+                    name: (*name).into(),
+                    app: Some(topology::AppId::new(*app)),
+                    started_ms: 0,
+                    ended_ms: result.as_ref().map(|_| 1),
+                    result: result.clone(),
+                    detail: String::new(),
+                })
+                .collect(),
+            plan: Some(Box::new(p)),
+            lost_ms: None,
+            approved: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn progress_counts_apps_healthy_or_failed_and_names_the_first_unfinished_wave() {
+        assert_eq!(progress(&op(&[])), (0, 3, "wave 1/3 (tier 1)".into()));
+        let o = op(&[
+            ("db", "promote and move to south", Some(StepResult::Ok)),
+            ("db", "health gate", None),
+        ]);
+        assert_eq!(progress(&o), (0, 3, "wave 1/3 (tier 1)".into()));
+        let o = op(&[
+            ("db", "health gate", Some(StepResult::Ok)),
+            ("api", "start VMs", Some(StepResult::Failed("no".into()))),
+        ]);
+        assert_eq!(progress(&o), (2, 3, "wave 3/3 (tier 3)".into()));
+        let o = op(&[
+            ("db", "health gate", Some(StepResult::Ok)),
+            ("api", "health gate", Some(StepResult::Ok)),
+            ("portal", "health gate", Some(StepResult::Ok)),
+        ]);
+        assert_eq!(progress(&o), (3, 3, String::new()));
     }
 }

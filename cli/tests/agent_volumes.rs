@@ -346,3 +346,72 @@ async fn the_agents_serve_every_group_and_a_site_loss_promotes_it_where_the_apps
     let c = connect(&lab.socket("db-data", "db", "north"), "db-data").await;
     assert_eq!(c.read(0, BLOCK as u32).await.unwrap(), record(u64::MAX));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_group_switches_over_drained_and_replication_reverses() {
+    let _g = serial();
+    let lab = Lab::start().await;
+    // The archive replicates asynchronously: write, then switch it over at once.
+    let c = connect(
+        &lab.socket("archive-data", "archive", "north"),
+        "archive-data",
+    )
+    .await;
+    let n = 400u64;
+    for seq in 0..n {
+        c.write(seq * BLOCK as u64, record(seq), false)
+            .await
+            .unwrap();
+    }
+    drop(c);
+    let rec = lab.json(&["app", "switchover", "archive", "--to", "south"]);
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    let steps = rec["steps"].as_array().unwrap();
+    let drained = steps
+        .iter()
+        .find(|s| s["name"] == "stop volumes at north")
+        .unwrap_or_else(|| panic!("{rec}"));
+    assert!(
+        drained["result"]
+            .as_str()
+            .unwrap()
+            .contains("the peer confirmed every write"),
+        "the switchover drained the lag first: {drained}"
+    );
+    let vol = lab.volume("archive-data");
+    assert_eq!(vol["epoch"], 2);
+    assert_eq!(replica(&vol, "south")["role"], "primary");
+    // The new primary takes writes alone until north reconnects: north's replica is
+    // outdated from the moment of the promotion, not promotable.
+    assert_eq!(replica(&vol, "north")["data"], "outdated", "{vol}");
+    // Nothing written at north is missing at south.
+    let c = connect(
+        &lab.socket("archive-data", "archive", "south"),
+        "archive-data",
+    )
+    .await;
+    for seq in 0..n {
+        assert_eq!(
+            c.read(seq * BLOCK as u64, BLOCK as u32).await.unwrap(),
+            record(seq),
+            "record {seq}"
+        );
+    }
+    // Replication runs the other way: north's replica resyncs and only the south
+    // primary's report of an in-sync link can make it up to date again.
+    c.write(0, record(u64::MAX), true).await.unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "north's replica in sync again",
+        || {
+            let l = &lab;
+            async move {
+                let v = l.volume("archive-data");
+                (replica(&v, "north")["role"] == "secondary"
+                    && replica(&v, "north")["data"] == "up-to-date")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -43,7 +43,7 @@ fn latest_group_commands(s: &ClusterState) -> HashMap<(AppId, HostId), &AgentCom
     for c in s.commands.values() {
         let app = match &c.action {
             AgentAction::Serve { group } => &group.app,
-            AgentAction::Unserve { app } => app,
+            AgentAction::Unserve { app, .. } => app,
             _ => continue,
         };
         // Ids grow: a later command replaces an earlier one.
@@ -167,29 +167,10 @@ mod tests {
     use crate::state::{Command, CommandResult, HostInventory, Request, Response};
 
     fn lab() -> ClusterState {
-        let text = include_str!("../../examples/lab.toml").replacen(
-            "name = \"lab\"\n",
-            "name = \"lab\"\nvolumes = \"agents\"\n",
-            1,
-        );
-        let model = topology::check_str(&text)
-            .topology
-            .expect("valid lab topology");
-        let placements = topology::plan::plan(&model)
-            .placements
-            .iter()
-            .map(|p| (p.vm.clone(), p.host.clone()))
-            .collect();
-        let mut s = ClusterState::default();
-        apply(
-            &mut s,
-            0,
-            Command::ApplyTopology {
-                text,
-                model: Box::new(model),
-                placements,
-            },
-        );
+        // The lab topology's volumes are served by the agents.
+        let text = include_str!("../../examples/lab.toml");
+        assert!(text.contains("volumes = \"agents\""));
+        let mut s = ClusterState::from_topology(text).expect("the lab applies");
         let hosts: Vec<HostId> = s.hosts.iter().map(|(h, _)| h.clone()).collect();
         for h in hosts {
             register(&mut s, &h, 100);
@@ -382,23 +363,8 @@ mod tests {
 
     #[test]
     fn without_agent_served_volumes_the_controller_does_nothing() {
-        let text = include_str!("../../examples/lab.toml");
-        let model = topology::check_str(text).topology.expect("valid");
-        let placements = topology::plan::plan(&model)
-            .placements
-            .iter()
-            .map(|p| (p.vm.clone(), p.host.clone()))
-            .collect();
-        let mut s = ClusterState::default();
-        apply(
-            &mut s,
-            0,
-            Command::ApplyTopology {
-                text: text.into(),
-                model: Box::new(model),
-                placements,
-            },
-        );
+        let text = include_str!("../../examples/lab.toml").replace("volumes = \"agents\"\n", "");
+        let s = ClusterState::from_topology(&text).expect("the lab applies");
         assert!(
             s.volumes
                 .values()

@@ -672,7 +672,21 @@ async fn move_app(saga: &Saga, m: &AppMove) -> Result<String, String> {
             m.to
         ));
     }
-    let demoted = if m.graceful {
+    // After a loss the old primary misses what it never received. After a graceful
+    // stop it holds every write — but a primary the agents promote acknowledges writes
+    // alone until the old one reconnects as its secondary, so that replica is marked
+    // outdated at once rather than after the new primary's first report: promoting it
+    // in between would lose those writes. The reversed link reports it in sync again.
+    let agent_served = {
+        let a = saga.node.state.read();
+        m.volumes.iter().all(|v| {
+            a.state
+                .volumes
+                .get(v)
+                .is_some_and(|r| r.replicas.iter().all(|x| x.host.is_some()))
+        }) && !m.volumes.is_empty()
+    };
+    let demoted = if m.graceful && !agent_served {
         DataState::UpToDate
     } else {
         DataState::Outdated
@@ -715,12 +729,44 @@ async fn unserve_source(
             "{host} is down: its lease ran out, so its agent fenced (or died) and serves nothing"
         ));
     }
+    // A graceful move drains: the primary waits for its peer to confirm every write
+    // (an async group's lag included, up to its bound and then some).
+    let grace_s = if m.graceful {
+        let a = saga.node.state.read();
+        let lag = a
+            .state
+            .topology()
+            .and_then(|t| t.model.app(&m.app).cloned())
+            .map_or(0, |app| {
+                topology::spec::GroupSpec::from_model(
+                    &app,
+                    &m.from,
+                    topology::spec::GroupRole::Primary,
+                    0,
+                )
+                .lag_max_s
+            });
+        lag + 10
+    } else {
+        0
+    };
     let ids = issue_once(
         saga,
-        vec![(host.clone(), AgentAction::Unserve { app: m.app.clone() })],
+        vec![(
+            host.clone(),
+            AgentAction::Unserve {
+                app: m.app.clone(),
+                grace_s,
+            },
+        )],
     )
     .await?;
-    await_commands(saga, &ids, timeout).await?;
+    await_commands(
+        saga,
+        &ids,
+        timeout + Duration::from_secs(u64::from(grace_s)),
+    )
+    .await?;
     let msg = {
         let a = saga.node.state.read();
         match ids

@@ -180,6 +180,11 @@ impl ServedPrimary {
         })
     }
 
+    /// How long [`ServedPrimary::stop`] waits for the peer.
+    pub fn set_stop_grace(&mut self, grace: Duration) {
+        self.stop_grace = grace;
+    }
+
     /// Stop taking NBD requests, let the ones in flight finish, wait (bounded) for the
     /// peer to confirm everything, stop the link. Returns whether the peer confirmed all.
     pub async fn stop(self) -> Result<bool, String> {

@@ -362,14 +362,23 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 volumes.push(v.id.clone());
             }
         }
+        // An async group's lag is drained by the agent that serves its primary (the
+        // switchover's `stop volumes` step); volumes served outside the cluster cannot
+        // be drained by it.
+        let agent_served = app
+            .volumes
+            .first()
+            .and_then(|v| state.volumes.get(&v.id))
+            .is_some_and(|v| v.replicas.iter().all(|r| r.host.is_some()));
         if graceful
+            && !agent_served
             && let Some(v) = app
                 .volumes
                 .iter()
                 .find(|v| matches!(v.replication, topology::Replication::Async { .. }))
         {
             refused.get_or_insert_with(|| format!(
-                "volume {} replicates asynchronously: a switchover must first drain its lag, which is not built yet (use `metrodr app failover`, whose RPO is bounded by the lag)",
+                "volume {} replicates asynchronously and is served outside the cluster, which cannot drain its lag (serve the volumes by the agents, or use `metrodr app failover`, whose RPO is bounded by the lag)",
                 v.id
             ));
         }

@@ -370,12 +370,18 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
             .collect();
         assert_eq!(m.stops, stops, "{ctx}");
         if graceful {
+            let agent_served = model.volumes.iter().all(|v| {
+                s.volumes
+                    .get(&v.id)
+                    .is_some_and(|r| r.replicas.iter().all(|x| x.host.is_some()))
+            });
             assert!(
-                model
-                    .volumes
-                    .iter()
-                    .all(|v| v.replication.mode() == topology::ReplicationMode::Sync),
-                "{ctx}: a switchover of an async volume cannot drain its lag"
+                agent_served
+                    || model
+                        .volumes
+                        .iter()
+                        .all(|v| v.replication.mode() == topology::ReplicationMode::Sync),
+                "{ctx}: a switchover of an async volume served outside the cluster cannot drain its lag"
             );
         }
 
@@ -480,7 +486,7 @@ fn check_skip(
         assert_ne!(data, DataState::UpToDate, "{ctx}");
         assert!(r.contains(&format!(" at {to} is {data:?}: ")), "{ctx}");
     } else if let Some(rest) = r.strip_prefix("volume ")
-        && rest.contains(" replicates asynchronously: a switchover must first drain")
+        && rest.contains(" replicates asynchronously and is served outside the cluster")
     {
         let v = VolumeId::new(rest.split(' ').next().expect("an id"));
         assert!(matches!(
@@ -1236,7 +1242,8 @@ fn a_switchover_stops_the_source_first_and_needs_it_up() {
             .collect();
         assert_eq!(m.stops, now);
     }
-    // An async volume cannot be drained yet: that app is refused.
+    // An async volume served outside the cluster cannot be drained by it: that app is
+    // refused. (Served by the agents it is drained: see the agent-served case below.)
     let mut m = topo(&s).clone();
     m.apps[0].volumes[0].replication = topology::Replication::Async {
         lag_max_s: 5,
@@ -1246,6 +1253,24 @@ fn a_switchover_stops_the_source_first_and_needs_it_up() {
     let p = plan_ok(&s2, &t);
     let r = skip_reason(&p, &app(0)).expect("app 0 is refused");
     assert!(r.contains("replicates asynchronously"), "{r}");
+    // Served by the agents, the same group is switched over: its primary drains it.
+    let mut m3 = m.clone();
+    m3.cluster.volumes = topology::VolumeService::Agents;
+    let s3 = steady(&m3);
+    let p = plan_ok(&s3, &t);
+    assert_eq!(skip_reason(&p, &app(0)), None, "{:?}", p.skipped);
+    let mv = p.apps().find(|x| x.app == app(0)).expect("app 0 planned");
+    let pinned = s3
+        .volumes
+        .get(&m3.apps[0].volumes[0].id)
+        .and_then(|v| v.replica(&mv.to))
+        .and_then(|r| r.host.clone())
+        .expect("a replica host");
+    assert!(
+        mv.starts.iter().all(|(_, h)| *h == pinned),
+        "VMs with disks start where the replica is: {:?} vs {pinned}",
+        mv.starts
+    );
     // The source is down: no switchover, but a failover still moves the apps.
     set_site(&mut s, A, SiteState::Down);
     let p = plan_ok(&s, &t);

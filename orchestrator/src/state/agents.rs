@@ -80,9 +80,15 @@ impl ClusterState {
                         return Err(not_found("app", group.app.as_str()));
                     }
                 }
-                AgentAction::Unserve { app } => {
+                AgentAction::Unserve { app, grace_s } => {
                     if !self.apps.contains(app) {
                         return Err(not_found("app", app.as_str()));
+                    }
+                    if *grace_s > 3600 {
+                        return reject(
+                            RejectKind::Invalid,
+                            "an unserve grace must be at most 3600 s",
+                        );
                     }
                 }
                 _ => {

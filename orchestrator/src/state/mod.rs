@@ -283,6 +283,34 @@ impl ClusterState {
         audit::verify(self.audit.values())
     }
 
+    /// A new state with the topology `text` applied at its planned placement (what
+    /// `cluster init` does; also the start of many tests). Errors say why.
+    pub fn from_topology(text: &str) -> Result<ClusterState, String> {
+        let report = topology::check_str(text);
+        let model = report
+            .topology
+            .ok_or_else(|| format!("invalid topology ({} problems)", report.diagnostics.len()))?;
+        let placements = topology::plan::plan(&model)
+            .placements
+            .iter()
+            .map(|p| (p.vm.clone(), p.host.clone()))
+            .collect();
+        let mut s = ClusterState::default();
+        match s.apply(&Request {
+            actor: "metrodr".into(),
+            at_ms: 0,
+            command: Command::ApplyTopology {
+                text: text.into(),
+                model: Box::new(model),
+                placements,
+            },
+        }) {
+            Response::Applied { .. } => Ok(s),
+            Response::Rejected(r) => Err(r.reason),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
     /// Apply one committed request. On rejection nothing changes.
     pub fn apply(&mut self, req: &Request) -> Response {
         let result = check_request(req)

@@ -144,9 +144,13 @@ pub enum AgentAction {
     Serve {
         group: topology::spec::GroupSpec,
     },
-    /// Stop serving an app's group (a primary waits briefly for its peer).
+    /// Stop serving an app's group. A primary first waits up to `grace_s` (0: the
+    /// agent's default, 5 s) for its peer to confirm every write — the drain of a
+    /// switchover.
     Unserve {
         app: AppId,
+        #[serde(default)]
+        grace_s: u32,
     },
 }
 
@@ -171,7 +175,7 @@ impl AgentAction {
     pub fn target(&self) -> String {
         match self {
             AgentAction::Serve { group } => format!("group:{}", group.app),
-            AgentAction::Unserve { app } => format!("group:{app}"),
+            AgentAction::Unserve { app, .. } => format!("group:{app}"),
             // Its own queue: a long wait must not hold up the VM's other commands.
             AgentAction::Probe { vm, .. } => format!("probe:{vm}"),
             other => other.vm().map(ToString::to_string).unwrap_or_default(),
