@@ -310,3 +310,35 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
     drop(south);
     drop(north);
 }
+
+#[test]
+fn the_demo_with_real_guests_fails_every_app_over_and_loses_no_record() {
+    let _g = serial();
+    if !virsh(&["version"]).0 {
+        banner("libvirtd (qemu:///system) is not running: run `bash scripts/start-libvirtd.sh`");
+    }
+    let o = metrodr(&["demo", "--hypervisor", "qemu", "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let sf = &v["site_failover"];
+    assert_eq!(sf["status"], "succeeded", "{sf}");
+    assert!(
+        sf["topology"].as_str().unwrap().contains("real QEMU"),
+        "{sf}"
+    );
+    assert!(sf["writes_acknowledged"].as_u64() > Some(5), "{sf}");
+    assert_eq!(sf["writes_missing"], 0, "{sf}");
+    let apps = sf["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 4, "{sf}");
+    for a in apps {
+        assert_eq!(a["site_after"], "south", "{a}");
+        assert_eq!(a["acknowledged_writes_missing"], 0, "{a}");
+        let t = a["kill_to_healthy_s"].as_f64().expect("healthy");
+        assert!(t <= a["rto_target_s"].as_f64().unwrap(), "{a}");
+    }
+    let (_, left) = virsh(&["list", "--all", "--name"]);
+    assert!(
+        !left.contains("mdr-demo-"),
+        "the demo left domains behind: {left}"
+    );
+}

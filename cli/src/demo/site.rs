@@ -12,7 +12,12 @@
 //! order — the south agents promote their replicas at the committed epochs and the VMs
 //! start on those hosts; the demo approves the app whose policy asks for an operator.
 //! Every acknowledged write is read back from the promoted replica.
+//!
+//! With `--hypervisor qemu` ([`super::guests`]) the VMs are real probe guests on this
+//! machine's libvirtd, which are their own workload: each must resume at south at or
+//! after the last record it acknowledged at north.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -91,13 +96,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn spawn_agent(dir: &Path, host: &str, cluster: &str) -> anyhow::Result<Child> {
+fn spawn_agent(dir: &Path, host: &str, cluster: &str, uri: &str) -> anyhow::Result<Child> {
     let state = dir.join(format!("agent-{host}"));
     let cfg = dir.join(format!("agent-{host}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"test:///private\"\nstate_dir = \"{}\"\ndisk_backend = \"nbd\"\n",
+            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{}\"\n\
+             disk_backend = \"nbd\"\ndomain_type = \"qemu\"\n",
             state.display()
         ),
     )?;
@@ -158,22 +164,53 @@ async fn operation(c: &Client, op: u64) -> Option<Operation> {
     serde_json::from_str(&r.into_inner().operation_json).ok()
 }
 
+/// VMs reported running, with the host that reported each.
+async fn running(c: &Client) -> Option<BTreeMap<String, String>> {
+    let r = c.op.clone().list_vms(pb::ListVmsRequest {}).await.ok()?;
+    Some(
+        r.into_inner()
+            .vms
+            .into_iter()
+            .filter(|v| v.state == "running")
+            .map(|v| (v.vm, v.reported_host))
+            .collect(),
+    )
+}
+
 pub async fn site_failover(
     dir: &Path,
     reports: &Path,
     table: bool,
+    qemu: bool,
 ) -> anyhow::Result<SiteFailover> {
-    let report = topology::check_str(LAB);
-    let topo: Topology = report
-        .topology
-        .context("the built-in lab topology is invalid")?;
+    let (text, topo): (String, Topology) = if qemu {
+        let cache = std::env::temp_dir().join("metrodr-guest");
+        if table {
+            println!(
+                "\nBuilding the probe guest image in {} (Debian packages, once)…",
+                cache.display()
+            );
+        }
+        super::guests::lab(LAB, &cache)?
+    } else {
+        let t = topology::check_str(LAB)
+            .topology
+            .context("the built-in lab topology is invalid")?;
+        (LAB.to_string(), t)
+    };
+    let mut guests = qemu.then(|| super::guests::Guests::new(dir, &topo));
     let mut kids = Kids::default();
     if table {
         println!(
-            "\nSite failover: examples/lab.toml — {} apps, {} VMs, {} hosts on libvirt's test driver, every group replicated {LOST} -> {SURVIVOR}",
+            "\nSite failover: examples/lab.toml — {} apps, {} VMs, {} hosts on {}, every group replicated {LOST} -> {SURVIVOR}",
             topo.apps.len(),
             topo.vm_count(),
-            topo.hosts.len()
+            topo.hosts.len(),
+            if qemu {
+                "this machine's libvirtd with real QEMU (TCG) probe guests"
+            } else {
+                "libvirt's test driver"
+            }
         );
     }
     // Control plane.
@@ -205,11 +242,13 @@ pub async fn site_failover(
         (!s.into_inner().leader.is_empty()).then_some(())
     })
     .await?;
-    crate::cluster_cmd::apply(&client, LAB, "demo").await?;
+    crate::cluster_cmd::apply(&client, &text, "demo").await?;
     // Agents, then every VM where the topology placed it.
     for h in &topo.hosts {
-        kids.0
-            .push((h.id.to_string(), spawn_agent(dir, h.id.as_str(), &cluster)?));
+        kids.0.push((
+            h.id.to_string(),
+            spawn_agent(dir, h.id.as_str(), &cluster, &h.libvirt_uri)?,
+        ));
     }
     wait(
         Duration::from_secs(20),
@@ -289,20 +328,49 @@ pub async fn site_failover(
             .with_context(|| format!("no host serves {db_vol} at {site}"))?;
         Ok(dir.join(format!("agent-{host}/sockets/{}.sock", db.id)))
     };
-    let sock = served_at(&volumes(&client).await.context("volume list")?, LOST)?;
-    let blocks = (64u64 << 20) / 4096;
-    let writers = Writers::start(connect(&sock, &db_vol).await?, blocks).await?;
-    // Mid-stream: once a quarter of the volume is acknowledged.
-    wait(
-        Duration::from_secs(30),
-        "the writers to get going",
-        || async { (writers.count() >= blocks / 4).then_some(()) },
-    )
-    .await?;
+    // The workload: the guests themselves, or NBD writers on db's socket.
+    let placed = running(&client).await.unwrap_or_default();
+    let writers = match &guests {
+        Some(g) => {
+            wait(
+                Duration::from_secs(180),
+                "every guest writing records",
+                || async { g.all_writing(&placed).then_some(()) },
+            )
+            .await?;
+            if table {
+                println!("  every guest booted and is writing acknowledged records to its disk");
+            }
+            None
+        }
+        None => {
+            let sock = served_at(&volumes(&client).await.context("volume list")?, LOST)?;
+            let blocks = (64u64 << 20) / 4096;
+            let writers = Writers::start(connect(&sock, &db_vol).await?, blocks).await?;
+            // Mid-stream: once a quarter of the volume is acknowledged.
+            wait(
+                Duration::from_secs(30),
+                "the writers to get going",
+                || async { (writers.count() >= blocks / 4).then_some(()) },
+            )
+            .await?;
+            Some(writers)
+        }
+    };
 
-    // Lose north: every process there, at once.
+    // Lose north: every process there, at once (the guests' QEMU processes too).
+    let north_hosts: Vec<String> = topo
+        .hosts
+        .iter()
+        .filter(|h| h.site.as_str() == LOST)
+        .map(|h| h.id.to_string())
+        .collect();
+    let qemus = super::guests::Guests::pids(&placed, &north_hosts);
     let killed_ms = now_ms();
     let killed = Instant::now();
+    if let Some(g) = guests.as_mut() {
+        g.kill(&qemus, &placed);
+    }
     let north: Vec<String> = kids
         .0
         .iter()
@@ -312,14 +380,29 @@ pub async fn site_failover(
     for n in &north {
         kids.kill(n);
     }
-    let acked = writers.finish().await;
+    let acked = match writers {
+        Some(w) => w.finish().await,
+        None => Vec::new(),
+    };
     if table {
-        println!(
-            "  {} writes acknowledged on {}; kill -9 of every process at {LOST}: {}",
-            acked.len(),
-            db.id,
-            north.join(", ")
-        );
+        match &guests {
+            Some(g) => println!(
+                "  kill -9 of every process at {LOST}: {}, and the QEMU processes of {} (records acknowledged: {})",
+                north.join(", "),
+                qemus.len(),
+                g.acked
+                    .iter()
+                    .map(|(vm, n)| format!("{vm} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => println!(
+                "  {} writes acknowledged on {}; kill -9 of every process at {LOST}: {}",
+                acked.len(),
+                db.id,
+                north.join(", ")
+            ),
+        }
     }
     let survivors: Vec<String> = addrs
         .iter()
@@ -416,20 +499,54 @@ pub async fn site_failover(
     // volumes" steps); read every acknowledged write back from there.
     let vs = volumes(&sc).await.context("volume list")?;
     let promoted = served_at(&vs, SURVIVOR)?;
-    let cb = connect(&promoted, &db_vol).await?;
-    let missing = missing(&cb, &acked).await?;
-    if table {
-        println!(
-            "  {SURVIVOR}'s agents serve the promoted replicas ({})",
-            promoted.display()
-        );
-        println!(
-            "  {}: {} of {} acknowledged writes on the promoted replica ({missing} missing)",
-            db.id,
-            acked.len() as u64 - missing,
-            acked.len()
-        );
-    }
+    // Per app: acknowledged writes (or guest records) missing after the failover.
+    let mut missing_of: BTreeMap<String, u64> = BTreeMap::new();
+    let (acknowledged, missing) = match &guests {
+        Some(g) => {
+            let after = running(&sc).await.unwrap_or_default();
+            let found = g.missing(&after);
+            for app in &topo.apps {
+                let m: u64 = app
+                    .vms
+                    .iter()
+                    .filter_map(|v| found.get(v.id.as_str()).map(|x| x.1))
+                    .sum();
+                if app.vms.iter().any(|v| found.contains_key(v.id.as_str())) {
+                    missing_of.insert(app.id.to_string(), m);
+                }
+            }
+            if table {
+                for (vm, (resumed, lost)) in &found {
+                    println!(
+                        "  {vm}: acknowledged {} record(s) at {LOST}; booted at {SURVIVOR} from the promoted disk, it resumes after record {resumed} ({lost} missing)",
+                        g.acked.get(vm).copied().unwrap_or(0)
+                    );
+                }
+            }
+            (
+                g.acked.values().sum::<u64>(),
+                found.values().map(|x| x.1).sum::<u64>(),
+            )
+        }
+        None => {
+            let cb = connect(&promoted, &db_vol).await?;
+            let missing = missing(&cb, &acked).await?;
+            missing_of.insert(db.id.to_string(), missing);
+            if table {
+                println!(
+                    "  {SURVIVOR}'s agents serve the promoted replicas ({})",
+                    promoted.display()
+                );
+                println!(
+                    "  {}: {} of {} acknowledged writes on the promoted replica ({missing} missing)",
+                    db.id,
+                    acked.len() as u64 - missing,
+                    acked.len()
+                );
+            }
+            (acked.len() as u64, missing)
+        }
+    };
     let apps: Vec<AppOutcome> = rec
         .apps
         .iter()
@@ -442,7 +559,7 @@ pub async fn site_failover(
             kill_to_healthy_s: a
                 .healthy_ms
                 .map(|m| m.saturating_sub(killed_ms) as f64 / 1000.0),
-            acknowledged_writes_missing: (a.app == db.id.as_str()).then_some(missing),
+            acknowledged_writes_missing: missing_of.get(&a.app).copied(),
         })
         .collect();
     let last = apps
@@ -452,12 +569,16 @@ pub async fn site_failover(
     std::fs::create_dir_all(reports)?;
     let path = reports.join(format!("failover-op-{op}-{}.json", killed_ms / 1000));
     let out = SiteFailover {
-        topology: "examples/lab.toml (built in)",
+        topology: if qemu {
+            "examples/lab.toml (built in), real QEMU probe guests"
+        } else {
+            "examples/lab.toml (built in)"
+        },
         lost_site: LOST,
         op,
         status: rec.status.clone(),
         apps,
-        writes_acknowledged: acked.len() as u64,
+        writes_acknowledged: acknowledged,
         writes_missing: missing,
         kill_to_last_healthy_s: last,
         report: path.clone(),
