@@ -37,19 +37,35 @@ pub fn parse_endpoint(message: &str) -> Option<String> {
     (!ep.is_empty()).then_some(ep)
 }
 
-/// The latest serve/unserve command of each (app, host).
-fn latest_group_commands(s: &ClusterState) -> HashMap<(AppId, HostId), &AgentCommandRecord> {
-    let mut out: HashMap<(AppId, HostId), &AgentCommandRecord> = HashMap::new();
+/// Per (app, host): the latest serve/unserve command, and the endpoint of the latest
+/// successful serve (whenever it ran). One pass over the command table.
+struct GroupCommands<'a> {
+    latest: HashMap<(AppId, HostId), &'a AgentCommandRecord>,
+    endpoints: HashMap<(AppId, HostId), String>,
+}
+
+fn group_commands(s: &ClusterState) -> GroupCommands<'_> {
+    let mut g = GroupCommands {
+        latest: HashMap::new(),
+        endpoints: HashMap::new(),
+    };
     for c in s.commands.values() {
         let app = match &c.action {
             AgentAction::Serve { group } => &group.app,
             AgentAction::Unserve { app, .. } => app,
             _ => continue,
         };
+        let key = (app.clone(), c.host.clone());
         // Ids grow: a later command replaces an earlier one.
-        out.insert((app.clone(), c.host.clone()), c);
+        if let (AgentAction::Serve { .. }, CommandStatus::Succeeded { message, .. }) =
+            (&c.action, &c.status)
+            && let Some(ep) = parse_endpoint(message)
+        {
+            g.endpoints.insert(key.clone(), ep);
+        }
+        g.latest.insert(key, c);
     }
-    out
+    g
 }
 
 /// The replication endpoint the agent on `host` reported for `app`'s group: from the
@@ -99,7 +115,8 @@ pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
         return Vec::new();
     }
     let busy = busy_apps(s);
-    let latest = latest_group_commands(s);
+    let cmds = group_commands(s);
+    let latest = &cmds.latest;
     let up = |h: &HostId| s.hosts.get(h).filter(|r| r.state == HostState::Up);
     // Is the latest command for (app, host), issued since the agent registered, a
     // serve that `fits`, and not failed (a failure is retried after RETRY_MS)?
@@ -151,7 +168,9 @@ pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
             && !served(&app.id, h, &|g| {
                 g.role == GroupRole::Primary && g.epoch == epoch
             })
-            && let Some(peer) = hs.as_ref().and_then(|o| endpoint(s, &app.id, o))
+            && let Some(peer) = hs
+                .as_ref()
+                .and_then(|o| cmds.endpoints.get(&(app.id.clone(), o.clone())).cloned())
         {
             let mut spec = GroupSpec::from_model(app, active, GroupRole::Primary, epoch);
             spec.peer = Some(peer);
