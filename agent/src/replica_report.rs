@@ -28,6 +28,19 @@ pub fn link_of(st: &GroupStatus) -> Option<&'static str> {
     }
 }
 
+/// What the report says besides the link (for the audit log): the link text and, once
+/// a resync ran, what it copied — the evidence that a returning replica got the
+/// difference only.
+pub fn detail_of(st: &GroupStatus) -> String {
+    match &st.last_resync {
+        Some(r) => format!(
+            "{}; last resync copied {} bytes ({} of {} regions compared)",
+            st.link, r.bytes_copied, r.regions_copied, r.regions_compared
+        ),
+        None => st.link.clone(),
+    }
+}
+
 pub struct Reporter {
     pub addrs: Vec<String>,
     pub app: String,
@@ -46,7 +59,7 @@ impl Reporter {
             loop {
                 let (link, epoch, detail) = {
                     let st = rx.borrow_and_update();
-                    (link_of(&st), st.epoch, st.link.clone())
+                    (link_of(&st), st.epoch, detail_of(&st))
                 };
                 if let Some(link) = link
                     && sent != Some((link, epoch))
@@ -156,6 +169,21 @@ mod tests {
             fenced,
             ..GroupStatus::default()
         }
+    }
+
+    #[test]
+    fn the_detail_carries_the_last_resync() {
+        let mut s = st("streaming", false, false);
+        assert_eq!(detail_of(&s), "streaming");
+        s.last_resync = Some(replication::frame::ResyncSummary {
+            regions_compared: 64,
+            regions_copied: 2,
+            bytes_copied: 2 << 20,
+        });
+        assert_eq!(
+            detail_of(&s),
+            "streaming; last resync copied 2097152 bytes (2 of 64 regions compared)"
+        );
     }
 
     #[test]

@@ -337,6 +337,31 @@ async fn the_agents_serve_every_group_and_a_site_loss_promotes_it_where_the_apps
         async move { (replica(&l.volume("db-data"), "north")["data"] == "up-to-date").then_some(()) }
     })
     .await;
+    // Only the difference went back: the regions written at either side around the
+    // loss, not the 64 MiB volume.
+    let report = audit(&lab.live())
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| {
+            e.action == "replica.link"
+                && e.detail.contains("app db: primary at south")
+                && e.detail.contains("InSync")
+        })
+        .expect("the south primary reported north in sync");
+    let copied: u64 = report
+        .detail
+        .split("last resync copied ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resync figure in {:?}", report.detail));
+    eprintln!("north's db replica resynced: {}", report.detail);
+    assert!(
+        copied < 16 << 20,
+        "a delta resync, not a full copy of 64 MiB: {}",
+        report.detail
+    );
     let rec = lab.json(&["app", "failback", "db"]);
     assert_eq!(rec["status"], "succeeded", "{rec}");
     let vol = lab.volume("db-data");
