@@ -366,14 +366,23 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         actor: "demo".into(),
     })
     .await?;
-    let after = sop
-        .audit_list(pb::AuditListRequest {
-            from_seq: 0,
-            limit: 10_000,
-        })
-        .await?
-        .into_inner()
-        .entries;
+    // The node answering may be a follower that has not applied the note yet: read
+    // until it has (a few heartbeats at most).
+    let mut after = Vec::new();
+    for _ in 0..100 {
+        after = sop
+            .audit_list(pb::AuditListRequest {
+                from_seq: 0,
+                limit: 10_000,
+            })
+            .await?
+            .into_inner()
+            .entries;
+        if after.len() > before.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let lost = before.iter().filter(|e| !after.contains(e)).count() as u64;
     let mut verified = true;
     for a in &survivors {
