@@ -306,16 +306,6 @@ impl Volumes {
         }
         out
     }
-
-    /// Apps served here and as what (for status).
-    pub async fn list(&self) -> Vec<(AppId, GroupRole, u64)> {
-        self.groups
-            .lock()
-            .await
-            .values()
-            .map(|s| (s.spec().app.clone(), s.spec().role, s.spec().epoch))
-            .collect()
-    }
 }
 
 fn role_name(r: GroupRole) -> &'static str {

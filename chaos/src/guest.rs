@@ -394,6 +394,43 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `virsh -c qemu:///system ARGS` (the machine's libvirtd, where probe guests run):
+/// whether it succeeded, and its output (stdout, then stderr).
+pub fn virsh(args: &[&str]) -> (bool, String) {
+    match std::process::Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+    {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Err(e) => (false, format!("cannot run virsh: {e}")),
+    }
+}
+
+/// Destroy and undefine the domain `name` on the machine's libvirtd (errors ignored:
+/// it may be gone already).
+pub fn remove_domain(name: &str) {
+    let _ = virsh(&["destroy", name]);
+    let _ = virsh(&["undefine", name]);
+}
+
+/// The PID of the running domain `name`'s QEMU process, from libvirt's pidfile.
+pub fn qemu_pid(name: &str) -> Option<i32> {
+    fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

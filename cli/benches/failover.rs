@@ -519,27 +519,10 @@ struct Lab {
     acked: BTreeMap<String, u64>,
 }
 
-fn virsh(args: &[&str]) -> (bool, String) {
-    match Command::new("virsh")
-        .arg("-c")
-        .arg("qemu:///system")
-        .args(args)
-        .output()
-    {
-        Ok(o) => (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-                + String::from_utf8_lossy(&o.stderr).trim(),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
         for vm in &self.guests {
-            let _ = virsh(&["destroy", vm]);
-            let _ = virsh(&["undefine", vm]);
+            chaos::guest::remove_domain(vm);
         }
     }
 }
@@ -694,12 +677,7 @@ impl Lab {
         let qemus: Vec<i32> = self
             .guests
             .iter()
-            .map(|vm| {
-                std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid"))
-                    .ok()
-                    .and_then(|p| p.trim().parse().ok())
-                    .unwrap_or_else(|| panic!("no QEMU pid for {vm}"))
-            })
+            .map(|vm| chaos::guest::qemu_pid(vm).unwrap_or_else(|| panic!("no QEMU pid for {vm}")))
             .collect();
         let t0 = now_ms();
         for pid in &qemus {
@@ -1151,8 +1129,7 @@ async fn run_size(n: usize, guest: Option<&chaos::guest::GuestImage>) -> Row {
         println!("  logs kept in {}", lab.tmp.path().display());
         // Stop everything first; then keep the directory for the logs.
         for vm in &lab.guests {
-            let _ = virsh(&["destroy", vm]);
-            let _ = virsh(&["undefine", vm]);
+            chaos::guest::remove_domain(vm);
         }
         drop(std::mem::take(&mut lab.agents));
         drop(std::mem::take(&mut lab.nodes));
@@ -1201,7 +1178,7 @@ fn main() {
         })
         .collect();
     if !guests.is_empty() {
-        let image = if virsh(&["version"]).0 {
+        let image = if chaos::guest::virsh(&["version"]).0 {
             chaos::guest::build(&chaos::guest::BuildOptions::new(
                 std::env::temp_dir().join("metrodr-guest"),
             ))

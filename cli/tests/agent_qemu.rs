@@ -11,44 +11,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn banner(what: &str) -> ! {
-    panic!(
-        "\n\n####################################################################\n\
-         #### {what}\n\
-         ####################################################################\n\n"
-    )
-}
-
-fn virsh(args: &[&str]) -> (bool, String) {
-    match Command::new("virsh")
-        .arg("-c")
-        .arg("qemu:///system")
-        .args(args)
-        .output()
-    {
-        Ok(o) => (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
-
-/// Destroys and undefines the test's domain however the test ends.
-struct DomainGuard(String);
-
-impl Drop for DomainGuard {
-    fn drop(&mut self) {
-        let _ = virsh(&["destroy", &self.0]);
-        let _ = virsh(&["undefine", &self.0]);
-    }
-}
 
 fn guest_image() -> chaos::guest::GuestImage {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrodr-guest");
@@ -72,24 +38,6 @@ fn probe_topology(img: &chaos::guest::GuestImage, vm: &str) -> String {
         img.initrd.display(),
         img.cmdline
     )
-}
-
-async fn wait_console(
-    path: &Path,
-    what: &str,
-    within: Duration,
-    f: impl Fn(&chaos::guest::ConsoleLog) -> bool,
-) -> chaos::guest::ConsoleLog {
-    let p = path.to_path_buf();
-    let f = &f;
-    wait_for(within, what, || {
-        let p = p.clone();
-        async move {
-            let log = chaos::guest::parse_console(&std::fs::read_to_string(&p).unwrap_or_default());
-            f(&log).then_some(log)
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

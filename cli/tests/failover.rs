@@ -146,16 +146,11 @@ impl Lab {
 
     /// `metrodr -o json ARGS` against the cluster; must succeed.
     fn json(&self, args: &[&str]) -> Value {
-        let o = self.run(args);
-        assert!(o.status.success(), "metrodr {args:?} failed: {}", text(&o));
-        serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("metrodr {args:?}: not JSON ({e}): {}", text(&o)))
+        cli_json(&self.addrs, args)
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut a = vec!["--cluster", &self.addrs, "-o", "json"];
-        a.extend_from_slice(args);
-        metrodr(&a)
+        cli_run(&self.addrs, args)
     }
 
     fn app(&self, id: &str) -> Value {
@@ -169,33 +164,13 @@ impl Lab {
     }
 
     fn volume(&self, id: &str) -> Value {
-        self.json(&["volume", "list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["id"] == id)
-            .cloned()
-            .unwrap()
+        volume_json(&self.addrs, id)
     }
 
     /// Poll `op show` until the operation ends (a leader change may make reads fail
     /// for a moment).
     async fn wait_op(&self, op: u64, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let o = self.run(&["op", "show", &op.to_string()]);
-            if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout)
-                && v["status"] != "running"
-            {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "op-{op} still running after {within:?}: {}",
-                text(&o)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_op(&self.addrs, op, within).await
     }
 
     fn kill_site(&mut self, site: &str) {
@@ -226,15 +201,6 @@ impl Lab {
             .grpc
             .clone()
     }
-}
-
-fn replica<'v>(vol: &'v Value, site: &str) -> &'v Value {
-    vol["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["site"] == site)
-        .unwrap()
 }
 
 fn app_line<'v>(rec: &'v Value, app: &str) -> &'v Value {

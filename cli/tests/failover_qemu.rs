@@ -13,44 +13,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-fn banner(what: &str) -> ! {
-    panic!(
-        "\n\n####################################################################\n\
-         #### {what}\n\
-         ####################################################################\n\n"
-    )
-}
-
-fn virsh(args: &[&str]) -> (bool, String) {
-    match Command::new("virsh")
-        .arg("-c")
-        .arg("qemu:///system")
-        .args(args)
-        .output()
-    {
-        Ok(o) => (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
-
-/// Destroys and undefines the test's domain however the test ends.
-struct DomainGuard(String);
-
-impl Drop for DomainGuard {
-    fn drop(&mut self) {
-        let _ = virsh(&["destroy", &self.0]);
-        let _ = virsh(&["undefine", &self.0]);
-    }
-}
 
 /// Two production sites with one QEMU host each and a witness; one app: the probe
 /// guest on a 16 MiB synchronously replicated disk served by the agents.
@@ -110,24 +76,6 @@ fn start_qemu_agent(dir: &Path, host: &str, cluster: &str) -> AgentProc {
 
 fn console(agent: &AgentProc, vm: &str) -> PathBuf {
     agent.state_dir.join("consoles").join(format!("{vm}.log"))
-}
-
-async fn wait_console(
-    path: &Path,
-    what: &str,
-    within: Duration,
-    f: impl Fn(&chaos::guest::ConsoleLog) -> bool,
-) -> chaos::guest::ConsoleLog {
-    let p = path.to_path_buf();
-    let f = &f;
-    wait_for(within, what, || {
-        let p = p.clone();
-        async move {
-            let log = chaos::guest::parse_console(&std::fs::read_to_string(&p).unwrap_or_default());
-            f(&log).then_some(log)
-        }
-    })
-    .await
 }
 
 fn json(addrs: &str, args: &[&str]) -> Option<Value> {

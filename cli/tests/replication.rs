@@ -27,14 +27,6 @@ const BYTES: u64 = 64 << 20;
 const BLOCK: u64 = 4096;
 const REGION: u64 = 1 << 20;
 
-fn banner(what: &str) -> ! {
-    panic!(
-        "\n\n####################################################################\n\
-         #### {what}\n\
-         ####################################################################\n\n"
-    )
-}
-
 fn need(tool: &str) {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));

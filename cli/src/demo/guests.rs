@@ -10,33 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
+use chaos::guest::{remove_domain, virsh};
 use topology::model::{Boot, Probe};
 use topology::{ByteSize, Topology, VmId};
 
 /// Prefix of the demo's domain names on the shared libvirtd.
 const PREFIX: &str = "mdr-demo-";
-
-fn virsh(args: &[&str]) -> (bool, String) {
-    match Command::new("virsh")
-        .arg("-c")
-        .arg("qemu:///system")
-        .args(args)
-        .output()
-    {
-        Ok(o) => (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout).trim(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
 
 /// The lab with real guests (see the module header), as TOML and as a model.
 pub fn lab(text: &str, cache: &Path) -> anyhow::Result<(String, Topology)> {
@@ -94,8 +75,7 @@ pub struct Guests {
 impl Drop for Guests {
     fn drop(&mut self) {
         for vm in &self.names {
-            let _ = virsh(&["destroy", vm]);
-            let _ = virsh(&["undefine", vm]);
+            remove_domain(vm);
         }
     }
 }
@@ -131,10 +111,7 @@ impl Guests {
         placed
             .iter()
             .filter(|(_, h)| hosts.contains(h))
-            .filter_map(|(vm, _)| {
-                let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid")).ok()?;
-                Some((vm.clone(), pid.trim().parse().ok()?))
-            })
+            .filter_map(|(vm, _)| Some((vm.clone(), chaos::guest::qemu_pid(vm)?)))
             .collect()
     }
 

@@ -598,3 +598,100 @@ pub fn start_volume(dir: &Path, name: &str, args: &[&str]) -> VolProc {
         log,
     }
 }
+
+/// Fail a test that needs something the machine lacks, loudly.
+pub fn banner(what: &str) -> ! {
+    panic!(
+        "\n\n####################################################################\n\
+         #### {what}\n\
+         ####################################################################\n\n"
+    )
+}
+
+#[allow(unused_imports)]
+pub use chaos::guest::virsh;
+
+/// Destroys and undefines a test's domain on the machine's libvirtd however the test
+/// ends.
+pub struct DomainGuard(pub String);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        chaos::guest::remove_domain(&self.0);
+    }
+}
+
+/// Wait until the probe guest's console log at `path` satisfies `f`.
+pub async fn wait_console(
+    path: &Path,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&chaos::guest::ConsoleLog) -> bool,
+) -> chaos::guest::ConsoleLog {
+    let p = path.to_path_buf();
+    let f = &f;
+    wait_for(within, what, || {
+        let p = p.clone();
+        async move {
+            let log = chaos::guest::parse_console(&std::fs::read_to_string(&p).unwrap_or_default());
+            f(&log).then_some(log)
+        }
+    })
+    .await
+}
+
+/// `metrodr --cluster ADDRS -o json ARGS`.
+pub fn cli_run(addrs: &str, args: &[&str]) -> Output {
+    let mut a = vec!["--cluster", addrs, "-o", "json"];
+    a.extend_from_slice(args);
+    metrodr(&a)
+}
+
+/// [`cli_run`], which must succeed and print JSON.
+pub fn cli_json(addrs: &str, args: &[&str]) -> serde_json::Value {
+    let o = cli_run(addrs, args);
+    assert!(o.status.success(), "metrodr {args:?} failed: {}", text(&o));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("metrodr {args:?}: not JSON ({e}): {}", text(&o)))
+}
+
+/// One volume of `volume list`.
+pub fn volume_json(addrs: &str, id: &str) -> serde_json::Value {
+    cli_json(addrs, &["volume", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+/// A volume's replica at `site`.
+pub fn replica<'v>(vol: &'v serde_json::Value, site: &str) -> &'v serde_json::Value {
+    vol["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["site"] == site)
+        .unwrap()
+}
+
+/// Poll `op show` until the operation ends (a leader change may make reads fail for a
+/// moment).
+pub async fn wait_op(addrs: &str, op: u64, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = cli_run(addrs, &["op", "show", &op.to_string()]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            && v["status"] != "running"
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "op-{op} still running after {within:?}: {}",
+            text(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
