@@ -21,8 +21,15 @@ fn example(name: &str) -> String {
     root().join("examples").join(name).display().to_string()
 }
 
+/// Standard output, and standard error after it when there is any (so a failed
+/// assertion shows why the command failed).
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.stderr.is_empty() && !o.status.success() {
+        s.push_str("\n--- stderr ---\n");
+        s.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    s
 }
 
 #[test]

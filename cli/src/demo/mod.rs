@@ -361,11 +361,28 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     let election_ms = u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
     let survivor = Client::connect(&survivors).await?;
     let mut sop = survivor.op.clone();
-    sop.note(pb::NoteRequest {
-        text: "written after the leader was killed".into(),
-        actor: "demo".into(),
-    })
-    .await?;
+    // The survivor answering may not know the new leader yet (it learns it from the
+    // first heartbeat): write at the leader, retrying for a few heartbeats.
+    let mut attempt = 0;
+    loop {
+        let written = survivor
+            .at_leader(|mut op| async move {
+                op.note(pb::NoteRequest {
+                    text: "written after the leader was killed".into(),
+                    actor: "demo".into(),
+                })
+                .await
+            })
+            .await;
+        match written {
+            Ok(_) => break,
+            Err(e) if attempt >= 100 => {
+                return Err(e).context("writing a note after the leader was killed");
+            }
+            Err(_) => attempt += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The node answering may be a follower that has not applied the note yet: read
     // until it has (a few heartbeats at most).
     let mut after = Vec::new();
