@@ -9,9 +9,11 @@ RUN_PKGS=(libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvir
           iproute2 iptables busybox-static cpio libnbd-bin nbdkit)
 # The replication benchmark drives every NBD server with fio's nbd engine (libnbd).
 BENCH_PKGS=(fio)
+# The drills crate's HTML report test renders the report in a real headless browser.
+REPORT_PKGS=(chromium)
 
 missing=()
-for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}" "${BENCH_PKGS[@]}"; do
+for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}" "${BENCH_PKGS[@]}" "${REPORT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

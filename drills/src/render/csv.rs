@@ -1,0 +1,56 @@
+//! CSV history: one row per app per report, for spreadsheets. Not signed.
+
+use crate::Report;
+use crate::report::iso_utc;
+
+const HEADER: [&str; 12] = [
+    "id",
+    "kind",
+    "status",
+    "started_utc",
+    "app",
+    "tier",
+    "site_before",
+    "site_after",
+    "rto_target_s",
+    "rto_achieved_s",
+    "passed",
+    "reason",
+];
+
+pub(crate) fn render(reports: &[Report]) -> String {
+    // RFC 4180: CRLF line ends, fields with a comma, quote or line break are quoted and
+    // their quotes doubled; the csv crate's defaults except the terminator.
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(Vec::new());
+    // Writing into a Vec cannot fail.
+    w.write_record(HEADER).expect("write to memory");
+    for r in reports {
+        let started = iso_utc(r.started_ms);
+        for a in &r.apps {
+            let tier = a.tier.to_string();
+            let target = a.rto_target_s.to_string();
+            let achieved = a.rto_achieved_s.map(|v| v.to_string()).unwrap_or_default();
+            w.write_record([
+                r.id.as_str(),
+                &r.kind,
+                &r.status,
+                &started,
+                &a.app,
+                &tier,
+                &a.site_before,
+                &a.site_after,
+                &target,
+                &achieved,
+                if a.passed { "true" } else { "false" },
+                &a.reason,
+            ])
+            .expect("write to memory");
+        }
+    }
+    let bytes = w.into_inner().expect("flush to memory");
+    // Every field came from a &str, so the bytes are UTF-8.
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
+}
