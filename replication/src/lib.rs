@@ -22,4 +22,5 @@ pub mod primary;
 pub mod replica;
 pub mod secondary;
 pub mod service;
+pub mod snapshot;
 pub mod volume;

@@ -58,6 +58,8 @@ pub struct ReplicaGroup {
     /// Regions the activity log held when this process started (a crash may have lost
     /// acknowledged writes there), per volume; reported until a resync covers them.
     suspect: Mutex<Vec<(u16, Vec<u32>)>>,
+    /// Held while one frame is applied: a snapshot is taken between two frames.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl ReplicaGroup {
@@ -77,6 +79,7 @@ impl ReplicaGroup {
         Arc::new(ReplicaGroup {
             name: name.to_string(),
             suspect: Mutex::new(suspect),
+            applying: tokio::sync::Mutex::new(()),
             volumes,
             meta: Mutex::new(meta),
             conn_gen: watch::channel(0).0,
@@ -90,6 +93,30 @@ impl ReplicaGroup {
 
     pub fn meta(&self) -> ReplicaMeta {
         lock(&self.meta).clone()
+    }
+
+    /// A copy-on-write snapshot of every volume at the last applied frame (files in
+    /// `dir`); replication goes on. Refused while the replica is not consistent (a
+    /// resync is running, or it never finished one): a drill on it would test garbage.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        dir: &std::path::Path,
+    ) -> Result<crate::snapshot::GroupSnapshot, String> {
+        let _between_frames = self.applying.lock().await;
+        let meta = self.meta();
+        if !meta.consistent || !self.status.borrow().consistent {
+            return Err(format!(
+                "the replica of {} is not consistent (a resync is running or never finished): a drill on it would test garbage; wait until it is up to date",
+                self.name
+            ));
+        }
+        if self.volumes.iter().any(|v| v.preserver().is_some()) {
+            return Err(format!(
+                "the replica of {} already has a drill snapshot (one at a time)",
+                self.name
+            ));
+        }
+        crate::snapshot::GroupSnapshot::attach(&self.name, &self.volumes, meta.last_seq, dir)
     }
 
     /// Make everything applied durable; then no region of the log is busy.
@@ -374,6 +401,7 @@ async fn handle(
     resyncing: &mut bool,
     last_seq: &mut u64,
 ) -> Result<Option<Reply>, String> {
+    let _applying = group.applying.lock().await;
     let epoch = env.epoch;
     let volume = |i: u16| {
         group

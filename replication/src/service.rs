@@ -240,3 +240,76 @@ impl ServedSecondary {
         let _ = self.serving.await;
     }
 }
+
+/// A drill's snapshot of a secondary group, served: one NBD export per volume (named
+/// by the volume id) on a unix socket, each with a private writable overlay.
+pub struct ServedSnapshot {
+    pub snapshot: Arc<crate::snapshot::GroupSnapshot>,
+    pub socket: PathBuf,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServedSnapshot {
+    /// Snapshot `group` at its last applied frame (files in `dir`) and serve it on
+    /// `socket` (mode 0660). Must run inside a tokio runtime.
+    pub async fn start(
+        group: &Arc<ReplicaGroup>,
+        dir: &Path,
+        socket: &Path,
+    ) -> Result<ServedSnapshot, String> {
+        let snapshot = Arc::new(group.snapshot(dir).await?);
+        let exports = snapshot
+            .volumes
+            .iter()
+            .map(|v| Export {
+                name: v.id.clone(),
+                description: format!(
+                    "metrodr drill snapshot of group {} volume {} at sequence {}",
+                    group.name, v.id, snapshot.seq
+                ),
+                backend: v.clone(),
+                multi_conn: false,
+            })
+            .collect();
+        let served = ExportSet::new(exports)
+            .map_err(|e| e.to_string())
+            .and_then(|exports| {
+                UnixServer::bind(socket, 0o660, Arc::new(exports), ServerConfig::default())
+                    .map_err(|e| format!("listening on {}: {e}", socket.display()))
+            });
+        let server = match served {
+            Ok(s) => s,
+            Err(e) => {
+                snapshot.drop_files();
+                return Err(e);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(server.run(shutdown.clone()));
+        Ok(ServedSnapshot {
+            snapshot,
+            socket: socket.to_path_buf(),
+            shutdown,
+            serving,
+        })
+    }
+
+    /// The last sequence number of the primary's stream the snapshot holds.
+    pub fn seq(&self) -> u64 {
+        self.snapshot.seq
+    }
+
+    /// Stop serving, detach from the replica (replication copies nothing more) and
+    /// delete the snapshot's files and socket.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        match self.serving.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("drill snapshot NBD server: {e}"),
+            Err(e) => tracing::warn!("drill snapshot NBD server task: {e}"),
+        }
+        self.snapshot.drop_files();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

@@ -89,6 +89,8 @@ pub struct VolumeFile {
     data: FileBackend,
     pub ranges: RangeLock,
     tracking: Mutex<Tracking>,
+    /// A drill snapshot of this replica, copying chunks before they change.
+    preserver: Mutex<Option<Arc<crate::snapshot::Preserver>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +147,25 @@ impl VolumeFile {
                 bitmap: Bitmap::open(path, regions)?,
                 inflight: HashMap::new(),
             }),
+            preserver: Mutex::new(None),
         })
+    }
+
+    /// Attach (or detach, with None) a snapshot's copy-on-write preserver.
+    pub fn set_preserver(&self, p: Option<Arc<crate::snapshot::Preserver>>) {
+        *lock(&self.preserver) = p;
+    }
+
+    /// Detach `p` if it is the one attached.
+    pub fn clear_preserver(&self, p: &Arc<crate::snapshot::Preserver>) {
+        let mut cur = lock(&self.preserver);
+        if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, p)) {
+            *cur = None;
+        }
+    }
+
+    pub fn preserver(&self) -> Option<Arc<crate::snapshot::Preserver>> {
+        lock(&self.preserver).clone()
     }
 
     pub fn regions(&self) -> u32 {
@@ -166,11 +186,17 @@ impl VolumeFile {
     }
 
     pub async fn write(&self, offset: u64, data: Bytes) -> std::io::Result<()> {
+        if let Some(p) = self.preserver() {
+            p.preserve(offset, data.len() as u64).await?;
+        }
         self.data.write(offset, data, false).await.map_err(io)
     }
 
     /// Make the range read as zeroes; `trim`: it may be deallocated (a hole).
     pub async fn zero(&self, offset: u64, len: u64, trim: bool) -> std::io::Result<()> {
+        if let Some(p) = self.preserver() {
+            p.preserve(offset, len).await?;
+        }
         self.data
             .write_zeroes(offset, len, false, trim)
             .await
