@@ -86,6 +86,9 @@ pub struct ManagedBy {
     /// The host whose agent defined it (None in marks written before hosts were
     /// recorded: taken as this host's).
     pub host: Option<String>,
+    /// Set on the copy a test drill started (the drill's operation id): never the
+    /// production VM, never reported as it.
+    pub drill: Option<u64>,
 }
 
 impl ManagedBy {
@@ -109,6 +112,30 @@ pub fn socket_path(paths: &HostPaths, app: &AppId) -> PathBuf {
 /// `<consoles_dir>/<vm>.log`
 pub fn console_path(paths: &HostPaths, vm: &VmId) -> PathBuf {
     paths.consoles_dir.join(format!("{vm}.log"))
+}
+
+/// `<consoles_dir>/<domain name>.log`: [`console_path`] of a production VM, and
+/// `drill-<op>-<vm>.log` for a drill copy.
+pub fn console_of(paths: &HostPaths, spec: &VmSpec) -> PathBuf {
+    paths
+        .consoles_dir
+        .join(format!("{}.log", spec.domain_name()))
+}
+
+/// `<sockets_dir>/d<op>-<app>.sock`: the NBD exports of drill `op`'s snapshot of the
+/// app's group (one export per volume, with a private writable overlay).
+pub fn drill_socket_path(paths: &HostPaths, op: u64, app: &AppId) -> PathBuf {
+    paths.sockets_dir.join(format!("d{op}-{app}.sock"))
+}
+
+/// The libvirt XML of drill `op`'s isolated network `name`: a bridge with no
+/// `<forward>` and no host address, so the drill copies reach nothing but each other.
+pub fn isolated_network_xml(name: &str, op: u64) -> String {
+    format!(
+        "<network>\n  <name>{}</name>\n  <bridge name='mdrd{}' stp='off'/>\n</network>\n",
+        esc(name),
+        op % 100_000_000
+    )
 }
 
 /// The guest device name of the disk at `index` in device order, as libvirt and Linux
@@ -138,17 +165,31 @@ pub fn domain_xml(
     backend: DiskBackend,
 ) -> String {
     let mut x = String::with_capacity(2048);
-    let console = esc_path(&console_path(paths, &spec.vm));
+    let console = esc_path(&console_of(paths, spec));
     // `write!` into a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(x, "<domain type='{}'>", ty.as_str());
-    let _ = writeln!(x, "  <name>{}</name>", esc(spec.vm.as_str()));
+    let _ = writeln!(x, "  <name>{}</name>", esc(&spec.domain_name()));
+    let drill = spec
+        .drill
+        .map(|op| format!(" drill=\"{op}\""))
+        .unwrap_or_default();
     let _ = writeln!(
         x,
-        "  <metadata><metrodr:vm xmlns:metrodr=\"{METADATA_NS}\" app=\"{}\" vm=\"{}\" host=\"{}\"/></metadata>",
+        "  <metadata><metrodr:vm xmlns:metrodr=\"{METADATA_NS}\" app=\"{}\" vm=\"{}\" host=\"{}\"{drill}/></metadata>",
         esc(spec.app.as_str()),
         esc(spec.vm.as_str()),
         esc(&paths.host)
     );
+    // A drill copy always reads its drill's snapshot, never the replica itself.
+    let backend = if spec.drill.is_some() {
+        DiskBackend::Nbd
+    } else {
+        backend
+    };
+    let socket = match spec.drill {
+        Some(op) => drill_socket_path(paths, op, &spec.app),
+        None => socket_path(paths, &spec.app),
+    };
     let _ = writeln!(
         x,
         "  <memory unit='KiB'>{}</memory>",
@@ -195,7 +236,7 @@ pub fn domain_xml(
                      <source protocol='nbd' name='{}'><host transport='unix' socket='{}'/></source>\
                      <target dev='{dev}' bus='virtio'/></disk>",
                     esc(disk.volume.as_str()),
-                    esc_path(&socket_path(paths, &spec.app))
+                    esc_path(&socket)
                 );
             }
         }
@@ -245,10 +286,15 @@ pub fn managed_by(domain_xml: &str) -> Option<ManagedBy> {
     check_id(app).ok()?;
     check_id(vm).ok()?;
     let host = mark.attribute("host").filter(|h| check_id(h).is_ok());
+    let drill = match mark.attribute("drill") {
+        Some(d) => Some(d.parse::<u64>().ok()?),
+        None => None,
+    };
     Some(ManagedBy {
         app: AppId::new(app),
         vm: VmId::new(vm),
         host: host.map(str::to_string),
+        drill,
     })
 }
 
@@ -313,6 +359,7 @@ mod tests {
 
     fn spec(boot: Boot, disks: &[&str], network: NetworkSpec) -> VmSpec {
         VmSpec {
+            drill: None,
             vm: VmId::new("web-1"),
             app: AppId::new("shop"),
             vcpus: 2,
@@ -425,6 +472,7 @@ mod tests {
                 app: AppId::new("shop"),
                 vm: VmId::new("web-1"),
                 host: Some("north-h1".into()),
+                drill: None,
             })
         );
     }
@@ -643,6 +691,7 @@ mod tests {
                 app: AppId::new("shop"),
                 vm: VmId::new("web-1"),
                 host: None,
+                drill: None,
             })
         );
         // The prefix does not matter, the namespace does.

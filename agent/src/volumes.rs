@@ -17,7 +17,9 @@ use std::time::Duration;
 use replication::meta::{ReplicaMeta, Role};
 use replication::primary::PrimaryGroup;
 use replication::replica::Mode;
-use replication::service::{GroupFiles, PrimaryOptions, ServedPrimary, ServedSecondary};
+use replication::service::{
+    GroupFiles, PrimaryOptions, ServedPrimary, ServedSecondary, ServedSnapshot,
+};
 use tokio_util::sync::CancellationToken;
 use topology::ReplicationMode;
 use topology::ids::AppId;
@@ -101,6 +103,8 @@ pub struct Volumes {
     groups: tokio::sync::Mutex<BTreeMap<AppId, Served>>,
     /// The primaries, reachable without awaiting (fencing runs from a lease check).
     primaries: Mutex<BTreeMap<AppId, Arc<PrimaryGroup>>>,
+    /// Test drills' snapshots of the secondaries served here, per (drill, app).
+    drills: tokio::sync::Mutex<BTreeMap<(u64, AppId), ServedSnapshot>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,7 +125,104 @@ impl Volumes {
             cluster,
             groups: tokio::sync::Mutex::new(BTreeMap::new()),
             primaries: Mutex::new(BTreeMap::new()),
+            drills: tokio::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Drill `op`: snapshot the secondary of `app` served here at one sequence point
+    /// and export it on `socket` (one export per volume, private writable overlay).
+    /// Taking it again returns the snapshot already taken.
+    pub async fn drill_snapshot(
+        &self,
+        op: u64,
+        app: &AppId,
+        socket: PathBuf,
+    ) -> Result<String, String> {
+        // Lock order: groups before drills (as `serve` does).
+        let group = match self.groups.lock().await.get(app) {
+            Some(Served::Secondary { served, .. }) => served.group.clone(),
+            Some(Served::Primary { .. }) => {
+                return Err(format!(
+                    "this host serves the primary of {app}: a test drill snapshots the other site's replica"
+                ));
+            }
+            None => return Err(format!("this host serves no replica of {app}")),
+        };
+        let mut drills = self.drills.lock().await;
+        let key = (op, app.clone());
+        if let Some(s) = drills.get(&key) {
+            return Ok(format!(
+                "snapshot of {app} at sequence {} already exported on {}",
+                s.seq(),
+                socket.display()
+            ));
+        }
+        let dir = self.volumes_dir.join("drills").join(format!("{op}-{app}"));
+        let snap = ServedSnapshot::start(&group, &dir, &socket).await?;
+        let msg = format!(
+            "snapshot of {app} at sequence {} ({} volume(s)) exported on {} with a private overlay; replication goes on",
+            snap.seq(),
+            group.volumes.len(),
+            socket.display()
+        );
+        drills.insert(key, snap);
+        Ok(msg)
+    }
+
+    /// Drop drill `op`'s snapshots here (their overlays are deleted); what was done,
+    /// with how far replication went on meanwhile.
+    pub async fn drill_cleanup(&self, op: u64) -> Vec<String> {
+        let mine: Vec<(u64, AppId)> = self
+            .drills
+            .lock()
+            .await
+            .keys()
+            .filter(|(o, _)| *o == op)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for key in mine {
+            let Some(snap) = self.drills.lock().await.remove(&key) else {
+                continue;
+            };
+            let taken = snap.seq();
+            snap.stop().await;
+            let now = match self.groups.lock().await.get(&key.1) {
+                Some(Served::Secondary { served, .. }) => {
+                    format!(
+                        "; the replica is now at sequence {}",
+                        served.group.status().borrow().last_seq
+                    )
+                }
+                _ => String::new(),
+            };
+            out.push(format!(
+                "snapshot of {} (sequence {taken}) dropped{now}",
+                key.1
+            ));
+        }
+        out
+    }
+
+    /// Drop every drill snapshot of `app` (its group is replaced or stopped: a
+    /// snapshot only lives on the secondary it was taken of).
+    async fn drop_snapshots_of(&self, app: &AppId) -> Vec<String> {
+        let keys: Vec<(u64, AppId)> = self
+            .drills
+            .lock()
+            .await
+            .keys()
+            .filter(|(_, a)| a == app)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(s) = self.drills.lock().await.remove(&k) {
+                s.stop().await;
+                out.push(format!("drill {}'s snapshot of {app} dropped", k.0));
+            }
+        }
+        out
     }
 
     fn files(&self, spec: &GroupSpec) -> GroupFiles {
@@ -187,6 +288,9 @@ impl Volumes {
             }
         }
         let mut replaced = String::new();
+        for d in self.drop_snapshots_of(&spec.app).await {
+            replaced.push_str(&format!(" ({d})"));
+        }
         if let Some(old) = groups.remove(&spec.app) {
             lock(&self.primaries).remove(&spec.app);
             replaced = format!(" (replaced: {})", old.stop(STOP_GRACE).await);
@@ -267,6 +371,7 @@ impl Volumes {
     /// Stop serving the app's group; a primary waits up to `grace_s` (0: 5 s) for its
     /// peer to confirm every write.
     pub async fn unserve(&self, app: &AppId, grace_s: u32) -> Result<String, String> {
+        self.drop_snapshots_of(app).await;
         lock(&self.primaries).remove(app);
         let old = self.groups.lock().await.remove(app);
         let grace = if grace_s == 0 {
@@ -296,6 +401,12 @@ impl Volumes {
 
     /// Stop everything (the agent stops, or it fenced and starts over).
     pub async fn stop_all(&self) -> Vec<String> {
+        let snaps: Vec<ServedSnapshot> = std::mem::take(&mut *self.drills.lock().await)
+            .into_values()
+            .collect();
+        for s in snaps {
+            s.stop().await;
+        }
         lock(&self.primaries).clear();
         let all: Vec<Served> = std::mem::take(&mut *self.groups.lock().await)
             .into_values()

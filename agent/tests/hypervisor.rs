@@ -43,6 +43,7 @@ fn name(suffix: &str) -> String {
 
 fn spec(vm: &str) -> VmSpec {
     VmSpec {
+        drill: None,
         vm: VmId::new(vm),
         app: AppId::new("shop"),
         vcpus: 1,
@@ -149,6 +150,7 @@ fn a_managed_domain_goes_through_its_whole_life() {
             app: AppId::new("shop"),
             vm: VmId::new(&vm),
             host: Some("h1".into()),
+            drill: None,
         })
     );
     // Redefining is fine and changes nothing visible.

@@ -6,6 +6,7 @@
 mod agent_cmd;
 mod cluster_cmd;
 mod demo;
+mod drill_cmd;
 mod op_cmd;
 mod output;
 mod topology_cmd;
@@ -90,6 +91,16 @@ enum Command {
     #[command(subcommand)]
     Audit(cluster_cmd::AuditCmd),
 
+    /// Drills: non-disruptive test failovers, switchover and site-loss drills, each
+    /// ending in a signed report.
+    #[command(subcommand)]
+    Drill(drill_cmd::DrillCmd),
+
+    /// Signed reports of drills and operations: list, show, export (HTML, JSON, text,
+    /// CSV history), verify offline.
+    #[command(subcommand)]
+    Report(drill_cmd::ReportCmd),
+
     /// Run the quickstart: a whole two-site system on this machine.
     Demo(demo::DemoArgs),
 }
@@ -107,6 +118,12 @@ enum AppCmd {
     /// Switch apps back to their preferred site (refused until the replicas there are
     /// up to date again).
     Failback(op_cmd::FailbackArgs),
+    /// How ready each app is to run at its other site: replicas, capacity, hosts, age
+    /// of its last successful drill — a score out of 100 with the reasons.
+    Readiness {
+        /// Only these apps (default: every app).
+        apps: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +222,15 @@ fn main() -> ExitCode {
         }
         Command::Volume(VolumeCmd::Import(a)) => block_on(volume_cmd::import(a)),
         Command::Audit(cmd) => block_on(cluster_cmd::audit(cmd, c, out)),
+        Command::Drill(cmd) => block_on(drill_cmd::drill(cmd, c, out)),
+        Command::Report(drill_cmd::ReportCmd::Verify { file, public_key }) => {
+            drill_cmd::verify(&file, public_key.as_deref(), out)
+        }
+        Command::Report(drill_cmd::ReportCmd::Keygen { out: path }) => block_on(
+            drill_cmd::report_cmd(drill_cmd::ReportCmd::Keygen { out: path }, c, out),
+        ),
+        Command::Report(cmd) => block_on(drill_cmd::report_cmd(cmd, c, out)),
+        Command::App(AppCmd::Readiness { apps }) => block_on(drill_cmd::readiness(apps, c, out)),
         Command::Agent(a) => block_on(agent_cmd::agent(a)),
         Command::Host(HostCmd::List) => block_on(agent_cmd::host_list(c, out)),
         Command::Vm(cmd) => block_on(agent_cmd::vm(cmd, c, out)),

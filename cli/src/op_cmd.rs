@@ -84,7 +84,7 @@ pub enum OpCmd {
     },
 }
 
-fn status_err(addr: &str, e: tonic::Status) -> anyhow::Error {
+pub fn status_err(addr: &str, e: tonic::Status) -> anyhow::Error {
     orchestrator::client::ClientError::from_status(addr, e).into()
 }
 
@@ -97,6 +97,21 @@ pub async fn start(
     c: &ClusterArgs,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
+    Ok(start_op(verb, apps, site, run, c, out)
+        .await?
+        .map_or(ExitCode::SUCCESS, |(_, code)| code))
+}
+
+/// [`start`], returning the operation begun and how following it ended (None for a
+/// dry run or `--no-wait`).
+pub async fn start_op(
+    verb: &str,
+    apps: Vec<String>,
+    site: String,
+    run: RunArgs,
+    c: &ClusterArgs,
+    out: Output,
+) -> anyhow::Result<Option<(u64, ExitCode)>> {
     let client = c.connect().await?;
     let mut op = client.op.clone();
     let r = op
@@ -116,7 +131,7 @@ pub async fn start(
             Output::Json => print_json(&plan)?,
             Output::Table => print_plan(&plan),
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     if out == Output::Table {
         print_plan(&plan);
@@ -126,9 +141,10 @@ pub async fn start(
         if out == Output::Json {
             print_json(&serde_json::json!({"op": r.op, "plan": plan}))?;
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
-    follow(c, r.op, Duration::from_secs(run.timeout_s), out).await
+    let code = follow(c, r.op, Duration::from_secs(run.timeout_s), out).await?;
+    Ok(Some((r.op, code)))
 }
 
 /// `site recover SITE`.
@@ -231,6 +247,10 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+pub async fn get_operation(client: &Client, id: u64) -> anyhow::Result<Operation> {
+    get(client, id).await
 }
 
 async fn get(client: &Client, id: u64) -> anyhow::Result<Operation> {

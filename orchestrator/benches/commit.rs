@@ -20,6 +20,7 @@ async fn start(dir: &std::path::Path, name: &str) -> orchestrator::server::Runni
         http_listen: None,
         write_timeout_ms: 10_000,
         timing: Default::default(),
+        signing_key: None,
     };
     orchestrator::server::start(&cfg).await.expect("start node")
 }

@@ -37,6 +37,10 @@ pub struct NodeConfig {
     pub write_timeout_ms: u64,
     #[serde(default)]
     pub timing: Timing,
+    /// The cluster key that signs reports: the same file on every node, created once
+    /// with `metrodr report keygen --out FILE`. Without it, the node serves no reports.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
 }
 
 fn default_write_timeout_ms() -> u64 {

@@ -29,6 +29,8 @@ pub mod network;
 pub mod node;
 pub mod planner;
 pub mod raft_types;
+pub mod readiness;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -46,6 +46,9 @@ pub struct Node {
     /// Which peers answer Raft RPCs.
     pub health: PeerHealth,
     pub timing: Timing,
+    /// The cluster key that signs reports (the same file on every node); None: this
+    /// node cannot sign, and says so when asked for a report.
+    pub signing_key: Option<drills::SigningKey>,
     peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
     /// When this node last accepted an AppendEntries (heartbeat) from a leader.
     leader_contact: std::sync::Mutex<Option<Instant>>,
@@ -61,6 +64,7 @@ pub struct NodeParts {
     pub store_warning: String,
     pub health: PeerHealth,
     pub timing: Timing,
+    pub signing_key: Option<drills::SigningKey>,
 }
 
 impl Node {
@@ -81,6 +85,7 @@ impl Node {
             store_warning: p.store_warning,
             health: p.health,
             timing: p.timing,
+            signing_key: p.signing_key,
             peers: Mutex::new(HashMap::new()),
             leader_contact: std::sync::Mutex::new(None),
         }

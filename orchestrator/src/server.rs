@@ -35,6 +35,11 @@ pub enum StartError {
     Store(#[from] crate::store::OpenError),
     #[error("invalid Raft settings: {0}")]
     Raft(String),
+    #[error("cannot load the cluster signing key {path}: {message}")]
+    SigningKey {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("cannot listen on {addr} ({what}): is another process using it?")]
     Bind {
         addr: SocketAddr,
@@ -72,6 +77,15 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    let signing_key = match &config.signing_key {
+        Some(path) => Some(
+            drills::load_signing_key(path).map_err(|e| StartError::SigningKey {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
     let (log, sm) = crate::store::open(&config.data_dir)?;
     let state = sm.shared();
     let committed = log.committed_index();
@@ -111,6 +125,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         store_warning,
         health,
         timing: config.timing.clone(),
+        signing_key,
     }));
 
     let listener = bind(config.listen, "gRPC")?;

@@ -38,6 +38,32 @@ pub struct VmSpec {
     /// In device order: the first is `vda`.
     pub disks: Vec<DiskSpec>,
     pub network: NetworkSpec,
+    /// Set for the copy of the VM a test drill starts (the drill's operation id): the
+    /// agent names the domain apart from production (`drill-<op>-<vm>`), gives it the
+    /// drill's snapshot of the disks, and never reports it as the production VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<u64>,
+}
+
+impl VmSpec {
+    /// The libvirt domain name: the VM id, or `drill-<op>-<vm>` for a drill copy.
+    pub fn domain_name(&self) -> String {
+        match self.drill {
+            Some(op) => drill_domain_name(op, &self.vm),
+            None => self.vm.to_string(),
+        }
+    }
+}
+
+/// The domain name of drill `op`'s copy of `vm`.
+pub fn drill_domain_name(op: u64, vm: &VmId) -> String {
+    format!("drill-{op}-{vm}")
+}
+
+/// The isolated libvirt network of drill `op` (no forward mode, no host address: the
+/// copies reach nothing but each other).
+pub fn drill_network_name(op: u64) -> String {
+    format!("mdr-drill-{op}")
 }
 
 impl VmSpec {
@@ -61,6 +87,7 @@ impl VmSpec {
                 })
                 .collect(),
             network,
+            drill: None,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! Never: run a command without a valid lease, restart anything by itself after
 //! regaining a lease, or run a command twice.
 
+mod drill;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -146,8 +148,8 @@ struct Shared {
     vm_queues: Mutex<HashMap<VmId, tokio::sync::mpsc::UnboundedSender<pb::AgentCommand>>>,
     /// The volume groups served here.
     volumes: Arc<Volumes>,
-    /// Per VM, the console log's length when it was last started here.
-    console_marks: Mutex<HashMap<VmId, u64>>,
+    /// Per domain name: the console log's length when this agent last started it.
+    console_marks: Mutex<HashMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -679,6 +681,23 @@ enum Action {
         #[serde(default)]
         grace_s: u32,
     },
+    DrillSnapshot {
+        op: u64,
+        app: topology::ids::AppId,
+    },
+    DrillStart {
+        op: u64,
+        spec: topology::spec::VmSpec,
+    },
+    DrillProbe {
+        op: u64,
+        vm: VmId,
+        marker: String,
+        timeout_s: u32,
+    },
+    DrillCleanup {
+        op: u64,
+    },
 }
 
 async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
@@ -716,8 +735,8 @@ async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
 
 /// Wait for `marker` on the VM's serial console since its latest start here (the
 /// whole log when this agent did not start it).
-async fn probe_console(s: &Arc<Shared>, vm: &VmId, marker: &str, timeout_s: u32) -> (bool, String) {
-    let path = domain_xml::console_path(&s.paths, vm);
+async fn probe_console(s: &Arc<Shared>, vm: &str, marker: &str, timeout_s: u32) -> (bool, String) {
+    let path = s.paths.consoles_dir.join(format!("{vm}.log"));
     let mark = lock(&s.console_marks).get(vm).copied().unwrap_or(0);
     let started = std::time::Instant::now();
     let deadline = Duration::from_secs(u64::from(timeout_s));
@@ -808,7 +827,7 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             // appended across boots).
             let console = domain_xml::console_path(&s.paths, &vm);
             let mark = std::fs::metadata(&console).map_or(0, |m| m.len());
-            lock(&s.console_marks).insert(vm.clone(), mark);
+            lock(&s.console_marks).insert(vm.to_string(), mark);
             result(
                 hv(s, move |h| {
                     h.start(vm.as_str())?;
@@ -821,7 +840,25 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             vm,
             marker,
             timeout_s,
-        } => probe_console(s, &vm, &marker, timeout_s).await,
+        } => probe_console(s, vm.as_str(), &marker, timeout_s).await,
+        Action::DrillSnapshot { op, app } => {
+            let socket = domain_xml::drill_socket_path(&s.paths, op, &app);
+            match s.volumes.drill_snapshot(op, &app, socket).await {
+                Ok(m) => (true, m),
+                Err(e) => (false, e),
+            }
+        }
+        Action::DrillStart { op, spec } => drill::start(s, op, spec).await,
+        Action::DrillProbe {
+            op,
+            vm,
+            marker,
+            timeout_s,
+        } => {
+            let name = topology::spec::drill_domain_name(op, &vm);
+            probe_console(s, &name, &marker, timeout_s).await
+        }
+        Action::DrillCleanup { op } => drill::cleanup(s, op).await,
         Action::Destroy { vm } => result(
             hv(s, move |h| {
                 h.destroy(vm.as_str()).map(|()| format!("{vm} destroyed"))
@@ -905,11 +942,13 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                     queue_event(&s, format!("libvirt at {} is reachable again", s.hv.uri()));
                     libvirt_down = false;
                 }
+                // Drill copies are never reported as their production VM.
                 let now: BTreeMap<String, String> = domains
                     .iter()
                     .filter_map(|d| {
                         d.managed
                             .as_ref()
+                            .filter(|m| m.drill.is_none())
                             .map(|m| (m.vm.to_string(), d.state.to_string()))
                     })
                     .collect();

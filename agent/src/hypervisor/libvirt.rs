@@ -445,6 +445,39 @@ impl Hypervisor for Libvirt {
         })
     }
 
+    fn ensure_network(&self, name: &str, xml: &str) -> Result<String, HvError> {
+        self.call("network-define", None, |c, _| {
+            let net = match c.lookup_network_by_name(name) {
+                Ok(n) => n,
+                Err(e) if e.code() == Enum::Known(ErrorNumber::NoNetwork) => {
+                    c.define_network_xml(xml)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !net.is_active()? {
+                net.create()?;
+            }
+            Ok(net.xml_desc(0)?)
+        })
+    }
+
+    fn remove_network(&self, name: &str) -> Result<(), HvError> {
+        self.call("network-remove", None, |c, _| {
+            let net = match c.lookup_network_by_name(name) {
+                Ok(n) => n,
+                Err(e) if e.code() == Enum::Known(ErrorNumber::NoNetwork) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if net.is_active()? {
+                net.destroy()?;
+            }
+            if net.is_persistent()? {
+                net.undefine()?;
+            }
+            Ok(())
+        })
+    }
+
     /// libvirt's destroy sends QEMU SIGTERM and waits for it to exit, which took
     /// 1.3-2 s for a TCG guest here: too slow for fencing. So: pause the VM (vCPUs stop,
     /// in-flight I/O drains, ~30 ms), SIGKILL its QEMU process when the QEMU driver's

@@ -177,6 +177,11 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn suspend(&self, name: &str) -> Result<(), HvError>;
     /// Resume a paused domain. `Ok` if already running; `Rejected` if shut off.
     fn resume(&self, name: &str) -> Result<(), HvError>;
+    /// Define network `name` from `xml` unless it exists, and start it unless it runs;
+    /// returns libvirt's definition of it as it is now (the caller checks it).
+    fn ensure_network(&self, name: &str, xml: &str) -> Result<String, HvError>;
+    /// Stop and remove network `name`. `Ok` if it does not exist.
+    fn remove_network(&self, name: &str) -> Result<(), HvError>;
 
     /// Stop a VM as fast as possible because the host lost its lease: first freeze it
     /// (no new guest I/O from then on), then stop it. Returns what was done. The default
@@ -305,6 +310,7 @@ mod ours_tests {
                 app: AppId::new("shop"),
                 vm: VmId::new(name),
                 host: host.map(str::to_string),
+                drill: None,
             }),
         }
     }

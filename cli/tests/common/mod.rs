@@ -4,6 +4,8 @@
 //! when the harness is dropped.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent_lab;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -94,12 +96,18 @@ pub fn start_node(
 ) -> NodeProc {
     let data_dir = dir.join(name);
     let config = dir.join(format!("{name}.toml"));
+    // One cluster signing key for every node of the test cluster (reports).
+    let key = dir.join("cluster.key");
+    if !key.exists() {
+        drills::generate_key_file(&key).unwrap();
+    }
     std::fs::write(
         &config,
         format!(
-            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"{listen}\"\nhttp_listen = \"{}:0\"\n",
+            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"{listen}\"\nhttp_listen = \"{}:0\"\nsigning_key = \"{}\"\n",
             data_dir.display(),
-            listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h)
+            listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h),
+            key.display()
         ),
     )
     .unwrap();

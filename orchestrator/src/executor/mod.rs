@@ -14,6 +14,8 @@
 //! this operation), so a new leader resumes an operation from the log and finishes it
 //! exactly once: no VM started twice, no epoch skipped or reused.
 
+mod drill;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use crate::planner::{self, AppMove, Plan, Trigger, busy_apps};
 use crate::service::operator::now_ms;
 use crate::state::{
     AgentAction, AppState, ClusterState, Command, CommandStatus, DataState, Epoch, HostState, OpId,
-    OpStatus, Outcome, Request, SiteState, StepResult, VmState,
+    OpKind, OpStatus, Outcome, Request, SiteState, StepResult, VmState,
 };
 
 /// How often the executor looks.
@@ -270,12 +272,21 @@ impl Saga {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, String>>,
     {
+        self.step_in(Some(app), name, f).await
+    }
+
+    /// [`Saga::step`] of the whole operation (`app` None) or of one app.
+    async fn step_in<F, Fut>(&self, app: Option<&AppId>, name: &str, f: F) -> Result<(), String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, String>>,
+    {
         let existing = {
             let a = self.node.state.read();
             a.state
                 .steps_of(self.op)
                 .rev()
-                .find(|(_, s)| s.app.as_ref() == Some(app) && s.name == name)
+                .find(|(_, s)| s.app.as_ref() == app && s.name == name)
                 .map(|(i, s)| (i, s.result.clone()))
         };
         let index = match existing {
@@ -286,7 +297,7 @@ impl Saga {
                 .commit(Command::StartStep {
                     op: self.op,
                     name: name.into(),
-                    app: Some(app.clone()),
+                    app: app.cloned(),
                 })
                 .await?
             {
@@ -347,6 +358,10 @@ async fn drive(node: Arc<Node>, op: OpId) {
         op,
         actor: op_actor(op),
     };
+    if plan.kind == OpKind::Drill {
+        drill::drive(&saga, &plan).await;
+        return;
+    }
     let deps: std::collections::BTreeMap<AppId, Vec<AppId>> = {
         let a = node.state.read();
         a.state

@@ -35,6 +35,13 @@ pub enum Trigger {
     Switchover { apps: Vec<AppId>, to: SiteId },
     /// A switchover of apps back to their preferred site.
     Failback { apps: Vec<AppId> },
+    /// A non-disruptive test drill: start a copy of each app at `to` (default: the
+    /// other production site) on copy-on-write snapshots of its replicas, on an
+    /// isolated network; production is not touched.
+    TestDrill {
+        apps: Vec<AppId>,
+        to: Option<SiteId>,
+    },
 }
 
 impl Trigger {
@@ -45,6 +52,7 @@ impl Trigger {
             }
             Trigger::Switchover { .. } => OpKind::Switchover,
             Trigger::Failback { .. } => OpKind::Failback,
+            Trigger::TestDrill { .. } => OpKind::Drill,
         }
     }
 
@@ -64,6 +72,10 @@ impl Trigger {
                 format!("switchover of [{}] to {to}", list(apps))
             }
             Trigger::Failback { apps } => format!("failback of [{}]", list(apps)),
+            Trigger::TestDrill { apps, to } => match to {
+                Some(to) => format!("test drill of [{}] at {to}", list(apps)),
+                None => format!("test drill of [{}]", list(apps)),
+            },
         }
     }
 }
@@ -109,6 +121,16 @@ pub struct Skip {
     pub reason: String,
 }
 
+/// What kind of drill an operation is, if it is one: a test drill (kind `Drill`), or
+/// a real switchover or declared site loss run as a drill (its report says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrillKind {
+    Test,
+    Switchover,
+    SiteLoss,
+}
+
 /// The immutable plan an operation executes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -116,6 +138,9 @@ pub struct Plan {
     pub trigger: Trigger,
     pub waves: Vec<Wave>,
     pub skipped: Vec<Skip>,
+    /// Set when the operation runs as a drill (`metrodr drill run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillKind>,
 }
 
 impl Plan {
@@ -144,12 +169,24 @@ pub enum PlanError {
     NoApps,
 }
 
-/// Apps that an operation still running is moving: never planned twice.
+/// Apps that an operation still running is moving: never planned twice. A test
+/// drill moves nothing (a real failover of an app under test goes ahead; the drill
+/// notices and fails), so its apps are not busy: see [`drilled_apps`].
 pub fn busy_apps(state: &ClusterState) -> BTreeSet<AppId> {
     state
         .operations
         .values()
-        .filter(|o| o.status == OpStatus::Running)
+        .filter(|o| o.status == OpStatus::Running && o.kind != OpKind::Drill)
+        .flat_map(|o| o.apps.iter().cloned())
+        .collect()
+}
+
+/// Apps a running test drill has a copy of: one drill per app at a time.
+pub fn drilled_apps(state: &ClusterState) -> BTreeSet<AppId> {
+    state
+        .operations
+        .values()
+        .filter(|o| o.status == OpStatus::Running && o.kind == OpKind::Drill)
         .flat_map(|o| o.apps.iter().cloned())
         .collect()
 }
@@ -164,7 +201,11 @@ struct Room {
 /// Make the plan for `trigger` in `state`.
 pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> {
     let topo = &state.topology().ok_or(PlanError::NoTopology)?.model;
-    let busy = busy_apps(state);
+    let drill = matches!(trigger, Trigger::TestDrill { .. });
+    let mut busy = busy_apps(state);
+    if drill {
+        busy.extend(drilled_apps(state));
+    }
     let production = |site: &SiteId| -> Result<(), PlanError> {
         match topo.site(site) {
             None => Err(PlanError::UnknownSite(site.clone())),
@@ -219,6 +260,25 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             named(apps)?;
             production(to)?;
             wanted.extend(apps.iter().map(|a| (a.clone(), to.clone(), true)));
+        }
+        Trigger::TestDrill { apps, to } => {
+            named(apps)?;
+            if let Some(to) = to {
+                production(to)?;
+            }
+            for a in apps {
+                let target = match to {
+                    Some(t) => Some(t.clone()),
+                    None => state
+                        .apps
+                        .get(a)
+                        .and_then(|r| topo.peer_site(&r.active_site))
+                        .map(|s| s.id.clone()),
+                };
+                if let Some(t) = target {
+                    wanted.push((a.clone(), t, false));
+                }
+            }
         }
         Trigger::Failback { apps } => {
             named(apps)?;
@@ -300,7 +360,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         };
         if busy.contains(&app_id) {
             skipped.push(skip(
-                "another operation is moving it (wait for it or see `metrodr op list`)".into(),
+                "another operation is moving it or drilling it (wait for it or see `metrodr op list`)".into(),
             ));
             continue;
         }
@@ -315,6 +375,12 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         }
         let from = rec.active_site.clone();
         let same_site = from == to;
+        if drill && same_site {
+            skipped.push(skip(format!(
+                "it is active at {to}: a test drill starts its copy at the other site"
+            )));
+            continue;
+        }
         if same_site && host_lost.is_none() {
             skipped.push(skip(format!("already active at {to}")));
             continue;
@@ -381,6 +447,11 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 "volume {} replicates asynchronously and is served outside the cluster, which cannot drain its lag (serve the volumes by the agents, or use `metrodr app failover`, whose RPO is bounded by the lag)",
                 v.id
             ));
+        }
+        if drill && !agent_served && !app.volumes.is_empty() {
+            refused.get_or_insert_with(|| {
+                "its volumes are served outside the cluster, which cannot snapshot them for a drill (serve the volumes by the agents: `volumes = \"agents\"`)".to_string()
+            });
         }
         if let Some(reason) = refused {
             skipped.push(skip(reason));
@@ -485,9 +556,11 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             .placement
             .iter()
             .filter(|(v, h)| {
-                graceful
-                    || (starts.iter().any(|(s, _)| s == *v)
-                        && state.hosts.get(h).is_some_and(|r| r.state == HostState::Up))
+                // A drill stops nothing: production keeps running.
+                !drill
+                    && (graceful
+                        || (starts.iter().any(|(s, _)| s == *v)
+                            && state.hosts.get(h).is_some_and(|r| r.state == HostState::Up)))
             })
             .map(|(v, h)| (v.clone(), h.clone()))
             .collect();
@@ -514,6 +587,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         trigger: trigger.clone(),
         waves: by_stage.into_values().map(|apps| Wave { apps }).collect(),
         skipped,
+        drill: drill.then_some(DrillKind::Test),
     })
 }
 

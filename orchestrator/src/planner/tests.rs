@@ -212,6 +212,11 @@ fn target(s: &ClusterState, t: &Trigger, a: &AppId) -> SiteId {
         Trigger::HostLost { host } => s.hosts.get(host).expect("host").site.clone(),
         Trigger::Failover { to, .. } | Trigger::Switchover { to, .. } => to.clone(),
         Trigger::Failback { .. } => topo(s).app(a).expect("app").preferred_site.clone(),
+        Trigger::TestDrill { to: Some(to), .. } => to.clone(),
+        Trigger::TestDrill { to: None, .. } => {
+            let active = &s.apps.get(a).expect("app").active_site;
+            topo(s).peer_site(active).expect("peer").id.clone()
+        }
     }
 }
 
@@ -227,7 +232,8 @@ fn wanted(s: &ClusterState, t: &Trigger) -> BTreeSet<AppId> {
             .collect(),
         Trigger::Failover { apps, .. }
         | Trigger::Switchover { apps, .. }
-        | Trigger::Failback { apps } => apps.iter().cloned().collect(),
+        | Trigger::Failback { apps }
+        | Trigger::TestDrill { apps, .. } => apps.iter().cloned().collect(),
     }
 }
 
@@ -253,7 +259,12 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         "planned + skipped != the apps {t:?} is about"
     );
 
-    let busy = busy_apps(s);
+    let drill = matches!(t, Trigger::TestDrill { .. });
+    assert_eq!(p.drill, drill.then_some(crate::planner::DrillKind::Test));
+    let mut busy = busy_apps(s);
+    if drill {
+        busy.extend(crate::planner::drilled_apps(s));
+    }
     let lost_host = match t {
         Trigger::HostLost { host } => Some(host),
         _ => None,
@@ -362,13 +373,25 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
             .placement
             .iter()
             .filter(|(v, h)| {
-                graceful
-                    || (restart.contains(v)
-                        && s.hosts.get(*h).is_some_and(|r| r.state == HostState::Up))
+                !drill
+                    && (graceful
+                        || (restart.contains(v)
+                            && s.hosts.get(*h).is_some_and(|r| r.state == HostState::Up)))
             })
             .map(|(v, h)| (v.clone(), h.clone()))
             .collect();
         assert_eq!(m.stops, stops, "{ctx}");
+        let agent_served = model.volumes.iter().all(|v| {
+            s.volumes
+                .get(&v.id)
+                .is_some_and(|r| r.replicas.iter().all(|x| x.host.is_some()))
+        });
+        if drill {
+            assert!(
+                agent_served,
+                "{ctx}: a drill of volumes served outside the cluster (nothing can snapshot them)"
+            );
+        }
         if graceful {
             let agent_served = model.volumes.iter().all(|v| {
                 s.volumes
@@ -441,6 +464,12 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
 
 /// A skip's reason must be true of the state.
 #[track_caller]
+/// The host serving the app's replicas at `site` (volumes served by the agents).
+fn replica_host_of(s: &ClusterState, model: &topology::App, site: &SiteId) -> Option<HostId> {
+    let v = model.volumes.first()?;
+    s.volumes.get(&v.id)?.replica(site)?.host.clone()
+}
+
 fn check_skip(
     s: &ClusterState,
     t: &Trigger,
@@ -463,6 +492,18 @@ fn check_skip(
         assert!(model.depends_on.contains(&dep), "{ctx}");
         assert!(skipped.contains_key(&dep), "{ctx}");
         assert_ne!(s.apps.get(&dep).map(|d| &d.active_site), Some(&to), "{ctx}");
+    } else if r == format!("it is active at {to}: a test drill starts its copy at the other site") {
+        assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
+        assert_eq!(rec.active_site, to, "{ctx}");
+    } else if r.starts_with("its volumes are served outside the cluster, which cannot snapshot") {
+        assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
+        assert!(
+            model.volumes.iter().any(|v| s
+                .volumes
+                .get(&v.id)
+                .is_some_and(|r| r.replicas.iter().any(|x| x.host.is_none()))),
+            "{ctx}"
+        );
     } else if r == format!("already active at {to}") {
         assert_eq!(rec.active_site, to, "{ctx}");
         assert!(!matches!(t, Trigger::HostLost { .. }), "{ctx}");
@@ -495,6 +536,29 @@ fn check_skip(
         ));
         let mode = model.volume(&v).map(|v| v.replication.mode());
         assert_eq!(mode, Some(topology::ReplicationMode::Async), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix(&format!(
+        "its volumes at {to} were served by the lost host "
+    )) {
+        let h = HostId::new(rest.split(':').next().expect("a host"));
+        assert!(
+            matches!(t, Trigger::HostLost { host } if *host == h),
+            "{ctx}"
+        );
+        assert_eq!(replica_host_of(s, model, &to), Some(h), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix("host ")
+        && rest.contains(&format!(", which holds its replicas at {to}, "))
+    {
+        let h = HostId::new(rest.split(',').next().expect("a host"));
+        assert_eq!(replica_host_of(s, model, &to), Some(h.clone()), "{ctx}");
+        if rest.contains("is not up") {
+            assert_ne!(
+                s.hosts.get(&h).map(|x| x.state),
+                Some(HostState::Up),
+                "{ctx}"
+            );
+        } else {
+            assert!(rest.contains("has no room for VM"), "{ctx}");
+        }
     } else if let Some(rest) = r.strip_prefix(&format!("no up host at {to} has room for VM ")) {
         let vm = VmId::new(rest.split(' ').next().expect("an id"));
         assert!(model.vms.iter().any(|v| v.id == vm), "{ctx}");
@@ -708,7 +772,7 @@ fn some_apps(rng: &mut SplitMix64, s: &ClusterState) -> Vec<AppId> {
 fn random_trigger(rng: &mut SplitMix64, s: &ClusterState) -> Trigger {
     let sites = [site(A), site(B)];
     let hosts: Vec<HostId> = s.hosts.iter().map(|(h, _)| h.clone()).collect();
-    match rng.range(0, 9) {
+    match rng.range(0, 10) {
         0..=2 => Trigger::SiteLost {
             site: pick(rng, &sites).clone(),
         },
@@ -723,8 +787,12 @@ fn random_trigger(rng: &mut SplitMix64, s: &ClusterState) -> Trigger {
             apps: some_apps(rng, s),
             to: pick(rng, &sites).clone(),
         },
-        _ => Trigger::Failback {
+        8 => Trigger::Failback {
             apps: some_apps(rng, s),
+        },
+        _ => Trigger::TestDrill {
+            apps: some_apps(rng, s),
+            to: rng.chance(50).then(|| pick(rng, &sites).clone()),
         },
     }
 }
@@ -732,12 +800,24 @@ fn random_trigger(rng: &mut SplitMix64, s: &ClusterState) -> Trigger {
 /// A cluster running `model` in a random state derived from `seed`, and a trigger.
 fn world(model: &Topology, seed: u64) -> (ClusterState, Trigger) {
     let mut rng = SplitMix64::new(seed);
-    let mut s = steady(model);
+    // Half the worlds have their volumes served by the agents (drills need that).
+    let mut model = model.clone();
+    if rng.chance(50) {
+        model.cluster.volumes = topology::VolumeService::Agents;
+    }
+    let mut s = steady(&model);
     // Earlier plans moved some apps away from their preferred site.
     for _ in 0..rng.range(0, 2) {
         let t = random_trigger(&mut rng, &s);
         let p = plan_ok(&s, &t);
         let demoted = *pick(&mut rng, &DATA);
+        if p.kind == OpKind::Drill {
+            // A drill moves nothing; it may still be running.
+            if !p.is_empty() {
+                begin(&mut s, &p);
+            }
+            continue;
+        }
         execute(&mut s, &p, demoted);
         sync_all(&mut s);
     }
@@ -840,6 +920,16 @@ proptest! {
         let (mut s, t) = world(&generate(spec), seed);
         let p = plan_ok(&s, &t);
         let demoted = *pick(&mut SplitMix64::new(seed), &DATA);
+        if p.kind == OpKind::Drill {
+            // A drill promotes and moves nothing: the state machine refuses it.
+            if let Some(m) = p.apps().next() {
+                let op = begin(&mut s, &p);
+                let cmd = move_cmd(&s, op, m, demoted);
+                refused(&mut s, cmd, RejectKind::Conflict);
+                prop_assert_eq!(&s.apps.get(&m.app).expect("app").active_site, &m.from);
+            }
+            return Ok(());
+        }
         execute(&mut s, &p, demoted);
         for m in p.apps() {
             prop_assert_eq!(&s.apps.get(&m.app).expect("app").active_site, &m.to);
@@ -855,7 +945,7 @@ proptest! {
 #[test]
 fn the_random_worlds_reach_every_kind_of_decision() {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for i in 0..120u64 {
+    for i in 0..240u64 {
         let spec = GenSpec {
             hosts: 2 + (i % 7) as usize,
             apps: 1 + (i * 7 % 24) as usize,
@@ -868,6 +958,9 @@ fn the_random_worlds_reach_every_kind_of_decision() {
         *counts.entry("promoted").or_default() +=
             p.apps().filter(|m| !m.volumes.is_empty()).count();
         *counts.entry("approval").or_default() += p.apps().filter(|m| m.needs_approval).count();
+        if p.drill.is_some() {
+            *counts.entry("drilled").or_default() += p.apps().count();
+        }
         for k in &p.skipped {
             let kind = [
                 ("another operation", "busy"),
@@ -878,6 +971,11 @@ fn the_random_worlds_reach_every_kind_of_decision() {
                 ("the replica of volume", "replica"),
                 ("replicates asynchronously", "async"),
                 ("has room", "room"),
+                ("has no room", "room"),
+                ("served by the lost host", "replica host lost"),
+                ("which holds its replicas at", "replica host"),
+                ("a test drill starts its copy", "drill at the active site"),
+                ("cannot snapshot them", "drill without agents"),
             ]
             .into_iter()
             .find(|(needle, _)| k.reason.contains(needle))
@@ -897,6 +995,9 @@ fn the_random_worlds_reach_every_kind_of_decision() {
         "source down",
         "replica",
         "async",
+        "drilled",
+        "drill at the active site",
+        "drill without agents",
     ] {
         assert!(
             counts.get(kind).copied().unwrap_or(0) > 0,
@@ -1135,12 +1236,22 @@ fn apps_owned_by_a_running_operation_are_left_to_it() {
     let at_a: Vec<AppId> = active_at(&s, A).into_iter().collect();
     let (x, y) = (at_a[0].clone(), at_a[1].clone());
     let lost = Trigger::SiteLost { site: site(A) };
-    let Outcome::Operation(drill) = ok(
+    // A test drill holds nothing back: a real failover of an app under test goes on.
+    ok(
         &mut s,
         Command::StartOperation {
             kind: OpKind::Drill,
             apps: vec![x.clone()],
             note: "drill".into(),
+        },
+    );
+    the_move(&plan_ok(&s, &lost), &x);
+    let Outcome::Operation(drill) = ok(
+        &mut s,
+        Command::StartOperation {
+            kind: OpKind::Failover,
+            apps: vec![x.clone()],
+            note: "by hand".into(),
         },
     ) else {
         panic!("no operation")

@@ -30,10 +30,16 @@ fn trigger(req: &StartOperationRequest) -> Result<Trigger, Status> {
         "failover" => Trigger::Failover { apps, to: site()? },
         "switchover" => Trigger::Switchover { apps, to: site()? },
         "failback" => Trigger::Failback { apps },
-        "site-fail" => Trigger::SiteLost { site: site()? },
+        "site-fail" | "site-loss-drill" => Trigger::SiteLost { site: site()? },
+        "test-drill" => Trigger::TestDrill {
+            apps,
+            to: (!req.site.trim().is_empty()).then(|| SiteId::new(req.site.trim())),
+        },
+        "switchover-drill" => Trigger::Switchover { apps, to: site()? },
         other => {
             return Err(Status::invalid_argument(format!(
-                "unknown verb {other:?}: use failover, switchover, failback or site-fail"
+                "unknown verb {other:?}: use failover, switchover, failback, site-fail, \
+                 test-drill, switchover-drill or site-loss-drill"
             )));
         }
     })
@@ -45,10 +51,15 @@ pub async fn start(
     req: StartOperationRequest,
 ) -> Result<StartOperationReply, Status> {
     let t = trigger(&req)?;
-    let plan = {
+    let mut plan = {
         let a = node.state.read();
         planner::plan(&a.state, &t).map_err(|e| Status::failed_precondition(e.to_string()))?
     };
+    match req.verb.as_str() {
+        "switchover-drill" => plan.drill = Some(planner::DrillKind::Switchover),
+        "site-loss-drill" => plan.drill = Some(planner::DrillKind::SiteLoss),
+        _ => {}
+    }
     let plan_json = json(&plan)?;
     if req.dry_run {
         return Ok(StartOperationReply { op: 0, plan_json });

@@ -772,4 +772,24 @@ impl Operator for OperatorService {
             super::operations::recover_site(&self.node, actor, req).await?,
         ))
     }
+
+    async fn get_report(
+        &self,
+        req: Request<GetReportRequest>,
+    ) -> Result<Response<GetReportReply>, Status> {
+        Ok(Response::new(super::reports::get(
+            &self.node,
+            &req.into_inner(),
+        )?))
+    }
+
+    async fn readiness(
+        &self,
+        req: Request<ReadinessRequest>,
+    ) -> Result<Response<ReadinessReply>, Status> {
+        Ok(Response::new(super::reports::readiness(
+            &self.node,
+            &req.into_inner(),
+        )?))
+    }
 }

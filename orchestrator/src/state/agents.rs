@@ -91,6 +91,31 @@ impl ClusterState {
                         );
                     }
                 }
+                AgentAction::DrillSnapshot { app, .. } => {
+                    if !self.apps.contains(app) {
+                        return Err(not_found("app", app.as_str()));
+                    }
+                }
+                AgentAction::DrillStart { op, spec } => {
+                    if self.vm_app(&spec.vm).is_none() {
+                        return Err(not_found("VM in the topology", spec.vm.as_str()));
+                    }
+                    if spec.drill != Some(*op) {
+                        return reject(
+                            RejectKind::Invalid,
+                            format!(
+                                "a drill start of {} must carry drill {op} in its spec",
+                                spec.vm
+                            ),
+                        );
+                    }
+                }
+                AgentAction::DrillProbe { vm, .. } => {
+                    if self.vm_app(vm).is_none() {
+                        return Err(not_found("VM in the topology", vm.as_str()));
+                    }
+                }
+                AgentAction::DrillCleanup { .. } => {}
                 _ => {
                     let vm = action.vm().map(VmId::as_str).unwrap_or_default();
                     if self.vm_app(&VmId::new(vm)).is_none() {
@@ -99,6 +124,9 @@ impl ClusterState {
                 }
             }
             if let AgentAction::Probe {
+                timeout_s, marker, ..
+            }
+            | AgentAction::DrillProbe {
                 timeout_s, marker, ..
             } = action
                 && (!(1..=3600).contains(timeout_s) || marker.is_empty() || marker.len() > 256)

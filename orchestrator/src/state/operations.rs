@@ -4,10 +4,10 @@
 use topology::{AppId, HostId, SiteId, SiteRole, VmId, VolumeId};
 
 use super::{
-    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpStatus, Operation, Outcome,
-    RejectKind, Request, Role, not_found, reject,
+    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus, Operation,
+    Outcome, RejectKind, Request, Role, not_found, reject,
 };
-use crate::planner::{Plan, busy_apps};
+use crate::planner::{Plan, busy_apps, drilled_apps};
 
 impl ClusterState {
     pub(super) fn begin_plan(
@@ -19,7 +19,10 @@ impl ClusterState {
         if plan.is_empty() {
             return reject(RejectKind::Invalid, "the plan moves no app");
         }
-        let busy = busy_apps(self);
+        let mut busy = busy_apps(self);
+        if plan.kind == OpKind::Drill {
+            busy.extend(drilled_apps(self));
+        }
         let mut apps: Vec<AppId> = Vec::new();
         for m in plan.apps() {
             if !self.apps.contains(&m.app) {
@@ -136,6 +139,12 @@ impl ClusterState {
         placement: &[(VmId, HostId)],
     ) -> Applied {
         let rec = self.running_op_ref(op)?;
+        if rec.kind == OpKind::Drill {
+            return reject(
+                RejectKind::Conflict,
+                format!("{op} is a test drill: it promotes and moves nothing"),
+            );
+        }
         let Some(planned) = rec
             .plan
             .as_ref()

@@ -152,6 +152,31 @@ pub enum AgentAction {
         #[serde(default)]
         grace_s: u32,
     },
+    /// Test drill `op`: take a copy-on-write snapshot of the app's replicas (the
+    /// secondary this host serves) at one sequence point and export it, with a
+    /// private writable overlay, for the drill's VMs. Replication goes on.
+    DrillSnapshot {
+        op: u64,
+        app: AppId,
+    },
+    /// Test drill `op`: define and start the drill copy of a VM (`spec.drill` set) on
+    /// the drill's snapshot and an isolated network. Never touches production.
+    DrillStart {
+        op: u64,
+        spec: topology::spec::VmSpec,
+    },
+    /// Test drill `op`: the serial probe of a drill VM.
+    DrillProbe {
+        op: u64,
+        vm: VmId,
+        marker: String,
+        timeout_s: u32,
+    },
+    /// Remove whatever test drill `op` made on this host (VMs, snapshots, its
+    /// isolated network); idempotent. Reports what is left of the host's production.
+    DrillCleanup {
+        op: u64,
+    },
 }
 
 impl AgentAction {
@@ -166,7 +191,13 @@ impl AgentAction {
             | AgentAction::Suspend { vm }
             | AgentAction::Resume { vm }
             | AgentAction::Probe { vm, .. } => Some(vm),
-            AgentAction::Serve { .. } | AgentAction::Unserve { .. } => None,
+            // Drill commands are about drill copies, never the production VM.
+            AgentAction::Serve { .. }
+            | AgentAction::Unserve { .. }
+            | AgentAction::DrillSnapshot { .. }
+            | AgentAction::DrillStart { .. }
+            | AgentAction::DrillProbe { .. }
+            | AgentAction::DrillCleanup { .. } => None,
         }
     }
 
@@ -178,6 +209,11 @@ impl AgentAction {
             AgentAction::Unserve { app, .. } => format!("group:{app}"),
             // Its own queue: a long wait must not hold up the VM's other commands.
             AgentAction::Probe { vm, .. } => format!("probe:{vm}"),
+            // One queue per drill and host: the cleanup runs after every start.
+            AgentAction::DrillSnapshot { op, .. }
+            | AgentAction::DrillStart { op, .. }
+            | AgentAction::DrillCleanup { op } => format!("drill:{op}"),
+            AgentAction::DrillProbe { op, vm, .. } => format!("drill:{op}:probe:{vm}"),
             other => other.vm().map(ToString::to_string).unwrap_or_default(),
         }
     }
@@ -194,6 +230,10 @@ impl AgentAction {
             AgentAction::Probe { .. } => "probe",
             AgentAction::Serve { .. } => "serve",
             AgentAction::Unserve { .. } => "unserve",
+            AgentAction::DrillSnapshot { .. } => "drill-snapshot",
+            AgentAction::DrillStart { .. } => "drill-start",
+            AgentAction::DrillProbe { .. } => "drill-probe",
+            AgentAction::DrillCleanup { .. } => "drill-cleanup",
         }
     }
 }
@@ -357,6 +397,9 @@ pub enum OpStatus {
     Succeeded,
     Failed,
     Aborted,
+    /// A test drill whose leader changed while it ran: a new leader does not resume
+    /// it (its measurements would be wrong); it cleans the drill up and ends it so.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

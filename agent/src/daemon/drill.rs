@@ -1,0 +1,170 @@
+//! The agent's half of a test drill: start a drill copy of a VM (on the drill's
+//! snapshot, on the drill's isolated network) and remove everything a drill made on
+//! this host. Production domains are never touched: drill copies are named
+//! `drill-<op>-<vm>` and carry the drill in their metadata mark.
+
+use std::sync::Arc;
+
+use topology::spec::{NetworkSpec, VmSpec, drill_network_name};
+
+use super::{Shared, hv, lock};
+use crate::domain_xml::{self, DiskBackend};
+use crate::hypervisor::only_ours;
+
+/// Why libvirt's definition of a drill network is not isolated (pure); None: it is.
+pub fn not_isolated(network_xml: &str) -> Option<String> {
+    let doc = match roxmltree::Document::parse(network_xml) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("unreadable network XML: {e}")),
+    };
+    let root = doc.root_element();
+    let mut why = Vec::new();
+    for n in root.children().filter(|n| n.is_element()) {
+        match n.tag_name().name() {
+            "forward" => why.push(format!(
+                "it forwards traffic (mode {})",
+                n.attribute("mode").unwrap_or("nat")
+            )),
+            "ip" => why.push(format!(
+                "the host has an address on it ({})",
+                n.attribute("address").unwrap_or("?")
+            )),
+            _ => {}
+        }
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Define and start the drill copy `spec` (which must belong to drill `op`).
+pub async fn start(s: &Arc<Shared>, op: u64, spec: VmSpec) -> (bool, String) {
+    if spec.drill != Some(op) {
+        return (
+            false,
+            format!("the spec of {} is not drill {op}'s copy; refusing", spec.vm),
+        );
+    }
+    let name = spec.domain_name();
+    let mut isolation = "no network interface".to_string();
+    if let NetworkSpec::Network { name: net } = &spec.network {
+        return (
+            false,
+            format!("a drill copy may not join the production network {net}"),
+        );
+    }
+    if let NetworkSpec::Isolated { name: net } = &spec.network {
+        if *net != drill_network_name(op) {
+            return (
+                false,
+                format!(
+                    "drill {op}'s copies join only {}, not {net}",
+                    drill_network_name(op)
+                ),
+            );
+        }
+        let xml = domain_xml::isolated_network_xml(net, op);
+        let n = net.clone();
+        let desc = match hv(s, move |h| h.ensure_network(&n, &xml)).await {
+            Ok(d) => d,
+            Err(e) => return (false, format!("cannot set up network {net}: {e}")),
+        };
+        if let Some(why) = not_isolated(&desc) {
+            return (
+                false,
+                format!("network {net} is not isolated: {why}; not starting {name}"),
+            );
+        }
+        isolation = format!("isolated network {net} (no forward, no host address)");
+    }
+    let ty = *lock(&s.domain_type);
+    let xml = domain_xml::domain_xml(&spec, ty, &s.paths, DiskBackend::Nbd);
+    let console = domain_xml::console_of(&s.paths, &spec);
+    let mark = std::fs::metadata(&console).map_or(0, |m| m.len());
+    lock(&s.console_marks).insert(name.clone(), mark);
+    let n = name.clone();
+    let disks = spec.disks.len();
+    let r = hv(s, move |h| {
+        h.define(&xml)?;
+        h.start(&n)?;
+        h.state(&n)
+    })
+    .await;
+    match r {
+        Ok(state) => (
+            true,
+            format!("{name} {state} ({ty}, {disks} disk(s) on the drill snapshot; {isolation})"),
+        ),
+        Err(e) => (false, format!("cannot start {name}: {e}")),
+    }
+}
+
+/// Remove every domain, snapshot and network of drill `op` on this host.
+pub async fn cleanup(s: &Arc<Shared>, op: u64) -> (bool, String) {
+    let host = s.cfg.host.clone();
+    let domains = match hv(s, move |h| h.list().map(|d| only_ours(d, &host))).await {
+        Ok(d) => d,
+        Err(e) => return (false, format!("cannot list domains: {e}")),
+    };
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for d in domains
+        .into_iter()
+        .filter(|d| d.managed.as_ref().is_some_and(|m| m.drill == Some(op)))
+    {
+        let name = d.name.clone();
+        let r = hv(s, move |h| {
+            h.destroy(&name)?;
+            h.undefine(&name)
+        })
+        .await;
+        match r {
+            Ok(()) => {
+                let _ = std::fs::remove_file(s.paths.consoles_dir.join(format!("{}.log", d.name)));
+                lock(&s.console_marks).remove(&d.name);
+                done.push(format!("{} removed", d.name));
+            }
+            Err(e) => failed.push(format!("{}: {e}", d.name)),
+        }
+    }
+    done.extend(s.volumes.drill_cleanup(op).await);
+    let net = drill_network_name(op);
+    let n = net.clone();
+    match hv(s, move |h| h.remove_network(&n)).await {
+        Ok(()) => done.push(format!("network {net} gone")),
+        Err(e) => failed.push(format!("network {net}: {e}")),
+    }
+    if failed.is_empty() {
+        (true, done.join("; "))
+    } else {
+        (
+            false,
+            format!(
+                "could not remove: {} (removed: {})",
+                failed.join("; "),
+                done.join("; ")
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_without_forward_and_address_is_isolated() {
+        assert_eq!(
+            not_isolated("<network><name>x</name><bridge name='b'/></network>"),
+            None
+        );
+        let nat = "<network><name>default</name><forward mode='nat'/><ip address='192.168.122.1'/></network>";
+        let why = not_isolated(nat).unwrap_or_default();
+        assert!(why.contains("forwards traffic (mode nat)"), "{why}");
+        assert!(why.contains("192.168.122.1"), "{why}");
+        assert!(not_isolated("<network").is_some());
+        assert!(!domain_xml::isolated_network_xml("mdr-drill-7", 7).contains("<forward"));
+        assert_eq!(
+            not_isolated(&domain_xml::isolated_network_xml("mdr-drill-7", 7)),
+            None
+        );
+    }
+}

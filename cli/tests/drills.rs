@@ -1,0 +1,311 @@
+//! Test drills on the lab (three orchestrator nodes, four agents on libvirt's test
+//! driver, every volume served by the agents): a drill starts a copy of every app at
+//! its other site on snapshots of the replicas, while a writer keeps writing through
+//! production's primary; production never moves, replication never falls behind, the
+//! drill leaves nothing behind, and its report is signed so that one changed byte is
+//! caught. A drill whose leader is killed is cleaned up by the next leader and reported
+//! as interrupted.
+
+// Each test holds the `serial()` guard for its whole run, on purpose (see cluster.rs).
+#![allow(clippy::await_holding_lock, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::agent_lab::*;
+use common::*;
+use serde_json::Value;
+
+/// Where every production VM runs, in which state, since when (`vm list`).
+fn production(lab: &Lab) -> BTreeMap<String, (String, String, u64)> {
+    lab.json(&["vm", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["vm"].as_str().unwrap().to_string(),
+                (
+                    v["host"].as_str().unwrap_or_default().to_string(),
+                    v["state"].as_str().unwrap_or_default().to_string(),
+                    v["since_ms"].as_u64().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Replicas that are not up to date right now, as "volume@site state".
+fn lagging(lab: &Lab) -> Vec<String> {
+    let v = lab.json(&["volume", "list"]);
+    let mut out = Vec::new();
+    for vol in v.as_array().unwrap() {
+        for r in vol["replicas"].as_array().unwrap() {
+            if r["data"] != "up-to-date" {
+                out.push(format!("{}@{} {}", vol["id"], r["site"], r["data"]));
+            }
+        }
+    }
+    out
+}
+
+/// Files a drill left in the agents' state directories (snapshots, sockets).
+fn drill_leftovers(dir: &Path, op: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in HOSTS {
+        let state = dir.join(format!("agent-{h}"));
+        if let Ok(rd) = std::fs::read_dir(state.join("volumes/drills")) {
+            out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+        if let Ok(rd) = std::fs::read_dir(state.join("sockets")) {
+            out.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("d{op}-"))),
+            );
+        }
+    }
+    out
+}
+
+fn step<'a>(rec: &'a Value, app: &str, prefix: &str) -> &'a Value {
+    rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["app"] == app && s["name"].as_str().unwrap().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no step {prefix:?} of {app}: {rec}"))
+}
+
+fn flip_byte(from: &Path, to: &Path, at: usize) {
+    let mut b = std::fs::read(from).unwrap();
+    let i = at % b.len();
+    b[i] = if b[i] == b'7' { b'8' } else { b'7' };
+    std::fs::write(to, b).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
+    let _g = serial();
+    let lab = Lab::start().await;
+    let before = production(&lab);
+    assert_eq!(before.len(), VMS.len(), "{before:?}");
+
+    // Production keeps writing through the primary of db during the drill.
+    let c = connect(&lab.socket("db-data", "db", "north"), "db-data").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until_failure(c, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let o = lab.run(&["drill", "run", "--kind", "test", "--all", "--no-wait"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let begun: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let op = begun["op"].as_u64().unwrap();
+    // While it runs: every replica stays up to date (replication within its bound).
+    let mut samples = 0;
+    let mut behind = Vec::new();
+    let rec = loop {
+        behind.extend(lagging(&lab));
+        samples += 1;
+        let o = lab.run(&["op", "show", &op.to_string()]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        if v["status"] != "running" && !v.is_null() {
+            break v;
+        }
+        assert!(samples < 600, "the drill did not end: {}", text(&o));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert!(
+        behind.is_empty(),
+        "replicas fell behind during the drill: {behind:?}"
+    );
+    assert!(acked > 20, "production kept writing: {acked} records");
+    eprintln!(
+        "op-{op}: {samples} samples of the replicas, all up to date; {acked} records written meanwhile"
+    );
+
+    // Every app got a copy at its other site, on a snapshot, isolated, and healthy.
+    for (app, other) in [
+        ("db", "south"),
+        ("api", "south"),
+        ("portal", "south"),
+        ("archive", "south"),
+        ("mail", "north"),
+    ] {
+        let snap = step(&rec, app, &format!("snapshot at {other}-"));
+        assert!(
+            snap["result"].as_str().unwrap().contains("at sequence"),
+            "{snap}"
+        );
+        let start = step(&rec, app, "start drill VMs");
+        let r = start["result"].as_str().unwrap();
+        assert!(r.contains(&format!("drill-{op}-")), "{start}");
+        assert!(r.contains("isolated network"), "{start}");
+        assert!(!r.contains(&format!(
+            "@{}",
+            if other == "south" { "north" } else { "south" }
+        )));
+        for s in ["health gate", "production check", "production after"] {
+            let st = step(&rec, app, s);
+            assert!(
+                !st["result"].as_str().unwrap().starts_with("FAILED"),
+                "{st}"
+            );
+        }
+    }
+    // Production: same VMs on the same hosts in the same states.
+    assert_eq!(production(&lab), before);
+    // Nothing of the drill is left on any host.
+    let cleanup = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cleanup")
+        .unwrap_or_else(|| panic!("no cleanup: {rec}"));
+    let r = cleanup["result"].as_str().unwrap();
+    assert!(r.contains(&format!("drill-{op}-db-1 removed")), "{r}");
+    assert!(r.contains(&format!("network mdr-drill-{op} gone")), "{r}");
+    assert!(r.contains("replica is now at sequence"), "{r}");
+    let left = drill_leftovers(lab.c.dir.path(), op);
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The signed report: it verifies, pinned to the cluster's key, and one changed
+    // byte anywhere fails it.
+    let dir = lab.c.dir.path();
+    let key = lab.run(&["report", "key"]);
+    let key: Value = serde_json::from_slice(&key.stdout).unwrap();
+    let key = key["public_key"].as_str().unwrap().to_string();
+    for format in ["html", "json", "text"] {
+        let file = dir.join(format!("op-{op}.{format}"));
+        let o = lab.run(&[
+            "report",
+            "export",
+            &format!("op-{op}"),
+            "--format",
+            format,
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = metrodr(&[
+            "report",
+            "verify",
+            file.to_str().unwrap(),
+            "--public-key",
+            &key,
+            "-o",
+            "json",
+        ]);
+        assert!(o.status.success(), "{format}: {}", text(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["passed"], true, "{v}");
+        let len = std::fs::metadata(&file).unwrap().len() as usize;
+        for at in [0, len / 3, len / 2, len - 2] {
+            let bad = dir.join(format!("bad-{at}.{format}"));
+            flip_byte(&file, &bad, at);
+            let o = metrodr(&["report", "verify", bad.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(1), "{format} byte {at}: {}", text(&o));
+            assert!(text(&o).contains("NOT VERIFIED"), "{}", text(&o));
+        }
+    }
+    let html = std::fs::read_to_string(dir.join(format!("op-{op}.html"))).unwrap();
+    assert!(html.contains("id=\"timeline\"") && html.contains("id=\"apps\""));
+    // The drill counts for readiness.
+    let ready = lab.json(&["app", "readiness", "db"]);
+    assert_eq!(ready[0]["last_drill"][0], format!("op-{op}"), "{ready}");
+    let drills = lab.json(&["drill", "list"]);
+    assert!(
+        drills
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == format!("op-{op}") && d["kind"] == "test-drill"),
+        "{drills}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_interrupted_by_a_leader_kill_is_cleaned_up_and_reported_interrupted() {
+    let _g = serial();
+    // db gets a serial probe the test driver never prints: the drill waits in its
+    // health gate, where the leader is killed.
+    let text0 = std::fs::read_to_string(root().join("examples/lab.toml")).unwrap();
+    let probe = "  disks = [\"db-data\"]\n\n  [[app.probe]]\n  kind = \"serial\"\n  vm = \"db-1\"\n  marker = \"never printed by the test driver\"\n  timeout_s = 120\n";
+    let topo = text0.replacen("  disks = [\"db-data\"]\n", probe, 1);
+    assert_ne!(topo, text0);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("lab-probe.toml");
+    std::fs::write(&file, topo).unwrap();
+    let mut lab = Lab::start_with(&file).await;
+    let before = production(&lab);
+
+    let o = lab.run(&[
+        "drill",
+        "run",
+        "--kind",
+        "test",
+        "--apps",
+        "db",
+        "--no-wait",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let op = serde_json::from_slice::<Value>(&o.stdout).unwrap()["op"]
+        .as_u64()
+        .unwrap();
+    let addrs = lab.addrs.clone();
+    wait_for(Duration::from_secs(30), "the drill's health gate", || {
+        let a = addrs.clone();
+        async move {
+            let v = cli_json(&a, &["op", "show", &op.to_string()]);
+            v["steps"]
+                .as_array()?
+                .iter()
+                .any(|s| s["name"] == "health gate")
+                .then_some(())
+        }
+    })
+    .await;
+    let leader = leader_seen_by(&lab.c.nodes[0].grpc, Duration::from_secs(5)).await;
+    lab.c.node_mut(&leader).kill();
+    eprintln!("killed the leader {leader} during op-{op}'s health gate");
+
+    let rec = wait_op(&lab.addrs, op, Duration::from_secs(60)).await;
+    assert_eq!(rec["status"], "interrupted", "{rec}");
+    let cleanup = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cleanup after interruption")
+        .unwrap_or_else(|| panic!("no cleanup: {rec}"));
+    let r = cleanup["result"].as_str().unwrap();
+    assert!(r.contains(&format!("drill-{op}-db-1 removed")), "{r}");
+    assert!(r.contains("dropped"), "{r}");
+    let left = drill_leftovers(lab.c.dir.path(), op);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(production(&lab), before);
+    // The report says so, signed.
+    let out = lab.c.dir.path().join("interrupted.json");
+    let o = lab.run(&[
+        "report",
+        "export",
+        &format!("op-{op}"),
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = metrodr(&["report", "verify", out.to_str().unwrap(), "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "interrupted", "{v}");
+    assert_eq!(v["passed"], false, "{v}");
+}

@@ -1,0 +1,74 @@
+//! Reports and readiness, read from the committed state of this node (no write).
+
+use tonic::Status;
+use topology::AppId;
+
+use crate::node::Node;
+use crate::pb::*;
+
+/// The signed report of one operation, or the CSV history of every operation.
+pub fn get(node: &Node, req: &GetReportRequest) -> Result<GetReportReply, Status> {
+    let key = node.signing_key.as_ref().ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "{} has no cluster signing key, so it cannot sign reports: create one with \
+             `metrodr report keygen --out FILE`, give every orchestrator node the same file \
+             (`signing_key = \"FILE\"` in its config) and restart it",
+            node.name
+        ))
+    })?;
+    let public_key = drills::public_key_hex(&key.verifying_key());
+    let a = node.state.read();
+    if req.format == "csv" {
+        let reports: Vec<drills::Report> = a
+            .state
+            .operations
+            .keys()
+            .filter_map(|id| a.state.operation_view(*id))
+            .map(|o| crate::report::build(&a.state, &o))
+            .collect();
+        return Ok(GetReportReply {
+            document: drills::history_csv(&reports),
+            public_key,
+            passed: reports.iter().all(drills::Report::passed),
+        });
+    }
+    let format = match req.format.as_str() {
+        "json" | "" => drills::Format::Json,
+        "html" => drills::Format::Html,
+        "text" => drills::Format::Text,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown report format {other:?}: use json, html, text or csv"
+            )));
+        }
+    };
+    let o = a.state.operation_view(req.op).ok_or_else(|| {
+        Status::not_found(format!(
+            "no operation op-{} (see `metrodr report list`)",
+            req.op
+        ))
+    })?;
+    let report = crate::report::build(&a.state, &o);
+    let document = drills::render_signed(&report, format, key)
+        .map_err(|e| Status::failed_precondition(format!("cannot sign the report: {e}")))?;
+    Ok(GetReportReply {
+        document,
+        public_key,
+        passed: report.passed(),
+    })
+}
+
+pub fn readiness(node: &Node, req: &ReadinessRequest) -> Result<ReadinessReply, Status> {
+    let a = node.state.read();
+    let apps: Vec<AppId> = req.apps.iter().map(|x| AppId::new(x.as_str())).collect();
+    if let Some(missing) = apps.iter().find(|x| !a.state.apps.contains(x)) {
+        return Err(Status::not_found(format!(
+            "no app {missing} in the cluster (see `metrodr app list`)"
+        )));
+    }
+    let list = crate::readiness::assess(&a.state, &apps, crate::service::operator::now_ms());
+    Ok(ReadinessReply {
+        readiness_json: serde_json::to_string(&list)
+            .map_err(|e| Status::internal(format!("cannot encode: {e}")))?,
+    })
+}
