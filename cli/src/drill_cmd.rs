@@ -215,8 +215,20 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
             .and_then(|p| p.apps().next())
             .map(|m| m.from.to_string())
             .context("the switchover's plan names no app")?;
+        // The old primaries become up to date again once the reversed replication
+        // has caught up; only then may they be promoted.
         if out == Output::Table {
-            println!("\nand back to {home}:");
+            println!("\nwaiting for the replicas at {home} to be up to date again…");
+        }
+        wait_up_to_date(
+            c,
+            &apps,
+            &home,
+            std::time::Duration::from_secs(a.run.timeout_s),
+        )
+        .await?;
+        if out == Output::Table {
+            println!("and back to {home}:");
         }
         if let Some((back, c2)) =
             crate::op_cmd::start_op("switchover-drill", apps, home, a.run, c, out).await?
@@ -234,6 +246,44 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
         }
     }
     Ok(code)
+}
+
+/// Wait until every replica of `apps`' volumes at `site` is up to date.
+async fn wait_up_to_date(
+    c: &ClusterArgs,
+    apps: &[String],
+    site: &str,
+    within: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    let client = c.connect().await?;
+    loop {
+        let vols = client
+            .op
+            .clone()
+            .list_volumes(pb::ListVolumesRequest { app: String::new() })
+            .await
+            .map_err(|e| status_err(&client.addr, e))?
+            .into_inner()
+            .volumes;
+        let behind: Vec<String> = vols
+            .iter()
+            .filter(|v| apps.contains(&v.app))
+            .flat_map(|v| v.replicas.iter().map(move |r| (v, r)))
+            .filter(|(_, r)| r.site == site && r.data != "up-to-date")
+            .map(|(v, r)| format!("{}@{site} {}", v.id, r.data))
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the replicas at {site} are still not up to date ({}); not moving back",
+                behind.join(", ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 async fn operations(c: &ClusterArgs, limit: u32) -> anyhow::Result<Vec<Operation>> {

@@ -309,3 +309,51 @@ async fn a_drill_interrupted_by_a_leader_kill_is_cleaned_up_and_reported_interru
     assert_eq!(v["status"], "interrupted", "{v}");
     assert_eq!(v["passed"], false, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switchover_drill_moves_an_app_and_back_and_both_reports_say_so() {
+    let _g = serial();
+    let lab = Lab::start().await;
+    let o = lab.run(&[
+        "drill",
+        "run",
+        "--kind",
+        "switchover",
+        "--apps",
+        "mail",
+        "--to",
+        "north",
+        "--and-back",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let drills = lab.json(&["drill", "list"]);
+    let list = drills.as_array().unwrap();
+    assert_eq!(list.len(), 2, "there and back: {drills}");
+    for d in list {
+        assert_eq!(d["kind"], "switchover-drill", "{d}");
+        assert_eq!(d["status"], "succeeded", "{d}");
+    }
+    // Home again, replication reversed twice, nothing lost on the way (a graceful
+    // move drains before promoting).
+    let apps = lab.json(&["app", "list"]);
+    let mail = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "mail")
+        .unwrap();
+    assert_eq!(mail["active_site"], "south", "{mail}");
+    let vol = lab.volume("mail-data");
+    assert_eq!(vol["epoch"], 3, "{vol}");
+    assert_eq!(replica(&vol, "south")["role"], "primary");
+    let first = list.last().unwrap()["id"].as_str().unwrap().to_string();
+    let o = lab.run(&["report", "show", &first, "--format", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "switchover-drill", "{v}");
+    assert_eq!(v["apps"][0]["site_after"], "north", "{v}");
+    assert!(
+        v["apps"][0]["rto_achieved_s"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}

@@ -215,6 +215,18 @@ fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothin
     // and the stored report says the same.
     let sf = &v["site_failover"];
     assert_eq!(sf["status"], "succeeded", "{sf}");
+    // The test drill before the loss: every app's copy ran at its other site, every
+    // check passed (production untouched, isolated, cleaned up), and both reports
+    // verify offline against the cluster's key.
+    let drill = &sf["drill"];
+    assert_eq!(drill["status"], "succeeded", "{drill}");
+    assert_eq!(drill["checks_passed"], true, "{drill}");
+    assert_eq!(drill["verified"], true, "{drill}");
+    assert_eq!(drill["apps"].as_array().map(Vec::len), Some(5), "{drill}");
+    assert_eq!(sf["signed_report"]["verified"], true, "{sf}");
+    let html = sf["signed_report"]["html"].as_str().unwrap_or_default();
+    let o = metrodr(&["report", "verify", html]);
+    assert!(o.status.success(), "{}", stdout(&o));
     assert!(sf["writes_acknowledged"].as_u64() > Some(100), "{sf}");
     assert_eq!(sf["writes_missing"], 0, "{sf}");
     let apps = sf["apps"].as_array().expect("apps");

@@ -141,13 +141,14 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
                 .unwrap_or_default()
         };
         if drill {
+            let bound = lag_bound(state, &m.app);
             for (phase, step) in [
                 ("before", "baseline"),
                 ("during", "production check"),
                 ("after", "production after"),
             ] {
                 let s = steps.iter().find(|s| s.name == step);
-                replication.push(sample(&m.app, phase, s.copied()));
+                replication.push(sample(&m.app, phase, s.copied(), &bound));
             }
         }
         apps.push(AppResult {
@@ -232,18 +233,6 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         .and_then(|p| p.apps().next())
         .map(|m| m.to.to_string())
         .unwrap_or_default();
-    let mut steps_note = String::new();
-    if !op_steps.is_empty() {
-        steps_note = op_steps
-            .iter()
-            .map(|s| match &s.result {
-                Some(StepResult::Ok) => format!("{}: {}", s.name, s.detail),
-                Some(StepResult::Failed(e)) => format!("{}: FAILED: {e}", s.name),
-                None => format!("{}: unfinished", s.name),
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-    }
     Report {
         format_version: 1,
         id: o.id.to_string(),
@@ -254,11 +243,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         started_by: o.started_by.clone(),
         started_ms: o.started_ms,
         ended_ms: o.ended_ms,
-        note: if steps_note.is_empty() {
-            o.note.clone()
-        } else {
-            format!("{}\n{steps_note}", o.note)
-        },
+        note: o.note.clone(),
         target_site,
         apps,
         replication,
@@ -289,7 +274,30 @@ fn check_of(name: &str, steps: &[&Step]) -> Check {
     }
 }
 
-fn sample(app: &AppId, phase: &str, s: Option<&Step>) -> ReplicationSample {
+/// What "within bound" means for the app's group: sync volumes lag nothing that was
+/// acknowledged; async ones at most their configured lag.
+fn lag_bound(state: &ClusterState, app: &AppId) -> String {
+    let Some(model) = state.topology().and_then(|t| t.model.app(app).cloned()) else {
+        return "within bound".into();
+    };
+    let mut parts = Vec::new();
+    for v in &model.volumes {
+        parts.push(match &v.replication {
+            topology::Replication::Sync => format!("{}: 0 (sync)", v.id),
+            topology::Replication::Async {
+                lag_max_s,
+                lag_max_size,
+            } => format!("{}: at most {lag_max_s} s / {lag_max_size} (async)", v.id),
+        });
+    }
+    if parts.is_empty() {
+        "no volumes".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn sample(app: &AppId, phase: &str, s: Option<&Step>, bound: &str) -> ReplicationSample {
     let Some(s) = s else {
         return ReplicationSample {
             app: app.to_string(),
@@ -311,9 +319,9 @@ fn sample(app: &AppId, phase: &str, s: Option<&Step>) -> ReplicationSample {
         phase: phase.into(),
         link: if in_sync { "in-sync" } else { "not in sync" }.into(),
         lag: if in_sync {
-            "within bound".into()
+            bound.to_string()
         } else {
-            "over bound or unknown".into()
+            "over its bound, or unknown".into()
         },
         within_bound: ok && in_sync,
         detail: text,

@@ -63,6 +63,10 @@ pub struct SiteFailover {
     pub writes_missing: u64,
     pub kill_to_last_healthy_s: f64,
     pub report: PathBuf,
+    /// The failover's report as the cluster signed it (HTML, JSON), verified offline.
+    pub signed_report: super::drill::SignedReport,
+    /// The test drill run before the loss.
+    pub drill: super::drill::DrillOutcome,
     pub record: OpRecord,
 }
 
@@ -358,6 +362,15 @@ pub async fn site_failover(
         }
     };
 
+    // A test drill first, while production writes: in test mode every app, with real
+    // guests the tier-1 app (each copy is one more TCG guest on this machine).
+    let drilled: Vec<String> = if qemu {
+        vec![db.id.to_string()]
+    } else {
+        topo.apps.iter().map(|a| a.id.to_string()).collect()
+    };
+    let drill = super::drill::test_drill(&client, drilled, reports, table).await?;
+
     // Lose north: every process there, at once (the guests' QEMU processes too).
     let north_hosts: Vec<String> = topo
         .hosts
@@ -568,6 +581,8 @@ pub async fn site_failover(
         .fold(0.0, f64::max);
     std::fs::create_dir_all(reports)?;
     let path = reports.join(format!("failover-op-{op}-{}.json", killed_ms / 1000));
+    let signed_report =
+        super::drill::export(&sc, op, reports, &format!("failover-op-{op}")).await?;
     let out = SiteFailover {
         topology: if qemu {
             "examples/lab.toml (built in), real QEMU probe guests"
@@ -582,6 +597,8 @@ pub async fn site_failover(
         writes_missing: missing,
         kill_to_last_healthy_s: last,
         report: path.clone(),
+        signed_report,
+        drill,
         record: rec,
     };
     std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
@@ -603,7 +620,21 @@ pub async fn site_failover(
                 a.rto_target_s
             );
         }
-        println!("  report: {}", path.display());
+        println!("  record: {}", path.display());
+        println!(
+            "  signed report (verified offline: {}): {}",
+            if out.signed_report.verified {
+                "yes"
+            } else {
+                "NO"
+            },
+            out.signed_report.html.display()
+        );
+        println!(
+            "  check it yourself: metrodr report verify {} --public-key {}",
+            out.signed_report.html.display(),
+            out.signed_report.public_key
+        );
     }
     Ok(out)
 }
