@@ -258,9 +258,10 @@ pub struct GroupSnapshot {
 
 impl GroupSnapshot {
     /// Create the snapshot's files in `dir` and attach a preserver to each live
-    /// volume. The caller holds the group's apply lock (no frame is being applied)
+    /// volume. The caller makes sure no write is being applied meanwhile (a secondary:
+    /// [`crate::secondary::ReplicaGroup::snapshot`] holds its apply lock)
     /// and passes the sequence number of the last applied frame.
-    pub(crate) fn attach(
+    pub fn attach(
         group: &str,
         live: &[Arc<VolumeFile>],
         seq: u64,
