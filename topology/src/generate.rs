@@ -197,6 +197,7 @@ pub fn generate(spec: GenSpec) -> Topology {
         orchestrators,
         hosts,
         apps,
+        drills: Vec::new(),
     }
 }
 

@@ -220,6 +220,55 @@ pub struct Topology {
     pub orchestrators: Vec<OrchestratorNode>,
     pub hosts: Vec<Host>,
     pub apps: Vec<App>,
+    /// Test drills the leader runs on a schedule (`[[drill]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<DrillSchedule>,
+}
+
+/// A scheduled test drill (`[[drill]]`): only test drills are scheduled (the others
+/// disrupt production and are run by hand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillSchedule {
+    pub id: String,
+    /// The apps to drill; empty: every app.
+    pub apps: Vec<AppId>,
+    /// Seconds between runs.
+    pub every_s: u64,
+}
+
+impl DrillSchedule {
+    /// The apps it drills in `topo`.
+    pub fn apps_in(&self, topo: &Topology) -> Vec<AppId> {
+        if self.apps.is_empty() {
+            topo.apps.iter().map(|a| a.id.clone()).collect()
+        } else {
+            self.apps.clone()
+        }
+    }
+}
+
+/// Parse a schedule interval: an integer and a unit (s, m, h, d, w), 1 s to 365 days.
+pub fn parse_every(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "" => return Err(format!("{s:?} has no unit")),
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    let secs = n.saturating_mul(mult);
+    if secs == 0 || secs > 365 * 86_400 {
+        return Err(format!("{s} is outside 1s..=365d"));
+    }
+    Ok(secs)
 }
 
 impl Topology {
@@ -267,5 +316,64 @@ impl Topology {
 
     pub fn volume_count(&self) -> usize {
         self.apps.iter().map(|a| a.volumes.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod drill_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn intervals_have_a_number_and_a_unit_within_a_year() {
+        assert_eq!(parse_every("90s"), Ok(90));
+        assert_eq!(parse_every("15m"), Ok(900));
+        assert_eq!(parse_every("12h"), Ok(43_200));
+        assert_eq!(parse_every("7d"), Ok(604_800));
+        assert_eq!(parse_every("2w"), Ok(1_209_600));
+        assert_eq!(parse_every("365d"), Ok(365 * 86_400));
+        for bad in [
+            "0s",
+            "7",
+            "7x",
+            "d",
+            "",
+            "-1d",
+            "366d",
+            "1.5h",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_every(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_drill_schedule_parses_to_the_model_and_round_trips() {
+        let text = format!(
+            "{}\n[[drill]]\nid = \"weekly\"\nkind = \"test\"\nevery = \"7d\"\n\n[[drill]]\nid = \"web-daily\"\nkind = \"test\"\napps = [\"web\"]\nevery = \"1d\"\n",
+            include_str!("../../examples/minimal.toml")
+        );
+        let t = crate::check_str(&text).topology.unwrap();
+        assert_eq!(
+            t.drills,
+            vec![
+                DrillSchedule {
+                    id: "weekly".into(),
+                    apps: vec![],
+                    every_s: 604_800
+                },
+                DrillSchedule {
+                    id: "web-daily".into(),
+                    apps: vec![AppId::new("web")],
+                    every_s: 86_400
+                },
+            ]
+        );
+        assert_eq!(t.drills[0].apps_in(&t), vec![AppId::new("web")]);
+        let again = crate::check_str(&crate::render::to_toml(&t))
+            .topology
+            .unwrap();
+        assert_eq!(again.drills, t.drills);
     }
 }

@@ -12,7 +12,15 @@ use crate::diag::{Code, Diagnostic};
 use crate::raw::{RawAppFull, RawTopology};
 
 /// The top-level keys a topology file may have.
-pub const TOP_LEVEL_KEYS: &[&str] = &["cluster", "timing", "site", "orchestrator", "host", "app"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "cluster",
+    "timing",
+    "site",
+    "orchestrator",
+    "host",
+    "app",
+    "drill",
+];
 
 /// Parse TOML text into the raw model, collecting every syntax and schema problem.
 pub fn parse(src: &str) -> (RawTopology, Vec<Diagnostic>) {
@@ -63,6 +71,10 @@ pub fn parse(src: &str) -> (RawTopology, Vec<Diagnostic>) {
                 let values = elements(value, "[[host]]", &mut raw, &mut diags);
                 raw.hosts = de_all(values, "[[host]]", &mut raw, &mut diags);
             }
+            "drill" => {
+                let values = elements(value, "[[drill]]", &mut raw, &mut diags);
+                raw.drills = de_all(values, "[[drill]]", &mut raw, &mut diags);
+            }
             "app" => {
                 for v in elements(value, "[[app]]", &mut raw, &mut diags) {
                     if let Some(app) = de_app(v, &mut raw, &mut diags) {
@@ -86,6 +98,7 @@ pub fn parse(src: &str) -> (RawTopology, Vec<Diagnostic>) {
     raw.nodes.sort_by_key(|(s, _)| s.start);
     raw.hosts.sort_by_key(|(s, _)| s.start);
     raw.apps.sort_by_key(|a| a.span.start);
+    raw.drills.sort_by_key(|(s, _)| s.start);
     (raw, diags)
 }
 

@@ -19,6 +19,17 @@ pub struct RawCluster {
     pub volumes: Option<crate::model::VolumeService>,
 }
 
+/// `[[drill]]`: a test drill the leader runs on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrill {
+    pub id: S<String>,
+    pub kind: S<String>,
+    #[serde(default)]
+    pub apps: Vec<S<String>>,
+    pub every: S<String>,
+}
+
 /// `[[site]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +139,7 @@ pub struct RawTopology {
     pub nodes: Vec<(std::ops::Range<usize>, RawNode)>,
     pub hosts: Vec<(std::ops::Range<usize>, RawHost)>,
     pub apps: Vec<RawAppFull>,
+    pub drills: Vec<(std::ops::Range<usize>, RawDrill)>,
     /// Ids (of any kind) found in elements that failed to deserialize.
     pub broken_ids: std::collections::HashSet<String>,
     /// Sections (`"[[host]]"`, …) with at least one element that failed to deserialize.

@@ -172,5 +172,15 @@ pub fn to_toml(t: &Topology) -> String {
             }
         }
     }
+    for d in &t.drills {
+        let apps: Vec<String> = d.apps.iter().map(|a| q(a.as_str())).collect();
+        let _ = writeln!(
+            o,
+            "\n[[drill]]\nid = {}\nkind = \"test\"\napps = [{}]\nevery = \"{}s\"",
+            q(&d.id),
+            apps.join(", "),
+            d.every_s
+        );
+    }
     o
 }

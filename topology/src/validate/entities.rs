@@ -8,9 +8,9 @@ use super::{AppSpans, Spans};
 use crate::diag::{Code, Diagnostic};
 use crate::ids::{AppId, ByteSize, HostId, NodeId, SiteId, VmId, VolumeId, check_id, human_size};
 use crate::model::{
-    App, Boot, BootKind, Cluster, DEFAULT_LAG_MAX_SIZE, DEFAULT_PROBE_TIMEOUT_S, Host,
-    OrchestratorNode, Probe, ProbeKind, Replication, ReplicationMode, Site, SiteRole, Topology, Vm,
-    Volume,
+    App, Boot, BootKind, Cluster, DEFAULT_LAG_MAX_SIZE, DEFAULT_PROBE_TIMEOUT_S, DrillSchedule,
+    Host, OrchestratorNode, Probe, ProbeKind, Replication, ReplicationMode, Site, SiteRole,
+    Topology, Vm, Volume,
 };
 use crate::parse::closest;
 use crate::raw::{RawAppFull, RawTopology, S};
@@ -33,6 +33,7 @@ pub(crate) fn build(raw: RawTopology, diags: &mut Vec<Diagnostic>) -> (Topology,
     let orchestrators = cx.nodes(raw.nodes, &site_roles);
     let hosts = cx.hosts(raw.hosts, &site_roles);
     let apps = cx.apps(raw.apps, &site_roles, &HostEnvelope::new(&hosts));
+    let drills = cx.drills(raw.drills, &apps);
     let topo = Topology {
         cluster,
         timing,
@@ -40,6 +41,7 @@ pub(crate) fn build(raw: RawTopology, diags: &mut Vec<Diagnostic>) -> (Topology,
         orchestrators,
         hosts,
         apps,
+        drills,
     };
     cx.hosts_per_site(&topo);
     (topo, cx.spans)
@@ -530,6 +532,79 @@ impl Cx<'_> {
     }
 
     /// A production site without hosts can take over nothing.
+    /// `[[drill]]`: unique ids, known apps, only test drills, a valid interval.
+    fn drills(
+        &mut self,
+        raw: Vec<(Range<usize>, crate::raw::RawDrill)>,
+        apps: &[App],
+    ) -> Vec<DrillSchedule> {
+        let mut seen = Seen::new("drill");
+        let mut out = Vec::new();
+        for (_, d) in raw {
+            let id_ok = self.id_ok(&d.id, "drill") && seen.insert(&d.id, self.diags);
+            let kind_ok = match d.kind.get_ref().as_str() {
+                "test" => true,
+                k @ ("switchover" | "site-loss") => {
+                    self.push(
+                        Diagnostic::error(
+                            Code::BadValue,
+                            Some(d.kind.span()),
+                            format!("a {k} drill cannot be scheduled: it disrupts production"),
+                        )
+                        .with_hint(format!(
+                            "schedule `kind = \"test\"` drills; run {k} drills by hand with `metrodr drill run --kind {k}`"
+                        )),
+                    );
+                    false
+                }
+                other => {
+                    self.push(
+                        Diagnostic::error(
+                            Code::BadValue,
+                            Some(d.kind.span()),
+                            format!("{other:?} is not a drill kind"),
+                        )
+                        .with_hint("only `kind = \"test\"` drills are scheduled"),
+                    );
+                    false
+                }
+            };
+            let mut apps_ok = true;
+            for a in &d.apps {
+                if !apps.iter().any(|x| x.id.as_str() == a.get_ref()) {
+                    self.dangling(a, "drill", "app", apps.iter().map(|x| x.id.as_str()));
+                    apps_ok = false;
+                }
+            }
+            let every = match crate::model::parse_every(d.every.get_ref()) {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    self.push(
+                        Diagnostic::error(
+                            Code::BadValue,
+                            Some(d.every.span()),
+                            format!("drill interval {why}"),
+                        )
+                        .with_hint("write a number and a unit: \"90s\", \"15m\", \"12h\", \"7d\" or \"2w\" (1 s to 365 days)"),
+                    );
+                    None
+                }
+            };
+            if let (true, true, true, Some(every_s)) = (id_ok, kind_ok, apps_ok, every) {
+                out.push(DrillSchedule {
+                    id: d.id.into_inner(),
+                    apps: d
+                        .apps
+                        .into_iter()
+                        .map(|a| AppId::new(a.into_inner()))
+                        .collect(),
+                    every_s,
+                });
+            }
+        }
+        out
+    }
+
     fn hosts_per_site(&mut self, topo: &Topology) {
         if self.broken_sections.contains("[[host]]") {
             return;
