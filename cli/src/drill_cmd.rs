@@ -62,6 +62,9 @@ pub enum DrillCmd {
     },
     /// A drill's report (text; `-o json` for the signed JSON).
     Show { id: String },
+    /// The drills the topology schedules (`[[drill]]`): apps, interval, last run, next
+    /// due. The leader runs each when it is due, as `schedule:<id>`.
+    Schedule,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,6 +149,7 @@ pub async fn drill(cmd: DrillCmd, c: &ClusterArgs, out: Output) -> anyhow::Resul
                 .collect();
             list(&drills, out)
         }
+        DrillCmd::Schedule => schedules(c, out).await,
         DrillCmd::Show { id } => {
             let format = if out == Output::Json {
                 FormatArg::Json
@@ -246,6 +250,51 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
         }
     }
     Ok(code)
+}
+
+async fn schedules(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
+    let client = c.connect().await?;
+    let r = client
+        .op
+        .clone()
+        .drill_schedules(pb::DrillSchedulesRequest {})
+        .await
+        .map_err(|e| status_err(&client.addr, e))?
+        .into_inner();
+    let list: Vec<orchestrator::schedule::ScheduleStatus> =
+        serde_json::from_str(&r.schedules_json).context("schedules from the cluster")?;
+    match out {
+        Output::Json => print_json(&list)?,
+        Output::Table => {
+            if list.is_empty() {
+                println!("no drill schedules (add `[[drill]]` entries to the topology)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = table(&["schedule", "apps", "every", "last run", "next due (UTC)"]);
+            for s in &list {
+                t.add_row(vec![
+                    s.id.clone(),
+                    s.apps
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    format!("{} s", s.every_s),
+                    s.last
+                        .as_ref()
+                        .map(|(op, st, at)| format!("{op} {st} ({})", drills::iso_utc(*at)))
+                        .unwrap_or_else(|| "never".into()),
+                    if s.running {
+                        "running now".into()
+                    } else {
+                        drills::iso_utc(s.next_due_ms)
+                    },
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Wait until every replica of `apps`' volumes at `site` is up to date.
@@ -427,6 +476,18 @@ pub async fn report_cmd(cmd: ReportCmd, c: &ClusterArgs, out: Output) -> anyhow:
 
 /// `report verify`: offline, no cluster needed.
 pub fn verify(file: &PathBuf, pinned: Option<&str>, out: Output) -> anyhow::Result<ExitCode> {
+    // Reports are kilobytes; a huge file is not one (and is not read into memory).
+    const MAX: u64 = 64 << 20;
+    let len = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    if len > MAX {
+        bail!(
+            "{} is {len} bytes: not a metrodr report (they are far smaller than {} MiB)",
+            file.display(),
+            MAX >> 20
+        );
+    }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let pin = match pinned {
         Some(h) => Some(drills::parse_public_key(h).context("--public-key")?),

@@ -357,3 +357,42 @@ async fn a_switchover_drill_moves_an_app_and_back_and_both_reports_say_so() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_runs_a_scheduled_drill_when_it_is_due() {
+    let _g = serial();
+    let text0 = std::fs::read_to_string(root().join("examples/lab.toml")).unwrap();
+    let topo = format!(
+        "{text0}\n[[drill]]\nid = \"often\"\nkind = \"test\"\napps = [\"mail\"]\nevery = \"4s\"\n"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("lab-schedule.toml");
+    std::fs::write(&file, topo).unwrap();
+    let lab = Lab::start_with(&file).await;
+    let addrs = lab.addrs.clone();
+    let op = wait_for(Duration::from_secs(40), "a scheduled drill", || {
+        let a = addrs.clone();
+        async move {
+            let v = cli_json(&a, &["drill", "schedule"]);
+            let s = &v.as_array()?.first()?.clone();
+            (s["last"][1] == "succeeded").then(|| s["last"][0].as_str().map(String::from))?
+        }
+    })
+    .await;
+    let ops = lab.json(&["op", "list"]);
+    let rec = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| format!("op-{}", o["op"]) == op)
+        .unwrap_or_else(|| panic!("{op} not in {ops}"));
+    assert_eq!(rec["started_by"], "schedule:often", "{rec}");
+    assert_eq!(rec["kind"], "drill", "{rec}");
+    let sched = lab.json(&["drill", "schedule"]);
+    let s = &sched[0];
+    assert_eq!(s["apps"], serde_json::json!(["mail"]), "{s}");
+    assert!(
+        s["next_due_ms"].as_u64().unwrap() >= s["last"][2].as_u64().unwrap() + 4000,
+        "{s}"
+    );
+}

@@ -152,6 +152,73 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
         log.acks
     );
 
+    // A test drill first: a copy of the guest boots at south from a snapshot of the
+    // replica, on an isolated network, and passes the same health gate (its own ready
+    // marker), while the guest at north keeps acknowledging records.
+    let o = metrodr(&[
+        "--cluster",
+        &addrs,
+        "-o",
+        "json",
+        "drill",
+        "run",
+        "--kind",
+        "test",
+        "--apps",
+        "probe",
+        "--no-wait",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let drill = serde_json::from_slice::<Value>(&o.stdout).unwrap()["op"]
+        .as_u64()
+        .unwrap();
+    let copy = format!("drill-{drill}-{vm}");
+    let _copy_guard = DomainGuard(copy.clone());
+    let before_drill = log.acks;
+    let rec = wait_for(Duration::from_secs(120), "the drill to end", || {
+        let a = addrs.clone();
+        async move {
+            let r = json(&a, &["op", "show", &drill.to_string()])?;
+            (r["status"] != "running").then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    let steps = rec["steps"].as_array().unwrap();
+    let gate = steps
+        .iter()
+        .find(|s| s["name"] == "health gate")
+        .unwrap_or_else(|| panic!("{rec}"));
+    assert!(
+        gate["result"]
+            .as_str()
+            .unwrap()
+            .contains("metrodr-probe: ready"),
+        "the copy's own ready marker: {gate}"
+    );
+    let start = steps
+        .iter()
+        .find(|s| s["name"] == "start drill VMs")
+        .unwrap();
+    assert!(
+        start["result"]
+            .as_str()
+            .unwrap()
+            .contains("isolated network"),
+        "{start}"
+    );
+    // Gone from libvirt, and production went on meanwhile.
+    assert!(!virsh(&["domstate", &copy]).0, "{copy} is still defined");
+    let during = chaos::guest::parse_console(&std::fs::read_to_string(&north_console).unwrap());
+    assert!(
+        during.max_ack.unwrap_or(0) > before_drill,
+        "the guest at north kept acknowledging records during the drill: {during:?}"
+    );
+    eprintln!(
+        "drill op-{drill}: the copy at south passed its health gate; the guest at north went from {before_drill} to {} records",
+        during.max_ack.unwrap_or(0)
+    );
+
     // North dies: its orchestrator node, its agent (and the data path in it), and the
     // guest's QEMU process.
     let qemu: i32 = std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid"))

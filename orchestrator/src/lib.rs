@@ -31,6 +31,7 @@ pub mod planner;
 pub mod raft_types;
 pub mod readiness;
 pub mod report;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod state;

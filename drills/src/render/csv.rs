@@ -18,6 +18,16 @@ const HEADER: [&str; 12] = [
     "reason",
 ];
 
+/// A spreadsheet runs a cell that starts with `=`, `+`, `-`, `@`, tab or CR as a
+/// formula: such text (an app name, a reason) gets a leading `'` so it stays text.
+fn text_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
 pub(crate) fn render(reports: &[Report]) -> String {
     // RFC 4180: CRLF line ends, fields with a comma, quote or line break are quoted and
     // their quotes doubled; the csv crate's defaults except the terminator.
@@ -38,14 +48,14 @@ pub(crate) fn render(reports: &[Report]) -> String {
                 &r.kind,
                 &r.status,
                 &started,
-                &a.app,
+                &text_cell(&a.app),
                 &tier,
                 &a.site_before,
                 &a.site_after,
                 &target,
                 &achieved,
                 if a.passed { "true" } else { "false" },
-                &a.reason,
+                &text_cell(&a.reason),
             ])
             .expect("write to memory");
         }
@@ -53,4 +63,17 @@ pub(crate) fn render(reports: &[Report]) -> String {
     let bytes = w.into_inner().expect("flush to memory");
     // Every field came from a &str, so the bytes are UTF-8.
     String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
+}
+
+#[cfg(test)]
+mod formula_tests {
+    use super::text_cell;
+
+    #[test]
+    fn text_a_spreadsheet_would_run_stays_text() {
+        assert_eq!(text_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(text_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(text_cell("-2+3"), "'-2+3");
+        assert_eq!(text_cell("db"), "db");
+    }
 }

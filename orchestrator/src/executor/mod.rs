@@ -126,6 +126,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         start_automatic(&node).await;
+        start_scheduled(&node).await;
         serve_volumes(&node).await;
         let running: Vec<u64> = {
             let a = node.state.read();
@@ -179,6 +180,72 @@ async fn start_automatic(node: &Node) {
         };
         if let Err(e) = node.write(req).await {
             tracing::warn!(node = %node.name, "could not begin the plan: {}", e.message());
+        }
+    }
+}
+
+/// Begin the drills the topology's schedules say are due. A drill that can run no app
+/// is recorded as a failed run with the reasons (and counts as the run: the schedule
+/// does not retry it every tick).
+async fn start_scheduled(node: &Node) {
+    let due = {
+        let a = node.state.read();
+        crate::schedule::due(&a.state, now_ms())
+            .into_iter()
+            .map(|d| {
+                let t = Trigger::TestDrill {
+                    apps: d.apps.clone(),
+                    to: None,
+                };
+                (d, planner::plan(&a.state, &t))
+            })
+            .collect::<Vec<_>>()
+    };
+    for (d, plan) in due {
+        let actor = crate::schedule::actor(&d.id);
+        tracing::info!(node = %node.name, schedule = %d.id, "scheduled drill due");
+        let req = |command| Request {
+            actor: actor.clone(),
+            at_ms: now_ms(),
+            command,
+        };
+        let why = match plan {
+            Ok(p) if !p.is_empty() => {
+                match node
+                    .write(req(Command::BeginPlan {
+                        plan: Box::new(p),
+                        lost_ms: None,
+                    }))
+                    .await
+                {
+                    Ok(_) => continue,
+                    Err(e) => e.message().to_string(),
+                }
+            }
+            Ok(p) => p
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.app, s.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => e.to_string(),
+        };
+        let started = node
+            .write(req(Command::StartOperation {
+                kind: OpKind::Drill,
+                apps: d.apps.clone(),
+                note: format!("scheduled drill {} could not run: {why}", d.id),
+            }))
+            .await;
+        if let Ok(w) = started
+            && let Outcome::Operation(op) = w.outcome
+        {
+            let _ = node
+                .write(req(Command::FinishOperation {
+                    op,
+                    status: OpStatus::Failed,
+                }))
+                .await;
         }
     }
 }

@@ -783,6 +783,17 @@ impl Operator for OperatorService {
         )?))
     }
 
+    async fn drill_schedules(
+        &self,
+        _req: Request<DrillSchedulesRequest>,
+    ) -> Result<Response<DrillSchedulesReply>, Status> {
+        let list = crate::schedule::status(&self.node.state.read().state);
+        Ok(Response::new(DrillSchedulesReply {
+            schedules_json: serde_json::to_string(&list)
+                .map_err(|e| Status::internal(format!("cannot encode: {e}")))?,
+        }))
+    }
+
     async fn readiness(
         &self,
         req: Request<ReadinessRequest>,

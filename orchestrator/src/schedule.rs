@@ -1,0 +1,93 @@
+//! Drill schedules (the topology's `[[drill]]`): which scheduled test drills are due
+//! (pure). The leader's executor begins each due drill as the actor
+//! `schedule:<id>`; that actor's operations are the schedule's runs.
+//!
+//! A schedule first runs one interval after it appeared in the applied topology (the
+//! oldest applied version from which every version has it), then one interval after
+//! its previous run began. A run still going holds the next one back.
+
+use serde::{Deserialize, Serialize};
+use topology::{AppId, DrillSchedule};
+
+use crate::state::{ClusterState, OpStatus};
+
+/// The actor a schedule's drills run as.
+pub fn actor(id: &str) -> String {
+    format!("schedule:{id}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    pub id: String,
+    pub apps: Vec<AppId>,
+    pub every_s: u64,
+    /// The latest run: operation, status, when it began.
+    pub last: Option<(String, String, u64)>,
+    /// When the next run is due (ms since the epoch).
+    pub next_due_ms: u64,
+    pub running: bool,
+}
+
+/// When `schedule` appeared: the applied time of the oldest topology version from
+/// which every later version has it.
+fn since_ms(state: &ClusterState, id: &str) -> Option<u64> {
+    let mut since = None;
+    for t in state.topologies.values().rev() {
+        if t.model.drills.iter().any(|d| d.id == id) {
+            since = Some(t.applied_ms);
+        } else {
+            break;
+        }
+    }
+    since
+}
+
+/// Every schedule of the applied topology and where it stands at `now_ms` (pure).
+pub fn status(state: &ClusterState) -> Vec<ScheduleStatus> {
+    let Some(topo) = state.topology() else {
+        return Vec::new();
+    };
+    topo.model
+        .drills
+        .iter()
+        .map(|d| one(state, &topo.model, d))
+        .collect()
+}
+
+fn one(state: &ClusterState, model: &topology::Topology, d: &DrillSchedule) -> ScheduleStatus {
+    let who = actor(&d.id);
+    let runs: Vec<_> = state
+        .operations
+        .values()
+        .filter(|o| o.started_by == who)
+        .collect();
+    let last = runs.last().map(|o| {
+        (
+            o.id.to_string(),
+            crate::report::status(o.status).to_string(),
+            o.started_ms,
+        )
+    });
+    let running = runs.iter().any(|o| o.status == OpStatus::Running);
+    let from = last
+        .as_ref()
+        .map(|(_, _, at)| *at)
+        .or_else(|| since_ms(state, &d.id))
+        .unwrap_or(0);
+    ScheduleStatus {
+        id: d.id.clone(),
+        apps: d.apps_in(model),
+        every_s: d.every_s,
+        last,
+        next_due_ms: from.saturating_add(d.every_s.saturating_mul(1000)),
+        running,
+    }
+}
+
+/// The schedules due at `now_ms` (not running, interval elapsed), with their apps (pure).
+pub fn due(state: &ClusterState, now_ms: u64) -> Vec<ScheduleStatus> {
+    status(state)
+        .into_iter()
+        .filter(|s| !s.running && now_ms >= s.next_due_ms)
+        .collect()
+}
