@@ -351,6 +351,13 @@ fn the_demo_with_real_guests_fails_every_app_over_and_loses_no_record() {
         let t = a["kill_to_healthy_s"].as_f64().expect("healthy");
         assert!(t <= a["rto_target_s"].as_f64().unwrap(), "{a}");
     }
+    // The drill before the loss: a copy of the database guest booted at south from a
+    // snapshot, production untouched, everything removed, the report verified.
+    let drill = &sf["drill"];
+    assert_eq!(drill["status"], "succeeded", "{drill}");
+    assert_eq!(drill["safe"], true, "{drill}");
+    assert_eq!(drill["verified"], true, "{drill}");
+    eprintln!("drill: {drill}");
     let (_, left) = virsh(&["list", "--all", "--name"]);
     assert!(
         !left.contains("mdr-demo-"),

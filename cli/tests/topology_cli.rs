@@ -220,7 +220,8 @@ fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothin
     // verify offline against the cluster's key.
     let drill = &sf["drill"];
     assert_eq!(drill["status"], "succeeded", "{drill}");
-    assert_eq!(drill["checks_passed"], true, "{drill}");
+    assert_eq!(drill["safe"], true, "{drill}");
+    assert_eq!(drill["rto_met"], true, "{drill}");
     assert_eq!(drill["verified"], true, "{drill}");
     assert_eq!(drill["apps"].as_array().map(Vec::len), Some(5), "{drill}");
     assert_eq!(sf["signed_report"]["verified"], true, "{sf}");

@@ -36,6 +36,8 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 
 /// Generated gRPC code for `proto/metrodr.proto` (the `proto` crate).
 pub use proto::pb;

@@ -1,13 +1,14 @@
 //! How ready each app is to run at the other site (DESIGN §7), from the committed
 //! state alone (pure): its replicas there, room for its VMs there, the hosts that would
 //! serve it, and how long ago a drill last proved it. A score out of 100 with the
-//! reasons for every point lost.
+//! reasons for every point lost. One problem hides the next when the planner names
+//! only the first reason it cannot move an app.
 
 use serde::{Deserialize, Serialize};
 use topology::AppId;
 
 use crate::planner::{self, Trigger};
-use crate::state::{ClusterState, DataState, HostState, OpKind, OpStatus};
+use crate::state::{ClusterState, DataState, OpKind, OpStatus};
 
 /// A drill older than this no longer counts as proof.
 pub const DRILL_MAX_AGE_DAYS: u64 = 90;
@@ -69,16 +70,6 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
                 }
             }
         }
-        // The host serving its replicas there.
-        if !model.volumes.is_empty()
-            && let Some(h) = crate::controller::replica_host(state, model, &other)
-            && state.hosts.get(&h).is_none_or(|r| r.state != HostState::Up)
-        {
-            score -= 10;
-            reasons.push(format!(
-                "-10: host {h}, which serves its replicas at {other}, is not up"
-            ));
-        }
         // Room for its VMs there: what the planner would do now.
         let t = Trigger::Failover {
             apps: vec![id.clone()],
@@ -138,4 +129,116 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::{Command, Outcome};
+    use crate::test_support::{apply, lab};
+    use topology::{HostId, SiteId, VolumeId};
+
+    fn db(s: &ClusterState, now: u64) -> Readiness {
+        assess(s, &[AppId::new("db")], now).remove(0)
+    }
+
+    #[test]
+    fn an_app_never_drilled_loses_twenty_points_and_says_why() {
+        let s = lab();
+        let r = db(&s, 10_000);
+        assert_eq!(
+            (r.active_site.as_str(), r.other_site.as_str()),
+            ("north", "south")
+        );
+        assert_eq!(r.score, 80, "{r:?}");
+        assert_eq!(r.reasons.len(), 1);
+        assert!(r.reasons[0].contains("never drilled"), "{r:?}");
+        assert_eq!(assess(&s, &[], 0).len(), 5, "every app when none is named");
+    }
+
+    #[test]
+    fn a_recent_successful_drill_counts_and_an_old_one_expires() {
+        let mut s = lab();
+        let Outcome::Operation(op) = apply(
+            &mut s,
+            1_000,
+            Command::StartOperation {
+                kind: OpKind::Drill,
+                apps: vec![AppId::new("db")],
+                note: "drill".into(),
+            },
+        ) else {
+            panic!()
+        };
+        apply(
+            &mut s,
+            2_000,
+            Command::FinishOperation {
+                op,
+                status: OpStatus::Succeeded,
+            },
+        );
+        let r = db(&s, 2_000 + DAY_MS);
+        assert_eq!(r.score, 100, "{r:?}");
+        assert_eq!(r.last_drill, Some((op.to_string(), 1.0)));
+        let r = db(&s, 2_000 + 91 * DAY_MS);
+        assert_eq!(r.score, 90, "{r:?}");
+        assert!(r.reasons[0].contains("91 days old"), "{r:?}");
+    }
+
+    #[test]
+    fn a_stale_replica_and_a_down_replica_host_cost_points() {
+        let mut s = lab();
+        apply(
+            &mut s,
+            3,
+            Command::SetReplicaData {
+                volume: VolumeId::new("db-data"),
+                site: SiteId::new("south"),
+                data: crate::state::DataState::Outdated,
+            },
+        );
+        let r = db(&s, 10);
+        assert_eq!(r.score, 40, "{r:?}");
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.contains("db-data at south is Outdated"))
+        );
+        let host = s
+            .volumes
+            .get(&VolumeId::new("db-data"))
+            .and_then(|v| v.replica(&SiteId::new("south")))
+            .and_then(|r| r.host.clone())
+            .unwrap();
+        apply(
+            &mut s,
+            4,
+            Command::SetHostState {
+                host: HostId::new(host.as_str()),
+                state: crate::state::HostState::Down,
+                reason: "test".into(),
+                last_seen_ms: None,
+            },
+        );
+        apply(
+            &mut s,
+            5,
+            Command::SetReplicaData {
+                volume: VolumeId::new("db-data"),
+                site: SiteId::new("south"),
+                data: crate::state::DataState::UpToDate,
+            },
+        );
+        let r = db(&s, 10);
+        assert_eq!(r.score, 50, "{r:?}");
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.starts_with("-30") && x.contains("is not up")),
+            "{r:?}"
+        );
+    }
 }
