@@ -192,7 +192,9 @@ fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothin
     assert!(out.contains("kill -9"), "{out}");
     assert!(out.contains("(0 lost)"), "{out}");
     assert!(out.contains("Not built yet"), "{out}");
-    assert!(out.contains("Failover record (op-1, succeeded)"), "{out}");
+    // op-1 is the test drill before the loss.
+    assert!(out.contains("Failover record (op-2, succeeded)"), "{out}");
+    assert!(out.contains("Test drill (op-1)"), "{out}");
     let o = metrodr(&["demo", "-o", "json"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
