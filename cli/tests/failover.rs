@@ -225,11 +225,16 @@ fn step(rec: &Value, app: &str, name: &str) -> (f64, f64) {
 
 /// How often the audit log shows agent command `action` for `vm`.
 async fn commands_for(addr: &str, action: &str, vm: &str) -> usize {
+    commands_by(addr, None, action, vm).await
+}
+
+/// Commands `actor` (any: None) issued with `action` for `vm`, from the audit log.
+async fn commands_by(addr: &str, actor: Option<&str>, action: &str, vm: &str) -> usize {
     let needle = format!(" {action} {vm} on ");
     audit(addr)
         .await
         .iter()
-        .filter(|e| e.action == "agent.command")
+        .filter(|e| e.action == "agent.command" && actor.is_none_or(|a| e.actor == a))
         .map(|e| e.detail.matches(&needle).count())
         .sum()
 }
@@ -481,23 +486,198 @@ async fn killing_the_leader_mid_failover_finishes_it_exactly_once() {
     let moves = audit(&live)
         .await
         .iter()
-        .filter(|e| e.action == "app.move")
+        .filter(|e| e.action == "app.move" && e.actor == format!("metrodr op-{op}"))
         .count();
     assert_eq!(moves, 3, "each app moved exactly once");
+    let actor = format!("metrodr op-{op}");
     for vm in ["db-1", "api-1", "api-2", "portal-1"] {
         assert_eq!(
-            commands_for(&live, "start", vm).await,
-            2,
-            "{vm}: started once at north and exactly once at south"
+            commands_by(&live, Some(&actor), "start", vm).await,
+            1,
+            "{vm}: op-{op} started it exactly once at south"
         );
         assert_eq!(
             commands_for(&live, "destroy", vm).await,
             1,
             "{vm} fenced once at north"
         );
-        assert_eq!(vm_state(&live, vm).await.as_deref(), Some("running"));
+        // Every VM ends running. On a loaded machine the leader change can outlast a
+        // south agent's lease: that agent then fences its VMs, and once the operation
+        // is over the cluster restarts them there (a `HostFenced` operation).
+        let t = Instant::now();
+        loop {
+            let st = vm_state(&live, vm).await;
+            if st.as_deref() == Some("running") {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let history: Vec<String> = audit(&live)
+                    .await
+                    .iter()
+                    .filter(|e| e.detail.contains(vm))
+                    .map(|e| {
+                        format!(
+                            "#{} {} {} {}: {}",
+                            e.seq, e.at_ms, e.actor, e.action, e.detail
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{vm} is {st:?} at {live}, not running; the VM list: {}\n{vm} in the audit log:\n{}",
+                    text(&lab.run(&["vm", "list"])),
+                    history.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if t.elapsed() > Duration::from_millis(100) {
+            eprintln!("{vm}: {live} showed it running after {:?}", t.elapsed());
+        }
+    }
+    for e in audit(&live).await.iter().filter(|e| {
+        (e.action == "op.start" && e.detail.contains("fenced its VMs"))
+            || (e.action == "agent.event" && e.detail.contains("lease expired"))
+    }) {
+        eprintln!(
+            "the leader change fenced a host, and the cluster recovered: {}",
+            e.detail
+        );
     }
     eprintln!("killed leader {leader} mid-failover; op-{op} finished once: {rec}");
+}
+
+/// The whole control plane stalls (SIGSTOP) for longer than a lease: every agent
+/// fences its VMs, as it must when it cannot know whether the cluster moved them. When
+/// the cluster is back, each agent says so as it registers again, and the leader
+/// restarts what each fence stopped where it was placed: nothing moves site, nothing
+/// is promoted, every VM runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_its_vms() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _g = serial();
+    let lab = Lab::start().await;
+    let live = lab.live();
+    let sites_before: Vec<(String, String)> = lab
+        .json(&["app", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["active_site"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let pids: Vec<i32> = lab.c.nodes.iter().filter_map(|n| n.pid()).collect();
+    for p in &pids {
+        kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
+    }
+    // Lease 3 s: every agent's runs out within this.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    for p in &pids {
+        kill(Pid::from_raw(*p), Signal::SIGCONT).unwrap();
+    }
+    let t = Instant::now();
+    // The agents' fence reports arrive as the cluster comes back.
+    wait_for(
+        Duration::from_secs(20),
+        "every host's fence reported",
+        || {
+            let l = &live;
+            async move {
+                let n = audit(l)
+                    .await
+                    .iter()
+                    .filter(|e| {
+                        e.action == "agent.event" && e.detail.contains("lease expired: fenced")
+                    })
+                    .count();
+                (n >= HOSTS.len()).then_some(())
+            }
+        },
+    )
+    .await;
+    loop {
+        let mut all = true;
+        for vm in VMS {
+            all &= vm_state(&live, vm).await.as_deref() == Some("running");
+        }
+        if all {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "not every VM runs again: {}\n{}",
+            text(&lab.run(&["vm", "list"])),
+            text(&lab.run(&["op", "list"]))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "every VM ran again {:.1} s after the control plane resumed",
+        t.elapsed().as_secs_f64()
+    );
+    let log = audit(&live).await;
+    let fenced: Vec<&str> = log
+        .iter()
+        .filter(|e| e.action == "agent.event" && e.detail.contains("lease expired: fenced"))
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(
+        fenced.len(),
+        HOSTS.len(),
+        "every host fenced once: {fenced:#?}"
+    );
+    let restarts: Vec<&str> = log
+        .iter()
+        .filter(|e| e.action == "op.start" && e.detail.contains("fenced its VMs and is back"))
+        .map(|e| e.detail.as_str())
+        .collect();
+    // One restart per host whose fence stopped VMs (south-h2 runs none).
+    let stopped_some = fenced
+        .iter()
+        .filter(|d| !d.contains("destroyed []"))
+        .count();
+    assert_eq!(stopped_some, 3, "{fenced:#?}");
+    assert_eq!(
+        restarts.len(),
+        stopped_some,
+        "one restart per fenced host: {restarts:#?}"
+    );
+    // Nothing moved, nothing was promoted.
+    let sites_after: Vec<(String, String)> = lab
+        .json(&["app", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["active_site"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(sites_after, sites_before);
+    for e in log.iter().filter(|e| e.action == "app.move") {
+        assert!(
+            e.detail.contains("promoted []"),
+            "a restart promotes nothing: {}",
+            e.detail
+        );
+    }
+    for v in ["db-data", "api-1-os", "mail-data"] {
+        assert_eq!(lab.volume(v)["epoch"], 1, "{v}");
+    }
+    // Each VM started once more, by one restart operation.
+    for vm in VMS {
+        assert_eq!(
+            commands_for(&live, "start", vm).await,
+            2,
+            "{vm}: started at setup and once after its fence"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

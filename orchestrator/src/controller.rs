@@ -68,6 +68,30 @@ fn group_commands(s: &ClusterState) -> GroupCommands<'_> {
     g
 }
 
+/// Whether the agent on `host` serves `app`'s group again since it last registered:
+/// the latest group command there is a serve, issued after the registration, that
+/// succeeded. (A fenced agent stopped serving; its VMs may restart only after this.)
+pub fn serves_since_registration(s: &ClusterState, app: &AppId, host: &HostId) -> bool {
+    let since = s
+        .hosts
+        .get(host)
+        .and_then(|h| h.inventory.as_ref())
+        .map_or(u64::MAX, |i| i.registered_ms);
+    let latest = s.commands.values().rev().find(|c| {
+        &c.host == host
+            && match &c.action {
+                AgentAction::Serve { group } => &group.app == app,
+                AgentAction::Unserve { app: a, .. } => a == app,
+                _ => false,
+            }
+    });
+    latest.is_some_and(|c| {
+        matches!(c.action, AgentAction::Serve { .. })
+            && c.issued_ms >= since
+            && matches!(c.status, CommandStatus::Succeeded { .. })
+    })
+}
+
 /// The replication endpoint the agent on `host` reported for `app`'s group: from the
 /// latest successful serve command there (whenever it ran).
 pub fn endpoint(s: &ClusterState, app: &AppId, host: &HostId) -> Option<String> {
@@ -222,6 +246,7 @@ mod tests {
                     agent_version: "t".into(),
                     registered_ms: at_ms,
                 },
+                fenced: false,
             },
         );
     }

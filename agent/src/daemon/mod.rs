@@ -17,6 +17,7 @@ mod drill;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,6 +151,9 @@ struct Shared {
     volumes: Arc<Volumes>,
     /// Per domain name: the console log's length when this agent last started it.
     console_marks: Mutex<HashMap<String, u64>>,
+    /// This agent fenced its VMs and has not registered since: the next registration
+    /// says so, and the cluster restarts what the fence stopped.
+    fenced_unreported: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -263,6 +267,7 @@ pub async fn start_with(
         renew_ms: Mutex::new(500),
         vm_queues: Mutex::new(HashMap::new()),
         console_marks: Mutex::new(HashMap::new()),
+        fenced_unreported: std::sync::atomic::AtomicBool::new(false),
         volumes: Arc::new(Volumes::new(
             cfg.volumes_dir(),
             cfg.sockets_dir(),
@@ -376,11 +381,16 @@ async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
                             })
                         })
                         .collect(),
+                    fenced: s.fenced_unreported.load(Ordering::SeqCst),
                 };
+                let fenced = req.fenced;
                 let client = s.conn.lock().await.client();
                 if let Some((addr, mut c)) = client {
                     match c.register(req).await {
                         Ok(r) => {
+                            if fenced {
+                                s.fenced_unreported.store(false, Ordering::SeqCst);
+                            }
                             let r = r.into_inner();
                             *lock(&s.lease_ms) = r.lease_ms;
                             *lock(&s.renew_ms) = r.renew_ms.max(50);
@@ -489,6 +499,7 @@ async fn fence_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
         let event = lock(&s.lease).check(mono_now());
         if event == LeaseEvent::Fence {
             fence(&s).await;
+            s.fenced_unreported.store(true, Ordering::SeqCst);
             lock(&s.lease).fenced();
         }
         if stopped(&mut rx, Duration::from_millis(100)).await {

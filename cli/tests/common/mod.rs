@@ -192,6 +192,34 @@ pub struct TestCluster {
     pub nodes: Vec<NodeProc>,
 }
 
+/// When a test fails, its processes' logs are the evidence: keep a copy of the
+/// cluster's directory (its `*.log` files) before the temporary directory goes.
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir().join(format!(
+            "metrodr-failed-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        ));
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(&keep);
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(&p, keep.join(e.file_name()));
+            }
+        }
+        eprintln!("the failed test's logs are kept in {}", keep.display());
+    }
+}
+
 impl TestCluster {
     pub fn start() -> TestCluster {
         Self::start_named(&["orch-a", "orch-b", "orch-w"])

@@ -96,6 +96,37 @@ pub fn auto_triggers(state: &ClusterState) -> Vec<Trigger> {
             });
         }
     }
+    // A host whose agent fenced its VMs (its lease ran out, e.g. while the cluster
+    // elected a leader) and came back: restart what it stopped, once no operation is
+    // moving those apps (it may be moving them elsewhere anyway).
+    for host in state.hosts.values() {
+        if host.state != HostState::Up || host.fenced_ms.is_none() {
+            continue;
+        }
+        let site_up = state
+            .sites
+            .get(&host.site)
+            .is_some_and(|s| s.state == SiteState::Up);
+        // Its groups are served there again first (the fence stopped serving them):
+        // a VM must not boot on a disk nobody serves (the planner skips such apps).
+        let served_again = |a: &crate::state::AppRecord| {
+            topo.app(&a.id).is_none_or(|m| {
+                crate::controller::replica_host(state, m, &host.site).as_ref() != Some(&host.id)
+                    || crate::controller::serves_since_registration(state, &a.id, &host.id)
+            })
+        };
+        let stopped = state.apps.values().any(|a| {
+            !busy.contains(&a.id)
+                && a.active_site == host.site
+                && !crate::planner::fenced_vms(state, &a.id, &host.id).is_empty()
+                && served_again(a)
+        });
+        if site_up && stopped {
+            out.push(Trigger::HostFenced {
+                host: host.id.clone(),
+            });
+        }
+    }
     out
 }
 

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use topology::{AppId, FailoverPolicy, HostId, SiteId, SiteRole, VmId, VolumeId};
 
-use crate::state::{ClusterState, DataState, HostState, OpKind, OpStatus, SiteState};
+use crate::state::{ClusterState, DataState, HostState, OpKind, OpStatus, SiteState, VmState};
 
 /// What asks for a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,9 @@ pub enum Trigger {
     /// One host is lost: its VMs restart on other hosts of the same site (the site's
     /// replicas are intact, so nothing is promoted).
     HostLost { host: HostId },
+    /// A host's agent fenced its VMs (its lease ran out, e.g. during a long leader
+    /// change) and is back: the VMs it stopped restart where they were placed.
+    HostFenced { host: HostId },
     /// An operator moves apps to `to` now, as after a loss (no graceful stop).
     Failover { apps: Vec<AppId>, to: SiteId },
     /// A planned move with zero loss: stop at the source, drain, promote, start.
@@ -47,9 +50,10 @@ pub enum Trigger {
 impl Trigger {
     pub fn kind(&self) -> OpKind {
         match self {
-            Trigger::SiteLost { .. } | Trigger::HostLost { .. } | Trigger::Failover { .. } => {
-                OpKind::Failover
-            }
+            Trigger::SiteLost { .. }
+            | Trigger::HostLost { .. }
+            | Trigger::HostFenced { .. }
+            | Trigger::Failover { .. } => OpKind::Failover,
             Trigger::Switchover { .. } => OpKind::Switchover,
             Trigger::Failback { .. } => OpKind::Failback,
             Trigger::TestDrill { .. } => OpKind::Drill,
@@ -67,6 +71,9 @@ impl Trigger {
         match self {
             Trigger::SiteLost { site } => format!("site {site} lost"),
             Trigger::HostLost { host } => format!("host {host} lost"),
+            Trigger::HostFenced { host } => {
+                format!("host {host} fenced its VMs and is back: restart them there")
+            }
             Trigger::Failover { apps, to } => format!("failover of [{}] to {to}", list(apps)),
             Trigger::Switchover { apps, to } => {
                 format!("switchover of [{}] to {to}", list(apps))
@@ -191,6 +198,25 @@ pub fn drilled_apps(state: &ClusterState) -> BTreeSet<AppId> {
         .collect()
 }
 
+/// VMs of `app` placed on `host` that are not running there (after a fence: what it
+/// stopped). A VM reported paused is not among them (a `pause` fence keeps its memory;
+/// resuming it is an operator's decision).
+pub fn fenced_vms(state: &ClusterState, app: &AppId, host: &HostId) -> Vec<VmId> {
+    let Some(rec) = state.apps.get(app) else {
+        return Vec::new();
+    };
+    rec.placement
+        .iter()
+        .filter(|(_, h)| *h == host)
+        .filter(|(vm, _)| {
+            !state.vms.get(*vm).is_some_and(|r| {
+                &r.host == host && matches!(r.state, VmState::Running | VmState::Paused)
+            })
+        })
+        .map(|(vm, _)| vm.clone())
+        .collect()
+}
+
 /// Free capacity of one host: (vcpus, memory bytes).
 #[derive(Debug, Clone, Copy)]
 struct Room {
@@ -225,6 +251,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
     // (app, target site, graceful) before the per-app checks.
     let mut wanted: Vec<(AppId, SiteId, bool)> = Vec::new();
     let mut host_lost: Option<HostId> = None;
+    let mut host_fenced: Option<HostId> = None;
     match trigger {
         Trigger::SiteLost { site } => {
             production(site)?;
@@ -250,6 +277,18 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 wanted.push((a.id.clone(), h.site.clone(), false));
             }
             host_lost = Some(host.clone());
+        }
+        Trigger::HostFenced { host } => {
+            let h = state
+                .hosts
+                .get(host)
+                .ok_or_else(|| PlanError::UnknownHost(host.clone()))?;
+            for a in state.apps.values().filter(|a| a.active_site == h.site) {
+                if !fenced_vms(state, &a.id, host).is_empty() {
+                    wanted.push((a.id.clone(), h.site.clone(), false));
+                }
+            }
+            host_fenced = Some(host.clone());
         }
         Trigger::Failover { apps, to } => {
             named(apps)?;
@@ -381,7 +420,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             )));
             continue;
         }
-        if same_site && host_lost.is_none() {
+        if same_site && host_lost.is_none() && host_fenced.is_none() {
             skipped.push(skip(format!("already active at {to}")));
             continue;
         }
@@ -480,13 +519,45 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 continue;
             }
         }
+        // What fences stopped, where: each VM restarts on the host it is placed on. An
+        // app with VMs on several hosts (a stalled cluster fences them all) restarts
+        // every stopped VM in one move: its health gate needs them all.
+        let fenced: BTreeMap<VmId, HostId> = if host_fenced.is_some() {
+            let hosts: BTreeSet<&HostId> = rec.placement.values().collect();
+            hosts
+                .into_iter()
+                .flat_map(|h| {
+                    fenced_vms(state, &app_id, h)
+                        .into_iter()
+                        .map(move |vm| (vm, h.clone()))
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        if let Some(h) = fenced.values().find(|h| !room.contains_key(*h)) {
+            skipped.push(skip(format!(
+                "host {h}, where its fence stopped the VMs, is not up"
+            )));
+            continue;
+        }
+        // The fence stopped serving the group too: its VMs boot once it is served again.
+        if let Some(h) = pinned.as_ref().filter(|p| fenced.values().any(|h| h == *p))
+            && !crate::controller::serves_since_registration(state, &app_id, h)
+        {
+            skipped.push(skip(format!(
+                "host {h} does not serve its volumes again yet (the fence stopped them)"
+            )));
+            continue;
+        }
         // Hosts: VMs that must (re)start, largest first, best fit on Up hosts at `to`.
         let restart: Vec<&topology::Vm> = app
             .vms
             .iter()
-            .filter(|vm| match &host_lost {
-                Some(l) => rec.placement.get(&vm.id) == Some(l),
-                None => true,
+            .filter(|vm| match (&host_lost, &host_fenced) {
+                (Some(l), _) => rec.placement.get(&vm.id) == Some(l),
+                (None, Some(_)) => fenced.contains_key(&vm.id),
+                (None, None) => true,
             })
             .collect();
         let mut order_vms = restart.clone();
@@ -496,6 +567,12 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         let mut used: Vec<HostId> = Vec::new();
         let mut short = None;
         for vm in order_vms {
+            // What a fence stopped restarts where it was placed: its room there is
+            // still reserved, and its disks are served there.
+            if let Some(h) = fenced.get(&vm.id) {
+                starts.push((vm.id.clone(), h.clone()));
+                continue;
+            }
             let (vc, mem) = (u64::from(vm.vcpus), vm.memory.bytes());
             let fits = |r: &Room| r.vcpus >= vc && r.memory >= mem;
             let at_site = |h: &HostId| topo.host(h).is_some_and(|x| x.site == to);
@@ -557,7 +634,9 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             .iter()
             .filter(|(v, h)| {
                 // A drill stops nothing: production keeps running.
+                // A fenced host stopped its VMs itself.
                 !drill
+                    && host_fenced.is_none()
                     && (graceful
                         || (starts.iter().any(|(s, _)| s == *v)
                             && state.hosts.get(h).is_some_and(|r| r.state == HostState::Up)))

@@ -209,7 +209,9 @@ fn plan_ok(s: &ClusterState, t: &Trigger) -> Plan {
 fn target(s: &ClusterState, t: &Trigger, a: &AppId) -> SiteId {
     match t {
         Trigger::SiteLost { site } => topo(s).peer_site(site).expect("peer").id.clone(),
-        Trigger::HostLost { host } => s.hosts.get(host).expect("host").site.clone(),
+        Trigger::HostLost { host } | Trigger::HostFenced { host } => {
+            s.hosts.get(host).expect("host").site.clone()
+        }
         Trigger::Failover { to, .. } | Trigger::Switchover { to, .. } => to.clone(),
         Trigger::Failback { .. } => topo(s).app(a).expect("app").preferred_site.clone(),
         Trigger::TestDrill { to: Some(to), .. } => to.clone(),
@@ -230,11 +232,36 @@ fn wanted(s: &ClusterState, t: &Trigger) -> BTreeSet<AppId> {
             .filter(|a| a.placement.values().any(|h| h == host))
             .map(|a| a.id.clone())
             .collect(),
+        Trigger::HostFenced { host } => {
+            let site = &s.hosts.get(host).expect("host").site;
+            s.apps
+                .values()
+                .filter(|a| &a.active_site == site && !stopped_on(s, &a.id, host).is_empty())
+                .map(|a| a.id.clone())
+                .collect()
+        }
         Trigger::Failover { apps, .. }
         | Trigger::Switchover { apps, .. }
         | Trigger::Failback { apps }
         | Trigger::TestDrill { apps, .. } => apps.iter().cloned().collect(),
     }
+}
+
+/// VMs of `app` placed on `host` that are not reported running or paused there,
+/// worked out independently of the planner.
+fn stopped_on(s: &ClusterState, app: &AppId, host: &HostId) -> BTreeSet<VmId> {
+    let rec = s.apps.get(app).expect("app");
+    rec.placement
+        .iter()
+        .filter(|(vm, h)| {
+            *h == host
+                && !matches!(
+                    s.vms.get(*vm).map(|r| (&r.host, r.state)),
+                    Some((rh, VmState::Running | VmState::Paused)) if rh == host
+                )
+        })
+        .map(|(vm, _)| vm.clone())
+        .collect()
 }
 
 /// Every promise a plan makes, checked against the state it was made from.
@@ -267,6 +294,10 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
     }
     let lost_host = match t {
         Trigger::HostLost { host } => Some(host),
+        _ => None,
+    };
+    let fenced_host = match t {
+        Trigger::HostFenced { host } => Some(host),
         _ => None,
     };
     let graceful = matches!(t, Trigger::Switchover { .. } | Trigger::Failback { .. });
@@ -311,7 +342,7 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
 
         // Promotion: the whole consistency group, every replica at the target up to date.
         let group: Vec<&VolumeId> = model.volumes.iter().map(|v| &v.id).collect();
-        if lost_host.is_some() {
+        if lost_host.is_some() || fenced_host.is_some() {
             assert_eq!(m.from, m.to, "{ctx}");
             assert!(m.volumes.is_empty(), "{ctx}: a host loss promotes nothing");
         } else {
@@ -329,14 +360,25 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
 
         // Hosts: which VMs start, where, and where every VM runs afterwards.
         let vms: BTreeSet<&VmId> = model.vms.iter().map(|v| &v.id).collect();
-        let restart: BTreeSet<&VmId> = match lost_host {
-            Some(l) => rec
+        // A fenced host's restart brings back every stopped VM of the app.
+        let fenced: BTreeMap<VmId, HostId> = if fenced_host.is_some() {
+            rec.placement
+                .iter()
+                .filter(|(vm, h)| stopped_on(s, &m.app, h).contains(*vm))
+                .map(|(vm, h)| (vm.clone(), h.clone()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let restart: BTreeSet<&VmId> = match (lost_host, fenced_host) {
+            (Some(l), _) => rec
                 .placement
                 .iter()
                 .filter(|(_, h)| *h == l)
                 .map(|(v, _)| v)
                 .collect(),
-            None => vms.clone(),
+            (None, Some(_)) => fenced.keys().collect(),
+            (None, None) => vms.clone(),
         };
         let started: BTreeSet<&VmId> = m.starts.iter().map(|(v, _)| v).collect();
         assert_eq!(started, restart, "{ctx}: the VMs that start");
@@ -350,6 +392,13 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
                 "{ctx}: {vm} starts on {h}"
             );
             assert_ne!(Some(h), lost_host, "{ctx}: {vm} restarts on the lost host");
+            if fenced_host.is_some() {
+                assert_eq!(
+                    Some(h),
+                    fenced.get(vm),
+                    "{ctx}: {vm} restarts where the fence stopped it"
+                );
+            }
         }
         let placed: BTreeMap<&VmId, &HostId> = m.placement.iter().map(|(v, h)| (v, h)).collect();
         assert_eq!(placed.len(), m.placement.len(), "{ctx}: a VM placed twice");
@@ -374,6 +423,7 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
             .iter()
             .filter(|(v, h)| {
                 !drill
+                    && fenced_host.is_none()
                     && (graceful
                         || (restart.contains(v)
                             && s.hosts.get(*h).is_some_and(|r| r.state == HostState::Up)))
@@ -444,7 +494,12 @@ fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         .collect();
     let mut load: BTreeMap<&HostId, (u64, u64)> = BTreeMap::new();
     let running = s.apps.values().flat_map(|a| &a.placement);
-    let starts = p.apps().flat_map(|m| m.starts.iter().map(|(v, h)| (v, h)));
+    let placed_now: BTreeMap<&VmId, &HostId> = s.apps.values().flat_map(|a| &a.placement).collect();
+    // A VM restarting where it is placed (after a fence) already holds its room there.
+    let starts = p
+        .apps()
+        .flat_map(|m| m.starts.iter().map(|(v, h)| (v, h)))
+        .filter(|(v, h)| placed_now.get(v) != Some(h));
     for (vm, h) in running.chain(starts) {
         let (c, mem) = size[vm];
         let l = load.entry(h).or_default();
@@ -502,6 +557,28 @@ fn check_skip(
                 .volumes
                 .get(&v.id)
                 .is_some_and(|r| r.replicas.iter().any(|x| x.host.is_none()))),
+            "{ctx}"
+        );
+    } else if let Some(rest) = r.strip_prefix("host ")
+        && rest.ends_with(", where its fence stopped the VMs, is not up")
+    {
+        let h = HostId::new(rest.split(',').next().expect("an id"));
+        assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+        assert!(!stopped_on(s, &k.app, &h).is_empty(), "{ctx}");
+        assert_ne!(
+            s.hosts.get(&h).map(|r| r.state),
+            Some(HostState::Up),
+            "{ctx}"
+        );
+    } else if let Some(rest) = r.strip_prefix("host ")
+        && rest.ends_with(" does not serve its volumes again yet (the fence stopped them)")
+    {
+        let h = HostId::new(rest.split(' ').next().expect("an id"));
+        assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+        assert!(!stopped_on(s, &k.app, &h).is_empty(), "{ctx}");
+        assert_eq!(replica_host_of(s, model, &to), Some(h.clone()), "{ctx}");
+        assert!(
+            !crate::controller::serves_since_registration(s, &k.app, &h),
             "{ctx}"
         );
     } else if r == format!("already active at {to}") {
@@ -776,7 +853,10 @@ fn random_trigger(rng: &mut SplitMix64, s: &ClusterState) -> Trigger {
         0..=2 => Trigger::SiteLost {
             site: pick(rng, &sites).clone(),
         },
-        3 | 4 => Trigger::HostLost {
+        3 => Trigger::HostLost {
+            host: pick(rng, &hosts).clone(),
+        },
+        4 => Trigger::HostFenced {
             host: pick(rng, &hosts).clone(),
         },
         5 | 6 => Trigger::Failover {
@@ -821,7 +901,50 @@ fn world(model: &Topology, seed: u64) -> (ClusterState, Trigger) {
         execute(&mut s, &p, demoted);
         sync_all(&mut s);
     }
+    // What the agents report: most placed VMs run; some were stopped (by a fence, or
+    // by hand), some are paused, some never reported.
+    let placed: Vec<(VmId, HostId)> = s
+        .apps
+        .values()
+        .flat_map(|a| a.placement.iter().map(|(v, h)| (v.clone(), h.clone())))
+        .collect();
+    for (vm, host) in placed {
+        let state = match rng.range(0, 99) {
+            0..=69 => VmState::Running,
+            70..=84 => VmState::ShutOff,
+            85..=89 => VmState::Paused,
+            _ => continue,
+        };
+        setup(
+            &mut s,
+            Command::SetVmStates {
+                host,
+                states: vec![(vm, state)],
+                reason: "test".into(),
+            },
+        );
+    }
     let hosts: Vec<HostId> = s.hosts.iter().map(|(h, _)| h.clone()).collect();
+    // Some agents fenced their VMs (and say so as they register again).
+    for h in &hosts {
+        if rng.chance(15) {
+            setup(
+                &mut s,
+                Command::RegisterHost {
+                    host: h.clone(),
+                    inventory: crate::state::HostInventory {
+                        vcpus: 8,
+                        memory_bytes: 16 << 30,
+                        hypervisor: "test".into(),
+                        domain_type: "qemu".into(),
+                        agent_version: "t".into(),
+                        registered_ms: 1,
+                    },
+                    fenced: true,
+                },
+            );
+        }
+    }
     for h in &hosts {
         match rng.range(0, 99) {
             0..=74 => {}
@@ -933,6 +1056,18 @@ proptest! {
         execute(&mut s, &p, demoted);
         for m in p.apps() {
             prop_assert_eq!(&s.apps.get(&m.app).expect("app").active_site, &m.to);
+            // The agents report what started running (a fenced host's restart is done
+            // when its VMs run again).
+            for (vm, host) in &m.starts {
+                setup(
+                    &mut s,
+                    Command::SetVmStates {
+                        host: host.clone(),
+                        states: vec![(vm.clone(), VmState::Running)],
+                        reason: "test".into(),
+                    },
+                );
+            }
         }
         let again = plan_ok(&s, &t);
         let moved: BTreeSet<AppId> = planned(&p).into_iter().collect();
@@ -945,7 +1080,7 @@ proptest! {
 #[test]
 fn the_random_worlds_reach_every_kind_of_decision() {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for i in 0..240u64 {
+    for i in 0..480u64 {
         let spec = GenSpec {
             hosts: 2 + (i % 7) as usize,
             apps: 1 + (i * 7 % 24) as usize,
@@ -960,6 +1095,9 @@ fn the_random_worlds_reach_every_kind_of_decision() {
         *counts.entry("approval").or_default() += p.apps().filter(|m| m.needs_approval).count();
         if p.drill.is_some() {
             *counts.entry("drilled").or_default() += p.apps().count();
+        }
+        if matches!(t, Trigger::HostFenced { .. }) {
+            *counts.entry("restarted after a fence").or_default() += p.apps().count();
         }
         for k in &p.skipped {
             let kind = [
@@ -976,6 +1114,11 @@ fn the_random_worlds_reach_every_kind_of_decision() {
                 ("which holds its replicas at", "replica host"),
                 ("a test drill starts its copy", "drill at the active site"),
                 ("cannot snapshot them", "drill without agents"),
+                ("where its fence stopped the VMs", "fenced host down"),
+                (
+                    "does not serve its volumes again yet",
+                    "fenced host not serving",
+                ),
             ]
             .into_iter()
             .find(|(needle, _)| k.reason.contains(needle))
@@ -998,6 +1141,9 @@ fn the_random_worlds_reach_every_kind_of_decision() {
         "drilled",
         "drill at the active site",
         "drill without agents",
+        "restarted after a fence",
+        "fenced host down",
+        "fenced host not serving",
     ] {
         assert!(
             counts.get(kind).copied().unwrap_or(0) > 0,

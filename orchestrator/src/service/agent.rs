@@ -100,6 +100,7 @@ impl Agent for AgentService {
             Command::RegisterHost {
                 host: host.clone(),
                 inventory,
+                fenced: r.fenced,
             },
             &host,
         )

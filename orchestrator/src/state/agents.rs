@@ -33,7 +33,13 @@ impl ClusterState {
         req: &Request,
         host: &HostId,
         inventory: &HostInventory,
+        fenced: bool,
     ) -> Applied {
+        // VMs of apps placed on this host: what a fence there stopped.
+        let placed = self
+            .apps
+            .values()
+            .any(|a| a.placement.values().any(|h| h == host));
         let rec = self
             .hosts
             .get_mut(host)
@@ -43,15 +49,23 @@ impl ClusterState {
         rec.state = HostState::Up;
         rec.since_ms = req.at_ms;
         rec.reason = "agent registered".into();
+        if fenced && placed {
+            rec.fenced_ms = Some(req.at_ms);
+        }
         Ok((
             "host.register",
             format!(
-                "host {host}: agent {} registered ({} vCPUs, {} MiB, {} {}); {old:?} -> Up",
+                "host {host}: agent {} registered ({} vCPUs, {} MiB, {} {}); {old:?} -> Up{}",
                 inventory.agent_version,
                 inventory.vcpus,
                 inventory.memory_bytes >> 20,
                 inventory.hypervisor,
-                inventory.domain_type
+                inventory.domain_type,
+                if fenced {
+                    "; it fenced its VMs when its lease ran out"
+                } else {
+                    ""
+                }
             ),
             Outcome::Done,
         ))
@@ -302,6 +316,16 @@ impl ClusterState {
         }
         if changes.is_empty() {
             return reject(RejectKind::Conflict, "no VM state changed");
+        }
+        // A fenced host whose placed VMs all run again is owed nothing any more.
+        if self.hosts.get(host).is_some_and(|h| h.fenced_ms.is_some()) {
+            let stopped = self
+                .apps
+                .values()
+                .any(|a| !crate::planner::fenced_vms(self, &a.id, host).is_empty());
+            if !stopped && let Some(h) = self.hosts.get_mut(host) {
+                h.fenced_ms = None;
+            }
         }
         Ok((
             "vm.state",

@@ -116,6 +116,7 @@ impl ClusterState {
                         reason: "host added by topology; no agent has registered yet".into(),
                         inventory: None,
                         last_seen_ms: None,
+                        fenced_ms: None,
                     },
                 ),
             }

@@ -159,6 +159,9 @@ pub enum Command {
     RegisterHost {
         host: HostId,
         inventory: HostInventory,
+        /// The agent fenced its VMs (its lease ran out) since it last registered.
+        #[serde(default)]
+        fenced: bool,
     },
     /// Queue commands for agents; the outcome lists their ids.
     IssueAgentCommands {
@@ -664,7 +667,11 @@ impl ClusterState {
                 }
                 Ok(("note", text.clone(), Outcome::Done))
             }
-            Command::RegisterHost { host, inventory } => self.register_host(req, host, inventory),
+            Command::RegisterHost {
+                host,
+                inventory,
+                fenced,
+            } => self.register_host(req, host, inventory, *fenced),
             Command::IssueAgentCommands { commands } => self.issue_commands(req, commands),
             Command::RecordCommandResults { host, results } => {
                 self.record_results(req, host, results)

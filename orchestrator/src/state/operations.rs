@@ -7,7 +7,7 @@ use super::{
     Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus, Operation,
     Outcome, RejectKind, Request, Role, not_found, reject,
 };
-use crate::planner::{Plan, busy_apps, drilled_apps};
+use crate::planner::{Plan, Trigger, busy_apps, drilled_apps};
 
 impl ClusterState {
     pub(super) fn begin_plan(
@@ -45,6 +45,15 @@ impl ClusterState {
             apps.push(m.app.clone());
         }
         let id = self.operations.last().map_or(1, |(k, _)| k + 1);
+        // The restart of what a fence stopped is under way: the host is no longer owed
+        // one, unless the plan had to leave an app for later (another operation owns
+        // it, or its volumes are not served again yet): the next plan restarts that.
+        if let Trigger::HostFenced { host } = &plan.trigger
+            && plan.skipped.is_empty()
+            && let Some(h) = self.hosts.get_mut(host)
+        {
+            h.fenced_ms = None;
+        }
         let note = plan.trigger.describe();
         let names = apps
             .iter()

@@ -544,9 +544,20 @@ fn vm_states_record_changes_only_and_ignore_foreign_domains() {
             agent_version: "0.1.0".into(),
             registered_ms: 1,
         },
+        fenced: true,
     }));
     assert!(matches!(r, Response::Applied { .. }), "{r:?}");
     assert_eq!(s.hosts.get(&host).map(|h| h.state), Some(HostState::Up));
+    // An agent that fenced its VMs says so when it registers again: the host is owed
+    // a restart of what it placed there.
+    let placed = s
+        .apps
+        .values()
+        .any(|a| a.placement.values().any(|h| h == &host));
+    assert_eq!(
+        s.hosts.get(&host).and_then(|h| h.fenced_ms).is_some(),
+        placed
+    );
 }
 
 /// Random commands over real and bogus ids.

@@ -88,6 +88,10 @@ pub struct HostRecord {
     /// estimated it (never later than the truth).
     #[serde(default)]
     pub last_seen_ms: Option<u64>,
+    /// When the agent came back (registered) after its lease ran out and it fenced
+    /// its VMs, until an operation restarts what it fenced (`HostFenced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_ms: Option<u64>,
 }
 
 /// A host as its agent sees it (capacity from libvirt).
