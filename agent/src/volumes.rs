@@ -399,8 +399,10 @@ impl Volumes {
         Ok(format!("fenced primaries [{}]", names.join(", ")))
     }
 
-    /// Stop everything (the agent stops, or it fenced and starts over).
-    pub async fn stop_all(&self) -> Vec<String> {
+    /// Stop everything (the agent stops, or it fenced and starts over). `fenced`: the
+    /// primaries acknowledge nothing any more, so nothing waits for a peer's
+    /// confirmation (a peer cut off would hold the teardown for the whole grace).
+    pub async fn stop_all(&self, fenced: bool) -> Vec<String> {
         let snaps: Vec<ServedSnapshot> = std::mem::take(&mut *self.drills.lock().await)
             .into_values()
             .collect();
@@ -412,8 +414,9 @@ impl Volumes {
             .into_values()
             .collect();
         let mut out = Vec::new();
+        let grace = if fenced { Duration::ZERO } else { STOP_GRACE };
         for s in all {
-            out.push(s.stop(STOP_GRACE).await);
+            out.push(s.stop(grace).await);
         }
         out
     }

@@ -340,6 +340,12 @@ impl NetLab {
         self.change_faults(|f| f.block(a, b))
     }
 
+    /// Drops what `from` sends to `to`, not the reverse: an asymmetric partition.
+    pub fn partition_one_way(&self, from: &str, to: &str) -> Result<(), LabError> {
+        let (from, to) = (self.index(from)?, self.index(to)?);
+        self.change_faults(|f| f.block_one_way(from, to))
+    }
+
     /// Removes every fault involving `node` (its isolation and its partitions).
     pub fn heal(&self, node: &str) -> Result<(), LabError> {
         let index = self.index(node)?;
@@ -353,7 +359,7 @@ impl NetLab {
         faults.clear();
         let mut errors = Vec::new();
         for i in 0..self.nodes.len() {
-            if let Err(e) = self.write_chain(i, &[]) {
+            if let Err(e) = self.write_chain(i, &[], &[]) {
                 errors.push(e);
             }
         }
@@ -370,25 +376,31 @@ impl NetLab {
         let changed = faults.changed_nodes(&next, self.nodes.len());
         *faults = next;
         for i in changed {
-            let peers: Vec<Ipv4Addr> = faults
-                .blocked_peers(i)
-                .into_iter()
-                .map(|p| self.nodes[p].addr)
-                .collect();
-            self.write_chain(i, &peers)?;
+            let addrs = |v: Vec<usize>| -> Vec<Ipv4Addr> {
+                v.into_iter().map(|p| self.nodes[p].addr).collect()
+            };
+            let peers = addrs(faults.blocked_peers(i));
+            let senders = addrs(faults.dropped_senders(i));
+            self.write_chain(i, &peers, &senders)?;
         }
         Ok(())
     }
 
-    /// Makes node `i`'s fault chain drop exactly the traffic from and to `peers`.
-    fn write_chain(&self, i: usize, peers: &[Ipv4Addr]) -> Result<(), LabError> {
+    /// Makes node `i`'s fault chain drop exactly the traffic from and to `peers`, and
+    /// what arrives from `senders`.
+    fn write_chain(
+        &self,
+        i: usize,
+        peers: &[Ipv4Addr],
+        senders: &[Ipv4Addr],
+    ) -> Result<(), LabError> {
         let ns = &self.nodes[i].ns;
         let what = format!("changing faults of node {:?}", self.nodes[i].name);
         run(
             &what,
             self.tools.iptables_in(ns).args(["-w", "-F", FAULT_CHAIN]),
         )?;
-        for rule in plan::fault_rules(FAULT_CHAIN, peers) {
+        for rule in plan::fault_rules(FAULT_CHAIN, peers, senders) {
             run(&what, self.tools.iptables_in(ns).args(rule))?;
         }
         Ok(())

@@ -66,21 +66,6 @@ pub enum VmCmd {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum LabCmd {
-    /// Build the tiny probe guest (Debian cloud kernel + busybox initramfs whose /init
-    /// writes numbered records to its disk with O_DIRECT + fsync and prints each
-    /// acknowledged number on the serial console).
-    GuestImage {
-        /// Where to put vmlinuz, initrd.gz and manifest.json.
-        #[arg(long)]
-        out: PathBuf,
-        /// Milliseconds between two records.
-        #[arg(long, default_value_t = 100)]
-        interval_ms: u32,
-    },
-}
-
 pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let cfg = agent::config::AgentConfig::load(&args.config)?;
     let host = cfg.host.clone();
@@ -272,36 +257,30 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
     }
 }
 
-pub fn lab(cmd: LabCmd, out: Output) -> anyhow::Result<ExitCode> {
-    match cmd {
-        LabCmd::GuestImage {
-            out: dir,
-            interval_ms,
-        } => {
-            let started = std::time::Instant::now();
-            let mut opts = chaos::guest::BuildOptions::new(dir);
-            opts.interval_ms = interval_ms;
-            let img = chaos::guest::build(&opts)?;
-            match out {
-                Output::Json => print_json(
-                    &serde_json::json!({"kernel": img.kernel, "initrd": img.initrd, "cmdline": img.cmdline,
-                    "kernel_version": img.kernel_version, "seconds": started.elapsed().as_secs_f64()}),
-                )?,
-                Output::Table => {
-                    println!(
-                        "probe guest ready in {:.1} s (kernel {})",
-                        started.elapsed().as_secs_f64(),
-                        img.kernel_version
-                    );
-                    println!(
-                        "  kernel:  {}\n  initrd:  {}\n  cmdline: {}",
-                        img.kernel.display(),
-                        img.initrd.display(),
-                        img.cmdline
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+/// `metrodr lab guest-image`: build the probe guest.
+pub fn guest_image(dir: PathBuf, interval_ms: u32, out: Output) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut opts = chaos::guest::BuildOptions::new(dir);
+    opts.interval_ms = interval_ms;
+    let img = chaos::guest::build(&opts)?;
+    match out {
+        Output::Json => print_json(
+            &serde_json::json!({"kernel": img.kernel, "initrd": img.initrd, "cmdline": img.cmdline,
+            "kernel_version": img.kernel_version, "seconds": started.elapsed().as_secs_f64()}),
+        )?,
+        Output::Table => {
+            println!(
+                "probe guest ready in {:.1} s (kernel {})",
+                started.elapsed().as_secs_f64(),
+                img.kernel_version
+            );
+            println!(
+                "  kernel:  {}\n  initrd:  {}\n  cmdline: {}",
+                img.kernel.display(),
+                img.initrd.display(),
+                img.cmdline
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

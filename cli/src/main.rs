@@ -7,6 +7,7 @@ mod agent_cmd;
 mod cluster_cmd;
 mod demo;
 mod drill_cmd;
+mod lab;
 mod op_cmd;
 mod output;
 mod topology_cmd;
@@ -60,9 +61,16 @@ enum Command {
     #[command(subcommand)]
     Vm(agent_cmd::VmCmd),
 
-    /// The lab: build the probe guest image (network namespaces and chaos come later).
+    /// The lab: three sites in network namespaces on this machine, with their
+    /// orchestrator nodes, agents, replicated volumes and VMs (up, status, down); and
+    /// the probe guest image.
     #[command(subcommand)]
-    Lab(agent_cmd::LabCmd),
+    Lab(lab::cmd::LabCmd),
+
+    /// Fault injection into a running lab (partition, isolate, kill, pause, …), and
+    /// scenario runs with invariant checks (`chaos run FILE`, `chaos run --random`).
+    #[command(subcommand)]
+    Chaos(lab::cmd::ChaosCmd),
 
     /// Form the orchestrator cluster and change its membership.
     #[command(subcommand)]
@@ -174,6 +182,7 @@ fn main() -> ExitCode {
         Command::Orchestrator(_)
             | Command::Agent(_)
             | Command::Demo(_)
+            | Command::Lab(lab::cmd::LabCmd::Serve(_))
             | Command::Volume(VolumeCmd::Serve(_) | VolumeCmd::Replica(_) | VolumeCmd::Import(_))
     );
     if !daemon {
@@ -234,7 +243,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => block_on(agent_cmd::agent(a)),
         Command::Host(HostCmd::List) => block_on(agent_cmd::host_list(c, out)),
         Command::Vm(cmd) => block_on(agent_cmd::vm(cmd, c, out)),
-        Command::Lab(cmd) => agent_cmd::lab(cmd, out),
+        Command::Lab(cmd) => lab::cmd::lab(cmd, out),
+        Command::Chaos(cmd) => lab::cmd::chaos(cmd, out),
     };
     match result {
         Ok(code) => code,

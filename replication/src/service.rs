@@ -187,12 +187,28 @@ impl ServedPrimary {
 
     /// Stop taking NBD requests, let the ones in flight finish, wait (bounded) for the
     /// peer to confirm everything, stop the link. Returns whether the peer confirmed all.
-    pub async fn stop(self) -> Result<bool, String> {
+    pub async fn stop(mut self) -> Result<bool, String> {
         self.shutdown.cancel();
-        match self.serving.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("NBD server: {e}"),
-            Err(e) => tracing::warn!("NBD server task: {e}"),
+        // A fenced group never completes the writes in flight: do not give them the
+        // server's grace (it would hold the fence's teardown for it), drop them.
+        let served = if self.group.is_fenced() {
+            match tokio::time::timeout(Duration::from_millis(200), &mut self.serving).await {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    self.serving.abort();
+                    tracing::warn!(
+                        "fenced: the NBD requests in flight were dropped (none would ever be acknowledged)"
+                    );
+                    None
+                }
+            }
+        } else {
+            Some((&mut self.serving).await)
+        };
+        match served {
+            Some(Ok(Ok(()))) | None => {}
+            Some(Ok(Err(e))) => tracing::warn!("NBD server: {e}"),
+            Some(Err(e)) => tracing::warn!("NBD server task: {e}"),
         }
         let confirmed = self.group.close(self.stop_grace).await?;
         // (The caller may have awaited the link already, when it ended by itself.)

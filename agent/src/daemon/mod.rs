@@ -154,6 +154,8 @@ struct Shared {
     /// This agent fenced its VMs and has not registered since: the next registration
     /// says so, and the cluster restarts what the fence stopped.
     fenced_unreported: std::sync::atomic::AtomicBool,
+    /// A fence is under way: registering waits until it is done.
+    fencing: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,7 +175,7 @@ impl RunningAgent {
         for t in self.tasks {
             let _ = t.await;
         }
-        for line in self.volumes.stop_all().await {
+        for line in self.volumes.stop_all(false).await {
             tracing::info!("{line}");
         }
     }
@@ -268,6 +270,7 @@ pub async fn start_with(
         vm_queues: Mutex::new(HashMap::new()),
         console_marks: Mutex::new(HashMap::new()),
         fenced_unreported: std::sync::atomic::AtomicBool::new(false),
+        fencing: std::sync::atomic::AtomicBool::new(false),
         volumes: Arc::new(Volumes::new(
             cfg.volumes_dir(),
             cfg.sockets_dir(),
@@ -356,6 +359,13 @@ async fn hv<T: Send + 'static>(
 async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
     let mut warned = false;
     loop {
+        // Never while a fence tears down: the cluster would serve and start what the
+        // fence is still stopping.
+        while s.fencing.load(Ordering::SeqCst) {
+            if stopped(&mut rx, Duration::from_millis(50)).await {
+                return false;
+            }
+        }
         let host = s.cfg.host.clone();
         match hv(s, move |h| Ok((h.capacity()?, only_ours(h.list()?, &host)))).await {
             Ok((cap, domains)) => {
@@ -498,9 +508,13 @@ async fn fence_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     loop {
         let event = lock(&s.lease).check(mono_now());
         if event == LeaseEvent::Fence {
-            fence(&s).await;
+            // Said before the first await: a lease regained while the fence still
+            // tears down must register as fenced, and only once the fence is done.
             s.fenced_unreported.store(true, Ordering::SeqCst);
+            s.fencing.store(true, Ordering::SeqCst);
+            fence(&s).await;
             lock(&s.lease).fenced();
+            s.fencing.store(false, Ordering::SeqCst);
         }
         if stopped(&mut rx, Duration::from_millis(100)).await {
             return;
@@ -543,7 +557,7 @@ async fn fence(s: &Arc<Shared>) {
     };
     // The fenced primaries acknowledge nothing any more: stop serving every group
     // (the cluster serves them again once this host registers after a new lease).
-    let groups = s.volumes.stop_all().await;
+    let groups = s.volumes.stop_all(true).await;
     if !groups.is_empty() {
         tracing::warn!(host = %s.cfg.host, "fence: {}", groups.join("; "));
     }

@@ -196,10 +196,13 @@ pub fn clashes(subnet: Subnet, existing: &[(Ipv4Addr, u8)]) -> bool {
 }
 
 /// Which pairs of nodes (by index) may not talk. Both ends of a blocked pair drop the
-/// other's traffic, so a heal on either node fully restores the pair.
+/// other's traffic, so a heal on either node fully restores the pair. A one-way block
+/// (`from`, `to`) drops only what `from` sends to `to` (an asymmetric partition: `to`
+/// still reaches `from`, though TCP to it stalls without its replies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     blocked: BTreeSet<(usize, usize)>,
+    one_way: BTreeSet<(usize, usize)>,
 }
 
 impl Faults {
@@ -216,12 +219,32 @@ impl Faults {
         }
     }
 
+    /// Drops what `from` sends to `to`, not the reverse.
+    pub fn block_one_way(&mut self, from: usize, to: usize) {
+        if from != to {
+            self.one_way.insert((from, to));
+        }
+    }
+
     pub fn heal(&mut self, node: usize) {
         self.blocked.retain(|&(a, b)| a != node && b != node);
+        self.one_way.retain(|&(a, b)| a != node && b != node);
     }
 
     pub fn clear(&mut self) {
         self.blocked.clear();
+        self.one_way.clear();
+    }
+
+    /// Nodes whose packets `node` must drop on arrival only (one-way blocks towards
+    /// it that a two-way block does not already cover), ascending.
+    pub fn dropped_senders(&self, node: usize) -> Vec<usize> {
+        let both = self.blocked_peers(node);
+        self.one_way
+            .iter()
+            .filter(|&&(from, to)| to == node && !both.contains(&from))
+            .map(|&(from, _)| from)
+            .collect()
     }
 
     /// Nodes whose traffic `node` must drop, ascending.
@@ -240,32 +263,38 @@ impl Faults {
     /// chain rewritten.
     pub fn changed_nodes(&self, next: &Faults, node_count: usize) -> Vec<usize> {
         (0..node_count)
-            .filter(|&n| self.blocked_peers(n) != next.blocked_peers(n))
+            .filter(|&n| {
+                self.blocked_peers(n) != next.blocked_peers(n)
+                    || self.dropped_senders(n) != next.dropped_senders(n)
+            })
             .collect()
     }
 }
 
 /// iptables argument lists that fill an (already flushed) fault chain so that it drops
-/// everything from and to `peers`. The bridge address is never among them, which is
-/// what keeps an isolated node reachable from the harness.
-pub fn fault_rules(chain: &str, peers: &[Ipv4Addr]) -> Vec<Vec<String>> {
-    let mut rules = Vec::with_capacity(peers.len() * 2);
-    for peer in peers {
-        for direction in ["-s", "-d"] {
-            rules.push(
-                [
-                    "-w",
-                    "-A",
-                    chain,
-                    direction,
-                    &format!("{peer}/32"),
-                    "-j",
-                    "DROP",
-                ]
-                .map(String::from)
-                .to_vec(),
-            );
-        }
+/// everything from and to `peers`, and what arrives from `senders`. The bridge address
+/// is never among them, which is what keeps an isolated node reachable from the
+/// harness.
+pub fn fault_rules(chain: &str, peers: &[Ipv4Addr], senders: &[Ipv4Addr]) -> Vec<Vec<String>> {
+    let mut rules = Vec::with_capacity(peers.len() * 2 + senders.len());
+    let pairs = peers
+        .iter()
+        .flat_map(|p| [(p, "-s"), (p, "-d")])
+        .chain(senders.iter().map(|p| (p, "-s")));
+    for (peer, direction) in pairs {
+        rules.push(
+            [
+                "-w",
+                "-A",
+                chain,
+                direction,
+                &format!("{peer}/32"),
+                "-j",
+                "DROP",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
     }
     rules
 }
@@ -460,14 +489,38 @@ mod tests {
     }
 
     #[test]
+    fn one_way_blocks_drop_only_at_the_receiver_and_heal_from_either_end() {
+        let mut f = Faults::default();
+        f.block_one_way(0, 1);
+        f.block_one_way(2, 2);
+        assert_eq!(f.dropped_senders(1), vec![0]);
+        assert_eq!(f.dropped_senders(0), Vec::<usize>::new());
+        assert_eq!(f.blocked_peers(1), Vec::<usize>::new());
+        assert_eq!(Faults::default().changed_nodes(&f, 3), vec![1]);
+        // A two-way block covers it: no second rule.
+        f.block(0, 1);
+        assert_eq!(f.dropped_senders(1), Vec::<usize>::new());
+        f.heal(0);
+        assert_eq!(f, Faults::default());
+        f.block_one_way(0, 1);
+        f.heal(1);
+        assert_eq!(f, Faults::default());
+    }
+
+    #[test]
     fn fault_rules_drop_both_directions_per_peer() {
-        let rules = fault_rules("MDR-FAULT", &[Ipv4Addr::new(10, 200, 0, 3)]);
+        let rules = fault_rules(
+            "MDR-FAULT",
+            &[Ipv4Addr::new(10, 200, 0, 3)],
+            &[Ipv4Addr::new(10, 200, 0, 4)],
+        );
         let lines: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
         assert_eq!(
             lines,
             vec![
                 "-w -A MDR-FAULT -s 10.200.0.3/32 -j DROP",
-                "-w -A MDR-FAULT -d 10.200.0.3/32 -j DROP"
+                "-w -A MDR-FAULT -d 10.200.0.3/32 -j DROP",
+                "-w -A MDR-FAULT -s 10.200.0.4/32 -j DROP"
             ]
         );
     }

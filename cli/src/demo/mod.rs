@@ -12,7 +12,7 @@
 mod drill;
 mod guests;
 mod site;
-mod storage;
+pub(crate) mod storage;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub enum HypervisorArg {
 /// Parts of the demo that do not exist yet, said out loud rather than faked.
 const NOT_BUILT: &[&str] = &[
     "TCP health probes (serial-console probes are checked; the test-driver lab has none)",
-    "lab and chaos scenarios",
+    "link delay/loss/bandwidth, disk-failure and clock-skew faults in chaos scenarios (`metrodr chaos run` has cuts, kills, pauses)",
 ];
 
 #[derive(Serialize)]

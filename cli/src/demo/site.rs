@@ -31,6 +31,7 @@ use serde::Serialize;
 use topology::Topology;
 
 use super::storage::{Writers, connect, missing};
+use crate::lab::{all_hosts_up, all_up_to_date, wait};
 use crate::op_cmd::{OpRecord, record};
 
 /// The lab topology, built in.
@@ -131,23 +132,6 @@ fn spawn_agent(dir: &Path, host: &str, cluster: &str, uri: &str) -> anyhow::Resu
     }
     std::thread::spawn(move || for _ in std::io::BufRead::lines(out) {});
     Ok(child)
-}
-
-async fn wait<T, F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {} s waiting for {what}", within.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn volumes(c: &Client) -> Option<Vec<pb::VolumeStatus>> {
@@ -254,35 +238,16 @@ pub async fn site_failover(
             spawn_agent(dir, h.id.as_str(), &cluster, &h.libvirt_uri)?,
         ));
     }
-    wait(
-        Duration::from_secs(20),
-        "every agent registered",
-        || async {
-            let h = client
-                .op
-                .clone()
-                .list_hosts(pb::ListHostsRequest {})
-                .await
-                .ok()?;
-            h.into_inner()
-                .hosts
-                .iter()
-                .all(|h| h.state == "up")
-                .then_some(())
-        },
-    )
+    wait(Duration::from_secs(20), "every agent registered", || {
+        all_hosts_up(&client)
+    })
     .await?;
     // The agents serve every group: secondaries first, then the primaries towards
     // them; the initial syncs make the other site's replicas promotable.
     wait(
         Duration::from_secs(60),
         "every replica up to date",
-        || async {
-            let v = volumes(&client).await?;
-            v.iter()
-                .all(|v| v.replicas.iter().all(|r| r.data == "up-to-date"))
-                .then_some(())
-        },
+        || async { all_up_to_date(&volumes(&client).await?) },
     )
     .await?;
     let groups = topo.apps.iter().filter(|a| !a.volumes.is_empty()).count();

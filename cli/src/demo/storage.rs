@@ -93,7 +93,7 @@ impl Vol {
     }
 }
 
-fn block(i: u64) -> Bytes {
+pub(crate) fn block(i: u64) -> Bytes {
     let mut b = vec![(i % 251) as u8; 4096];
     b[..8].copy_from_slice(&i.to_be_bytes());
     Bytes::from(b)
@@ -146,7 +146,7 @@ impl Writers {
 }
 
 /// How many acknowledged blocks do not read back as written.
-pub(super) async fn missing(c: &NbdClient, acked: &[u64]) -> anyhow::Result<u64> {
+pub(crate) async fn missing(c: &NbdClient, acked: &[u64]) -> anyhow::Result<u64> {
     let mut n = 0u64;
     for i in acked {
         if c.read(i * 4096, 4096).await? != block(*i) {
@@ -156,7 +156,7 @@ pub(super) async fn missing(c: &NbdClient, acked: &[u64]) -> anyhow::Result<u64>
     Ok(n)
 }
 
-pub(super) async fn connect(socket: &Path, export: &str) -> anyhow::Result<NbdClient> {
+pub(crate) async fn connect(socket: &Path, export: &str) -> anyhow::Result<NbdClient> {
     let cfg = ClientConfig {
         export: export.into(),
         ..ClientConfig::default()

@@ -292,6 +292,12 @@ impl ClusterState {
                 && self.vms.get(vm).is_some_and(|r| &r.host != host)
                 && !matches!(state, VmState::Running | VmState::Paused);
             if moved_away {
+                // Recorded in the audit log only (the old host confirms the VM is off
+                // there), unless it says what it said before.
+                let said = self.vms.get(vm).is_some_and(|r| r.state == *state);
+                if !said {
+                    changes.push(format!("{vm} {state:?} (not placed here)"));
+                }
                 continue;
             }
             let unchanged = self

@@ -1,0 +1,293 @@
+//! The lab and chaos with real processes in network namespaces: every scenario shipped
+//! in `chaos/scenarios/` and a few random schedules run through `metrodr chaos run`
+//! and must keep every invariant; `metrodr lab up|status|down` and the fault commands
+//! work on a lab left running, and `lab down` cleans up after a crashed supervisor.
+//! Needs root (network namespaces); without it the tests fail loudly.
+
+#![allow(clippy::unwrap_used, clippy::await_holding_lock)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn need_netns() {
+    if let Err(e) = chaos::netns::preflight() {
+        panic!(
+            "\n########################################################################\n\
+             # the chaos tests need network namespaces: {e}\n\
+             ########################################################################\n"
+        );
+    }
+}
+
+/// `metrodr -o json ARGS`; the parsed output and whether it exited 0.
+fn run_json(args: &[&str]) -> (Value, bool, String) {
+    let o = Command::new(BIN)
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let v = serde_json::from_str(&out).unwrap_or(Value::Null);
+    (v, o.status.success(), format!("{out}\n{err}"))
+}
+
+fn scenario(name: &str) -> Value {
+    need_netns();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let file = root().join(format!("chaos/scenarios/{name}.toml"));
+    let (v, ok, text) = run_json(&[
+        "chaos",
+        "run",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let run = &v["runs"][0];
+    eprintln!(
+        "{name}: passed {} | {} writes acknowledged, {} blocks missing, longest write {} ms, {} samples, healed in {} s | ops {}",
+        run["passed"],
+        run["writes_acknowledged"],
+        run["writes_missing"],
+        run["max_write_stall_ms"],
+        run["samples"],
+        run["heal_s"],
+        run["operations"]
+    );
+    if !ok || v["passed"] != true {
+        keep_logs(dir.path(), name);
+        panic!("{name} failed:\n{text}");
+    }
+    assert!(run["samples"].as_u64().unwrap() > 20, "{run}");
+    assert!(run["writes_acknowledged"].as_u64().unwrap() > 0, "{run}");
+    run.clone()
+}
+
+/// A failed run's lab logs outlive the temporary directory.
+fn keep_logs(dir: &Path, name: &str) {
+    let keep = std::env::temp_dir().join(format!(
+        "metrodr-failed-chaos-{name}-{}",
+        std::process::id()
+    ));
+    let _ = Command::new("cp").arg("-r").arg(dir).arg(&keep).status();
+    eprintln!("the failed run's directory is kept in {}", keep.display());
+}
+
+#[test]
+fn site_loss_fails_every_app_over_and_loses_nothing() {
+    let r = scenario("site-loss");
+    assert_eq!(r["writes_missing"], 0);
+    let ops = r["operations"].to_string();
+    assert!(ops.contains("site north lost"), "{ops}");
+}
+
+#[test]
+fn witness_loss_moves_nothing_and_never_stalls_a_write() {
+    let r = scenario("witness-loss");
+    assert!(r["max_write_stall_ms"].as_u64().unwrap() <= 1000, "{r}");
+}
+
+#[test]
+fn a_cut_between_the_sites_leaves_one_side_with_everything() {
+    scenario("link-cut");
+}
+
+#[test]
+fn witness_and_link_loss_fails_nothing_over_and_writes_nothing_twice() {
+    scenario("witness-and-link-loss");
+}
+
+#[test]
+fn a_leader_killed_during_a_failover_finishes_it_once() {
+    let r = scenario("leader-kill-during-failover");
+    let steps = r["steps"].to_string();
+    assert!(
+        steps.contains("kill the leading orchestrator node"),
+        "{steps}"
+    );
+    assert!(!steps.contains("error"), "{steps}");
+}
+
+#[test]
+fn a_flapping_link_settles_without_harm() {
+    scenario("flapping-link");
+}
+
+#[test]
+fn a_paused_site_wakes_up_stale_and_writes_nothing() {
+    scenario("paused-site");
+}
+
+#[test]
+fn a_one_way_partition_does_not_split_the_cluster() {
+    scenario("one-way-partition");
+}
+
+#[test]
+fn random_schedules_keep_every_invariant() {
+    need_netns();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (v, ok, text) = run_json(&[
+        "chaos",
+        "run",
+        "--random",
+        "--seed",
+        "11",
+        "--schedules",
+        "3",
+        "--duration",
+        "14",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    for r in v["runs"].as_array().unwrap_or(&Vec::new()) {
+        eprintln!(
+            "seed {}: passed {} | steps {} | ops {}",
+            r["seed"], r["passed"], r["steps"], r["operations"]
+        );
+    }
+    if !ok {
+        keep_logs(dir.path(), "random");
+        panic!("a random schedule failed:\n{text}");
+    }
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3);
+    // Each run wrote its exact schedule, to replay it.
+    for r in v["runs"].as_array().unwrap() {
+        let replay = r["replay"].as_str().unwrap();
+        let t = std::fs::read_to_string(replay).unwrap();
+        assert!(t.contains(&format!("seed = {}", r["seed"])), "{t}");
+    }
+}
+
+#[test]
+fn a_bad_scenario_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"kill-site\"\nsite = \"mars\"\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["chaos", "run", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no site \"mars\""), "{err}");
+    let o = Command::new(BIN).args(["chaos", "run"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("name a scenario file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn ns_count(tag: &str) -> usize {
+    let o = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with(tag))
+        .count()
+}
+
+fn alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
+    need_netns();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (rec, ok, text) = run_json(&["lab", "up", "--dir", d]);
+    assert!(ok, "{text}");
+    let tag = rec["tag"].as_str().unwrap().to_string();
+    assert_eq!(ns_count(&tag), 3, "one namespace per site");
+    let nodes = rec["orchestrators"].as_array().unwrap();
+    let cluster = nodes
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    // The cluster is reachable from here and every VM runs.
+    let vms = cli_json(&cluster, &["vm", "list"]);
+    assert!(
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "running"),
+        "{vms}"
+    );
+    // A fault: pause the witness; status says so; resume.
+    let (_, ok, text) = run_json(&["chaos", "pause", "--dir", d, "witness"]);
+    assert!(ok, "{text}");
+    let (st, ok, _) = run_json(&["lab", "status", "--dir", d]);
+    assert!(ok);
+    let witness = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["site"] == "witness")
+        .unwrap()
+        .clone();
+    assert_eq!(witness["state"], "paused", "{st}");
+    let (_, ok, text) = run_json(&["chaos", "resume", "--dir", d, "witness"]);
+    assert!(ok, "{text}");
+    let (_, ok, text) = run_json(&["chaos", "partition", "--dir", d, "north", "mars"]);
+    assert!(!ok, "an unknown site is refused");
+    assert!(text.contains("no site \"mars\""), "{text}");
+    let (_, ok, text) = run_json(&[
+        "chaos",
+        "partition",
+        "--dir",
+        d,
+        "north",
+        "south",
+        "--one-way",
+    ]);
+    assert!(ok, "{text}");
+    let (_, ok, text) = run_json(&["chaos", "heal", "--dir", d]);
+    assert!(ok, "{text}");
+
+    // The supervisor crashes: `lab down` still stops every process and the namespaces.
+    let pids: Vec<i64> = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pid"].as_i64())
+        .collect();
+    let sup = st["supervisor_pid"].as_i64().unwrap();
+    Command::new("kill")
+        .args(["-9", &sup.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, ok, text) = run_json(&["lab", "down", "--dir", d]);
+    assert!(ok, "{text}");
+    std::thread::sleep(Duration::from_millis(300));
+    for p in &pids {
+        assert!(
+            !alive(*p),
+            "process {p} of the lab still runs after lab down: {text}"
+        );
+    }
+    assert_eq!(ns_count(&tag), 0, "namespaces left after lab down: {text}");
+    // Nothing is up any more.
+    let (_, ok, text) = run_json(&["lab", "status", "--dir", d]);
+    assert!(!ok);
+    assert!(text.contains("no lab is up"), "{text}");
+}
