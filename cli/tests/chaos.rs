@@ -223,15 +223,22 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
         .map(|n| n.as_str().unwrap())
         .collect::<Vec<_>>()
         .join(",");
-    // The cluster is reachable from here and every VM runs.
-    let vms = cli_json(&cluster, &["vm", "list"]);
-    assert!(
-        vms.as_array()
+    // The cluster is reachable from here and every VM runs (as every node sees it
+    // once it has applied the starts).
+    let t = std::time::Instant::now();
+    loop {
+        let vms = cli_json(&cluster, &["vm", "list"]);
+        if vms
+            .as_array()
             .unwrap()
             .iter()
-            .all(|v| v["state"] == "running"),
-        "{vms}"
-    );
+            .all(|v| v["state"] == "running")
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{vms}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A fault: pause the witness; status says so; resume.
     let (_, ok, text) = run_json(&["chaos", "pause", "--dir", d, "witness"]);
     assert!(ok, "{text}");

@@ -398,6 +398,18 @@ pub fn starttime_from_stat(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// Whether a `/proc/<pid>/stat` line is of a process that has exited (a zombie no one
+/// reaped yet, e.g. under a container's init that does not reap, or dead).
+pub fn exited_from_stat(stat: &str) -> bool {
+    let Some(i) = stat.rfind(')') else {
+        return false;
+    };
+    matches!(
+        stat[i + 1..].split_whitespace().next(),
+        Some("Z" | "X" | "x")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +555,14 @@ mod tests {
         // Never accept a name we would not have created: cleanup would delete it.
         let foreign = "metrodr-lab-record 1\npid 1\nstarttime 1\nlink eth0\n";
         assert!(Record::decode(foreign).is_err());
+    }
+
+    #[test]
+    fn a_zombie_counts_as_exited() {
+        assert!(exited_from_stat("42 (metrodr) Z 1 42 42 0 -1 4194560"));
+        assert!(!exited_from_stat("42 (metrodr) S 1 42 42 0 -1 4194560"));
+        assert!(!exited_from_stat("42 (a) Z) R 1 42"));
+        assert!(!exited_from_stat("garbage"));
     }
 
     #[test]

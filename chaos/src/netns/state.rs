@@ -46,8 +46,13 @@ fn aside_path(path: &Path) -> PathBuf {
 }
 
 /// This process's start time, to write into records (see [`Record::starttime`]).
+/// The start time of a live process `pid` (None: no such process, or it has exited and
+/// is a zombie nobody reaped).
 pub(super) fn process_starttime(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if plan::exited_from_stat(&stat) {
+        return None;
+    }
     plan::starttime_from_stat(&stat)
 }
 

@@ -229,13 +229,17 @@ impl Lab {
                 lab.spawn(i)?;
             }
         }
-        wait(Duration::from_secs(30), "every agent registered", || async {
-            all_hosts_up(&lab.client().await.ok()?).await
-        })
+        wait(
+            Duration::from_secs(30),
+            "every agent registered",
+            || async { all_hosts_up(&lab.client().await.ok()?).await },
+        )
         .await?;
-        wait(Duration::from_secs(90), "every replica up to date", || async {
-            all_up_to_date(&lab.volumes().await?)
-        })
+        wait(
+            Duration::from_secs(90),
+            "every replica up to date",
+            || async { all_up_to_date(&lab.volumes().await?) },
+        )
         .await?;
         let c = lab.client().await?;
         for app in &topo.apps {
@@ -476,7 +480,11 @@ impl Drop for Proc {
 
 /// Some(()) when the cluster sees every host up.
 pub async fn all_hosts_up(c: &Client) -> Option<()> {
-    let h = c.op.clone().list_hosts(pb::ListHostsRequest {}).await.ok()?;
+    let h =
+        c.op.clone()
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .ok()?;
     h.into_inner()
         .hosts
         .iter()

@@ -81,17 +81,16 @@ async fn audit(c: &Client) -> anyhow::Result<Vec<pb::AuditEntry>> {
     let mut out = Vec::new();
     let mut from = 0u64;
     loop {
-        let batch = c
-            .op
-            .clone()
-            .audit_list(pb::AuditListRequest {
-                from_seq: from,
-                limit: PAGE,
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the audit log: {}", e.message()))?
-            .into_inner()
-            .entries;
+        let batch =
+            c.op.clone()
+                .audit_list(pb::AuditListRequest {
+                    from_seq: from,
+                    limit: PAGE,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the audit log: {}", e.message()))?
+                .into_inner()
+                .entries;
         let Some(last) = batch.last().map(|e| e.seq) else {
             return Ok(out);
         };
