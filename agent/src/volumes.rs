@@ -107,6 +107,12 @@ pub struct Volumes {
     drills: tokio::sync::Mutex<BTreeMap<(u64, AppId), ServedSnapshot>>,
 }
 
+/// The lab fails the disk under volume V served by an agent by creating the file
+/// `faults/disk-V` in the agent's state directory, and repairs it by removing it (this
+/// machine's kernel has no device-mapper for a real `dm-error` target). The agent
+/// looks every half second.
+pub const DISK_FAULT_PREFIX: &str = "disk-";
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -397,6 +403,39 @@ impl Volumes {
             names.push(app.to_string());
         }
         Ok(format!("fenced primaries [{}]", names.join(", ")))
+    }
+
+    /// Fail or repair the disks under the volumes served here so that exactly those in
+    /// `failed` are failed (the lab's disk fault: see [`DISK_FAULT_PREFIX`]). Skipped
+    /// while a serve or stop holds the groups (the next check applies it). Returns
+    /// what changed.
+    pub fn apply_disk_faults(&self, failed: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let Ok(groups) = self.groups.try_lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in groups.values() {
+            let vols = match s {
+                Served::Primary { served, .. } => &served.vols,
+                Served::Secondary { served, .. } => &served.vols,
+            };
+            for v in vols {
+                let want = failed.contains(&v.id);
+                if v.is_failed() != want {
+                    v.set_failed(want);
+                    out.push(format!(
+                        "the disk under volume {} {}",
+                        v.id,
+                        if want {
+                            "FAILED (every I/O to it fails)"
+                        } else {
+                            "was repaired"
+                        }
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Stop everything (the agent stops, or it fenced and starts over). `fenced`: the

@@ -55,6 +55,10 @@ pub enum Fault {
     Isolate { site: String },
     /// Remove every network fault.
     Heal,
+    /// The disk under `volume`'s replica at `site` fails: every I/O to it errors.
+    DiskFail { site: String, volume: String },
+    /// That disk is replaced: I/O works again (the replica resyncs).
+    DiskRepair { site: String, volume: String },
 }
 
 impl Fault {
@@ -65,7 +69,9 @@ impl Fault {
             | Fault::PauseSite { site }
             | Fault::ResumeSite { site }
             | Fault::RestartSite { site }
-            | Fault::Isolate { site } => vec![site],
+            | Fault::Isolate { site }
+            | Fault::DiskFail { site, .. }
+            | Fault::DiskRepair { site, .. } => vec![site],
             Fault::Partition { a, b } => vec![a, b],
             Fault::PartitionOneWay { from, to } => vec![from, to],
             Fault::KillLeader | Fault::RestartLeader | Fault::Heal => vec![],
@@ -85,6 +91,12 @@ impl Fault {
             Fault::PartitionOneWay { from, to } => format!("drop what {from} sends to {to}"),
             Fault::Isolate { site } => format!("isolate {site}"),
             Fault::Heal => "heal every network fault".into(),
+            Fault::DiskFail { site, volume } => {
+                format!("fail the disk under {volume}'s replica at {site}")
+            }
+            Fault::DiskRepair { site, volume } => {
+                format!("repair the disk under {volume}'s replica at {site}")
+            }
         }
     }
 }

@@ -131,6 +131,12 @@ fn a_one_way_partition_does_not_split_the_cluster() {
 }
 
 #[test]
+fn a_failed_secondary_disk_outdates_the_replica_and_loses_nothing() {
+    let r = scenario("secondary-disk-failure");
+    assert_eq!(r["writes_missing"], 0);
+}
+
+#[test]
 fn random_schedules_keep_every_invariant() {
     need_netns();
     let _g = serial();
@@ -192,6 +198,17 @@ fn a_bad_scenario_is_refused_with_the_reason() {
     );
 }
 
+/// `metrodr lab down --dir D` when dropped, so a failing test leaves no lab behind.
+struct LabDown(String);
+
+impl Drop for LabDown {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["lab", "down", "--dir", &self.0])
+            .output();
+    }
+}
+
 fn ns_count(tag: &str) -> usize {
     let o = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&o.stdout)
@@ -213,6 +230,8 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
+    // Whatever happens below, the lab comes down (dropped before the directory).
+    let _down = LabDown(d.to_string());
     let (rec, ok, text) = run_json(&["lab", "up", "--dir", d]);
     assert!(ok, "{text}");
     let tag = rec["tag"].as_str().unwrap().to_string();
@@ -266,6 +285,16 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
         "south",
         "--one-way",
     ]);
+    assert!(ok, "{text}");
+    let (_, ok, text) = run_json(&["chaos", "disk-fail", "--dir", d, "south", "db-data"]);
+    assert!(ok, "{text}");
+    let (_, ok, text) = run_json(&["chaos", "disk-fail", "--dir", d, "south", "nope"]);
+    assert!(!ok, "an unknown volume is refused");
+    assert!(
+        text.contains("no volume") && text.contains("nope"),
+        "{text}"
+    );
+    let (_, ok, text) = run_json(&["chaos", "disk-repair", "--dir", d, "south", "db-data"]);
     assert!(ok, "{text}");
     let (_, ok, text) = run_json(&["chaos", "heal", "--dir", d]);
     assert!(ok, "{text}");

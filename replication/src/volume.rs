@@ -91,6 +91,10 @@ pub struct VolumeFile {
     tracking: Mutex<Tracking>,
     /// A drill snapshot of this replica, copying chunks before they change.
     preserver: Mutex<Option<Arc<crate::snapshot::Preserver>>>,
+    /// The disk under this replica has failed (a fault the lab injects through the
+    /// agent): every read, write and flush fails with an I/O error, as a dying disk's
+    /// would, until it is repaired.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +152,7 @@ impl VolumeFile {
                 inflight: HashMap::new(),
             }),
             preserver: Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -179,13 +184,35 @@ impl VolumeFile {
         (first as u32)..=(last as u32)
     }
 
+    /// Fail (or repair) the disk under this replica: see [`VolumeFile::is_failed`].
+    pub fn set_failed(&self, failed: bool) {
+        self.failed
+            .store(failed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check_disk(&self) -> std::io::Result<()> {
+        if self.is_failed() {
+            return Err(std::io::Error::other(format!(
+                "{}: input/output error (the disk under this replica failed)",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        self.check_disk()?;
         let len =
             u32::try_from(len).map_err(|_| std::io::Error::other("read larger than 4 GiB"))?;
         self.data.read(offset, len).await.map_err(io)
     }
 
     pub async fn write(&self, offset: u64, data: Bytes) -> std::io::Result<()> {
+        self.check_disk()?;
         if let Some(p) = self.preserver() {
             p.preserve(offset, data.len() as u64).await?;
         }
@@ -194,6 +221,7 @@ impl VolumeFile {
 
     /// Make the range read as zeroes; `trim`: it may be deallocated (a hole).
     pub async fn zero(&self, offset: u64, len: u64, trim: bool) -> std::io::Result<()> {
+        self.check_disk()?;
         if let Some(p) = self.preserver() {
             p.preserve(offset, len).await?;
         }
@@ -204,6 +232,7 @@ impl VolumeFile {
     }
 
     pub async fn sync(&self) -> std::io::Result<()> {
+        self.check_disk()?;
         self.data.flush().await.map_err(io)
     }
 
@@ -400,4 +429,37 @@ pub fn open_replica(
         }
     };
     Ok((Arc::new(vol), meta))
+}
+
+#[cfg(test)]
+mod disk_fault_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_disk_fails_every_io_until_it_is_repaired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v =
+            VolumeFile::open("v", &dir.path().join("v.raw"), Some(1 << 20), 1 << 16).expect("open");
+        v.write(0, Bytes::from(vec![7u8; 4096]))
+            .await
+            .expect("write");
+        v.set_failed(true);
+        assert!(v.is_failed());
+        let e = v
+            .write(4096, Bytes::from(vec![1u8; 4096]))
+            .await
+            .expect_err("failed disk");
+        assert!(
+            e.to_string().contains("the disk under this replica failed"),
+            "{e}"
+        );
+        assert!(v.read(0, 4096).await.is_err());
+        assert!(v.zero(0, 4096, false).await.is_err());
+        assert!(v.sync().await.is_err());
+        v.set_failed(false);
+        assert_eq!(v.read(0, 4096).await.expect("read")[..], [7u8; 4096][..]);
+        v.write(4096, Bytes::from(vec![1u8; 4096]))
+            .await
+            .expect("repaired");
+    }
 }

@@ -991,6 +991,26 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                     s.wake_reporter.notify_one();
                 }
                 last = now;
+                // The lab's disk faults (files in `faults/`).
+                let failed: std::collections::BTreeSet<String> =
+                    std::fs::read_dir(s.cfg.state_dir.join("faults"))
+                        .map(|d| {
+                            d.flatten()
+                                .filter_map(|e| {
+                                    e.file_name()
+                                        .to_str()
+                                        .and_then(|n| {
+                                            n.strip_prefix(crate::volumes::DISK_FAULT_PREFIX)
+                                        })
+                                        .map(str::to_string)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                for change in s.volumes.apply_disk_faults(&failed) {
+                    tracing::warn!(host = %s.cfg.host, "{change}");
+                    queue_event(&s, change);
+                }
             }
             Err(e) => {
                 if !libvirt_down {

@@ -58,7 +58,7 @@ pub enum HypervisorArg {
 /// Parts of the demo that do not exist yet, said out loud rather than faked.
 const NOT_BUILT: &[&str] = &[
     "TCP health probes (serial-console probes are checked; the test-driver lab has none)",
-    "link delay/loss/bandwidth, disk-failure and clock-skew faults in chaos scenarios (`metrodr chaos run` has cuts, kills, pauses)",
+    "link delay/loss/bandwidth and clock-skew faults in chaos scenarios (`metrodr chaos run` has cuts, kills, pauses, disk failures)",
 ];
 
 #[derive(Serialize)]

@@ -124,6 +124,20 @@ pub enum ChaosCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Fail the disk under a volume's replica at a site: every I/O to it errors.
+    DiskFail {
+        #[arg(long)]
+        dir: PathBuf,
+        site: String,
+        volume: String,
+    },
+    /// Repair that disk (the replica resyncs).
+    DiskRepair {
+        #[arg(long)]
+        dir: PathBuf,
+        site: String,
+        volume: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -512,6 +526,8 @@ pub fn chaos(cmd: ChaosCmd, out: Output) -> anyhow::Result<ExitCode> {
         ChaosCmd::Resume { dir, site } => (dir, Fault::ResumeSite { site }),
         ChaosCmd::Restart { dir, site } => (dir, Fault::RestartSite { site }),
         ChaosCmd::KillLeader { dir } => (dir, Fault::KillLeader),
+        ChaosCmd::DiskFail { dir, site, volume } => (dir, Fault::DiskFail { site, volume }),
+        ChaosCmd::DiskRepair { dir, site, volume } => (dir, Fault::DiskRepair { site, volume }),
     };
     if let Some(rec) = std::fs::read_to_string(dir.join("lab.json"))
         .ok()

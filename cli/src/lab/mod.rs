@@ -408,14 +408,60 @@ impl Lab {
             Fault::PartitionOneWay { from, to } => self.net.partition_one_way(from, to)?,
             Fault::Isolate { site } => self.net.isolate(site)?,
             Fault::Heal => self.net.heal_all()?,
+            Fault::DiskFail { site, volume } => {
+                let host = self.replica_host(site, volume).await?;
+                let dir = self.dir.join(format!("agent-{host}/faults"));
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(
+                    dir.join(format!("{}{volume}", agent::volumes::DISK_FAULT_PREFIX)),
+                    "failed by the lab\n",
+                )?;
+            }
+            Fault::DiskRepair { site, volume } => {
+                let host = self.replica_host(site, volume).await?;
+                let f = self.dir.join(format!(
+                    "agent-{host}/faults/{}{volume}",
+                    agent::volumes::DISK_FAULT_PREFIX
+                ));
+                if f.exists() {
+                    std::fs::remove_file(&f)?;
+                }
+            }
         }
         Ok(killed)
+    }
+
+    /// The host serving `volume`'s replica at `site`.
+    async fn replica_host(&self, site: &str, volume: &str) -> anyhow::Result<String> {
+        let vs = self.volumes().await.context("listing the volumes")?;
+        let v = vs.iter().find(|v| v.id == volume).with_context(|| {
+            format!(
+                "no volume {volume:?} in the lab (volumes: {})",
+                vs.iter()
+                    .map(|v| v.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        v.replicas
+            .iter()
+            .find(|r| r.site == site && !r.host.is_empty())
+            .map(|r| r.host.clone())
+            .with_context(|| format!("no host serves {volume} at {site}"))
     }
 
     /// Undo every fault: heal the network, resume what is paused, restart what was
     /// killed. Returns what it restarted.
     pub fn heal_everything(&mut self) -> anyhow::Result<Vec<String>> {
         self.net.heal_all()?;
+        // Failed disks are replaced.
+        for p in self.procs.iter().filter(|p| p.kind == Kind::Agent) {
+            let faults = self.dir.join(format!("agent-{}/faults", p.name));
+            if faults.exists() {
+                std::fs::remove_dir_all(&faults)
+                    .with_context(|| format!("removing {}", faults.display()))?;
+            }
+        }
         for p in self.procs.iter_mut().filter(|p| p.paused) {
             p.signal(Signal::SIGCONT)?;
             p.paused = false;
