@@ -37,7 +37,6 @@ pub struct ReplicaObs {
     pub site: String,
     pub primary: bool,
     pub epoch: u64,
-    pub up_to_date: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +317,6 @@ mod tests {
                     site: s.to_string(),
                     primary: *p,
                     epoch: *e,
-                    up_to_date: true,
                 })
                 .collect(),
         }

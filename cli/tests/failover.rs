@@ -153,6 +153,21 @@ impl Lab {
         cli_run(&self.addrs, args)
     }
 
+    /// (app, active site) of every app.
+    fn sites_of_apps(&self) -> Vec<(String, String)> {
+        self.json(&["app", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["id"].as_str().unwrap().to_string(),
+                    a["active_site"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     fn app(&self, id: &str) -> Value {
         self.json(&["app", "list"])
             .as_array()
@@ -558,18 +573,7 @@ async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_
     let _g = serial();
     let lab = Lab::start().await;
     let live = lab.live();
-    let sites_before: Vec<(String, String)> = lab
-        .json(&["app", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["id"].as_str().unwrap().to_string(),
-                a["active_site"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let sites_before = lab.sites_of_apps();
     let pids: Vec<i32> = lab.c.nodes.iter().filter_map(|n| n.pid()).collect();
     for p in &pids {
         kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
@@ -647,18 +651,7 @@ async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_
         "one restart per fenced host: {restarts:#?}"
     );
     // Nothing moved, nothing was promoted.
-    let sites_after: Vec<(String, String)> = lab
-        .json(&["app", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["id"].as_str().unwrap().to_string(),
-                a["active_site"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let sites_after = lab.sites_of_apps();
     assert_eq!(sites_after, sites_before);
     for e in log.iter().filter(|e| e.action == "app.move") {
         assert!(

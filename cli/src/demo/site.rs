@@ -31,7 +31,7 @@ use serde::Serialize;
 use topology::Topology;
 
 use super::storage::{Writers, connect, missing};
-use crate::lab::{all_hosts_up, all_up_to_date, wait};
+use crate::lab::{all_hosts_up, all_up_to_date, start_every_vm, volumes, wait};
 use crate::op_cmd::{OpRecord, record};
 
 /// The lab topology, built in.
@@ -132,15 +132,6 @@ fn spawn_agent(dir: &Path, host: &str, cluster: &str, uri: &str) -> anyhow::Resu
     }
     std::thread::spawn(move || for _ in std::io::BufRead::lines(out) {});
     Ok(child)
-}
-
-async fn volumes(c: &Client) -> Option<Vec<pb::VolumeStatus>> {
-    let r =
-        c.op.clone()
-            .list_volumes(pb::ListVolumesRequest { app: String::new() })
-            .await
-            .ok()?;
-    Some(r.into_inner().volumes)
 }
 
 async fn operation(c: &Client, op: u64) -> Option<Operation> {
@@ -251,27 +242,7 @@ pub async fn site_failover(
     )
     .await?;
     let groups = topo.apps.iter().filter(|a| !a.volumes.is_empty()).count();
-    for app in &topo.apps {
-        for vm in &app.vms {
-            for action in ["define", "start"] {
-                let r = client
-                    .op
-                    .clone()
-                    .vm_action(pb::VmActionRequest {
-                        vm: vm.id.to_string(),
-                        action: action.into(),
-                        timeout_s: 20,
-                        wait: true,
-                        actor: "demo".into(),
-                    })
-                    .await?
-                    .into_inner();
-                if r.status != "succeeded" {
-                    bail!("{action} {} on {}: {}", vm.id, r.host, r.message);
-                }
-            }
-        }
-    }
+    start_every_vm(&client, &topo, "demo").await?;
     if table {
         println!(
             "  3 orchestrator nodes, {} agents up; {groups} consistency groups served by the agents, every replica up to date; {} VMs running where planned",

@@ -475,8 +475,9 @@ fn down(dir: &Path, out: Output) -> anyhow::Result<ExitCode> {
             for p in rec.processes.iter() {
                 let Some(pid) = p.pid else { continue };
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let ours = String::from_utf8_lossy(&cmdline).contains("metrodr")
-                    && String::from_utf8_lossy(&cmdline).contains(&dir.display().to_string());
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                let ours =
+                    cmdline.contains("metrodr") && cmdline.contains(&dir.display().to_string());
                 if ours {
                     let pid = nix::unistd::Pid::from_raw(pid);
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);

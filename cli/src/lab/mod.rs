@@ -40,8 +40,7 @@ pub const LAB_TOPOLOGY: &str = include_str!("../../../examples/lab.toml");
 /// Port every orchestrator node listens on, at its site's address.
 const NODE_PORT: u16 = 7400;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Orchestrator,
     Agent,
@@ -71,18 +70,14 @@ impl Proc {
     }
 
     fn stop(&mut self) {
+        if self.paused {
+            let _ = self.signal(Signal::SIGCONT);
+            self.paused = false;
+        }
         if let Some(mut c) = self.child.take() {
-            if self.paused {
-                let _ = self.signal_pid(c.id(), Signal::SIGCONT);
-            }
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.paused = false;
-    }
-
-    fn signal_pid(&self, pid: u32, sig: Signal) -> nix::Result<()> {
-        kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), sig)
     }
 }
 
@@ -241,27 +236,7 @@ impl Lab {
             || async { all_up_to_date(&lab.volumes().await?) },
         )
         .await?;
-        let c = lab.client().await?;
-        for app in &topo.apps {
-            for vm in &app.vms {
-                for action in ["define", "start"] {
-                    let r =
-                        c.op.clone()
-                            .vm_action(pb::VmActionRequest {
-                                vm: vm.id.to_string(),
-                                action: action.into(),
-                                timeout_s: 30,
-                                wait: true,
-                                actor: "lab".into(),
-                            })
-                            .await?
-                            .into_inner();
-                    if r.status != "succeeded" {
-                        bail!("{action} {} on {}: {}", vm.id, r.host, r.message);
-                    }
-                }
-            }
-        }
+        start_every_vm(&lab.client().await?, &topo, "lab").await?;
         Ok(lab)
     }
 
@@ -338,14 +313,9 @@ impl Lab {
         self.leader_at().await.map(|(n, _)| n)
     }
 
+    /// Every volume, as the leader has it.
     pub async fn volumes(&self) -> Option<Vec<pb::VolumeStatus>> {
-        let c = self.client().await.ok()?;
-        let r =
-            c.op.clone()
-                .list_volumes(pb::ListVolumesRequest { app: String::new() })
-                .await
-                .ok()?;
-        Some(r.into_inner().volumes)
+        volumes(&self.client().await.ok()?).await
     }
 
     /// Inject one fault; returns the agents it killed (their VMs die with them).
@@ -522,6 +492,41 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Every volume, as the node `c` talks to has it.
+pub async fn volumes(c: &Client) -> Option<Vec<pb::VolumeStatus>> {
+    let r =
+        c.op.clone()
+            .list_volumes(pb::ListVolumesRequest { app: String::new() })
+            .await
+            .ok()?;
+    Some(r.into_inner().volumes)
+}
+
+/// Define and start every VM of `topo` where the cluster places it, waiting for each.
+pub async fn start_every_vm(c: &Client, topo: &Topology, actor: &str) -> anyhow::Result<()> {
+    for app in &topo.apps {
+        for vm in &app.vms {
+            for action in ["define", "start"] {
+                let r =
+                    c.op.clone()
+                        .vm_action(pb::VmActionRequest {
+                            vm: vm.id.to_string(),
+                            action: action.into(),
+                            timeout_s: 30,
+                            wait: true,
+                            actor: actor.into(),
+                        })
+                        .await?
+                        .into_inner();
+                if r.status != "succeeded" {
+                    bail!("{action} {} on {}: {}", vm.id, r.host, r.message);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Some(()) when the cluster sees every host up.

@@ -68,7 +68,6 @@ fn obs(v: &[pb::VolumeStatus]) -> Vec<VolumeObs> {
                     site: r.site.clone(),
                     primary: r.role == "primary",
                     epoch: r.epoch,
-                    up_to_date: r.data == "up-to-date",
                 })
                 .collect(),
         })
@@ -240,13 +239,15 @@ async fn drive(
         if let Some(wait) = at.checked_sub(t0.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        // Where the audit log is before the fault: a killed agent's VMs end here.
+        // Where the audit log is before the fault (its entries are numbered from 1
+        // without gaps): a killed agent's VMs end here.
         let head = match lab.client().await {
-            Ok(c) => audit(&c)
-                .await
-                .ok()
-                .and_then(|l| l.last().map(|e| e.seq))
-                .unwrap_or(0),
+            Ok(c) => {
+                c.op.clone()
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_or(0, |s| s.into_inner().audit_entries)
+            }
             Err(_) => 0,
         };
         let r = lab.apply(&step.fault).await;
@@ -468,11 +469,9 @@ async fn approve_waiting(addrs: &[String]) {
 /// What is not healed yet (empty: the cluster converged).
 async fn healing(lab: &Lab) -> Vec<String> {
     let mut out = Vec::new();
-    if lab.leader().await.is_none() {
-        return vec!["no leader".into()];
-    }
+    // One client of the leader for every question below.
     let Ok(c) = lab.client().await else {
-        return vec!["no node answers".into()];
+        return vec!["no leader".into()];
     };
     match c.op.clone().list_hosts(pb::ListHostsRequest {}).await {
         Ok(h) => {
@@ -484,7 +483,7 @@ async fn healing(lab: &Lab) -> Vec<String> {
         }
         Err(e) => out.push(format!("hosts: {}", e.message())),
     }
-    match lab.volumes().await {
+    match super::volumes(&c).await {
         Some(vs) => {
             for v in vs {
                 for r in v.replicas {

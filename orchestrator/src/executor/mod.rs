@@ -107,19 +107,12 @@ pub fn auto_triggers(state: &ClusterState) -> Vec<Trigger> {
             .sites
             .get(&host.site)
             .is_some_and(|s| s.state == SiteState::Up);
-        // Its groups are served there again first (the fence stopped serving them):
-        // a VM must not boot on a disk nobody serves (the planner skips such apps).
-        let served_again = |a: &crate::state::AppRecord| {
-            topo.app(&a.id).is_none_or(|m| {
-                crate::controller::replica_host(state, m, &host.site).as_ref() != Some(&host.id)
-                    || crate::controller::serves_since_registration(state, &a.id, &host.id)
-            })
-        };
+        // (An app whose volumes the host does not serve again yet is skipped by the
+        // planner, with the reason; a plan that restarts nothing is not begun.)
         let stopped = state.apps.values().any(|a| {
             !busy.contains(&a.id)
                 && a.active_site == host.site
                 && !crate::planner::fenced_vms(state, &a.id, &host.id).is_empty()
-                && served_again(a)
         });
         if site_up && stopped {
             out.push(Trigger::HostFenced {
