@@ -12,13 +12,16 @@ BENCH_PKGS=(fio)
 # The drills crate's HTML report test renders the report in a real headless browser.
 REPORT_PKGS=(chromium)
 
-missing=()
-for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}" "${BENCH_PKGS[@]}" "${REPORT_PKGS[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
+# Prints the packages of the lists above that are not installed.
+missing_pkgs() {
+  for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}" "${BENCH_PKGS[@]}" "${REPORT_PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      echo "$p"
+    fi
+  done
+}
 
+mapfile -t missing < <(missing_pkgs)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all system packages present"
   exit 0
@@ -31,9 +34,22 @@ else
   SUDO=
 fi
 
-echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends \
-  -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "${missing[@]}"
-echo "install-deps: done"
+# Installing one package can remove another that was there: a machine image with a
+# newer qemu-utils (from backports) loses it when Debian's qemu-system-x86 comes in,
+# because the two must be the same QEMU version. So check again after each round and
+# install what went missing; give up, loudly, if a round changes nothing.
+for round in 1 2 3; do
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "${missing[@]}"
+  mapfile -t missing < <(missing_pkgs)
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: done"
+    exit 0
+  fi
+  echo "install-deps: round $round left these missing (removed by a conflict?): ${missing[*]}"
+done
+echo "install-deps: still missing after 3 rounds: ${missing[*]}; install them by hand (apt-get install ${missing[*]}) and see which package removes them" >&2
+exit 1
