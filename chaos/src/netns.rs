@@ -406,6 +406,30 @@ impl NetLab {
         Ok(())
     }
 
+    /// Sends every new TCP connection from `from` to `to`'s address, except to
+    /// `except_port` and except sockets marked `mark`, to `port` on `from`'s loopback,
+    /// where a transparent [`crate::proxy::LinkProxy`] (started inside `from` with
+    /// [`NetLab::in_ns`]) forwards it. The rule lives in `from`'s namespace and goes
+    /// with it; the fault chain still filters the proxy's own connections.
+    pub fn redirect(
+        &self,
+        from: &str,
+        to: &str,
+        except_port: u16,
+        mark: u32,
+        port: u16,
+    ) -> Result<(), LabError> {
+        let ns = &self.node(from)?.ns;
+        let dest = self.node(to)?.addr;
+        run(
+            &format!("redirecting {from}'s connections to {to} through its link proxy"),
+            self.tools
+                .iptables_in(ns)
+                .args(plan::redirect_rule(dest, except_port, mark, port)),
+        )?;
+        Ok(())
+    }
+
     /// Deletes everything the lab created and reports what could not be deleted.
     pub fn destroy(mut self) -> Result<(), LabError> {
         let errors = self.teardown();

@@ -41,8 +41,18 @@
 //! the system under test cannot starve the link (nor the link the system under test).
 //! For a separate process, [`run_forever`] starts one and blocks.
 //!
+//! **Transparent mode** ([`Target::Original`]): the lab cannot point every client at a
+//! proxy (replication endpoints get dynamic ports), so an iptables `nat OUTPUT REDIRECT`
+//! rule in the client's namespace sends each new TCP connection towards the other site
+//! to the proxy, which reads where it was going (`SO_ORIGINAL_DST`) and dials that with
+//! a marked socket (`SO_MARK`) that the rule lets through. Connection setup then differs
+//! from a raw link in one way: the client's connect always succeeds (it reaches the
+//! proxy), and an unreachable destination shows as a reset after the proxy's dial
+//! fails or times out.
+//!
 //! **Must never** bind anything but the address it is given (healing a reset binds the
-//! same address again), connect anywhere but its target, touch interfaces, qdiscs,
+//! same address again), connect anywhere but its target (for a transparent proxy: where each connection was
+//! going), touch interfaces, qdiscs,
 //! iptables or sysctls, reorder or alter bytes, lose bytes of a connection that goes
 //! on (only a reset, a failure or [`LinkProxy::stop`] discards what is in flight, and
 //! then the connection ends), or panic on a network error: a failing connection is
@@ -67,6 +77,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use conn::{Control, Shared};
+pub use conn::{Target, Wire, WireSide};
 pub use error::ProxyError;
 pub use props::{CHUNK_BYTES_MAX, CutMode, DirProps, LOSS_SEGMENT_BYTES, LinkProps};
 pub use stats::{DirStats, ProxyStats};
@@ -124,6 +135,26 @@ impl LinkProxy {
         target: SocketAddr,
         props: LinkProps,
     ) -> Result<LinkProxy, ProxyError> {
+        LinkProxy::start_with(
+            listen,
+            Target::Fixed(target),
+            props,
+            Wire::default(),
+            WireSide::Near,
+        )
+    }
+
+    /// Like [`LinkProxy::start`], with any [`Target`] (a transparent proxy behind an
+    /// iptables redirect forwards each connection where it was going), drawing on the
+    /// bandwidth buckets of `wire` from `side`: two proxies that carry the two sites'
+    /// connections of one link share its bandwidth when they share a wire.
+    pub fn start_with(
+        listen: SocketAddr,
+        target: Target,
+        props: LinkProps,
+        wire: Wire,
+        side: WireSide,
+    ) -> Result<LinkProxy, ProxyError> {
         props.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKER_THREADS)
@@ -146,7 +177,7 @@ impl LinkProxy {
 
         let (timers, timer_thread) =
             Timers::start().map_err(|source| ProxyError::Runtime { source })?;
-        let shared = Arc::new(Shared::new(target, props, timers));
+        let shared = Arc::new(Shared::new(target, props, timers, wire, side));
         shared.counters.listening.store(true, Relaxed);
         let (applied_tx, applied) = watch::channel(0);
         let (stop, stop_rx) = oneshot::channel();
@@ -180,7 +211,7 @@ impl LinkProxy {
     }
 
     /// Where the proxy forwards to.
-    pub fn target(&self) -> SocketAddr {
+    pub fn target(&self) -> Target {
         self.shared.target
     }
 

@@ -27,6 +27,8 @@
 use serde::{Deserialize, Serialize};
 use topology::generate::SplitMix64;
 
+use crate::proxy::DirProps;
+
 /// Longest run a scenario may ask for (a soak runs many scenarios, not one long one).
 pub const DURATION_MAX_S: f64 = 3600.0;
 
@@ -59,6 +61,114 @@ pub enum Fault {
     DiskFail { site: String, volume: String },
     /// That disk is replaced: I/O works again (the replica resyncs).
     DiskRepair { site: String, volume: String },
+    /// Make the WAN between two production sites slow, both ways: one-way delay
+    /// (± uniform jitter), segment loss (each loss stalls the stream like a TCP
+    /// retransmission) and a bandwidth limit (0: none), through the lab's link proxies.
+    /// All zero puts the link back to full speed; `heal` does too.
+    Shape {
+        a: String,
+        b: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        delay_ms: f64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        jitter_ms: f64,
+        /// Probability that a 1448-byte segment is lost (0.01 is 1 %).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        loss: f64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        bandwidth_mbit_s: f64,
+    },
+    /// The clocks of the site's agents run at `rate` times real time (0.5: half
+    /// speed, a lease lasts twice as long as the agent thinks; 1: normal again). The
+    /// agents time their leases with it.
+    ClockSkew { site: String, rate: f64 },
+}
+
+/// Bounds a scenario's link shape and clock rates are checked against.
+pub const SHAPE_DELAY_MAX_MS: f64 = 10_000.0;
+pub const SHAPE_LOSS_MAX: f64 = 0.5;
+pub const SHAPE_BANDWIDTH_MAX_MBIT_S: f64 = 100_000.0;
+pub const CLOCK_RATE_MIN: f64 = 0.1;
+pub const CLOCK_RATE_MAX: f64 = 10.0;
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// What a `shape` fault does to each direction of a link, in the proxy's terms.
+pub fn shape_props(delay_ms: f64, jitter_ms: f64, loss: f64, bandwidth_mbit_s: f64) -> DirProps {
+    let us = |ms: f64| (ms * 1000.0).round() as u64;
+    DirProps {
+        delay_us: us(delay_ms),
+        jitter_us: us(jitter_ms),
+        bandwidth_bytes_per_s: (bandwidth_mbit_s * 1e6 / 8.0).round() as u64,
+        loss_probability: loss,
+        ..DirProps::default()
+    }
+}
+
+/// Everything wrong with a link shape (empty: fine).
+pub fn shape_problems(
+    delay_ms: f64,
+    jitter_ms: f64,
+    loss: f64,
+    bandwidth_mbit_s: f64,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let within = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
+    if !within(delay_ms, SHAPE_DELAY_MAX_MS) {
+        out.push(format!(
+            "delay_ms = {delay_ms} must be 0 to {SHAPE_DELAY_MAX_MS} ms"
+        ));
+    }
+    if !within(jitter_ms, SHAPE_DELAY_MAX_MS) {
+        out.push(format!(
+            "jitter_ms = {jitter_ms} must be 0 to {SHAPE_DELAY_MAX_MS} ms"
+        ));
+    }
+    if !within(loss, SHAPE_LOSS_MAX) {
+        out.push(format!(
+            "loss = {loss} must be a probability from 0 to {SHAPE_LOSS_MAX} (0.01 is 1 %)"
+        ));
+    }
+    if !within(bandwidth_mbit_s, SHAPE_BANDWIDTH_MAX_MBIT_S)
+        || (bandwidth_mbit_s > 0.0 && bandwidth_mbit_s < 0.008)
+    {
+        out.push(format!(
+            "bandwidth_mbit_s = {bandwidth_mbit_s} must be 0 (no limit) or 0.008 (1 kB/s) to {SHAPE_BANDWIDTH_MAX_MBIT_S} Mbit/s"
+        ));
+    }
+    out
+}
+
+/// Everything wrong with a clock rate (empty: fine).
+pub fn clock_rate_problems(rate: f64) -> Vec<String> {
+    if rate.is_finite() && (CLOCK_RATE_MIN..=CLOCK_RATE_MAX).contains(&rate) {
+        Vec::new()
+    } else {
+        vec![format!(
+            "rate = {rate} must be {CLOCK_RATE_MIN} to {CLOCK_RATE_MAX} (1 is real time, 0.5 half speed)"
+        )]
+    }
+}
+
+/// One line for a link shape.
+pub fn describe_shape(delay_ms: f64, jitter_ms: f64, loss: f64, bandwidth_mbit_s: f64) -> String {
+    let mut parts = Vec::new();
+    if delay_ms > 0.0 || jitter_ms > 0.0 {
+        parts.push(format!("{delay_ms} ms ± {jitter_ms} ms one way"));
+    }
+    if loss > 0.0 {
+        parts.push(format!("{} % segment loss", loss * 100.0));
+    }
+    if bandwidth_mbit_s > 0.0 {
+        parts.push(format!("{bandwidth_mbit_s} Mbit/s"));
+    }
+    if parts.is_empty() {
+        "full speed".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 impl Fault {
@@ -71,8 +181,9 @@ impl Fault {
             | Fault::RestartSite { site }
             | Fault::Isolate { site }
             | Fault::DiskFail { site, .. }
-            | Fault::DiskRepair { site, .. } => vec![site],
-            Fault::Partition { a, b } => vec![a, b],
+            | Fault::DiskRepair { site, .. }
+            | Fault::ClockSkew { site, .. } => vec![site],
+            Fault::Partition { a, b } | Fault::Shape { a, b, .. } => vec![a, b],
             Fault::PartitionOneWay { from, to } => vec![from, to],
             Fault::KillLeader | Fault::RestartLeader | Fault::Heal => vec![],
         }
@@ -96,6 +207,20 @@ impl Fault {
             }
             Fault::DiskRepair { site, volume } => {
                 format!("repair the disk under {volume}'s replica at {site}")
+            }
+            Fault::Shape {
+                a,
+                b,
+                delay_ms,
+                jitter_ms,
+                loss,
+                bandwidth_mbit_s,
+            } => format!(
+                "shape the link {a} <-> {b}: {}",
+                describe_shape(*delay_ms, *jitter_ms, *loss, *bandwidth_mbit_s)
+            ),
+            Fault::ClockSkew { site, rate } => {
+                format!("run the clocks of {site}'s agents at {rate} x real time")
             }
         }
     }
@@ -297,6 +422,36 @@ impl Scenario {
                 Fault::PartitionOneWay { from, to } if from == to => out.push(format!(
                     "fault {n}: a site cannot be partitioned from itself"
                 )),
+                Fault::Shape {
+                    a,
+                    b,
+                    delay_ms,
+                    jitter_ms,
+                    loss,
+                    bandwidth_mbit_s,
+                } => {
+                    let prod = |s: &String| sites.production.contains(s);
+                    if a == b || !prod(a) || !prod(b) {
+                        out.push(format!(
+                            "fault {n}: shape the link between the two production sites ({} and {}); the witness only carries control-plane traffic, which the lab does not shape",
+                            sites.production[0], sites.production[1]
+                        ));
+                    }
+                    for p in shape_problems(*delay_ms, *jitter_ms, *loss, *bandwidth_mbit_s) {
+                        out.push(format!("fault {n}: {p}"));
+                    }
+                }
+                Fault::ClockSkew { site, rate } => {
+                    if !sites.production.contains(site) {
+                        out.push(format!(
+                            "fault {n}: clock-skew {site}: only production sites run agents ({} and {})",
+                            sites.production[0], sites.production[1]
+                        ));
+                    }
+                    for p in clock_rate_problems(*rate) {
+                        out.push(format!("fault {n}: {p}"));
+                    }
+                }
                 Fault::PauseSite { site } => {
                     if paused.contains(&site.as_str()) {
                         out.push(format!("fault {n}: {site} is paused already"));
@@ -366,7 +521,7 @@ impl Scenario {
             let start = slot * i as f64;
             let at = round_tenth(start + slot * (rng.range(5, 35) as f64 / 100.0));
             let undo = round_tenth(start + slot * (rng.range(60, 90) as f64 / 100.0));
-            let (fault, fix) = match rng.range(0, 6) {
+            let (fault, fix) = match rng.range(0, 8) {
                 0 => {
                     let site = prod(&mut rng);
                     (
@@ -394,6 +549,30 @@ impl Scenario {
                         sites.all().into_iter().filter(|s| *s != from).collect();
                     let to = others[rng.range(0, 1) as usize].to_string();
                     (Fault::PartitionOneWay { from, to }, Some(Fault::Heal))
+                }
+                6 => (
+                    // A slow WAN: 1-20 ms one way, up to 2 % loss.
+                    Fault::Shape {
+                        a: sites.production[0].clone(),
+                        b: sites.production[1].clone(),
+                        delay_ms: rng.range(1, 20) as f64,
+                        jitter_ms: rng.range(0, 5) as f64,
+                        loss: rng.range(0, 20) as f64 / 1000.0,
+                        bandwidth_mbit_s: 0.0,
+                    },
+                    Some(Fault::Heal),
+                ),
+                7 => {
+                    // Within what the lease margin absorbs (3 s lease, 0.5 s margin:
+                    // rates from 0.9 up are safe; faster clocks only fence sooner).
+                    let site = prod(&mut rng);
+                    (
+                        Fault::ClockSkew {
+                            site: site.clone(),
+                            rate: rng.range(90, 150) as f64 / 100.0,
+                        },
+                        Some(Fault::ClockSkew { site, rate: 1.0 }),
+                    )
                 }
                 _ => (
                     Fault::Isolate {
@@ -515,6 +694,34 @@ failover = true
                 "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"restart-leader\"\n",
                 "no kill-leader above it",
             ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"shape\"\na = \"north\"\nb = \"witness\"\ndelay_ms = 5\n",
+                "between the two production sites",
+            ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"shape\"\na = \"north\"\nb = \"south\"\nloss = 0.9\n",
+                "loss = 0.9 must be a probability",
+            ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"shape\"\na = \"north\"\nb = \"south\"\ndelay_ms = -1\n",
+                "delay_ms = -1 must be 0 to",
+            ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"shape\"\na = \"north\"\nb = \"south\"\nbandwidth_mbit_s = 0.001\n",
+                "0 (no limit) or 0.008",
+            ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"shape\"\na = \"north\"\nb = \"south\"\nlatency = 3\n",
+                "latency",
+            ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"clock-skew\"\nsite = \"witness\"\nrate = 0.5\n",
+                "only production sites run agents",
+            ),
+            (
+                "name = \"x\"\nduration_s = 5\n[[fault]]\nat_s = 1\ndo = \"clock-skew\"\nsite = \"north\"\nrate = 0\n",
+                "rate = 0 must be 0.1 to 10",
+            ),
         ];
         for (text, says) in cases {
             let e = Scenario::parse("bad.toml", text, &sites())
@@ -554,10 +761,25 @@ failover = true
                 kinds.insert(std::mem::discriminant(&st.fault));
             }
             assert_eq!(open, 0, "{}", s.to_toml());
+            // A skewed clock is set back to real time.
+            if let Some(skew) = s
+                .faults
+                .iter()
+                .rposition(|st| matches!(st.fault, Fault::ClockSkew { .. }))
+            {
+                assert!(
+                    matches!(s.faults[skew].fault, Fault::ClockSkew { rate, .. } if rate == 1.0),
+                    "{}",
+                    s.to_toml()
+                );
+            }
             if let Some(last_cut) = s.faults.iter().rposition(|st| {
                 matches!(
                     st.fault,
-                    Fault::Partition { .. } | Fault::PartitionOneWay { .. } | Fault::Isolate { .. }
+                    Fault::Partition { .. }
+                        | Fault::PartitionOneWay { .. }
+                        | Fault::Isolate { .. }
+                        | Fault::Shape { .. }
                 )
             }) {
                 assert!(
@@ -569,7 +791,7 @@ failover = true
                 );
             }
         }
-        assert_eq!(kinds.len(), 10, "every fault kind is drawn");
+        assert_eq!(kinds.len(), 12, "every fault kind is drawn");
         assert_ne!(
             Scenario::random(1, &sites(), 20.0),
             Scenario::random(2, &sites(), 20.0)

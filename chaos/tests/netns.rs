@@ -361,3 +361,109 @@ fn failed_creation_removes_what_it_made() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Echoes every byte back on each accepted connection, until the listener's test ends.
+fn echo_forever(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The median round trip of one byte over `stream`, of `n` tries.
+fn round_trip(stream: &mut TcpStream, n: usize) -> Duration {
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(ACCEPT_DEADLINE)).unwrap();
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            stream.write_all(b"p").unwrap();
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n / 2]
+}
+
+#[test]
+fn a_transparent_proxy_shapes_what_a_node_sends_to_another_and_partitions_still_cut() {
+    use chaos::proxy::{DirProps, LinkProps, LinkProxy, Target, Wire, WireSide};
+    const MARK: u32 = 0x4d44;
+    let lab = lab(&["a", "b"]);
+    let (listener, addr_b) = listen(&lab, "b");
+    echo_forever(listener);
+    let (spared, spared_addr) = listen(&lab, "b");
+    let proxy = lab
+        .in_ns("a", || {
+            LinkProxy::start_with(
+                "127.0.0.1:0".parse().unwrap(),
+                Target::Original { mark: MARK },
+                LinkProps::default(),
+                Wire::default(),
+                WireSide::Near,
+            )
+        })
+        .unwrap()
+        .expect("starting the proxy inside a");
+    let port = proxy.local_addr().port();
+    lab.redirect("a", "b", spared_addr.port(), MARK, port)
+        .unwrap();
+
+    // A connection from a to b goes through the proxy, to where it was going.
+    let mut to_b = connect(&lab, Some("a"), addr_b).expect("a reaches b through the proxy");
+    let fast = round_trip(&mut to_b, 21);
+    assert_eq!(proxy.stats().connections_accepted, 1, "{:?}", proxy.stats());
+    proxy
+        .set(LinkProps::symmetric(DirProps::with_delay(
+            Duration::from_millis(25),
+        )))
+        .unwrap();
+    let slow = round_trip(&mut to_b, 11);
+    assert!(
+        slow >= Duration::from_millis(50)
+            && slow < Duration::from_millis(50) + fast * 4 + Duration::from_millis(30),
+        "25 ms each way: a round trip takes {slow:?} (unshaped {fast:?})"
+    );
+    // The excepted port and the harness are not redirected.
+    assert_reaches(&lab, Some("a"), &spared);
+    assert_eq!(proxy.stats().connections_accepted, 1, "{:?}", proxy.stats());
+    // A connection made to the proxy itself, not redirected, is refused (dialling
+    // its own address would loop).
+    let direct = lab
+        .in_ns("a", || {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(ACCEPT_DEADLINE))?;
+            let mut b = [0u8; 1];
+            s.read(&mut b)
+        })
+        .unwrap();
+    assert!(
+        !matches!(direct, Ok(1)),
+        "a direct connection to the proxy got data: {direct:?}"
+    );
+    // A partition still cuts the proxied path: the proxy's own connection is filtered.
+    lab.partition("a", "b").unwrap();
+    let mut cut = connect(&lab, Some("a"), addr_b).expect("the proxy accepts locally");
+    cut.set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    cut.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        cut.read(&mut b).is_err(),
+        "nothing comes back across a partition"
+    );
+    lab.heal_all().unwrap();
+    let mut again = connect(&lab, Some("a"), addr_b).expect("healed");
+    round_trip(&mut again, 3);
+}

@@ -275,8 +275,30 @@ impl Faults {
 /// everything from and to `peers`, and what arrives from `senders`. The bridge address
 /// is never among them, which is what keeps an isolated node reachable from the
 /// harness.
+///
+/// Connections an iptables `REDIRECT` sent to a link proxy in the node (conntrack
+/// state DNAT) are never dropped: both ends are in the node, and the reply, whose
+/// source is rewritten to the peer's address, would otherwise match the peer's rule.
+/// The proxy's own connection to the peer is filtered like any other.
 pub fn fault_rules(chain: &str, peers: &[Ipv4Addr], senders: &[Ipv4Addr]) -> Vec<Vec<String>> {
-    let mut rules = Vec::with_capacity(peers.len() * 2 + senders.len());
+    let mut rules = Vec::with_capacity(peers.len() * 2 + senders.len() + 1);
+    if !peers.is_empty() || !senders.is_empty() {
+        rules.push(
+            [
+                "-w",
+                "-A",
+                chain,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "RETURN",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+    }
     let pairs = peers
         .iter()
         .flat_map(|p| [(p, "-s"), (p, "-d")])
@@ -297,6 +319,37 @@ pub fn fault_rules(chain: &str, peers: &[Ipv4Addr], senders: &[Ipv4Addr]) -> Vec
         );
     }
     rules
+}
+
+/// The nat rule, inside a node's namespace, that sends its new TCP connections to
+/// `dest` (except to `except_port`, and except sockets marked `mark`, the proxy's own)
+/// to `port` on its loopback, where a transparent link proxy listens.
+pub fn redirect_rule(dest: Ipv4Addr, except_port: u16, mark: u32, port: u16) -> Vec<String> {
+    [
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &format!("{dest}/32"),
+        "!",
+        "--dport",
+        &except_port.to_string(),
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        &format!("{mark:#x}"),
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Version of the lab record format (files `<tag>.lab` in the state directory);
@@ -520,7 +573,17 @@ mod tests {
     }
 
     #[test]
+    fn the_redirect_spares_the_proxy_and_the_excepted_port() {
+        let rule = redirect_rule(Ipv4Addr::new(10, 200, 0, 3), 7400, 0x4d44, 41234).join(" ");
+        assert_eq!(
+            rule,
+            "-w -t nat -A OUTPUT -p tcp -d 10.200.0.3/32 ! --dport 7400 -m mark ! --mark 0x4d44 -j REDIRECT --to-ports 41234"
+        );
+    }
+
+    #[test]
     fn fault_rules_drop_both_directions_per_peer() {
+        assert!(fault_rules("MDR-FAULT", &[], &[]).is_empty());
         let rules = fault_rules(
             "MDR-FAULT",
             &[Ipv4Addr::new(10, 200, 0, 3)],
@@ -530,6 +593,7 @@ mod tests {
         assert_eq!(
             lines,
             vec![
+                "-w -A MDR-FAULT -m conntrack --ctstate DNAT -j RETURN",
                 "-w -A MDR-FAULT -s 10.200.0.3/32 -j DROP",
                 "-w -A MDR-FAULT -d 10.200.0.3/32 -j DROP",
                 "-w -A MDR-FAULT -s 10.200.0.4/32 -j DROP"

@@ -18,9 +18,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::props::{CHUNK_BYTES_MAX, CutMode, DirProps, LinkProps};
@@ -46,19 +47,62 @@ pub(crate) struct Control {
     pub generation: u64,
 }
 
+/// Where a proxy forwards its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection to this one address.
+    Fixed(SocketAddr),
+    /// Each connection to the address it was meant for before an iptables `REDIRECT`
+    /// in the client's namespace sent it to the proxy (`SO_ORIGINAL_DST`). The proxy's
+    /// own connections carry `mark` (`SO_MARK`), so a redirect rule that excludes the
+    /// mark lets them through to the real destination. A connection that was not
+    /// redirected (its original destination is the proxy itself) is reset.
+    Original { mark: u32 },
+}
+
+/// Bandwidth buckets, one per direction of a link, that one proxy or two proxies
+/// (one in each site, for the connections each side opens) draw on together.
+#[derive(Clone, Default)]
+pub struct Wire(Arc<[Mutex<Bucket>; 2]>);
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wire")
+    }
+}
+
+/// Which bucket of a [`Wire`] a proxy's directions draw on: a proxy that carries the
+/// connections opened from the other end of the link sends its `ToTarget` bytes the
+/// way the first proxy sends its `ToClient` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireSide {
+    /// `ToTarget` draws on bucket 0.
+    Near,
+    /// `ToTarget` draws on bucket 1.
+    Far,
+}
+
 /// State shared by the proxy handle, its accept loop and every connection.
 pub(crate) struct Shared {
-    pub target: SocketAddr,
+    pub target: Target,
     pub control: watch::Sender<Control>,
     pub counters: Arc<Counters>,
     /// Sub-millisecond sleeps for the writers (tokio's timer ticks in milliseconds).
     pub timers: Timers,
-    /// One bandwidth bucket per direction, shared by all connections.
-    buckets: [Mutex<Bucket>; 2],
+    /// One bandwidth bucket per direction, shared by all connections (and maybe with
+    /// the proxy at the link's other end).
+    wire: Wire,
+    side: WireSide,
 }
 
 impl Shared {
-    pub(crate) fn new(target: SocketAddr, props: LinkProps, timers: Timers) -> Self {
+    pub(crate) fn new(
+        target: Target,
+        props: LinkProps,
+        timers: Timers,
+        wire: Wire,
+        side: WireSide,
+    ) -> Self {
         let control = Control {
             props,
             cut: None,
@@ -70,8 +114,17 @@ impl Shared {
             control: watch::Sender::new(control),
             counters: Arc::default(),
             timers,
-            buckets: Default::default(),
+            wire,
+            side,
         }
+    }
+
+    fn bucket(&self, dir: Dir) -> &Mutex<Bucket> {
+        let i = match self.side {
+            WireSide::Near => dir.index(),
+            WireSide::Far => 1 - dir.index(),
+        };
+        &self.wire.0[i]
     }
 }
 
@@ -135,7 +188,7 @@ pub(crate) async fn serve(
     if !ready {
         return reset(&client);
     }
-    let dial = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(shared.target));
+    let dial = tokio::time::timeout(CONNECT_TIMEOUT, dial(&client, shared.target));
     let mut upstream = tokio::select! {
         dialled = dial => match dialled {
             Ok(Ok(stream)) => stream,
@@ -192,6 +245,33 @@ pub(crate) async fn serve(
             let _ = upstream.set_zero_linger();
         }
     }
+}
+
+/// Connects to where `client` should go.
+async fn dial(client: &TcpStream, target: Target) -> io::Result<TcpStream> {
+    match target {
+        Target::Fixed(addr) => TcpStream::connect(addr).await,
+        Target::Original { mark } => {
+            let to = original_dst(client)?;
+            if client.local_addr().is_ok_and(|here| here == to) {
+                // Not redirected: dialling it would connect the proxy to itself.
+                return Err(io::Error::other("connection was not redirected"));
+            }
+            let socket = match to {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            setsockopt(&socket, sockopt::Mark, &mark).map_err(io::Error::from)?;
+            socket.connect(to).await
+        }
+    }
+}
+
+/// The destination a redirected connection had before iptables' `REDIRECT`.
+fn original_dst(client: &TcpStream) -> io::Result<SocketAddr> {
+    let sin = getsockopt(client, sockopt::OriginalDst).map_err(io::Error::from)?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
 }
 
 /// One direction of one connection.
@@ -296,7 +376,9 @@ impl Pump<'_> {
             };
             for piece in chunk.data.chunks(piece_bytes) {
                 if rate > 0 {
-                    let at = self.shared.buckets[self.dir.index()]
+                    let at = self
+                        .shared
+                        .bucket(self.dir)
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .reserve(Instant::now(), piece.len(), rate);
