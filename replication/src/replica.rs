@@ -99,7 +99,15 @@ pub fn plan_resync(p: &PrimaryView<'_>, reply: &HelloReply) -> ResyncPlan {
     let with_own = || -> BTreeSet<u32> { p.changed.union(&own).copied().collect() };
     if reply.generation == p.meta.generation {
         // Same data history: the buffer closes the gap if it reaches back far enough.
-        if own.is_empty() && reply.last_seq.saturating_add(1) >= p.resend_from {
+        // Not while this primary still holds the peer outdated: a resync that the peer
+        // finished but whose end this primary never saw confirmed (the link broke
+        // first) left the bitmap dirty and the group degraded, and only a resync's end
+        // clears them (a compare of the dirty regions, which copies nothing if the
+        // peer has them).
+        if own.is_empty()
+            && !p.meta.peer_outdated
+            && reply.last_seq.saturating_add(1) >= p.resend_from
+        {
             return ResyncPlan::Replay {
                 from: reply.last_seq + 1,
             };

@@ -115,6 +115,15 @@ fn resync_plans_follow_the_generations() {
         plan(&view(&m, None, 10), &reply(&g0, 9, true)),
         ResyncPlan::Replay { from: 10 }
     );
+    // Same generation and the buffer reaches back, but this primary still holds the
+    // peer outdated (the end of a resync the peer finished was never confirmed here):
+    // the dirty regions are compared, so the resync's end clears the bitmap.
+    let mut outdated = m.clone();
+    outdated.peer_outdated = true;
+    assert_eq!(
+        plan(&view(&outdated, None, 10), &reply(&g0, 9, true)),
+        ResyncPlan::Regions(changed.clone())
+    );
     // Same generation, buffer does not reach back: the changed regions.
     assert_eq!(
         plan(&view(&m, None, 10), &reply(&g0, 3, true)),
