@@ -16,6 +16,7 @@
 //!   secondary, in process), and [`replica_report`]: how their primaries tell the
 //!   cluster about the link and ask permission to run without the peer.
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod domain_xml;

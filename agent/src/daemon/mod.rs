@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use tonic::transport::{Channel, Endpoint};
 use topology::VmId;
 
+use crate::clock::LeaseClock;
 use crate::config::{
     AgentConfig, DiskBackendSetting, DomainTypeSetting, FenceAction, PRIVATE_TEST_URI,
 };
@@ -136,6 +137,8 @@ struct Shared {
     fence: Arc<dyn FenceHook>,
     journal: Journal,
     lease: Mutex<AgentLease>,
+    /// What the lease is timed with: real time unless the lab skews it.
+    clock: Mutex<LeaseClock>,
     conn: tokio::sync::Mutex<Conn>,
     outbox: Mutex<Outbox>,
     wake_reporter: Notify,
@@ -262,6 +265,7 @@ pub async fn start_with(
         fence,
         journal,
         lease: Mutex::new(lease),
+        clock: Mutex::new(LeaseClock::default()),
         outbox: Mutex::new(Outbox::default()),
         wake_reporter: Notify::new(),
         paths,
@@ -429,12 +433,41 @@ async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Now on the lease's clock.
+fn lease_now(s: &Shared) -> Mono {
+    lock(&s.clock).at(mono_now())
+}
+
+/// Applies the lab's clock fault (`faults/clock-rate`), saying so when it changes.
+fn poll_clock_fault(s: &Arc<Shared>, complained: &mut Option<String>) {
+    let file = s.cfg.state_dir.join("faults").join(crate::clock::RATE_FILE);
+    let rate = match std::fs::read_to_string(&file) {
+        Ok(text) => match crate::clock::parse_rate(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                if complained.as_ref() != Some(&e) {
+                    tracing::warn!(host = %s.cfg.host, "{e}");
+                    *complained = Some(e);
+                }
+                return;
+            }
+        },
+        Err(_) => 1.0,
+    };
+    *complained = None;
+    if lock(&s.clock).set_rate(rate, mono_now()) {
+        let said = format!("the lease clock runs at {rate} x real time (lab clock fault)");
+        tracing::warn!(host = %s.cfg.host, "{said}");
+        queue_event(s, said);
+    }
+}
+
 async fn renew_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     let mut seq = 0u64;
     loop {
         let renew_ms = *lock(&s.renew_ms);
         seq += 1;
-        let sent = mono_now();
+        let sent = lease_now(&s);
         let client = s.conn.lock().await.client();
         if let Some((addr, mut c)) = client {
             let call = c.renew(pb::RenewRequest {
@@ -506,7 +539,7 @@ async fn fence_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
         lock(&s.outbox).events.push((seq, text));
     }
     loop {
-        let event = lock(&s.lease).check(mono_now());
+        let event = lock(&s.lease).check(lease_now(&s));
         if event == LeaseEvent::Fence {
             // Said before the first await: a lease regained while the fence still
             // tears down must register as fenced, and only once the fence is done.
@@ -624,11 +657,14 @@ async fn vm_worker(
     }
 }
 
+/// How long the cluster may hold a command poll open waiting for commands.
+const POLL_WAIT_MS: u32 = 2000;
+
 async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     let mut after = 0u64;
     loop {
         // No lease, no commands: they stay queued and come again.
-        if !lock(&s.lease).valid(mono_now()) {
+        if !lock(&s.lease).valid(lease_now(&s)) {
             if stopped(&mut rx, Duration::from_millis(100)).await {
                 return;
             }
@@ -644,10 +680,15 @@ async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
         let poll = c.poll(pb::PollRequest {
             host: s.cfg.host.clone(),
             after_id: after,
-            wait_ms: 2000,
+            wait_ms: POLL_WAIT_MS,
         });
+        // A node cut off without a reset (a partition, a paused process) never answers:
+        // give up after the long poll's wait plus slack, so the next poll goes to the
+        // node the renewals moved to instead of waiting for the cut to heal.
+        let poll =
+            tokio::time::timeout(Duration::from_millis(u64::from(POLL_WAIT_MS) + 1000), poll);
         let reply = tokio::select! {
-            r = poll => r,
+            r = poll => r.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the node did not answer the poll"))),
             _ = rx.wait_for(|v| *v) => return,
         };
         match reply {
@@ -734,7 +775,7 @@ async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
             "the agent stopped while running this command; its outcome is unknown and it is not run again (see the VM's state)".into(),
         ),
         Seen::New => {
-            if !lock(&s.lease).valid(mono_now()) {
+            if !lock(&s.lease).valid(lease_now(&s)) {
                 return; // comes again once the lease is back
             }
             if let Err(e) = s.journal.record(Line::Begin { id }) {
@@ -958,7 +999,9 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
 async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut libvirt_down = false;
+    let mut clock_complaint = None;
     loop {
+        poll_clock_fault(&s, &mut clock_complaint);
         let host = s.cfg.host.clone();
         match hv(&s, move |h| h.list().map(|d| only_ours(d, &host))).await {
             Ok(domains) => {
