@@ -37,6 +37,8 @@ pub struct ReplicaObs {
     pub site: String,
     pub primary: bool,
     pub epoch: u64,
+    /// Whether the replica holds every write (`up-to-date` in the cluster's words).
+    pub up_to_date: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Checker {
     last: BTreeMap<(String, String), u64>,
     /// Per (volume, epoch): the site that was primary at that epoch.
     primary_at: BTreeMap<(String, u64), String>,
+    /// Volumes a replica of which was seen behind (not up to date) in some sample.
+    pub behind_seen: BTreeSet<String>,
     pub violations: Vec<Violation>,
     pub samples: u64,
 }
@@ -63,6 +67,9 @@ impl Checker {
     pub fn observe(&mut self, node: &str, volumes: &[VolumeObs]) {
         self.samples += 1;
         for v in volumes {
+            if v.replicas.iter().any(|r| !r.up_to_date) {
+                self.behind_seen.insert(v.id.clone());
+            }
             let primaries: Vec<&ReplicaObs> = v.replicas.iter().filter(|r| r.primary).collect();
             if primaries.len() > 1 {
                 self.push(violation(
@@ -185,6 +192,12 @@ pub struct EndState {
     pub writes_missing: u64,
     /// Whether the workload's volume replicates synchronously (RPO = 0 promised).
     pub sync: bool,
+    /// The workload's volume, whether its primary moved to another site during the
+    /// run (an async failover may lose up to its lag bound; a primary that never moved
+    /// loses nothing, sync or async), and whether a replica of it was seen behind.
+    pub workload_volume: String,
+    pub workload_moved: bool,
+    pub workload_fell_behind: bool,
     /// Longest a write waited, ms.
     pub max_write_stall_ms: u64,
     /// Per VM: the hosts that run it ([`running_ledger`]); every VM of the topology
@@ -210,14 +223,37 @@ pub struct EndState {
 /// Every end-of-run invariant and expectation that does not hold.
 pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
     let mut out = Vec::new();
-    if end.sync && end.writes_missing > 0 {
+    if (end.sync || !end.workload_moved) && end.writes_missing > 0 {
         out.push(violation(
             "no-acknowledged-write-lost",
             format!(
-                "{} of {} acknowledged writes are missing on the primary after the run",
-                end.writes_missing, end.writes_acknowledged
+                "{} of {} acknowledged writes are missing on the primary after the run{}",
+                end.writes_missing,
+                end.writes_acknowledged,
+                if end.sync {
+                    ""
+                } else {
+                    " (async, but the primary never moved)"
+                }
             ),
         ));
+    }
+    match expect.lag_over_bound {
+        Some(true) if !end.workload_fell_behind => out.push(violation(
+            "expected-lag-over-bound",
+            format!(
+                "the scenario expects {}'s replica to fall behind (its primary to stop waiting for it), and every sample saw it up to date",
+                end.workload_volume
+            ),
+        )),
+        Some(false) if end.workload_fell_behind => out.push(violation(
+            "expected-replica-keeps-up",
+            format!(
+                "the scenario expects {}'s replica to keep up, and a sample saw it behind",
+                end.workload_volume
+            ),
+        )),
+        _ => {}
     }
     for (vm, hosts) in &end.running {
         let site = end.vm_site.get(vm);
@@ -317,6 +353,7 @@ mod tests {
                     site: s.to_string(),
                     primary: *p,
                     epoch: *e,
+                    up_to_date: true,
                 })
                 .collect(),
         }
@@ -330,6 +367,11 @@ mod tests {
         c.observe("n1", &[vol(3, &[("north", true, 3), ("south", false, 3)])]);
         assert_eq!(c.violations, vec![]);
         assert_eq!(c.samples, 3);
+        assert!(c.behind_seen.is_empty());
+        let mut behind = vol(3, &[("north", true, 3), ("south", false, 3)]);
+        behind.replicas[1].up_to_date = false;
+        c.observe("n2", &[behind]);
+        assert_eq!(c.behind_seen, BTreeSet::from(["db-data".to_string()]));
     }
 
     #[test]
@@ -409,6 +451,8 @@ mod tests {
         let mut e = EndState {
             writes_acknowledged: 100,
             sync: true,
+            workload_volume: "db-data".into(),
+            workload_moved: true,
             ..EndState::default()
         };
         e.running
@@ -427,6 +471,7 @@ mod tests {
             failover: Some(true),
             max_write_stall_ms: Some(1000),
             rto: true,
+            lag_over_bound: None,
         };
         assert_eq!(check_end(&end(), &yes), vec![]);
 
@@ -442,6 +487,26 @@ mod tests {
             Vec::<&str>::new(),
             "async: bounded, not zero"
         );
+        e.workload_moved = false;
+        assert_eq!(
+            names(&e, &yes),
+            ["no-acknowledged-write-lost"],
+            "async, but the primary stayed: nothing may be lost"
+        );
+
+        let lag = Expect {
+            lag_over_bound: Some(true),
+            ..yes.clone()
+        };
+        assert_eq!(names(&end(), &lag), ["expected-lag-over-bound"]);
+        let mut e = end();
+        e.workload_fell_behind = true;
+        assert_eq!(names(&e, &lag), Vec::<&str>::new());
+        let keep_up = Expect {
+            lag_over_bound: Some(false),
+            ..yes.clone()
+        };
+        assert_eq!(names(&e, &keep_up), ["expected-replica-keeps-up"]);
 
         let mut e = end();
         e.running.get_mut("db-1").unwrap().insert("north-h1".into());
@@ -472,6 +537,7 @@ mod tests {
             failover: Some(false),
             max_write_stall_ms: None,
             rto: true,
+            lag_over_bound: None,
         };
         let mut e = end();
         e.rto_missed.push("op-2: db".into());

@@ -242,12 +242,17 @@ pub struct Step {
 pub struct Workload {
     #[serde(default = "default_writers")]
     pub writers: u32,
+    /// The app whose first volume the writers write (default: the tier-1 app with
+    /// volumes, the first by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 impl Default for Workload {
     fn default() -> Self {
         Workload {
             writers: default_writers(),
+            app: None,
         }
     }
 }
@@ -277,6 +282,12 @@ pub struct Expect {
     /// say false and explain why).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub rto: bool,
+    /// true: the workload volume's replica must be seen behind during the run (an
+    /// async primary over its lag bound stops waiting and tracks what the peer lacks;
+    /// it must be up to date again at the end, like every replica); false: it must
+    /// keep up in every sample. Unset: either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_over_bound: Option<bool>,
 }
 
 impl Default for Expect {
@@ -285,6 +296,7 @@ impl Default for Expect {
             failover: None,
             max_write_stall_ms: None,
             rto: true,
+            lag_over_bound: None,
         }
     }
 }

@@ -52,8 +52,9 @@ fn scenario(name: &str) -> Value {
     ]);
     let run = &v["runs"][0];
     eprintln!(
-        "{name}: passed {} | {} writes acknowledged, {} blocks missing, longest write {} ms, {} samples, healed in {} s | ops {}",
+        "{name}: passed {} {} | {} writes acknowledged, {} blocks missing, longest write {} ms, {} samples, healed in {} s | ops {}",
         run["passed"],
+        run["violations"],
         run["writes_acknowledged"],
         run["writes_missing"],
         run["max_write_stall_ms"],
@@ -134,6 +135,25 @@ fn a_one_way_partition_does_not_split_the_cluster() {
 fn a_failed_secondary_disk_outdates_the_replica_and_loses_nothing() {
     let r = scenario("secondary-disk-failure");
     assert_eq!(r["writes_missing"], 0);
+}
+
+#[test]
+fn a_slow_link_pushes_the_async_lag_over_its_bound_and_the_replica_catches_up() {
+    let r = scenario("slow-link");
+    assert_eq!(r["writes_missing"], 0, "{r}");
+    let steps = r["steps"].to_string();
+    assert!(steps.contains("30 ms"), "{steps}");
+    // The bound held writers (the link could not carry the writes) but only briefly.
+    let stall = r["max_write_stall_ms"].as_u64().unwrap();
+    assert!(stall >= 1000, "the slow link never held a write: {r}");
+}
+
+#[test]
+fn agents_with_slow_clocks_cannot_lose_a_write_when_their_site_is_cut_off() {
+    let r = scenario("slow-clock");
+    assert_eq!(r["writes_missing"], 0, "{r}");
+    let ops = r["operations"].to_string();
+    assert!(ops.contains("site north lost"), "{ops}");
 }
 
 #[test]
@@ -298,6 +318,64 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
     assert!(ok, "{text}");
     let (_, ok, text) = run_json(&["chaos", "heal", "--dir", d]);
     assert!(ok, "{text}");
+    // The WAN: the replication streams cross the link proxies; a shape shows in the
+    // status, `heal` takes it away; bad values are refused with the reason.
+    let (_, ok, text) = run_json(&[
+        "chaos",
+        "shape",
+        "--dir",
+        d,
+        "north",
+        "south",
+        "--delay-ms",
+        "20",
+        "--bandwidth-mbit-s",
+        "10",
+    ]);
+    assert!(ok, "{text}");
+    let link = |st: &Value| st["links"][0].clone();
+    let (st2, ok, _) = run_json(&["lab", "status", "--dir", d]);
+    assert!(ok);
+    let l = link(&st2);
+    assert_eq!(
+        (l["a"].as_str(), l["b"].as_str()),
+        (Some("north"), Some("south")),
+        "{st2}"
+    );
+    assert!(l["shape"].as_str().unwrap().contains("20 ms"), "{l}");
+    assert!(l["shape"].as_str().unwrap().contains("10 Mbit/s"), "{l}");
+    assert!(
+        l["connections"].as_u64().unwrap() > 0 && l["bytes_a_to_b"].as_u64().unwrap() > 0,
+        "the replication streams go through the link proxies: {l}"
+    );
+    let (_, ok, text) = run_json(&[
+        "chaos", "shape", "--dir", d, "north", "south", "--loss", "2",
+    ]);
+    assert!(!ok, "a loss of 2 is refused");
+    assert!(text.contains("must be a probability"), "{text}");
+    let (_, ok, text) = run_json(&[
+        "chaos",
+        "shape",
+        "--dir",
+        d,
+        "north",
+        "witness",
+        "--delay-ms",
+        "5",
+    ]);
+    assert!(!ok, "the witness link is not shaped");
+    assert!(
+        text.contains("only links between sites with hosts"),
+        "{text}"
+    );
+    let (_, ok, text) = run_json(&["chaos", "clock-skew", "--dir", d, "north", "0.9"]);
+    assert!(ok, "{text}");
+    let (_, ok, text) = run_json(&["chaos", "clock-skew", "--dir", d, "north", "0"]);
+    assert!(!ok && text.contains("0.1 to 10"), "{text}");
+    let (_, ok, text) = run_json(&["chaos", "heal", "--dir", d]);
+    assert!(ok, "{text}");
+    let (st2, _, _) = run_json(&["lab", "status", "--dir", d]);
+    assert_eq!(link(&st2)["shape"], "full speed", "{st2}");
 
     // The supervisor crashes: `lab down` still stops every process and the namespaces.
     let pids: Vec<i64> = st["processes"]

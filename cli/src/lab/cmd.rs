@@ -138,6 +138,35 @@ pub enum ChaosCmd {
         site: String,
         volume: String,
     },
+    /// Make the WAN between the two production sites slow, both ways (all zero, or
+    /// `heal`: full speed again). The control plane's port is not shaped.
+    Shape {
+        #[arg(long)]
+        dir: PathBuf,
+        a: String,
+        b: String,
+        /// One-way delay, ms.
+        #[arg(long, default_value_t = 0.0)]
+        delay_ms: f64,
+        /// Uniform jitter around the delay, ms.
+        #[arg(long, default_value_t = 0.0)]
+        jitter_ms: f64,
+        /// Probability that a 1448-byte segment is lost (each loss stalls the stream
+        /// 200 ms, like a TCP retransmission).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Bandwidth limit of each direction, Mbit/s (0: none).
+        #[arg(long, default_value_t = 0.0)]
+        bandwidth_mbit_s: f64,
+    },
+    /// Run the clocks of a site's agents at RATE times real time (the agents time
+    /// their leases with it; 1 sets them true again).
+    ClockSkew {
+        #[arg(long)]
+        dir: PathBuf,
+        site: String,
+        rate: f64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +278,12 @@ fn print_record(rec: &LabRecord) {
             p.site,
             p.state,
             p.pid.map_or("-".to_string(), |p| p.to_string())
+        );
+    }
+    for l in &rec.links {
+        println!(
+            "  link {} <-> {}: {} ({} connections, {} B {}->{}, {} B back)",
+            l.a, l.b, l.shape, l.connections, l.bytes_a_to_b, l.a, l.b, l.bytes_b_to_a
         );
     }
     println!(
@@ -529,6 +564,37 @@ pub fn chaos(cmd: ChaosCmd, out: Output) -> anyhow::Result<ExitCode> {
         ChaosCmd::KillLeader { dir } => (dir, Fault::KillLeader),
         ChaosCmd::DiskFail { dir, site, volume } => (dir, Fault::DiskFail { site, volume }),
         ChaosCmd::DiskRepair { dir, site, volume } => (dir, Fault::DiskRepair { site, volume }),
+        ChaosCmd::Shape {
+            dir,
+            a,
+            b,
+            delay_ms,
+            jitter_ms,
+            loss,
+            bandwidth_mbit_s,
+        } => {
+            let problems =
+                chaos::scenario::shape_problems(delay_ms, jitter_ms, loss, bandwidth_mbit_s);
+            if !problems.is_empty() {
+                bail!("{}", problems.join("; "));
+            }
+            let fault = Fault::Shape {
+                a,
+                b,
+                delay_ms,
+                jitter_ms,
+                loss,
+                bandwidth_mbit_s,
+            };
+            (dir, fault)
+        }
+        ChaosCmd::ClockSkew { dir, site, rate } => {
+            let problems = chaos::scenario::clock_rate_problems(rate);
+            if !problems.is_empty() {
+                bail!("{}", problems.join("; "));
+            }
+            (dir, Fault::ClockSkew { site, rate })
+        }
     };
     if let Some(rec) = std::fs::read_to_string(dir.join("lab.json"))
         .ok()

@@ -3,7 +3,8 @@
 //! namespace, every app's volumes served and replicated by the agents across sites,
 //! and faults injected into it — cut links (iptables in the site namespaces),
 //! asymmetric cuts, kill or pause every process of a site (SIGKILL / SIGSTOP by PID),
-//! kill the leader, restart.
+//! kill the leader, restart, shape the WAN (delay, loss, bandwidth through link
+//! proxies: [`links`]), skew the agents' clocks, fail a replica's disk.
 //!
 //! `metrodr lab up|status|down` keeps one lab running in the background ([`cmd`]);
 //! `metrodr chaos run` builds one per scenario ([`run`]).
@@ -15,6 +16,7 @@
 //! next lab, from their records in /run/metrodr-lab).
 
 pub mod cmd;
+pub mod links;
 pub mod run;
 pub mod workload;
 
@@ -90,6 +92,9 @@ pub struct LabRecord {
     pub orchestrators: Vec<String>,
     pub sites: BTreeMap<String, String>,
     pub processes: Vec<ProcRecord>,
+    /// The WAN links between production sites and their shape.
+    #[serde(default)]
+    pub links: Vec<links::LinkRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -104,6 +109,8 @@ pub struct Lab {
     pub dir: PathBuf,
     pub topo: Topology,
     pub net: NetLab,
+    /// The link proxies between production sites (dropped before `net`).
+    pub links: Vec<links::SiteLink>,
     pub procs: Vec<Proc>,
     /// Orchestrator gRPC addresses, as `host:port`.
     pub addrs: Vec<String>,
@@ -131,6 +138,18 @@ impl Lab {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let sites: Vec<&str> = topo.sites.iter().map(|s| s.id.as_str()).collect();
         let net = NetLab::create(&sites).context("creating the lab's network namespaces")?;
+        let mut production: Vec<&str> = topo.hosts.iter().map(|h| h.site.as_str()).collect();
+        production.sort_unstable();
+        production.dedup();
+        let mut site_links = Vec::new();
+        for (i, a) in production.iter().enumerate() {
+            for b in &production[i + 1..] {
+                site_links.push(
+                    links::SiteLink::start(&net, a, b, NODE_PORT)
+                        .with_context(|| format!("putting link proxies between {a} and {b}"))?,
+                );
+            }
+        }
         let exe = std::env::current_exe().context("locating the metrodr binary")?;
         let key = dir.join("cluster.key");
         if !key.exists() {
@@ -140,6 +159,7 @@ impl Lab {
             dir: dir.to_path_buf(),
             topo: topo.clone(),
             net,
+            links: site_links,
             procs: Vec::new(),
             addrs: Vec::new(),
             exe,
@@ -377,7 +397,40 @@ impl Lab {
             Fault::Partition { a, b } => self.net.partition(a, b)?,
             Fault::PartitionOneWay { from, to } => self.net.partition_one_way(from, to)?,
             Fault::Isolate { site } => self.net.isolate(site)?,
-            Fault::Heal => self.net.heal_all()?,
+            Fault::Heal => {
+                self.net.heal_all()?;
+                for l in &mut self.links {
+                    l.unshape()?;
+                }
+            }
+            Fault::Shape {
+                a,
+                b,
+                delay_ms,
+                jitter_ms,
+                loss,
+                bandwidth_mbit_s,
+            } => {
+                let link = self
+                    .links
+                    .iter_mut()
+                    .find(|l| l.joins(a, b))
+                    .with_context(|| {
+                        format!("no link proxies between {a} and {b}: only links between sites with hosts are shaped")
+                    })?;
+                link.shape(*delay_ms, *jitter_ms, *loss, *bandwidth_mbit_s)?;
+            }
+            Fault::ClockSkew { site, rate } => {
+                for p in self
+                    .procs
+                    .iter()
+                    .filter(|p| p.kind == Kind::Agent && &p.site == site)
+                {
+                    let dir = self.dir.join(format!("agent-{}/faults", p.name));
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(dir.join(agent::clock::RATE_FILE), format!("{rate}\n"))?;
+                }
+            }
             Fault::DiskFail { site, volume } => {
                 let host = self.replica_host(site, volume).await?;
                 let dir = self.dir.join(format!("agent-{host}/faults"));
@@ -424,7 +477,10 @@ impl Lab {
     /// killed. Returns what it restarted.
     pub fn heal_everything(&mut self) -> anyhow::Result<Vec<String>> {
         self.net.heal_all()?;
-        // Failed disks are replaced.
+        for l in &mut self.links {
+            l.unshape()?;
+        }
+        // Failed disks are replaced, skewed clocks run true.
         for p in self.procs.iter().filter(|p| p.kind == Kind::Agent) {
             let faults = self.dir.join(format!("agent-{}/faults", p.name));
             if faults.exists() {
@@ -474,6 +530,7 @@ impl Lab {
                     .into(),
                 })
                 .collect(),
+            links: self.links.iter().map(links::SiteLink::record).collect(),
         }
     }
 

@@ -68,6 +68,7 @@ fn obs(v: &[pb::VolumeStatus]) -> Vec<VolumeObs> {
                     site: r.site.clone(),
                     primary: r.role == "primary",
                     epoch: r.epoch,
+                    up_to_date: r.data == "up-to-date",
                 })
                 .collect(),
         })
@@ -168,15 +169,20 @@ async fn drive(
     let c = lab.client().await?;
     let site_before = app_sites(&c).await;
     let ops_before: BTreeSet<u64> = operations(&c).await.iter().map(|o| o.id.0).collect();
-    // The workload: the tier-1 app's first volume, at its primary.
-    let app = lab
-        .topo
-        .apps
-        .iter()
-        .filter(|a| !a.volumes.is_empty())
-        .min_by_key(|a| (a.tier, a.id.clone()))
-        .context("no app with volumes in the lab topology")?
-        .clone();
+    // The workload: the chosen (default: the tier-1) app's first volume, at its primary.
+    let with_volumes = || lab.topo.apps.iter().filter(|a| !a.volumes.is_empty());
+    let app = match &scenario.workload.app {
+        Some(id) => with_volumes().find(|a| a.id.as_str() == id).with_context(|| {
+            format!(
+                "workload.app = {id:?}: no app with volumes of that id in the lab topology (apps with volumes: {})",
+                with_volumes().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None => with_volumes()
+            .min_by_key(|a| (a.tier, a.id.clone()))
+            .context("no app with volumes in the lab topology")?,
+    }
+    .clone();
     let vol = app.volumes[0].clone();
     let sync = matches!(vol.replication, topology::Replication::Sync);
     let agents_dir = lab.dir.clone();
@@ -403,10 +409,18 @@ async fn drive(
             }
         }
     }
+    let workload_fell_behind = checker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .behind_seen
+        .contains(vol.id.as_str());
     let end = EndState {
         writes_acknowledged: writes,
         writes_missing,
         sync,
+        workload_volume: vol.id.to_string(),
+        workload_moved: site_before.get(app.id.as_str()) != site_after.get(app.id.as_str()),
+        workload_fell_behind,
         max_write_stall_ms,
         running,
         vm_site,

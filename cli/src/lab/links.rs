@@ -1,0 +1,116 @@
+//! The WAN between the lab's production sites: a transparent link proxy in each
+//! site's namespace carries every TCP connection that site opens to the other
+//! (replication streams, NBD), so `shape` can give the link delay, jitter, loss and a
+//! bandwidth limit (the kernel's netem is not available here).
+//!
+//! ```text
+//!   ns north: agent ─connect 10.x.y.3:p─► nat OUTPUT REDIRECT ─► proxy north→south ─(SO_MARK)─► south
+//!   ns south: agent ─connect 10.x.y.2:p─► nat OUTPUT REDIRECT ─► proxy south→north ─(SO_MARK)─► north
+//! ```
+//!
+//! Each connection crosses one proxy; the two proxies of a link share its bandwidth
+//! buckets, so a limit holds for the link whichever side opened a connection. The
+//! control plane (the orchestrator port) is not redirected: Raft and the agents'
+//! leases cross the bridge directly, unshaped. The proxies are in the path from the
+//! start, shaped or not, so connections made before a `shape` feel it too. Partitions
+//! still apply: the proxies' own connections are filtered by the fault chains.
+
+use chaos::netns::NetLab;
+use chaos::proxy::{LinkProps, LinkProxy, Target, Wire, WireSide};
+use chaos::scenario::describe_shape;
+use serde::{Deserialize, Serialize};
+
+/// `SO_MARK` of the proxies' own connections, which the redirect rules let through.
+const PROXY_MARK: u32 = 0x4d44;
+
+/// One production-site link: the proxy in `a` (for what `a` opens) and in `b`.
+pub struct SiteLink {
+    pub a: String,
+    pub b: String,
+    from_a: LinkProxy,
+    from_b: LinkProxy,
+    /// The shape in force, as `describe_shape` says it.
+    shape: String,
+}
+
+/// What `lab status` shows of a link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub a: String,
+    pub b: String,
+    pub shape: String,
+    pub bytes_a_to_b: u64,
+    pub bytes_b_to_a: u64,
+    pub connections: u64,
+}
+
+impl SiteLink {
+    /// Puts proxies in the path between `a` and `b`; `except_port` (the control
+    /// plane's) is not redirected.
+    pub fn start(net: &NetLab, a: &str, b: &str, except_port: u16) -> anyhow::Result<SiteLink> {
+        let wire = Wire::default();
+        let proxy = |from: &str, to: &str, side: WireSide| -> anyhow::Result<LinkProxy> {
+            let wire = wire.clone();
+            let p = net.in_ns(from, move || {
+                LinkProxy::start_with(
+                    "127.0.0.1:0".parse().expect("a socket address"),
+                    Target::Original { mark: PROXY_MARK },
+                    LinkProps::default(),
+                    wire,
+                    side,
+                )
+            })??;
+            net.redirect(from, to, except_port, PROXY_MARK, p.local_addr().port())?;
+            Ok(p)
+        };
+        Ok(SiteLink {
+            a: a.to_string(),
+            b: b.to_string(),
+            from_a: proxy(a, b, WireSide::Near)?,
+            from_b: proxy(b, a, WireSide::Far)?,
+            shape: describe_shape(0.0, 0.0, 0.0, 0.0),
+        })
+    }
+
+    /// Whether this is the link between `x` and `y` (either order).
+    pub fn joins(&self, x: &str, y: &str) -> bool {
+        (self.a == x && self.b == y) || (self.a == y && self.b == x)
+    }
+
+    /// Gives both directions of the link delay ± jitter, loss and bandwidth (0: none).
+    pub fn shape(
+        &mut self,
+        delay_ms: f64,
+        jitter_ms: f64,
+        loss: f64,
+        bandwidth_mbit_s: f64,
+    ) -> anyhow::Result<()> {
+        let dir = chaos::scenario::shape_props(delay_ms, jitter_ms, loss, bandwidth_mbit_s);
+        let props = LinkProps {
+            to_target: dir,
+            to_client: dir,
+            ..LinkProps::default()
+        };
+        self.from_a.set(props)?;
+        self.from_b.set(props)?;
+        self.shape = describe_shape(delay_ms, jitter_ms, loss, bandwidth_mbit_s);
+        Ok(())
+    }
+
+    /// Full speed again.
+    pub fn unshape(&mut self) -> anyhow::Result<()> {
+        self.shape(0.0, 0.0, 0.0, 0.0)
+    }
+
+    pub fn record(&self) -> LinkRecord {
+        let (sa, sb) = (self.from_a.stats(), self.from_b.stats());
+        LinkRecord {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            shape: self.shape.clone(),
+            bytes_a_to_b: sa.to_target.bytes + sb.to_client.bytes,
+            bytes_b_to_a: sa.to_client.bytes + sb.to_target.bytes,
+            connections: sa.connections_accepted + sb.connections_accepted,
+        }
+    }
+}
