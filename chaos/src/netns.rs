@@ -1,16 +1,19 @@
 //! # netns — a lab of "machines" made of Linux network namespaces
 //!
 //! [`NetLab::create`] gives every node its own network namespace with one address on a
-//! private /24, all joined by a Linux bridge in the root namespace. Tests (and later
-//! `metrodr lab up`) run processes in a node with [`NetLab::command`], or run code on a
-//! thread inside it with [`NetLab::in_ns`], and cut links with [`NetLab::isolate`] and
-//! [`NetLab::partition`] (iptables rules inside the node namespaces, healed with
-//! [`NetLab::heal`]). The harness in the root namespace always reaches every node
-//! through the bridge address, even an isolated one.
+//! private /24, all joined by a Linux bridge inside a WAN namespace of the lab's own.
+//! Tests (and `metrodr lab up`) run processes in a node with [`NetLab::command`], or run
+//! code on a thread inside it with [`NetLab::in_ns`], and cut links with
+//! [`NetLab::isolate`] and [`NetLab::partition`] (iptables rules inside the node
+//! namespaces, healed with [`NetLab::heal`]). The harness in the root namespace reaches
+//! every node through one veth pair into the WAN (it holds the bridge address), even an
+//! isolated node.
 //!
 //! ```text
-//!   root namespace            10.A.B.1 <tag>br ── <tag>v0 ═ <tag>p0 10.A.B.2  ns <tag>-<node0>
-//!   (harness)                                  └─ <tag>v1 ═ <tag>p1 10.A.B.3  ns <tag>-<node1>
+//!   root ns (harness)      ns <tag>.wan (the WAN)                 node namespaces
+//!   10.A.B.1 <tag>h ══ <tag>w ─┐
+//!                              <tag>br ─ <tag>v0 ══ <tag>p0 10.A.B.2  ns <tag>-<node0>
+//!                              └──────── <tag>v1 ══ <tag>p1 10.A.B.3  ns <tag>-<node1>
 //! ```
 //!
 //! **Must never** touch a namespace, link, address or iptables rule it did not create,
@@ -20,10 +23,9 @@
 //! sysctls.
 //!
 //! Needs root (CAP_NET_ADMIN), `ip` (iproute2) and `iptables`; [`preflight`] checks.
-//! Host caveat: with `br_netfilter` loaded and `bridge-nf-call-iptables = 1`, traffic
-//! between nodes crosses the root namespace's FORWARD chain; a host whose FORWARD
-//! policy is DROP (e.g. Docker hosts) then blocks node-to-node traffic. This module will
-//! not change the host's firewall to work around that.
+//! The bridge lives in the WAN namespace, not the root one, so node-to-node traffic never
+//! crosses the host's own firewall (a Docker host's FORWARD policy of DROP does not
+//! matter); only the harness's veth end is in the root namespace.
 
 mod error;
 mod plan;
@@ -45,7 +47,7 @@ pub use error::LabError;
 use plan::{Faults, Record, Subnet};
 pub use plan::{MAX_NODES, RECORD_VERSION, TAG_PREFIX};
 pub use shell::preflight;
-use shell::{Tools, remove_files, remove_resources, run, wait_links_up};
+use shell::{Tools, remove_files, remove_resources, run, wait_links_up, wait_ns_links_up};
 pub use state::cleanup_stale;
 use state::{process_starttime, replace, reserve_subnet, reserve_tag};
 
@@ -158,9 +160,13 @@ impl NetLab {
         // Write the full list of names down before creating any of them, so that a
         // crash at any later point leaves enough for cleanup_stale.
         record.subnet = Some(subnet);
-        record.bridge = Some(plan::bridge_name(&lab.tag));
-        record.netns = lab.nodes.iter().map(|n| n.ns.clone()).collect();
-        record.links = lab.nodes.iter().map(|n| n.host_veth.clone()).collect();
+        // The bridge and the nodes' WAN ends go with the WAN namespace; the harness's
+        // root end goes with its peer, or by name.
+        record.bridge = None;
+        record.netns = std::iter::once(plan::wan_ns(&lab.tag))
+            .chain(lab.nodes.iter().map(|n| n.ns.clone()))
+            .collect();
+        record.links = vec![plan::harness_veth(&lab.tag)];
         replace(&record_file, &record.encode()).map_err(|source| LabError::State {
             what: "writing lab record",
             path: record_file.clone(),
@@ -171,21 +177,54 @@ impl NetLab {
     }
 
     fn build(&mut self) -> Result<(), LabError> {
+        let wan = plan::wan_ns(&self.tag);
         let bridge = plan::bridge_name(&self.tag);
+        let harness = plan::harness_veth(&self.tag);
+        let harness_wan = plan::harness_wan_veth(&self.tag);
         let ip = &self.tools;
         run(
-            "creating the lab bridge",
-            ip.ip().args(["link", "add", &bridge, "type", "bridge"]),
+            "creating the WAN namespace",
+            ip.ip().args(["netns", "add", &wan]),
         )?;
-        self.created.bridge = Some(bridge.clone());
-        let bridge_cidr = format!("{}/24", self.subnet.bridge());
+        self.created.netns.push(wan.clone());
         run(
-            "addressing the lab bridge",
-            ip.ip().args(["addr", "add", &bridge_cidr, "dev", &bridge]),
+            "creating the lab bridge",
+            ip.ip()
+                .args(["-n", &wan, "link", "add", &bridge, "type", "bridge"]),
         )?;
         run(
             "bringing the lab bridge up",
-            ip.ip().args(["link", "set", &bridge, "up"]),
+            ip.ip().args(["-n", &wan, "link", "set", &bridge, "up"]),
+        )?;
+        // The harness's way in: its root end holds the bridge address.
+        run(
+            "creating the harness's veth pair into the WAN",
+            ip.ip()
+                .args(["link", "add", &harness, "type", "veth"])
+                .args(["peer", "name", &harness_wan, "netns", &wan]),
+        )?;
+        self.created.links.push(harness.clone());
+        run(
+            "attaching the harness's veth to the bridge",
+            ip.ip().args([
+                "-n",
+                &wan,
+                "link",
+                "set",
+                &harness_wan,
+                "master",
+                &bridge,
+                "up",
+            ]),
+        )?;
+        let bridge_cidr = format!("{}/24", self.subnet.bridge());
+        run(
+            "addressing the harness's veth",
+            ip.ip().args(["addr", "add", &bridge_cidr, "dev", &harness]),
+        )?;
+        run(
+            "bringing the harness's veth up",
+            ip.ip().args(["link", "set", &harness, "up"]),
         )?;
         for node in &self.nodes {
             let Node {
@@ -204,19 +243,19 @@ impl NetLab {
                 "bringing lo up in a node",
                 ip.ip().args(["-n", ns, "link", "set", "lo", "up"]),
             )?;
-            // Create the pair with its node end already inside the namespace, so no
-            // `<tag>p<i>` ever exists in the root namespace.
+            // Create the pair with its ends already in the WAN and in the node, so
+            // neither ever exists in the root namespace.
             run(
                 "creating a node's veth pair",
                 ip.ip()
-                    .args(["link", "add", host_veth, "type", "veth"])
+                    .args(["-n", &wan, "link", "add", host_veth, "type", "veth"])
                     .args(["peer", "name", ns_veth, "netns", ns]),
             )?;
-            self.created.links.push(host_veth.clone());
             run(
                 "attaching a node's veth to the bridge",
-                ip.ip()
-                    .args(["link", "set", host_veth, "master", &bridge, "up"]),
+                ip.ip().args([
+                    "-n", &wan, "link", "set", host_veth, "master", &bridge, "up",
+                ]),
             )?;
             let cidr = format!("{addr}/24");
             run(
@@ -241,9 +280,10 @@ impl NetLab {
                 )?;
             }
         }
-        let mut links = vec![bridge];
-        links.extend(self.nodes.iter().map(|n| n.host_veth.clone()));
-        wait_links_up(&self.tag, &links)
+        wait_links_up(&self.tag, std::slice::from_ref(&harness))?;
+        let mut in_wan = vec![bridge, harness_wan];
+        in_wan.extend(self.nodes.iter().map(|n| n.host_veth.clone()));
+        wait_ns_links_up(&self.tools, &self.tag, &wan, &in_wan)
     }
 
     /// The lab's tag: every namespace and link name it creates starts with it.
@@ -267,9 +307,14 @@ impl NetLab {
         self.subnet.bridge()
     }
 
-    /// The bridge's interface name in the root namespace.
+    /// The bridge's interface name (inside the WAN namespace, [`NetLab::wan_ns`]).
     pub fn bridge_name(&self) -> String {
         plan::bridge_name(&self.tag)
+    }
+
+    /// The WAN namespace's name (it holds the bridge).
+    pub fn wan_ns(&self) -> String {
+        plan::wan_ns(&self.tag)
     }
 
     /// `node`'s address.

@@ -255,7 +255,7 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
     let (rec, ok, text) = run_json(&["lab", "up", "--dir", d]);
     assert!(ok, "{text}");
     let tag = rec["tag"].as_str().unwrap().to_string();
-    assert_eq!(ns_count(&tag), 3, "one namespace per site");
+    assert_eq!(ns_count(&tag), 4, "one namespace per site, and the WAN's");
     let nodes = rec["orchestrators"].as_array().unwrap();
     let cluster = nodes
         .iter()

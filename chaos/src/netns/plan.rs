@@ -97,7 +97,24 @@ pub fn bridge_name(tag: &str) -> String {
     format!("{tag}br")
 }
 
-/// Root-namespace end of node `index`'s veth pair (enslaved to the bridge).
+/// The WAN namespace, which holds the bridge. Node names are sanitised to
+/// `[A-Za-z0-9_-]`, so no node namespace can be called this.
+pub fn wan_ns(tag: &str) -> String {
+    format!("{tag}.wan")
+}
+
+/// The harness's end, in the root namespace, of the veth pair into the WAN (it holds
+/// the bridge address).
+pub fn harness_veth(tag: &str) -> String {
+    format!("{tag}h")
+}
+
+/// The WAN end of the harness's veth pair (enslaved to the bridge).
+pub fn harness_wan_veth(tag: &str) -> String {
+    format!("{tag}w")
+}
+
+/// WAN-namespace end of node `index`'s veth pair (enslaved to the bridge).
 pub fn host_veth(tag: &str, index: usize) -> String {
     format!("{tag}v{index}")
 }
@@ -433,7 +450,9 @@ impl Record {
 /// Every name a lab creates starts with [`TAG_PREFIX`]; a record naming anything else
 /// was not written by us, and acting on it could delete someone else's interface.
 fn checked_name(name: &str) -> Result<String, String> {
-    let plain = name
+    // A WAN namespace is `<tag>.wan` ([`wan_ns`]); nothing else has a dot.
+    let stem = name.strip_suffix(".wan").unwrap_or(name);
+    let plain = stem
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if name.starts_with(TAG_PREFIX) && plain {
@@ -478,6 +497,9 @@ mod tests {
             assert!(host_veth(tag, MAX_NODES - 1).len() <= 15);
             assert!(ns_veth(tag, MAX_NODES - 1).len() <= 15);
             assert!(bridge_name(tag).len() <= 15);
+            assert!(harness_veth(tag).len() <= 15);
+            assert!(harness_wan_veth(tag).len() <= 15);
+            assert!(ns_names(tag, &["wan"]).unwrap()[0] != wan_ns(tag));
         }
     }
 
@@ -608,7 +630,7 @@ mod tests {
             starttime: 123456,
             subnet: Some(Subnet([250, 3])),
             bridge: Some("mdrabcdebr".into()),
-            netns: vec!["mdrabcde-a".into()],
+            netns: vec!["mdrabcde.wan".into(), "mdrabcde-a".into()],
             links: vec!["mdrabcdev0".into()],
         };
         let text = record.encode();
@@ -619,6 +641,11 @@ mod tests {
         // Never accept a name we would not have created: cleanup would delete it.
         let foreign = "metrodr-lab-record 1\npid 1\nstarttime 1\nlink eth0\n";
         assert!(Record::decode(foreign).is_err());
+        // Only `.wan` may follow a tag's name after a dot.
+        for odd in ["mdrabcde.evil", "mdrabcde.wan.wan", "mdr/../x.wan"] {
+            let t = format!("metrodr-lab-record 1\npid 1\nstarttime 1\nnetns {odd}\n");
+            assert!(Record::decode(&t).is_err(), "{odd}");
+        }
     }
 
     #[test]

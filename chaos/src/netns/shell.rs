@@ -143,6 +143,43 @@ pub(super) fn wait_links_up(tag: &str, links: &[String]) -> Result<(), LabError>
     Ok(())
 }
 
+/// Like [`wait_links_up`], for links inside namespace `ns` (read with `ip -n NS -o
+/// link show`: the root namespace's /sys shows only its own links). A bridge port or
+/// veth counts once it is `UP`.
+pub(super) fn wait_ns_links_up(
+    tools: &Tools,
+    tag: &str,
+    ns: &str,
+    links: &[String],
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + LINK_UP_DEADLINE;
+    loop {
+        let out = run(
+            "listing the WAN's links",
+            tools.ip().args(["-n", ns, "-o", "link", "show"]),
+        )?;
+        let down = links.iter().find(|link| {
+            !out.lines().any(|line| {
+                line.split(": ")
+                    .nth(1)
+                    .is_some_and(|n| n.split('@').next() == Some(link.as_str()))
+                    && line.contains("state UP")
+            })
+        });
+        let Some(link) = down else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(LabError::LinkNotUp {
+                tag: tag.to_string(),
+                link: format!("{link} (in {ns})"),
+                state: "not UP".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Deletes the listed root-namespace links, then the listed namespaces, then files;
 /// each only if it still exists. Returns one message per failure and goes on after
 /// each, so one stuck item does not leak the rest.

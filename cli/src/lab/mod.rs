@@ -9,9 +9,9 @@
 //! `metrodr lab up|status|down` keeps one lab running in the background ([`cmd`]);
 //! `metrodr chaos run` builds one per scenario ([`run`]).
 //!
-//! The sites' namespaces hang off one bridge in the root namespace, which plays the
-//! WAN (and lets the operator's CLI reach every node); a site "cut" is iptables rules
-//! inside the sites' namespaces. Every process the lab starts, it stops by PID; the
+//! The sites' namespaces hang off one bridge in a WAN namespace (the operator's CLI
+//! reaches every node through one more veth pair from the root namespace); a site
+//! "cut" is iptables rules inside the sites' namespaces. Every process the lab starts, it stops by PID; the
 //! namespaces go with the lab (and a crashed lab's are removed by `lab down` or by the
 //! next lab, from their records in /run/metrodr-lab).
 
