@@ -11,8 +11,8 @@
 //!
 //! The sites' namespaces hang off one bridge in a WAN namespace (the operator's CLI
 //! reaches every node through one more veth pair from the root namespace); a site
-//! "cut" is iptables rules inside the sites' namespaces. Every process the lab starts, it stops by PID; the
-//! namespaces go with the lab (and a crashed lab's are removed by `lab down` or by the
+//! "cut" is iptables rules inside the sites' namespaces. Every process the lab starts,
+//! it stops by PID; the namespaces go with the lab (and a crashed lab's are removed by `lab down` or by the
 //! next lab, from their records in /run/metrodr-lab).
 
 pub mod cmd;
@@ -108,9 +108,10 @@ pub struct ProcRecord {
 pub struct Lab {
     pub dir: PathBuf,
     pub topo: Topology,
-    pub net: NetLab,
-    /// The link proxies between production sites (dropped before `net`).
+    /// The link proxies between production sites; declared before `net`, so they are
+    /// dropped (their threads leave the site namespaces) before the namespaces go.
     pub links: Vec<links::SiteLink>,
+    pub net: NetLab,
     pub procs: Vec<Proc>,
     /// Orchestrator gRPC addresses, as `host:port`.
     pub addrs: Vec<String>,
@@ -539,6 +540,8 @@ impl Lab {
         for p in self.procs.iter_mut().rev() {
             p.stop();
         }
+        // The link proxies' threads leave the site namespaces before those go.
+        drop(std::mem::take(&mut self.links));
         let net = self.net;
         net.destroy().context("removing the lab's namespaces")?;
         Ok(())
