@@ -58,7 +58,7 @@ pub enum HypervisorArg {
 /// Parts of the demo that do not exist yet, said out loud rather than faked.
 const NOT_BUILT: &[&str] = &[
     "TCP health probes (serial-console probes are checked; the test-driver lab has none)",
-    "link delay/loss/bandwidth and clock-skew faults in chaos scenarios (`metrodr chaos run` has cuts, kills, pauses, disk failures)",
+    "`site fail --force` without a quorum (an operator-declared loss needs a majority of the orchestrator nodes)",
 ];
 
 #[derive(Serialize)]

@@ -20,7 +20,7 @@ pub mod links;
 pub mod run;
 pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -586,7 +586,31 @@ pub async fn start_every_vm(c: &Client, topo: &Topology, actor: &str) -> anyhow:
             }
         }
     }
-    Ok(())
+    // A start succeeds when the agent's libvirt has started the domain; the cluster
+    // records it running only once the agent's next state report is committed (up to
+    // half a second later). Whatever comes next (a drill's baseline, the ledger of a
+    // chaos run) reads the committed state, so wait for it.
+    let all: BTreeSet<String> = topo
+        .apps
+        .iter()
+        .flat_map(|a| a.vms.iter().map(|v| v.id.to_string()))
+        .collect();
+    wait(
+        Duration::from_secs(30),
+        "every VM reported running",
+        || async {
+            let r = c.op.clone().list_vms(pb::ListVmsRequest {}).await.ok()?;
+            let running: BTreeSet<String> = r
+                .into_inner()
+                .vms
+                .into_iter()
+                .filter(|v| v.state == "running")
+                .map(|v| v.vm)
+                .collect();
+            all.is_subset(&running).then_some(())
+        },
+    )
+    .await
 }
 
 /// Some(()) when the cluster sees every host up.
