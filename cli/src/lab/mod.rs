@@ -598,19 +598,20 @@ pub async fn start_every_vm(c: &Client, topo: &Topology, actor: &str) -> anyhow:
     wait(
         Duration::from_secs(30),
         "every VM reported running",
-        || async {
-            let r = c.op.clone().list_vms(pb::ListVmsRequest {}).await.ok()?;
-            let running: BTreeSet<String> = r
-                .into_inner()
-                .vms
-                .into_iter()
-                .filter(|v| v.state == "running")
-                .map(|v| v.vm)
-                .collect();
-            all.is_subset(&running).then_some(())
-        },
+        || async { all.is_subset(&running_vms(c).await.ok()?).then_some(()) },
     )
     .await
+}
+
+/// The VMs the node `c` talks to records running.
+pub async fn running_vms(c: &Client) -> Result<BTreeSet<String>, tonic::Status> {
+    let r = c.op.clone().list_vms(pb::ListVmsRequest {}).await?;
+    Ok(r.into_inner()
+        .vms
+        .into_iter()
+        .filter(|v| v.state == "running")
+        .map(|v| v.vm)
+        .collect())
 }
 
 /// Some(()) when the cluster sees every host up.

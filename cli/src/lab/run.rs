@@ -515,15 +515,8 @@ async fn healing(lab: &Lab) -> Vec<String> {
         }
     }
     // Every VM of the topology runs again.
-    match c.op.clone().list_vms(pb::ListVmsRequest {}).await {
-        Ok(r) => {
-            let running: BTreeSet<String> = r
-                .into_inner()
-                .vms
-                .into_iter()
-                .filter(|v| v.state == "running")
-                .map(|v| v.vm)
-                .collect();
+    match super::running_vms(&c).await {
+        Ok(running) => {
             for a in &lab.topo.apps {
                 for vm in &a.vms {
                     if !running.contains(vm.id.as_str()) {
