@@ -91,7 +91,6 @@ struct Node {
 struct Created {
     record: Option<PathBuf>,
     reservation: Option<PathBuf>,
-    bridge: Option<String>,
     netns: Vec<String>,
     links: Vec<String>,
 }
@@ -161,7 +160,8 @@ impl NetLab {
         // crash at any later point leaves enough for cleanup_stale.
         record.subnet = Some(subnet);
         // The bridge and the nodes' WAN ends go with the WAN namespace; the harness's
-        // root end goes with its peer, or by name.
+        // root end goes with its peer, or by name. (`bridge` is for the records of
+        // labs made before the WAN namespace, whose bridge was in the root namespace.)
         record.bridge = None;
         record.netns = std::iter::once(plan::wan_ns(&lab.tag))
             .chain(lab.nodes.iter().map(|n| n.ns.clone()))
@@ -491,8 +491,7 @@ impl NetLab {
     /// Idempotent: forgets each item once handled, so Drop after destroy does nothing.
     fn teardown(&mut self) -> Vec<String> {
         let created = std::mem::take(&mut self.created);
-        let mut links = created.links;
-        links.extend(created.bridge);
+        let links = created.links;
         let files: Vec<PathBuf> = created.reservation.into_iter().collect();
         let mut errors = remove_resources(&self.tools, &created.netns, &links, &files);
         // The record goes last: while anything above remains, it is how cleanup_stale

@@ -68,15 +68,8 @@ pub enum Fault {
     Shape {
         a: String,
         b: String,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        delay_ms: f64,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        jitter_ms: f64,
-        /// Probability that a 1448-byte segment is lost (0.01 is 1 %).
-        #[serde(default, skip_serializing_if = "is_zero")]
-        loss: f64,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        bandwidth_mbit_s: f64,
+        #[serde(flatten)]
+        shape: LinkShape,
     },
     /// The clocks of the site's agents run at `rate` times real time (0.5: half
     /// speed, a lease lasts twice as long as the agent thinks; 1: normal again). The
@@ -95,50 +88,91 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
-/// What a `shape` fault does to each direction of a link, in the proxy's terms.
-pub fn shape_props(delay_ms: f64, jitter_ms: f64, loss: f64, bandwidth_mbit_s: f64) -> DirProps {
-    let us = |ms: f64| (ms * 1000.0).round() as u64;
-    DirProps {
-        delay_us: us(delay_ms),
-        jitter_us: us(jitter_ms),
-        bandwidth_bytes_per_s: (bandwidth_mbit_s * 1e6 / 8.0).round() as u64,
-        loss_probability: loss,
-        ..DirProps::default()
-    }
+/// How slow a link is made, both ways: one-way delay ± uniform jitter, the
+/// probability that a 1448-byte segment is lost, and a bandwidth limit (0: none). All
+/// zero is full speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkShape {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delay_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub jitter_ms: f64,
+    /// Probability that a 1448-byte segment is lost (0.01 is 1 %).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub loss: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bandwidth_mbit_s: f64,
 }
 
-/// Everything wrong with a link shape (empty: fine).
-pub fn shape_problems(
-    delay_ms: f64,
-    jitter_ms: f64,
-    loss: f64,
-    bandwidth_mbit_s: f64,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    let within = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
-    if !within(delay_ms, SHAPE_DELAY_MAX_MS) {
-        out.push(format!(
-            "delay_ms = {delay_ms} must be 0 to {SHAPE_DELAY_MAX_MS} ms"
-        ));
+impl LinkShape {
+    /// What the shape does to each direction, in the proxy's terms.
+    pub fn props(&self) -> DirProps {
+        let us = |ms: f64| (ms * 1000.0).round() as u64;
+        DirProps {
+            delay_us: us(self.delay_ms),
+            jitter_us: us(self.jitter_ms),
+            bandwidth_bytes_per_s: (self.bandwidth_mbit_s * 1e6 / 8.0).round() as u64,
+            loss_probability: self.loss,
+            ..DirProps::default()
+        }
     }
-    if !within(jitter_ms, SHAPE_DELAY_MAX_MS) {
-        out.push(format!(
-            "jitter_ms = {jitter_ms} must be 0 to {SHAPE_DELAY_MAX_MS} ms"
-        ));
+
+    /// Everything wrong with the shape (empty: fine).
+    pub fn problems(&self) -> Vec<String> {
+        let LinkShape {
+            delay_ms,
+            jitter_ms,
+            loss,
+            bandwidth_mbit_s,
+        } = *self;
+        let mut out = Vec::new();
+        let within = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
+        if !within(delay_ms, SHAPE_DELAY_MAX_MS) {
+            out.push(format!(
+                "delay_ms = {delay_ms} must be 0 to {SHAPE_DELAY_MAX_MS} ms"
+            ));
+        }
+        if !within(jitter_ms, SHAPE_DELAY_MAX_MS) {
+            out.push(format!(
+                "jitter_ms = {jitter_ms} must be 0 to {SHAPE_DELAY_MAX_MS} ms"
+            ));
+        }
+        if !within(loss, SHAPE_LOSS_MAX) {
+            out.push(format!(
+                "loss = {loss} must be a probability from 0 to {SHAPE_LOSS_MAX} (0.01 is 1 %)"
+            ));
+        }
+        if !within(bandwidth_mbit_s, SHAPE_BANDWIDTH_MAX_MBIT_S)
+            || (bandwidth_mbit_s > 0.0 && bandwidth_mbit_s < 0.008)
+        {
+            out.push(format!(
+                "bandwidth_mbit_s = {bandwidth_mbit_s} must be 0 (no limit) or 0.008 (1 kB/s) to {SHAPE_BANDWIDTH_MAX_MBIT_S} Mbit/s"
+            ));
+        }
+        out
     }
-    if !within(loss, SHAPE_LOSS_MAX) {
-        out.push(format!(
-            "loss = {loss} must be a probability from 0 to {SHAPE_LOSS_MAX} (0.01 is 1 %)"
-        ));
+
+    /// One line for logs and `lab status`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.delay_ms > 0.0 || self.jitter_ms > 0.0 {
+            parts.push(format!(
+                "{} ms ± {} ms one way",
+                self.delay_ms, self.jitter_ms
+            ));
+        }
+        if self.loss > 0.0 {
+            parts.push(format!("{} % segment loss", self.loss * 100.0));
+        }
+        if self.bandwidth_mbit_s > 0.0 {
+            parts.push(format!("{} Mbit/s", self.bandwidth_mbit_s));
+        }
+        if parts.is_empty() {
+            "full speed".into()
+        } else {
+            parts.join(", ")
+        }
     }
-    if !within(bandwidth_mbit_s, SHAPE_BANDWIDTH_MAX_MBIT_S)
-        || (bandwidth_mbit_s > 0.0 && bandwidth_mbit_s < 0.008)
-    {
-        out.push(format!(
-            "bandwidth_mbit_s = {bandwidth_mbit_s} must be 0 (no limit) or 0.008 (1 kB/s) to {SHAPE_BANDWIDTH_MAX_MBIT_S} Mbit/s"
-        ));
-    }
-    out
 }
 
 /// Everything wrong with a clock rate (empty: fine).
@@ -149,25 +183,6 @@ pub fn clock_rate_problems(rate: f64) -> Vec<String> {
         vec![format!(
             "rate = {rate} must be {CLOCK_RATE_MIN} to {CLOCK_RATE_MAX} (1 is real time, 0.5 half speed)"
         )]
-    }
-}
-
-/// One line for a link shape.
-pub fn describe_shape(delay_ms: f64, jitter_ms: f64, loss: f64, bandwidth_mbit_s: f64) -> String {
-    let mut parts = Vec::new();
-    if delay_ms > 0.0 || jitter_ms > 0.0 {
-        parts.push(format!("{delay_ms} ms ± {jitter_ms} ms one way"));
-    }
-    if loss > 0.0 {
-        parts.push(format!("{} % segment loss", loss * 100.0));
-    }
-    if bandwidth_mbit_s > 0.0 {
-        parts.push(format!("{bandwidth_mbit_s} Mbit/s"));
-    }
-    if parts.is_empty() {
-        "full speed".into()
-    } else {
-        parts.join(", ")
     }
 }
 
@@ -208,17 +223,9 @@ impl Fault {
             Fault::DiskRepair { site, volume } => {
                 format!("repair the disk under {volume}'s replica at {site}")
             }
-            Fault::Shape {
-                a,
-                b,
-                delay_ms,
-                jitter_ms,
-                loss,
-                bandwidth_mbit_s,
-            } => format!(
-                "shape the link {a} <-> {b}: {}",
-                describe_shape(*delay_ms, *jitter_ms, *loss, *bandwidth_mbit_s)
-            ),
+            Fault::Shape { a, b, shape } => {
+                format!("shape the link {a} <-> {b}: {}", shape.describe())
+            }
             Fault::ClockSkew { site, rate } => {
                 format!("run the clocks of {site}'s agents at {rate} x real time")
             }
@@ -434,14 +441,7 @@ impl Scenario {
                 Fault::PartitionOneWay { from, to } if from == to => out.push(format!(
                     "fault {n}: a site cannot be partitioned from itself"
                 )),
-                Fault::Shape {
-                    a,
-                    b,
-                    delay_ms,
-                    jitter_ms,
-                    loss,
-                    bandwidth_mbit_s,
-                } => {
+                Fault::Shape { a, b, shape } => {
                     let prod = |s: &String| sites.production.contains(s);
                     if a == b || !prod(a) || !prod(b) {
                         out.push(format!(
@@ -449,7 +449,7 @@ impl Scenario {
                             sites.production[0], sites.production[1]
                         ));
                     }
-                    for p in shape_problems(*delay_ms, *jitter_ms, *loss, *bandwidth_mbit_s) {
+                    for p in shape.problems() {
                         out.push(format!("fault {n}: {p}"));
                     }
                 }
@@ -567,10 +567,12 @@ impl Scenario {
                     Fault::Shape {
                         a: sites.production[0].clone(),
                         b: sites.production[1].clone(),
-                        delay_ms: rng.range(1, 20) as f64,
-                        jitter_ms: rng.range(0, 5) as f64,
-                        loss: rng.range(0, 20) as f64 / 1000.0,
-                        bandwidth_mbit_s: 0.0,
+                        shape: LinkShape {
+                            delay_ms: rng.range(1, 20) as f64,
+                            jitter_ms: rng.range(0, 5) as f64,
+                            loss: rng.range(0, 20) as f64 / 1000.0,
+                            bandwidth_mbit_s: 0.0,
+                        },
                     },
                     Some(Fault::Heal),
                 ),

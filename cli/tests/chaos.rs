@@ -372,6 +372,8 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
     assert!(ok, "{text}");
     let (_, ok, text) = run_json(&["chaos", "clock-skew", "--dir", d, "north", "0"]);
     assert!(!ok && text.contains("0.1 to 10"), "{text}");
+    let (_, ok, text) = run_json(&["chaos", "clock-skew", "--dir", d, "witness", "0.9"]);
+    assert!(!ok && text.contains("no agents run at witness"), "{text}");
     let (_, ok, text) = run_json(&["chaos", "heal", "--dir", d]);
     assert!(ok, "{text}");
     let (st2, _, _) = run_json(&["lab", "status", "--dir", d]);

@@ -382,6 +382,7 @@ pub struct Record {
     /// Start time of `pid` (field 22 of `/proc/<pid>/stat`): tells a reused pid apart.
     pub starttime: u64,
     pub subnet: Option<Subnet>,
+    /// A root-namespace bridge: only labs made before the WAN namespace had one.
     pub bridge: Option<String>,
     pub netns: Vec<String>,
     /// Root-namespace veth ends.

@@ -573,20 +573,17 @@ pub fn chaos(cmd: ChaosCmd, out: Output) -> anyhow::Result<ExitCode> {
             loss,
             bandwidth_mbit_s,
         } => {
-            let problems =
-                chaos::scenario::shape_problems(delay_ms, jitter_ms, loss, bandwidth_mbit_s);
-            if !problems.is_empty() {
-                bail!("{}", problems.join("; "));
-            }
-            let fault = Fault::Shape {
-                a,
-                b,
+            let shape = chaos::scenario::LinkShape {
                 delay_ms,
                 jitter_ms,
                 loss,
                 bandwidth_mbit_s,
             };
-            (dir, fault)
+            let problems = shape.problems();
+            if !problems.is_empty() {
+                bail!("{}", problems.join("; "));
+            }
+            (dir, Fault::Shape { a, b, shape })
         }
         ChaosCmd::ClockSkew { dir, site, rate } => {
             let problems = chaos::scenario::clock_rate_problems(rate);

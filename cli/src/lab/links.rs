@@ -17,7 +17,7 @@
 
 use chaos::netns::NetLab;
 use chaos::proxy::{LinkProps, LinkProxy, Target, Wire, WireSide};
-use chaos::scenario::describe_shape;
+use chaos::scenario::LinkShape;
 use serde::{Deserialize, Serialize};
 
 /// `SO_MARK` of the proxies' own connections, which the redirect rules let through.
@@ -29,8 +29,8 @@ pub struct SiteLink {
     pub b: String,
     from_a: LinkProxy,
     from_b: LinkProxy,
-    /// The shape in force, as `describe_shape` says it.
-    shape: String,
+    /// The shape in force.
+    shape: LinkShape,
 }
 
 /// What `lab status` shows of a link.
@@ -68,7 +68,7 @@ impl SiteLink {
             b: b.to_string(),
             from_a: proxy(a, b, WireSide::Near)?,
             from_b: proxy(b, a, WireSide::Far)?,
-            shape: describe_shape(0.0, 0.0, 0.0, 0.0),
+            shape: LinkShape::default(),
         })
     }
 
@@ -77,15 +77,9 @@ impl SiteLink {
         (self.a == x && self.b == y) || (self.a == y && self.b == x)
     }
 
-    /// Gives both directions of the link delay ± jitter, loss and bandwidth (0: none).
-    pub fn shape(
-        &mut self,
-        delay_ms: f64,
-        jitter_ms: f64,
-        loss: f64,
-        bandwidth_mbit_s: f64,
-    ) -> anyhow::Result<()> {
-        let dir = chaos::scenario::shape_props(delay_ms, jitter_ms, loss, bandwidth_mbit_s);
+    /// Gives both directions of the link `shape` (all zero: full speed).
+    pub fn shape(&mut self, shape: LinkShape) -> anyhow::Result<()> {
+        let dir = shape.props();
         let props = LinkProps {
             to_target: dir,
             to_client: dir,
@@ -93,13 +87,8 @@ impl SiteLink {
         };
         self.from_a.set(props)?;
         self.from_b.set(props)?;
-        self.shape = describe_shape(delay_ms, jitter_ms, loss, bandwidth_mbit_s);
+        self.shape = shape;
         Ok(())
-    }
-
-    /// Full speed again.
-    pub fn unshape(&mut self) -> anyhow::Result<()> {
-        self.shape(0.0, 0.0, 0.0, 0.0)
     }
 
     pub fn record(&self) -> LinkRecord {
@@ -107,7 +96,7 @@ impl SiteLink {
         LinkRecord {
             a: self.a.clone(),
             b: self.b.clone(),
-            shape: self.shape.clone(),
+            shape: self.shape.describe(),
             bytes_a_to_b: sa.to_target.bytes + sb.to_client.bytes,
             bytes_b_to_a: sa.to_client.bytes + sb.to_target.bytes,
             connections: sa.connections_accepted + sb.connections_accepted,

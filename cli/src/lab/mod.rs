@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chaos::netns::NetLab;
-use chaos::scenario::Fault;
+use chaos::scenario::{Fault, LinkShape};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use orchestrator::client::Client;
@@ -401,17 +401,10 @@ impl Lab {
             Fault::Heal => {
                 self.net.heal_all()?;
                 for l in &mut self.links {
-                    l.unshape()?;
+                    l.shape(LinkShape::default())?;
                 }
             }
-            Fault::Shape {
-                a,
-                b,
-                delay_ms,
-                jitter_ms,
-                loss,
-                bandwidth_mbit_s,
-            } => {
+            Fault::Shape { a, b, shape } => {
                 let link = self
                     .links
                     .iter_mut()
@@ -419,14 +412,18 @@ impl Lab {
                     .with_context(|| {
                         format!("no link proxies between {a} and {b}: only links between sites with hosts are shaped")
                     })?;
-                link.shape(*delay_ms, *jitter_ms, *loss, *bandwidth_mbit_s)?;
+                link.shape(*shape)?;
             }
             Fault::ClockSkew { site, rate } => {
-                for p in self
+                let agents: Vec<&Proc> = self
                     .procs
                     .iter()
                     .filter(|p| p.kind == Kind::Agent && &p.site == site)
-                {
+                    .collect();
+                if agents.is_empty() {
+                    bail!("no agents run at {site}: only sites with hosts have clocks to skew");
+                }
+                for p in agents {
                     let dir = self.dir.join(format!("agent-{}/faults", p.name));
                     std::fs::create_dir_all(&dir)?;
                     std::fs::write(dir.join(agent::clock::RATE_FILE), format!("{rate}\n"))?;
@@ -479,7 +476,7 @@ impl Lab {
     pub fn heal_everything(&mut self) -> anyhow::Result<Vec<String>> {
         self.net.heal_all()?;
         for l in &mut self.links {
-            l.unshape()?;
+            l.shape(LinkShape::default())?;
         }
         // Failed disks are replaced, skewed clocks run true.
         for p in self.procs.iter().filter(|p| p.kind == Kind::Agent) {
