@@ -1,6 +1,8 @@
 //! Real TLS handshakes over localhost TCP between certificates `CertDir` issued:
 //! who gets in, who is refused, and what the refusal says.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use security::{AGENT_SERVER_NAME, CertDir, Principal, Role, Tls, Validity};
