@@ -94,6 +94,11 @@ pub struct AgentConfig {
     /// primaries connect to it (volumes served by agents).
     #[serde(default = "default_replication_ip")]
     pub replication_ip: String,
+    /// This host's agent certificate (`agents/HOST.crt`), its key and the cluster CA:
+    /// the agent's calls to the cluster and its replication links then use mutual TLS.
+    /// None: plain (a cluster without TLS).
+    #[serde(default)]
+    pub tls: Option<security::TlsFiles>,
 }
 
 fn default_replication_ip() -> String {

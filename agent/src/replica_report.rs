@@ -43,6 +43,8 @@ pub fn detail_of(st: &GroupStatus) -> String {
 
 pub struct Reporter {
     pub addrs: Vec<String>,
+    /// Mutual TLS to the cluster (this host's agent certificate); None: plain.
+    pub tls: Option<std::sync::Arc<security::Tls>>,
     pub app: String,
     pub site: String,
 }
@@ -95,8 +97,7 @@ impl Reporter {
         for _ in 0..self.addrs.len() {
             let addr = &self.addrs[*next % self.addrs.len()];
             let r = async {
-                let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| e.to_string())?
+                let ep = security::grpc::endpoint(addr, self.tls.as_deref())?
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(10));
                 let mut c = AgentClient::new(ep.connect().await.map_err(|e| e.to_string())?);

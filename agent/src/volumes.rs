@@ -100,6 +100,8 @@ pub struct Volumes {
     /// Where secondaries listen (the address the other site's primaries reach).
     ip: String,
     cluster: Vec<String>,
+    /// Mutual TLS for the replication links and the replica reports.
+    tls: Option<Arc<security::Tls>>,
     groups: tokio::sync::Mutex<BTreeMap<AppId, Served>>,
     /// The primaries, reachable without awaiting (fencing runs from a lease check).
     primaries: Mutex<BTreeMap<AppId, Arc<PrimaryGroup>>>,
@@ -123,12 +125,14 @@ impl Volumes {
         sockets_dir: PathBuf,
         ip: String,
         cluster: Vec<String>,
+        tls: Option<Arc<security::Tls>>,
     ) -> Volumes {
         Volumes {
             volumes_dir,
             sockets_dir,
             ip,
             cluster,
+            tls,
             groups: tokio::sync::Mutex::new(BTreeMap::new()),
             primaries: Mutex::new(BTreeMap::new()),
             drills: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -304,7 +308,7 @@ impl Volumes {
         let files = self.files(&spec);
         let (served, msg) = match spec.role {
             GroupRole::Secondary => {
-                let served = ServedSecondary::start(&files, &endpoint).await?;
+                let served = ServedSecondary::start(&files, &endpoint, self.tls.clone()).await?;
                 let m = served.group.meta();
                 let msg = format!(
                     "serving {} as secondary (files: {} at epoch {}){replaced}; endpoint={endpoint}",
@@ -325,6 +329,7 @@ impl Volumes {
                         .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch);
                 let reporter = || Reporter {
                     addrs: self.cluster.clone(),
+                    tls: self.tls.clone(),
                     app: spec.app.to_string(),
                     site: spec.site.to_string(),
                 };
@@ -343,9 +348,16 @@ impl Volumes {
                     lag_max_bytes: spec.lag_max_bytes.max(1 << 20),
                     lag_max: Duration::from_secs(u64::from(spec.lag_max_s.max(1))),
                     stop_grace: STOP_GRACE,
+                    tls: self.tls.clone(),
                 };
                 let socket = self.socket(&spec.app);
-                let served = ServedPrimary::start(&files, &opts, &socket, 0o660)?;
+                // Owner only: the agent runs as the hypervisor user (DESIGN §10).
+                let served = ServedPrimary::start(
+                    &files,
+                    &opts,
+                    &socket,
+                    replication::nbd::DEFAULT_SOCKET_MODE,
+                )?;
                 let reporter_stop = CancellationToken::new();
                 reporter().spawn(served.group.status(), reporter_stop.clone());
                 lock(&self.primaries).insert(spec.app.clone(), served.group.clone());

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use orchestrator::client::Client;
+use std::sync::Arc;
+
+use orchestrator::client::{Client, Dialer};
 use orchestrator::pb;
 use serde::Serialize;
 
@@ -26,9 +28,18 @@ pub struct ClusterArgs {
         value_name = "HOST:PORT[,...]"
     )]
     pub cluster: String,
-    /// Who is acting, as recorded in the audit log (default: $USER@hostname).
+    /// Who is acting, as recorded in the audit log (default: $USER@hostname). With
+    /// --certs the cluster records the certificate's identity instead.
     #[arg(long, global = true, env = "METRODR_ACTOR")]
     pub actor: Option<String>,
+    /// A certificate directory (`metrodr certs init`): connect with mutual TLS, as the
+    /// identity --as names. Without it, plain gRPC (a cluster running without TLS).
+    #[arg(long, global = true, env = "METRODR_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Whose certificate from --certs: an operator (operators/NAME.crt; default
+    /// admin), or for `volume serve|replica` a host (agents/NAME.crt).
+    #[arg(long = "as", global = true, env = "METRODR_AS", value_name = "NAME")]
+    pub as_name: Option<String>,
 }
 
 impl ClusterArgs {
@@ -44,8 +55,30 @@ impl ClusterArgs {
         })
     }
 
+    /// The credentials --certs and --as name, for an operator or (`role` Agent) a host.
+    pub fn tls(&self, role: security::Role) -> anyhow::Result<Option<Arc<security::Tls>>> {
+        let Some(dir) = &self.certs else {
+            return Ok(None);
+        };
+        let name = match (&self.as_name, role) {
+            (Some(n), _) => n.clone(),
+            (None, security::Role::Agent) => {
+                bail!("--certs needs --as HOST: the host whose agent certificate to use")
+            }
+            (None, _) => "admin".to_string(),
+        };
+        let files = security::CertDir::new(dir).files(role, &name);
+        let tls = security::Tls::load(&files)
+            .with_context(|| format!("loading the certificate of {name} from {}", dir.display()))?;
+        Ok(Some(Arc::new(tls)))
+    }
+
+    pub fn dialer(&self) -> anyhow::Result<Dialer> {
+        Ok(Dialer::new(self.tls(security::Role::Operator)?))
+    }
+
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.addrs()).await?)
+        Ok(self.dialer()?.connect(&self.addrs()).await?)
     }
 }
 
@@ -233,7 +266,7 @@ async fn init(a: InitArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitC
         .collect();
     // Initialize through the first node that answers.
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let client = Client::connect(&addrs).await?;
+    let client = c.dialer()?.connect(&addrs).await?;
     let mut op = client.op.clone();
     op.init_cluster(pb::InitClusterRequest {
         nodes: nodes.clone(),
@@ -597,7 +630,7 @@ async fn verify(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     let mut results = Vec::new();
     let mut unreachable = Vec::new();
     for a in &addrs {
-        match Client::connect_to(a).await {
+        match client.dialer().connect_to(a).await {
             Ok(cl) => {
                 let mut op = cl.op.clone();
                 match op.audit_verify(pb::AuditVerifyRequest { at_seq: 0 }).await {

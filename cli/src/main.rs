@@ -4,6 +4,7 @@
 //! lives in the library crates (DESIGN §2).
 
 mod agent_cmd;
+mod certs_cmd;
 mod cluster_cmd;
 mod demo;
 mod drill_cmd;
@@ -109,6 +110,10 @@ enum Command {
     #[command(subcommand)]
     Report(drill_cmd::ReportCmd),
 
+    /// The cluster CA and the certificates for mutual TLS and operator roles.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCmd),
+
     /// Run the quickstart: a whole two-site system on this machine.
     Demo(demo::DemoArgs),
 }
@@ -193,6 +198,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Topology(cmd) => topology_cmd::run(cmd, c, out),
         Command::Demo(args) => demo::run(args, out),
+        Command::Certs(cmd) => certs_cmd::run(cmd, out),
         Command::Orchestrator(a) => block_on(cluster_cmd::orchestrator(a)),
         Command::Cluster(cmd) => block_on(cluster_cmd::cluster(cmd, c, out)),
         Command::Status => block_on(cluster_cmd::status(c, out)),
@@ -223,13 +229,15 @@ fn main() -> ExitCode {
         )),
         Command::Op(cmd) => block_on(op_cmd::run(cmd, c, out)),
         Command::Volume(VolumeCmd::List { app }) => block_on(cluster_cmd::volume_list(app, c, out)),
-        Command::Volume(VolumeCmd::Serve(a)) => {
-            block_on_data_path(a.g.runtime, volume_cmd::serve(a))
-        }
-        Command::Volume(VolumeCmd::Replica(a)) => {
-            block_on_data_path(a.g.runtime, volume_cmd::replica(a))
-        }
-        Command::Volume(VolumeCmd::Import(a)) => block_on(volume_cmd::import(a)),
+        Command::Volume(VolumeCmd::Serve(a)) => c
+            .tls(security::Role::Agent)
+            .and_then(|tls| block_on_data_path(a.g.runtime, volume_cmd::serve(a, tls))),
+        Command::Volume(VolumeCmd::Replica(a)) => c
+            .tls(security::Role::Agent)
+            .and_then(|tls| block_on_data_path(a.g.runtime, volume_cmd::replica(a, tls))),
+        Command::Volume(VolumeCmd::Import(a)) => c
+            .tls(security::Role::Agent)
+            .and_then(|tls| block_on(volume_cmd::import(a, tls))),
         Command::Audit(cmd) => block_on(cluster_cmd::audit(cmd, c, out)),
         Command::Drill(cmd) => block_on(drill_cmd::drill(cmd, c, out)),
         Command::Report(drill_cmd::ReportCmd::Verify { file, public_key }) => {

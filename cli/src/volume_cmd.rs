@@ -267,7 +267,7 @@ impl GroupArgs {
 }
 
 impl PrimaryOpts {
-    fn options(&self) -> PrimaryOptions {
+    fn options(&self, tls: Tls) -> PrimaryOptions {
         let permission: Arc<dyn DegradePermission> = match self.degrade {
             DegradeArg::Never => Arc::new(NeverDegrade),
             DegradeArg::Always => {
@@ -290,6 +290,7 @@ impl PrimaryOpts {
             lag_max_bytes: self.lag_max.bytes(),
             lag_max: Duration::from_secs(self.lag_max_secs),
             stop_grace: Duration::from_secs(self.stop_grace_secs),
+            tls,
         }
     }
 }
@@ -307,11 +308,12 @@ impl Primary {
         p: &PrimaryOpts,
         socket: &Path,
         socket_mode: u32,
+        tls: Tls,
     ) -> anyhow::Result<Primary> {
         if p.peer.is_none() && p.mode == ModeArg::Async {
             bail!("--mode async needs --peer (without a peer the volumes are not replicated)");
         }
-        let served = ServedPrimary::start(&g.files(), &p.options(), socket, socket_mode)
+        let served = ServedPrimary::start(&g.files(), &p.options(tls.clone()), socket, socket_mode)
             .map_err(anyhow::Error::msg)?;
         Ok(Primary {
             served,
@@ -342,8 +344,11 @@ impl Primary {
     }
 }
 
-pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut p = Primary::start(&a.g, &a.p, &a.socket, a.socket_mode)?;
+/// A host's credentials for replication links and reports (`--certs DIR --as HOST`).
+pub type Tls = Option<Arc<security::Tls>>;
+
+pub async fn serve(a: ServeArgs, tls: Tls) -> anyhow::Result<ExitCode> {
+    let mut p = Primary::start(&a.g, &a.p, &a.socket, a.socket_mode, tls.clone())?;
     let m = p.served.group.meta();
     line(
         "ready",
@@ -358,6 +363,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         (Some(to), Some(site)) => Some(
             agent::replica_report::Reporter {
                 addrs: orchestrator::client::parse_addrs(to),
+                tls: tls.clone(),
                 app: a.g.group.clone(),
                 site: site.clone(),
             }
@@ -432,7 +438,7 @@ fn last_percent(text: &str) -> Option<f64> {
         .next()
 }
 
-pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
+pub async fn import(a: ImportArgs, tls: Tls) -> anyhow::Result<ExitCode> {
     let info = image_info(&a.image)?;
     let list = a.g.volume_list();
     let target = match &a.into {
@@ -454,7 +460,7 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("metrodr-import-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let socket = dir.join("nbd.sock");
-    let p = Primary::start(&g, &a.p, &socket, 0o600)?;
+    let p = Primary::start(&g, &a.p, &socket, 0o600, tls)?;
     let vol = p
         .served
         .vols
@@ -564,8 +570,8 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn replica(a: ReplicaArgs) -> anyhow::Result<ExitCode> {
-    let served = ServedSecondary::start(&a.g.files(), &a.listen)
+pub async fn replica(a: ReplicaArgs, tls: Tls) -> anyhow::Result<ExitCode> {
+    let served = ServedSecondary::start(&a.g.files(), &a.listen, tls)
         .await
         .map_err(anyhow::Error::msg)?;
     let group = served.group.clone();

@@ -306,7 +306,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
-    let ch = orchestrator::network::channel(&c.nodes[1].grpc).unwrap();
+    let ch = orchestrator::network::channel(&c.nodes[1].grpc, None).unwrap();
     // Agents of hosts the topology does not have, or with malformed names, are refused.
     let mut agent = orchestrator::pb::agent_client::AgentClient::new(ch.clone());
     let e = agent
@@ -387,7 +387,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     };
     let leader_addr = status(&a).await.unwrap().leader_addr;
     let mut to_leader = orchestrator::network::cluster_client(
-        orchestrator::network::channel(&leader_addr).unwrap(),
+        orchestrator::network::channel(&leader_addr, None).unwrap(),
     );
     let e = to_leader
         .propose(orchestrator::network::encode(&bad).unwrap())

@@ -21,6 +21,7 @@ async fn start(dir: &std::path::Path, name: &str) -> orchestrator::server::Runni
         write_timeout_ms: 10_000,
         timing: Default::default(),
         signing_key: None,
+        tls: None,
     };
     orchestrator::server::start(&cfg).await.expect("start node")
 }

@@ -1,9 +1,11 @@
 //! The operator client: connects to any reachable node of a cluster and, for requests
 //! that must run on the leader, follows the leader hint a follower answers with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use security::Tls;
+use tonic::transport::Channel;
 
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::pb::operator_client::OperatorClient;
@@ -55,21 +57,79 @@ impl ClientError {
 pub struct Client {
     pub addr: String,
     pub op: OperatorClient<Channel>,
+    dialer: Dialer,
 }
 
-async fn connect_one(addr: &str) -> Result<Client, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("{addr}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true);
-    let ch = ep.connect().await.map_err(|e| format!("{addr}: {e}"))?;
-    Ok(Client {
-        addr: addr.to_string(),
-        op: OperatorClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    })
+/// How to reach the cluster: with this operator's credentials (mutual TLS), or plain
+/// gRPC to a cluster running without TLS.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// The text of a failed connection, with the TLS reason when there is one (tonic
+/// nests it a few sources deep).
+fn connect_error(addr: &str, e: &tonic::transport::Error) -> String {
+    let mut why = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            why = security::tls::describe(io);
+            break;
+        }
+        why = s.to_string();
+        src = s.source();
+    }
+    format!("{addr}: {why}")
+}
+
+impl Dialer {
+    pub fn new(tls: Option<Arc<Tls>>) -> Dialer {
+        Dialer { tls }
+    }
+
+    async fn one(&self, addr: &str) -> Result<Client, String> {
+        let ep = security::grpc::endpoint(addr, self.tls.as_deref())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true);
+        let ch = ep.connect().await.map_err(|e| connect_error(addr, &e))?;
+        Ok(Client {
+            addr: addr.to_string(),
+            op: OperatorClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            dialer: self.clone(),
+        })
+    }
+
+    /// Connect to the first reachable address.
+    pub async fn connect(&self, addrs: &[String]) -> Result<Client, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        let mut last = String::new();
+        for a in addrs {
+            match self.one(a).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(ClientError::Unreachable {
+            tried: addrs.join(", "),
+            last,
+        })
+    }
+
+    /// Connect to one specific node.
+    pub async fn connect_to(&self, addr: &str) -> Result<Client, ClientError> {
+        self.one(addr)
+            .await
+            .map_err(|last| ClientError::Unreachable {
+                tried: addr.to_string(),
+                last,
+            })
+    }
 }
 
 /// Split `a:1,b:2` (and spaces) into addresses.
@@ -82,32 +142,19 @@ pub fn parse_addrs(s: &str) -> Vec<String> {
 }
 
 impl Client {
-    /// Connect to the first reachable address.
+    /// Connect to the first reachable address of a cluster without TLS.
     pub async fn connect(addrs: &[String]) -> Result<Client, ClientError> {
-        if addrs.is_empty() {
-            return Err(ClientError::NoAddress);
-        }
-        let mut last = String::new();
-        for a in addrs {
-            match connect_one(a).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
-            }
-        }
-        Err(ClientError::Unreachable {
-            tried: addrs.join(", "),
-            last,
-        })
+        Dialer::default().connect(addrs).await
     }
 
-    /// Connect to one specific node.
+    /// Connect to one node of a cluster without TLS.
     pub async fn connect_to(addr: &str) -> Result<Client, ClientError> {
-        connect_one(addr)
-            .await
-            .map_err(|last| ClientError::Unreachable {
-                tried: addr.to_string(),
-                last,
-            })
+        Dialer::default().connect_to(addr).await
+    }
+
+    /// How this client connected (to reach other nodes the same way).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// Run `call` here; if the node answers that the leader is elsewhere (the
@@ -127,7 +174,7 @@ impl Client {
                     .map(str::to_string);
                 match hint {
                     Some(leader) if leader != self.addr => {
-                        let c = Client::connect_to(&leader).await?;
+                        let c = self.dialer.connect_to(&leader).await?;
                         call(c.op.clone())
                             .await
                             .map(tonic::Response::into_inner)

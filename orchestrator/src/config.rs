@@ -9,6 +9,11 @@
 //!
 //! [timing]                            # optional: Raft timers, same keys as a topology's
 //! raft_heartbeat_ms = 100
+//!
+//! [tls]                               # mutual TLS (`metrodr certs init`); without it
+//! ca = "/etc/metrodr/certs/ca.crt"    # the node serves plain gRPC to anyone, and says so
+//! cert = "/etc/metrodr/certs/nodes/orch-north.crt"
+//! key = "/etc/metrodr/certs/nodes/orch-north.key"
 //! ```
 
 use std::net::SocketAddr;
@@ -41,6 +46,12 @@ pub struct NodeConfig {
     /// with `metrodr report keygen --out FILE`. Without it, the node serves no reports.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// This node's certificate (role node, named like the node), its key and the
+    /// cluster CA: every gRPC connection to and from the node then uses mutual TLS and
+    /// every call is authorized by the caller's role. None: plain gRPC, no
+    /// authorization (a test or a lab on one machine only).
+    #[serde(default)]
+    pub tls: Option<security::TlsFiles>,
 }
 
 fn default_write_timeout_ms() -> u64 {

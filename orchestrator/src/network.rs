@@ -13,9 +13,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use security::Tls;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::pb::RaftMessage;
 use crate::pb::cluster_client::ClusterClient;
@@ -48,9 +49,10 @@ pub fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, String> {
     serde_json::from_slice(&m.json).map_err(|e| format!("undecodable message: {e}"))
 }
 
-/// A gRPC channel to a peer's address; connects lazily and reconnects by itself.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// A gRPC channel to a peer's address (mutual TLS with `tls`); connects lazily and
+/// reconnects by itself.
+pub fn channel(addr: &str, tls: Option<&Tls>) -> Result<Channel, String> {
+    Ok(security::grpc::endpoint(addr, tls)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy())
@@ -87,6 +89,8 @@ impl PeerHealth {
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     pub health: PeerHealth,
+    /// This node's credentials; None: plain gRPC.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -96,7 +100,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             addr: node.addr.clone(),
-            client: channel(&node.addr).ok().map(cluster_client),
+            client: channel(&node.addr, self.tls.as_deref())
+                .ok()
+                .map(cluster_client),
             health: self.health.clone(),
         }
     }

@@ -49,6 +49,11 @@ pub struct Node {
     /// The cluster key that signs reports (the same file on every node); None: this
     /// node cannot sign, and says so when asked for a report.
     pub signing_key: Option<drills::SigningKey>,
+    /// This node's credentials: every connection is mutual TLS and every call is
+    /// authorized ([`crate::service::auth`]). None: plain gRPC, no authorization.
+    pub tls: Option<Arc<security::Tls>>,
+    /// Connections refused during the TLS handshake, not yet in the audit log.
+    pub refusals: std::sync::Mutex<crate::service::auth::Refusals>,
     peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
     /// When this node last accepted an AppendEntries (heartbeat) from a leader.
     leader_contact: std::sync::Mutex<Option<Instant>>,
@@ -65,6 +70,7 @@ pub struct NodeParts {
     pub health: PeerHealth,
     pub timing: Timing,
     pub signing_key: Option<drills::SigningKey>,
+    pub tls: Option<Arc<security::Tls>>,
 }
 
 impl Node {
@@ -86,6 +92,8 @@ impl Node {
             health: p.health,
             timing: p.timing,
             signing_key: p.signing_key,
+            tls: p.tls,
+            refusals: Default::default(),
             peers: Mutex::new(HashMap::new()),
             leader_contact: std::sync::Mutex::new(None),
         }
@@ -203,7 +211,7 @@ impl Node {
             match peers.get(&leader.addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let ch = network::channel(&leader.addr).map_err(|e| {
+                    let ch = network::channel(&leader.addr, self.tls.as_deref()).map_err(|e| {
                         Status::internal(format!("bad leader address {:?}: {e}", leader.addr))
                     })?;
                     let c = network::cluster_client(ch);

@@ -40,6 +40,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} ({what}): is another process using it?")]
     Bind {
         addr: SocketAddr,
@@ -56,6 +58,22 @@ pub struct RunningNode {
     pub http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Load the node's credentials; the certificate must be a node certificate of this
+/// node's name (a copied agent or operator certificate would be refused by every peer
+/// anyway; saying so at startup is kinder).
+fn load_tls(files: &security::TlsFiles, name: &str) -> Result<security::Tls, StartError> {
+    let tls = security::Tls::load(files).map_err(|e| StartError::Tls(e.to_string()))?;
+    let p = &tls.principal;
+    if p.role != security::Role::Node || p.name != name {
+        return Err(StartError::Tls(format!(
+            "{} is the certificate of {p}, not of node {name}: point [tls] cert and key at nodes/{name}.crt and .key",
+            files.cert.display()
+        )));
+    }
+    tracing::info!(node = %name, "mutual TLS on; certificate valid until {}", tls.not_after);
+    Ok(tls)
 }
 
 /// Bind with SO_REUSEADDR so that a restarted node gets its old port back at once.
@@ -86,6 +104,17 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         ),
         None => None,
     };
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(load_tls(files, &config.name)?)),
+        None => {
+            tracing::warn!(
+                node = %config.name,
+                "TLS is off: anyone who can reach {} can command this cluster. Configure [tls] (see `metrodr certs init`)",
+                config.listen
+            );
+            None
+        }
+    };
     let (log, sm) = crate::store::open(&config.data_dir)?;
     let state = sm.shared();
     let committed = log.committed_index();
@@ -111,7 +140,10 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
 
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Raft)?);
     let id = node_id_of(&config.name);
-    let network = Network::default();
+    let network = Network {
+        tls: tls.clone(),
+        ..Network::default()
+    };
     let health = network.health.clone();
     let raft = Raft::new(id, raft_config, network, log, sm)
         .await
@@ -126,6 +158,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         health,
         timing: config.timing.clone(),
         signing_key,
+        tls: tls.clone(),
     }));
 
     let listener = bind(config.listen, "gRPC")?;
@@ -137,7 +170,6 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let cluster = ClusterServer::new(ClusterService { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -147,20 +179,44 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
     let agent = AgentServer::new(AgentService { node: node.clone() });
     let mut rx = stop_rx.clone();
     let name = config.name.clone();
-    tasks.push(tokio::spawn(async move {
-        let res = Server::builder()
-            .add_service(cluster)
-            .add_service(operator)
-            .add_service(agent)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
+    let grpc = Server::builder()
+        .add_service(cluster)
+        .add_service(operator)
+        .add_service(agent);
+    let shutdown = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let stopped = move |res: Result<(), tonic::transport::Error>| {
         if let Err(e) = res {
             tracing::error!(node = %name, "gRPC server stopped: {e}");
         }
-    }));
-
+    };
+    let serving = match &tls {
+        Some(tls) => {
+            let n = node.clone();
+            let refused = Arc::new(move |r| {
+                n.refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(r)
+            });
+            let incoming = security::grpc::incoming(listener, tls.clone(), refused);
+            tokio::spawn(async move {
+                stopped(grpc.serve_with_incoming_shutdown(incoming, shutdown).await)
+            })
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(async move {
+                stopped(grpc.serve_with_incoming_shutdown(incoming, shutdown).await)
+            })
+        }
+    };
+    tasks.push(serving);
+    tasks.push(tokio::spawn(crate::service::auth::run_refusal_audit(
+        node.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::detector::run(
         node.clone(),
         stop_rx.clone(),

@@ -24,3 +24,7 @@ pub mod secondary;
 pub mod service;
 pub mod snapshot;
 pub mod volume;
+
+/// A replication connection's halves, plain TCP or TLS alike.
+pub type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+pub type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;

@@ -116,7 +116,19 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
         Err(_) => return End::Failed(format!("connecting to {peer} timed out")),
     };
     let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr): (crate::ReadHalf, crate::WriteHalf) = match &group.cfg.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Some(tls) => match tls.connect(stream, security::AGENT_SERVER_NAME).await {
+            Ok(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+            Err(why) => return End::Failed(format!("TLS to {peer}: {why}")),
+        },
+    };
     let mut reader = FramedRead::new(rd, FrameCodec);
     let mut writer = FramedWrite::new(wr, FrameCodec);
 
@@ -275,7 +287,7 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
 
 async fn read_loop(
     group: Arc<PrimaryGroup>,
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    mut reader: FramedRead<crate::ReadHalf, FrameCodec>,
     sums: mpsc::Sender<(u16, Vec<(u32, u32)>)>,
 ) -> End {
     loop {
@@ -340,7 +352,7 @@ fn drop_acknowledged(group: &PrimaryGroup, seq: u64) {
 
 async fn write_loop(
     group: Arc<PrimaryGroup>,
-    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut writer: FramedWrite<crate::WriteHalf, FrameCodec>,
     mut ctl: mpsc::Receiver<Frame>,
     epoch: u64,
 ) -> End {

@@ -87,6 +87,9 @@ pub struct GroupConfig {
     pub peer_timeout: Duration,
     /// Resync batch: regions compared per checksum request.
     pub resync_batch: usize,
+    /// Mutual TLS to the peer (it must hold an agent certificate of the same CA);
+    /// None: plain TCP.
+    pub tls: Option<std::sync::Arc<security::Tls>>,
 }
 
 impl GroupConfig {
@@ -101,6 +104,7 @@ impl GroupConfig {
             ping_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             resync_batch: 256,
+            tls: None,
         }
     }
 }

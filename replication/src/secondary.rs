@@ -183,6 +183,7 @@ pub async fn serve(
     group: Arc<ReplicaGroup>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<security::Tls>>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -191,8 +192,19 @@ pub async fn serve(
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
                     let g = group.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        if let Err(why) = connection(&g, s).await {
+                        let io = match secure(s, tls.as_deref()).await {
+                            Ok(io) => io,
+                            Err(why) => {
+                                tracing::warn!(group = %g.name, %peer, "refused a replication connection: {why}");
+                                g.status.send_modify(|st| {
+                                    st.last_error = format!("refused a connection from {peer}: {why}");
+                                });
+                                return;
+                            }
+                        };
+                        if let Err(why) = connection(&g, io).await {
                             tracing::warn!(group = %g.name, %peer, "replication connection closed: {why}");
                             g.status.send_modify(|st| {
                                 st.connected = false;
@@ -227,7 +239,28 @@ async fn replaced(gen_rx: &mut watch::Receiver<u64>, mine: u64) {
     let _ = gen_rx.wait_for(|g| *g != mine).await.map(|_| ());
 }
 
-type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
+type Writer = FramedWrite<crate::WriteHalf, FrameCodec>;
+
+/// The two halves of a connection: plain TCP, or TLS after a handshake that proved the
+/// primary holds an agent certificate of this cluster's CA.
+async fn secure(
+    tcp: TcpStream,
+    tls: Option<&security::Tls>,
+) -> Result<(crate::ReadHalf, crate::WriteHalf), String> {
+    let Some(tls) = tls else {
+        let (r, w) = tcp.into_split();
+        return Ok((Box::new(r), Box::new(w)));
+    };
+    let (s, who) = tls.accept(tcp).await?;
+    security::authorize(
+        &who,
+        security::Access::Replicate,
+        "stream writes to a replica",
+    )
+    .map_err(|d| d.to_string())?;
+    let (r, w) = tokio::io::split(s);
+    Ok((Box::new(r), Box::new(w)))
+}
 
 async fn refuse(w: &mut Writer, epoch: u64, why: String) -> Result<(), String> {
     let _ = w
@@ -240,8 +273,10 @@ async fn refuse(w: &mut Writer, epoch: u64, why: String) -> Result<(), String> {
     Err(why)
 }
 
-async fn connection(group: &Arc<ReplicaGroup>, stream: TcpStream) -> Result<(), String> {
-    let (rd, wr) = stream.into_split();
+async fn connection(
+    group: &Arc<ReplicaGroup>,
+    (rd, wr): (crate::ReadHalf, crate::WriteHalf),
+) -> Result<(), String> {
     let mut reader = FramedRead::new(rd, FrameCodec);
     let mut writer = FramedWrite::new(wr, FrameCodec);
     let (hello, epoch): (Hello, u64) =

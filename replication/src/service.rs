@@ -108,6 +108,8 @@ pub struct PrimaryOptions {
     pub lag_max: Duration,
     /// On stop, how long to wait for the peer to confirm the last writes.
     pub stop_grace: Duration,
+    /// Mutual TLS on the replication link; None: plain TCP.
+    pub tls: Option<Arc<security::Tls>>,
 }
 
 /// A primary group being served: its NBD server on a unix socket and its link.
@@ -153,6 +155,7 @@ impl ServedPrimary {
         cfg.peer_timeout = o.peer_timeout.max(Duration::from_millis(100));
         cfg.lag_max_bytes = o.lag_max_bytes;
         cfg.lag_max = o.lag_max.max(Duration::from_secs(1));
+        cfg.tls.clone_from(&o.tls);
         let group = PrimaryGroup::open(cfg, vols.clone(), meta, o.permission.clone())?;
         let link = tokio::spawn(crate::link::run(group.clone()));
         let exports = vols
@@ -231,8 +234,13 @@ pub struct ServedSecondary {
 
 impl ServedSecondary {
     /// Open the group as secondary and accept its primary's stream on `listen`
-    /// (host:port; port 0 picks one, see [`ServedSecondary::addr`]).
-    pub async fn start(g: &GroupFiles, listen: &str) -> Result<ServedSecondary, String> {
+    /// (host:port; port 0 picks one, see [`ServedSecondary::addr`]); with `tls`, only
+    /// from a primary holding an agent certificate of the same CA.
+    pub async fn start(
+        g: &GroupFiles,
+        listen: &str,
+        tls: Option<Arc<security::Tls>>,
+    ) -> Result<ServedSecondary, String> {
         let (vols, meta) = open_group(g, Role::Secondary)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -240,7 +248,12 @@ impl ServedSecondary {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let group = ReplicaGroup::new(&g.name, vols.clone(), meta);
         let (stop, stop_rx) = watch::channel(false);
-        let serving = tokio::spawn(crate::secondary::serve(group.clone(), listener, stop_rx));
+        let serving = tokio::spawn(crate::secondary::serve(
+            group.clone(),
+            listener,
+            stop_rx,
+            tls,
+        ));
         Ok(ServedSecondary {
             group,
             vols,
@@ -268,7 +281,7 @@ pub struct ServedSnapshot {
 
 impl ServedSnapshot {
     /// Snapshot `group` at its last applied frame (files in `dir`) and serve it on
-    /// `socket` (mode 0660). Must run inside a tokio runtime.
+    /// `socket` (owner only, mode 0600). Must run inside a tokio runtime.
     pub async fn start(
         group: &Arc<ReplicaGroup>,
         dir: &Path,
@@ -291,8 +304,13 @@ impl ServedSnapshot {
         let served = ExportSet::new(exports)
             .map_err(|e| e.to_string())
             .and_then(|exports| {
-                UnixServer::bind(socket, 0o660, Arc::new(exports), ServerConfig::default())
-                    .map_err(|e| format!("listening on {}: {e}", socket.display()))
+                UnixServer::bind(
+                    socket,
+                    crate::nbd::DEFAULT_SOCKET_MODE,
+                    Arc::new(exports),
+                    ServerConfig::default(),
+                )
+                .map_err(|e| format!("listening on {}: {e}", socket.display()))
             });
         let server = match served {
             Ok(s) => s,

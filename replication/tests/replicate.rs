@@ -34,7 +34,7 @@ async fn secondary(path: &Path, listen: &str, epoch: u64) -> (Secondary, String)
     let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(group.clone(), listener, rx));
+    let task = tokio::spawn(serve(group.clone(), listener, rx, None));
     (Secondary { group, stop, task }, addr)
 }
 

@@ -6,6 +6,7 @@
 //!   explained;
 //! - [`policy`]: what each role may do (pure; the whole table is tested).
 
+pub mod grpc;
 pub mod identity;
 pub mod pki;
 pub mod policy;

@@ -241,12 +241,12 @@ pub fn describe(e: &std::io::Error) -> String {
             "the server requires a client certificate and this process sent none".into()
         }
         E::AlertReceived(A::UnknownCA) => {
-            "the server does not trust this process's certificate (it is from another CA)".into()
+            "the peer does not trust this process's certificate (it is from another CA)".into()
         }
         E::AlertReceived(A::CertificateExpired) => {
-            "the server refused this process's certificate: it has expired".into()
+            "the peer refused this process's certificate: it has expired".into()
         }
-        E::AlertReceived(a) => format!("the server refused the handshake ({a:?})"),
+        E::AlertReceived(a) => format!("the peer refused the handshake ({a:?})"),
         other => format!("TLS handshake failed: {other}"),
     }
 }

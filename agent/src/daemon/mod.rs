@@ -24,7 +24,7 @@ use std::time::Duration;
 use proto::pb;
 use proto::pb::agent_client::AgentClient;
 use tokio::sync::{Notify, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use topology::VmId;
 
 use crate::clock::LeaseClock;
@@ -62,6 +62,8 @@ pub enum AgentError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot prepare {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -76,12 +78,14 @@ struct Conn {
     current: usize,
     hint: Option<String>,
     client: Option<(String, AgentClient<Channel>)>,
+    tls: Option<Arc<security::Tls>>,
 }
 
 impl Conn {
-    fn new(addrs: Vec<String>) -> Self {
+    fn new(addrs: Vec<String>, tls: Option<Arc<security::Tls>>) -> Self {
         Conn {
             addrs,
+            tls,
             current: 0,
             hint: None,
             client: None,
@@ -99,7 +103,7 @@ impl Conn {
         {
             return Some((a.clone(), c.clone()));
         }
-        let ep = Endpoint::from_shared(format!("http://{want}"))
+        let ep = security::grpc::endpoint(&want, self.tls.as_deref())
             .ok()?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
@@ -258,8 +262,27 @@ pub async fn start_with(
         sockets_dir: cfg.sockets_dir(),
         consoles_dir: cfg.consoles_dir(),
     };
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let tls = security::Tls::load(files).map_err(|e| AgentError::Tls(e.to_string()))?;
+            let p = &tls.principal;
+            if p.role != security::Role::Agent || p.name != cfg.host {
+                return Err(AgentError::Tls(format!(
+                    "{} is the certificate of {p}, not of the agent of {}: use agents/{}.crt and .key",
+                    files.cert.display(),
+                    cfg.host,
+                    cfg.host
+                )));
+            }
+            Some(Arc::new(tls))
+        }
+        None => {
+            tracing::warn!(host = %cfg.host, "TLS is off: this agent talks to the cluster and to its replication peers in the clear");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
-        conn: tokio::sync::Mutex::new(Conn::new(cfg.cluster.to_vec())),
+        conn: tokio::sync::Mutex::new(Conn::new(cfg.cluster.to_vec(), tls.clone())),
         domain_type: Mutex::new(DomainType::Qemu),
         hv,
         fence,
@@ -280,6 +303,7 @@ pub async fn start_with(
             cfg.sockets_dir(),
             cfg.replication_ip.clone(),
             cfg.cluster.to_vec(),
+            tls,
         )),
         cfg,
     });

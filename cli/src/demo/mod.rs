@@ -17,12 +17,14 @@ pub(crate) mod storage;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use orchestrator::client::Client;
+use orchestrator::client::Dialer;
 use orchestrator::pb;
+use security::CertDir;
 use serde::Serialize;
 use topology::Topology;
 use topology::validate::{dependency_order, rto_estimates};
@@ -212,7 +214,29 @@ impl Drop for Procs {
     }
 }
 
-fn spawn_node(dir: &Path, name: &str) -> anyhow::Result<(Child, String)> {
+/// A cluster CA and certificates for everyone of `topo` plus an admin in
+/// `dir/certs`, and the admin's dialer: the demo runs with mutual TLS on.
+pub(crate) fn demo_certs(dir: &Path, topo: &Topology) -> anyhow::Result<(CertDir, Dialer)> {
+    let admin =
+        security::Principal::new(security::Role::Admin, "admin").map_err(anyhow::Error::msg)?;
+    let who = crate::certs_cmd::principals(Some(topo), &[admin])?;
+    let certs = crate::certs_cmd::ensure(&dir.join("certs"), &who, 30)?;
+    let tls = security::Tls::load(&certs.files(security::Role::Admin, "admin"))?;
+    Ok((certs, Dialer::new(Some(Arc::new(tls)))))
+}
+
+/// The `[tls]` section of a node's or agent's config.
+pub(crate) fn tls_section(certs: &CertDir, role: security::Role, name: &str) -> String {
+    let f = certs.files(role, name);
+    format!(
+        "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        f.ca.display(),
+        f.cert.display(),
+        f.key.display()
+    )
+}
+
+fn spawn_node(dir: &Path, name: &str, certs: &CertDir) -> anyhow::Result<(Child, String)> {
     let cfg = dir.join(format!("{name}.toml"));
     // One cluster signing key for every node (it signs the reports).
     let key = dir.join("cluster.key");
@@ -222,9 +246,10 @@ fn spawn_node(dir: &Path, name: &str) -> anyhow::Result<(Child, String)> {
     std::fs::write(
         &cfg,
         format!(
-            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nsigning_key = \"{}\"\n",
+            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nsigning_key = \"{}\"\n{}",
             dir.join(name).display(),
-            key.display()
+            key.display(),
+            tls_section(certs, security::Role::Node, name)
         ),
     )?;
     let exe = std::env::current_exe().context("locating the metrodr binary")?;
@@ -249,8 +274,8 @@ fn spawn_node(dir: &Path, name: &str) -> anyhow::Result<(Child, String)> {
     Ok((child, addr))
 }
 
-async fn leader_of(addr: &str) -> Option<String> {
-    let c = Client::connect_to(addr).await.ok()?;
+async fn leader_of(dialer: &Dialer, addr: &str) -> Option<String> {
+    let c = dialer.connect_to(addr).await.ok()?;
     let mut op = c.op.clone();
     let s = tokio::time::timeout(Duration::from_secs(1), op.status(pb::StatusRequest {}))
         .await
@@ -272,8 +297,9 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
             topo.orchestrators.len()
         );
     }
+    let (certs, dialer) = demo_certs(&dir, topo)?;
     for o in &topo.orchestrators {
-        let (child, addr) = spawn_node(&dir, o.id.as_str())?;
+        let (child, addr) = spawn_node(&dir, o.id.as_str(), &certs)?;
         if table {
             println!(
                 "  {} (site {}) pid {} listening on {addr}",
@@ -285,7 +311,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         procs.children.push((o.id.to_string(), child, addr));
     }
     let addrs: Vec<String> = procs.children.iter().map(|(_, _, a)| a.clone()).collect();
-    let client = Client::connect(&addrs).await?;
+    let client = dialer.connect(&addrs).await?;
     let mut op = client.op.clone();
     let nodes = topo
         .orchestrators
@@ -300,7 +326,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     op.init_cluster(pb::InitClusterRequest { nodes }).await?;
     let t0 = Instant::now();
     let leader = loop {
-        if let Some(l) = leader_of(&addrs[0]).await {
+        if let Some(l) = leader_of(&dialer, &addrs[0]).await {
             break l;
         }
         if t0.elapsed() > Duration::from_secs(15) {
@@ -355,7 +381,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     let new_leader = loop {
         let mut found = None;
         for a in &survivors {
-            if let Some(l) = leader_of(a).await.filter(|l| *l != leader) {
+            if let Some(l) = leader_of(&dialer, a).await.filter(|l| *l != leader) {
                 found = Some(l);
                 break;
             }
@@ -369,7 +395,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let election_ms = u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let survivor = Client::connect(&survivors).await?;
+    let survivor = dialer.connect(&survivors).await?;
     let mut sop = survivor.op.clone();
     // The survivor answering may not know the new leader yet (it learns it from the
     // first heartbeat): write at the leader, retrying for a few heartbeats.
@@ -413,7 +439,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     let lost = before.iter().filter(|e| !after.contains(e)).count() as u64;
     let mut verified = true;
     for a in &survivors {
-        let c = Client::connect_to(a).await?;
+        let c = dialer.connect_to(a).await?;
         let mut vop = c.op.clone();
         let v = vop
             .audit_verify(pb::AuditVerifyRequest { at_seq: 0 })

@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use orchestrator::client::Client;
 use orchestrator::pb;
 use orchestrator::state::{OpStatus, Operation};
+use security::CertDir;
 use serde::Serialize;
 use topology::Topology;
 
@@ -101,15 +102,22 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn spawn_agent(dir: &Path, host: &str, cluster: &str, uri: &str) -> anyhow::Result<Child> {
+fn spawn_agent(
+    dir: &Path,
+    host: &str,
+    cluster: &str,
+    uri: &str,
+    certs: &CertDir,
+) -> anyhow::Result<Child> {
     let state = dir.join(format!("agent-{host}"));
     let cfg = dir.join(format!("agent-{host}.toml"));
     std::fs::write(
         &cfg,
         format!(
             "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{}\"\n\
-             disk_backend = \"nbd\"\ndomain_type = \"qemu\"\n",
-            state.display()
+             disk_backend = \"nbd\"\ndomain_type = \"qemu\"\n{}",
+            state.display(),
+            super::tls_section(certs, security::Role::Agent, host)
         ),
     )?;
     let exe = std::env::current_exe().context("locating the metrodr binary")?;
@@ -194,14 +202,15 @@ pub async fn site_failover(
     }
     // Control plane.
     let mut addrs = Vec::new();
+    let (certs, dialer) = super::demo_certs(dir, &topo)?;
     for o in &topo.orchestrators {
-        let (child, addr) = super::spawn_node(dir, o.id.as_str())?;
+        let (child, addr) = super::spawn_node(dir, o.id.as_str(), &certs)?;
         kids.0.push((o.id.to_string(), child));
         addrs.push((o, addr));
     }
     let all: Vec<String> = addrs.iter().map(|(_, a)| a.clone()).collect();
     let cluster = all.join(",");
-    let client = Client::connect(&all).await?;
+    let client = dialer.connect(&all).await?;
     client
         .op
         .clone()
@@ -226,7 +235,7 @@ pub async fn site_failover(
     for h in &topo.hosts {
         kids.0.push((
             h.id.to_string(),
-            spawn_agent(dir, h.id.as_str(), &cluster, &h.libvirt_uri)?,
+            spawn_agent(dir, h.id.as_str(), &cluster, &h.libvirt_uri, &certs)?,
         ));
     }
     wait(Duration::from_secs(20), "every agent registered", || {
@@ -358,7 +367,7 @@ pub async fn site_failover(
         .filter(|(o, _)| o.site.as_str() != LOST)
         .map(|(_, a)| a.clone())
         .collect();
-    let sc = Client::connect(&survivors).await?;
+    let sc = dialer.connect(&survivors).await?;
     let op = wait(
         Duration::from_secs(30),
         "the automatic failover",

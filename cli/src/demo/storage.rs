@@ -46,16 +46,23 @@ impl Drop for Vol {
 }
 
 impl Vol {
+    /// Start `metrodr volume ARGS` as `host` (its agent certificate from `certs`: the
+    /// replication link is mutual TLS).
     pub(super) fn start(
         dir: &Path,
         name: &str,
         args: &[&str],
+        certs: &Path,
+        host: &str,
     ) -> anyhow::Result<(Vol, serde_json::Value)> {
         let exe = std::env::current_exe().context("locating the metrodr binary")?;
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut child = Command::new(exe)
             .arg("volume")
             .args(args)
+            .arg("--certs")
+            .arg(certs)
+            .args(["--as", host])
             .env("METRODR_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -186,6 +193,14 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
             app.id
         );
     }
+    // One host per site, each with its agent certificate.
+    let (host_a, host_b) = (format!("{site_a}-storage"), format!("{site_b}-storage"));
+    let hosts = [&host_a, &host_b]
+        .map(|h| security::Principal::new(security::Role::Agent, h).map_err(anyhow::Error::msg))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (certs, _) = crate::certs_cmd::create(&dir.join("certs"), &hosts, 30)?;
+    let certs = certs.root;
     let a_raw = dir.join(format!("{site_a}-{id}.raw"));
     let b_raw = dir.join(format!("{site_b}-{id}.raw"));
     let a_vol = format!("{id}={}", a_raw.display());
@@ -202,6 +217,8 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
             "--listen",
             "127.0.0.1:0",
         ],
+        &certs,
+        &host_b,
     )?;
     let listen = ready["listen"]
         .as_str()
@@ -215,6 +232,8 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
         &[
             "serve", "--volume", &a_vol, "--size", SIZE, "--socket", &a_sock_s, "--peer", &listen,
         ],
+        &certs,
+        &host_a,
     )?;
     let writers = Writers::start(connect(&a_sock, &id).await?, BLOCKS).await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -245,6 +264,8 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
             "--epoch",
             "2",
         ],
+        &certs,
+        &host_b,
     )?;
     let cb = connect(&b_sock, &id).await?;
     cb.read(0, 4096)

@@ -287,8 +287,9 @@ fn print_record(rec: &LabRecord) {
         );
     }
     println!(
-        "  use it: metrodr --cluster {} status",
-        rec.orchestrators.join(",")
+        "  use it: metrodr --cluster {} --certs {} status",
+        rec.orchestrators.join(","),
+        rec.certs.display()
     );
 }
 

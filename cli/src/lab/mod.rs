@@ -95,6 +95,9 @@ pub struct LabRecord {
     /// The WAN links between production sites and their shape.
     #[serde(default)]
     pub links: Vec<links::LinkRecord>,
+    /// The lab's certificate directory (use it with `--certs`; the CLI acts as admin).
+    #[serde(default)]
+    pub certs: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -115,6 +118,10 @@ pub struct Lab {
     pub procs: Vec<Proc>,
     /// Orchestrator gRPC addresses, as `host:port`.
     pub addrs: Vec<String>,
+    /// The lab's certificates (`DIR/certs`): every process runs with mutual TLS.
+    pub certs: security::CertDir,
+    /// How the lab's own calls reach the cluster (as its admin).
+    pub dialer: orchestrator::client::Dialer,
     exe: PathBuf,
     /// The node the last `kill-leader` killed.
     killed_leader: Option<usize>,
@@ -156,7 +163,10 @@ impl Lab {
         if !key.exists() {
             drills::generate_key_file(&key).context("creating the cluster signing key")?;
         }
+        let (certs, dialer) = crate::demo::demo_certs(dir, &topo)?;
         let mut lab = Lab {
+            certs,
+            dialer,
             dir: dir.to_path_buf(),
             topo: topo.clone(),
             net,
@@ -172,10 +182,11 @@ impl Lab {
             std::fs::write(
                 &config,
                 format!(
-                    "name = \"{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nsigning_key = \"{}\"\n",
+                    "name = \"{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nsigning_key = \"{}\"\n{}",
                     o.id,
                     dir.join(o.id.as_str()).display(),
-                    key.display()
+                    key.display(),
+                    crate::demo::tls_section(&lab.certs, security::Role::Node, o.id.as_str())
                 ),
             )?;
             lab.procs.push(Proc {
@@ -195,11 +206,12 @@ impl Lab {
                 &config,
                 format!(
                     "host = \"{}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"{}\"\nstate_dir = \"{}\"\n\
-                     disk_backend = \"nbd\"\ndomain_type = \"qemu\"\nreplication_ip = \"{}\"\n",
+                     disk_backend = \"nbd\"\ndomain_type = \"qemu\"\nreplication_ip = \"{}\"\n{}",
                     h.id,
                     h.libvirt_uri,
                     dir.join(format!("agent-{}", h.id)).display(),
-                    lab.net.addr(h.site.as_str())
+                    lab.net.addr(h.site.as_str()),
+                    crate::demo::tls_section(&lab.certs, security::Role::Agent, h.id.as_str())
                 ),
             )?;
             lab.procs.push(Proc {
@@ -217,7 +229,7 @@ impl Lab {
             }
         }
         // No leader yet: any node takes the init.
-        let client = Client::connect(&lab.addrs).await?;
+        let client = lab.dialer.connect(&lab.addrs).await?;
         client
             .op
             .clone()
@@ -305,13 +317,13 @@ impl Lab {
             .leader_at()
             .await
             .context("no orchestrator node knows a leader")?;
-        Ok(Client::connect_to(&addr).await?)
+        Ok(self.dialer.connect_to(&addr).await?)
     }
 
     /// The leader's name and address, as the leader itself confirms.
     pub async fn leader_at(&self) -> Option<(String, String)> {
         for a in &self.addrs {
-            let Ok(c) = Client::connect_to(a).await else {
+            let Ok(c) = self.dialer.connect_to(a).await else {
                 continue;
             };
             let s = tokio::time::timeout(
@@ -529,6 +541,7 @@ impl Lab {
                 })
                 .collect(),
             links: self.links.iter().map(links::SiteLink::record).collect(),
+            certs: self.certs.root.clone(),
         }
     }
 

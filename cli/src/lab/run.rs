@@ -207,12 +207,12 @@ async fn drive(
     let checker = Arc::new(Mutex::new(Checker::default()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let sampler = {
-        let (addrs, checker) = (lab.addrs.clone(), checker.clone());
+        let (addrs, checker, dialer) = (lab.addrs.clone(), checker.clone(), lab.dialer.clone());
         tokio::spawn(async move {
             loop {
                 // Every node's view: a stale node must not show two primaries either.
                 for a in &addrs {
-                    if let Ok(c) = Client::connect_to(a).await
+                    if let Ok(c) = dialer.connect_to(a).await
                         && let Ok(r) = tokio::time::timeout(
                             Duration::from_secs(1),
                             c.op.clone()
@@ -228,7 +228,7 @@ async fn drive(
                             .observe(a, &o);
                     }
                 }
-                approve_waiting(&addrs).await;
+                approve_waiting(&dialer, &addrs).await;
                 tokio::select! {
                     _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                     _ = stop_rx.changed() => return,
@@ -457,8 +457,8 @@ async fn drive(
 /// The runner plays the operator of apps whose policy is `manual-approval`: it
 /// approves what an operation waits for, as soon as it waits (recorded with this
 /// actor in the audit log; the app's RTO includes the wait).
-async fn approve_waiting(addrs: &[String]) {
-    let Ok(c) = Client::connect(addrs).await else {
+async fn approve_waiting(dialer: &orchestrator::client::Dialer, addrs: &[String]) {
+    let Ok(c) = dialer.connect(addrs).await else {
         return;
     };
     for o in operations(&c).await {

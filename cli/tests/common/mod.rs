@@ -94,6 +94,17 @@ pub fn start_node(
     listen: &str,
     netns: Option<(&str, &chaos::netns::NetLab)>,
 ) -> NodeProc {
+    start_node_with(dir, name, listen, netns, "")
+}
+
+/// [`start_node`] with more config lines (e.g. a `[tls]` section).
+pub fn start_node_with(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    netns: Option<(&str, &chaos::netns::NetLab)>,
+    extra: &str,
+) -> NodeProc {
     let data_dir = dir.join(name);
     let config = dir.join(format!("{name}.toml"));
     // One cluster signing key for every node of the test cluster (reports).
@@ -104,7 +115,7 @@ pub fn start_node(
     std::fs::write(
         &config,
         format!(
-            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"{listen}\"\nhttp_listen = \"{}:0\"\nsigning_key = \"{}\"\n",
+            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"{listen}\"\nhttp_listen = \"{}:0\"\nsigning_key = \"{}\"\n{extra}",
             data_dir.display(),
             listen.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h),
             key.display()

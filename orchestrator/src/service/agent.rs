@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use topology::{HostId, VmId};
 
+use security::Access;
+
 use crate::node::{Node, no_leader};
 use crate::pb::agent_server::Agent;
 use crate::pb::*;
+use crate::service::auth::{admit, audit_refusal, caller};
 use crate::service::operator::now_ms;
 use crate::state::{
     self, Command, CommandResult, CommandStatus, HostInventory, HostState, VmState,
@@ -42,6 +45,19 @@ pub fn vm_state(s: &str) -> VmState {
 }
 
 impl AgentService {
+    /// With TLS, only the agent of `host` may speak for it.
+    async fn admit_host<T>(&self, req: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
+        let actor = admit(&self.node, req, Access::Host, what, "").await?;
+        if let Some(p) = caller(&self.node, req)?
+            && p.name != host
+        {
+            let why = format!("the agent of {} may not speak for host {host:?}", p.name);
+            audit_refusal(&self.node, &actor, what, &why).await;
+            return Err(Status::permission_denied(why));
+        }
+        Ok(())
+    }
+
     fn known_host(&self, host: &HostId) -> Result<String, Status> {
         let a = self.node.state.read();
         a.state
@@ -85,6 +101,8 @@ impl Agent for AgentService {
         &self,
         req: Request<AgentRegisterRequest>,
     ) -> Result<Response<AgentRegisterReply>, Status> {
+        self.admit_host(&req, &req.get_ref().host, "register a host")
+            .await?;
         let r = req.into_inner();
         let host = host_id(&r.host)?;
         let site = self.known_host(&host)?;
@@ -131,6 +149,8 @@ impl Agent for AgentService {
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewReply>, Status> {
+        self.admit_host(&req, &req.get_ref().host, "renew a lease")
+            .await?;
         let r = req.into_inner();
         let host = host_id(&r.host)?;
         let lease_ms = self.node.timing.lease_ms;
@@ -187,6 +207,8 @@ impl Agent for AgentService {
     }
 
     async fn poll(&self, req: Request<PollRequest>) -> Result<Response<PollReply>, Status> {
+        self.admit_host(&req, &req.get_ref().host, "poll for commands")
+            .await?;
         let r = req.into_inner();
         let host = host_id(&r.host)?;
         self.known_host(&host)?;
@@ -226,6 +248,8 @@ impl Agent for AgentService {
     }
 
     async fn report(&self, req: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
+        self.admit_host(&req, &req.get_ref().host, "report results and VM states")
+            .await?;
         let r = req.into_inner();
         let host = host_id(&r.host)?;
         self.known_host(&host)?;
@@ -292,6 +316,22 @@ impl Agent for AgentService {
         &self,
         req: Request<ReplicaReportRequest>,
     ) -> Result<Response<ReplicaReportReply>, Status> {
+        let what = "report a replica";
+        let actor = admit(&self.node, &req, Access::Host, what, "").await?;
+        // An agent reports for the replicas of its own site only.
+        if let Some(p) = caller(&self.node, &req)? {
+            let site = self.known_host(&HostId::new(p.name.as_str())).ok();
+            if site.as_deref() != Some(req.get_ref().site.as_str()) {
+                let why = format!(
+                    "the agent of {} (site {}) may not report for site {:?}",
+                    p.name,
+                    site.as_deref().unwrap_or("unknown"),
+                    req.get_ref().site
+                );
+                audit_refusal(&self.node, &actor, what, &why).await;
+                return Err(Status::permission_denied(why));
+            }
+        }
         let r = req.into_inner();
         let link = match r.link.as_str() {
             "in-sync" => state::LinkReport::InSync,

@@ -7,6 +7,8 @@ use std::time::Instant;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
+use security::Access;
+
 use crate::network::{decode, encode};
 use crate::node::Node;
 use crate::pb::RaftMessage;
@@ -33,6 +35,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        crate::service::auth::admit(&self.node, &req, Access::Peer, "append Raft entries", "")
+            .await?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
         let r = self.node.raft.append_entries(rpc).await;
         if r.is_ok() {
@@ -42,6 +46,8 @@ impl Cluster for ClusterService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        crate::service::auth::admit(&self.node, &req, Access::Peer, "ask for a Raft vote", "")
+            .await?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad)?;
         reply(&self.node.raft.vote(rpc).await)
     }
@@ -50,11 +56,27 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        crate::service::auth::admit(
+            &self.node,
+            &req,
+            Access::Peer,
+            "install a Raft snapshot",
+            "",
+        )
+        .await?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
         reply(&self.node.raft.install_snapshot(rpc).await)
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        crate::service::auth::admit(
+            &self.node,
+            &req,
+            Access::Peer,
+            "forward a write to the leader",
+            "",
+        )
+        .await?;
         let request: crate::state::Request = decode(req.get_ref()).map_err(bad)?;
         let deadline = Instant::now() + self.node.write_timeout;
         let written = self.node.write_local(request, deadline).await?;

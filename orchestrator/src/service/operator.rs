@@ -9,10 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
+use security::Access;
+
 use crate::node::{Node, no_leader};
 use crate::pb::operator_server::Operator;
 use crate::pb::*;
 use crate::raft_types::{NodeInfo, node_id_of};
+use crate::service::auth::{admit, audited};
 use crate::state::{self, ClusterState, Command};
 
 pub struct OperatorService {
@@ -33,7 +36,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn actor(a: &str) -> Result<String, Status> {
+pub(crate) fn actor(a: &str) -> Result<String, Status> {
     let a = a.trim();
     if a.is_empty() {
         return Err(Status::invalid_argument(
@@ -79,6 +82,59 @@ fn audit_pb(e: &state::AuditEntry) -> AuditEntry {
 }
 
 impl OperatorService {
+    /// Record a membership change in the audit log. In the background, since right
+    /// after `cluster init` there is no leader yet to commit it (it retries for 10 s).
+    fn audit_membership(&self, actor: &str, change: String) {
+        let node = self.node.clone();
+        let actor = actor.to_string();
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let req = state::Request {
+                    actor: actor.clone(),
+                    at_ms: now_ms(),
+                    command: Command::Membership {
+                        change: change.clone(),
+                    },
+                };
+                match node.write(req).await {
+                    Ok(_) => return,
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        tracing::error!(node = %node.name, "cannot audit the membership change ({change}): {}", e.message());
+                        return;
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                }
+            }
+        });
+    }
+
+    /// Admit a read (any operator role; nodes and agents are refused).
+    async fn read<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        admit(&self.node, req, Access::Read, what, "")
+            .await
+            .map(drop)
+    }
+
+    /// Admit a call: the actor for the audit log (see [`admit`]); without TLS, the name
+    /// the request claims, which a mutating call must give.
+    async fn admit<T>(
+        &self,
+        req: &Request<T>,
+        access: Access,
+        what: &str,
+        claimed: &str,
+    ) -> Result<String, Status> {
+        let a = admit(&self.node, req, access, what, claimed).await?;
+        match access {
+            Access::Read => Ok(a),
+            _ if self.node.tls.is_some() => Ok(a),
+            // Membership calls name no actor.
+            _ if claimed.is_empty() && a.is_empty() => Ok("operator (no TLS)".into()),
+            _ => actor(&a),
+        }
+    }
+
     /// Membership changes must run on the leader; elsewhere say where it is.
     fn require_leader(&self) -> Result<(), Status> {
         match self.node.leader() {
@@ -114,7 +170,9 @@ impl OperatorService {
 
 #[tonic::async_trait]
 impl Operator for OperatorService {
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.read(&req, "read the cluster status").await?;
+
         let m = self.node.raft.metrics().borrow().clone();
         let mem = m.membership_config.membership();
         let voters: BTreeSet<_> = mem.voter_ids().collect();
@@ -188,191 +246,244 @@ impl Operator for OperatorService {
         &self,
         req: Request<InitClusterRequest>,
     ) -> Result<Response<InitClusterReply>, Status> {
-        let req = req.into_inner();
-        if req.nodes.is_empty() {
-            return Err(Status::invalid_argument(
-                "no nodes given: list the orchestrator nodes (name, site, addr)",
-            ));
-        }
-        let mut members = BTreeMap::new();
-        for n in &req.nodes {
-            topology::ids::check_id(&n.name)
-                .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
-            if n.addr.parse::<std::net::SocketAddr>().is_err() && !n.addr.contains(':') {
+        let what = "initialize the cluster";
+        let actor = self.admit(&req, Access::Administer, what, "").await?;
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            if req.nodes.is_empty() {
+                return Err(Status::invalid_argument(
+                    "no nodes given: list the orchestrator nodes (name, site, addr)",
+                ));
+            }
+            let mut members = BTreeMap::new();
+            for n in &req.nodes {
+                topology::ids::check_id(&n.name)
+                    .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
+                if n.addr.parse::<std::net::SocketAddr>().is_err() && !n.addr.contains(':') {
+                    return Err(Status::invalid_argument(format!(
+                        "node {} has address {:?}; expected host:port",
+                        n.name, n.addr
+                    )));
+                }
+                let info = NodeInfo {
+                    name: n.name.clone(),
+                    site: n.site.clone(),
+                    addr: n.addr.clone(),
+                };
+                if members.insert(node_id_of(&n.name), info).is_some() {
+                    return Err(Status::invalid_argument(format!(
+                        "node {} is listed twice (or two names share a Raft id)",
+                        n.name
+                    )));
+                }
+            }
+            if !members.contains_key(&self.node.id) {
                 return Err(Status::invalid_argument(format!(
-                    "node {} has address {:?}; expected host:port",
-                    n.name, n.addr
+                    "this node ({}) is not in the list; send `cluster init` to one of the listed nodes",
+                    self.node.name
                 )));
             }
-            let info = NodeInfo {
-                name: n.name.clone(),
-                site: n.site.clone(),
-                addr: n.addr.clone(),
-            };
-            if members.insert(node_id_of(&n.name), info).is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "node {} is listed twice (or two names share a Raft id)",
-                    n.name
-                )));
+            let voters: Vec<String> = members.values().map(|n| n.name.clone()).collect();
+            match self.node.raft.initialize(members).await {
+                Ok(()) => {
+                    self.audit_membership(&actor, format!("initialized with voters {}", voters.join(", ")));
+                    Ok(Response::new(InitClusterReply { voters }))
+                }
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(e),
+                )) => Err(Status::failed_precondition(format!(
+                    "the cluster is already initialized ({e}); use `metrodr cluster add-node` to grow it"
+                ))),
+                Err(e) => Err(Status::internal(format!("initialize failed: {e}"))),
             }
         }
-        if !members.contains_key(&self.node.id) {
-            return Err(Status::invalid_argument(format!(
-                "this node ({}) is not in the list; send `cluster init` to one of the listed nodes",
-                self.node.name
-            )));
-        }
-        let voters = members.values().map(|n| n.name.clone()).collect();
-        match self.node.raft.initialize(members).await {
-            Ok(()) => Ok(Response::new(InitClusterReply { voters })),
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::InitializeError::NotAllowed(e),
-            )) => Err(Status::failed_precondition(format!(
-                "the cluster is already initialized ({e}); use `metrodr cluster add-node` to grow it"
-            ))),
-            Err(e) => Err(Status::internal(format!("initialize failed: {e}"))),
-        }
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn add_node(
         &self,
         req: Request<AddNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        self.require_leader()?;
-        let req = req.into_inner();
-        let n = req
-            .node
-            .ok_or_else(|| Status::invalid_argument("no node given"))?;
-        topology::ids::check_id(&n.name)
-            .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
-        let id = node_id_of(&n.name);
-        let info = NodeInfo {
-            name: n.name.clone(),
-            site: n.site,
-            addr: n.addr,
-        };
-        self.node
-            .raft
-            .add_learner(id, info, true)
-            .await
-            .map_err(|e| {
-                Status::failed_precondition(format!("adding {} as a learner failed: {e}", n.name))
-            })?;
-        if req.voter {
+        let what = "add an orchestrator node";
+        let actor = self.admit(&req, Access::Administer, what, "").await?;
+        let r = async {
+            let actor = actor.clone();
+
+            self.require_leader()?;
+            let req = req.into_inner();
+            let n = req
+                .node
+                .ok_or_else(|| Status::invalid_argument("no node given"))?;
+            topology::ids::check_id(&n.name)
+                .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
+            let id = node_id_of(&n.name);
+            let info = NodeInfo {
+                name: n.name.clone(),
+                site: n.site,
+                addr: n.addr,
+            };
             self.node
                 .raft
-                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .add_learner(id, info, true)
                 .await
                 .map_err(|e| {
-                    Status::failed_precondition(format!("making {} a voter failed: {e}", n.name))
+                    Status::failed_precondition(format!(
+                        "adding {} as a learner failed: {e}",
+                        n.name
+                    ))
                 })?;
+            if req.voter {
+                self.node
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map_err(|e| {
+                        Status::failed_precondition(format!(
+                            "making {} a voter failed: {e}",
+                            n.name
+                        ))
+                    })?;
+            }
+            self.audit_membership(
+                &actor,
+                format!(
+                    "added {} as {}",
+                    n.name,
+                    if req.voter { "a voter" } else { "a learner" }
+                ),
+            );
+            Ok(Response::new(self.membership_reply()))
         }
-        Ok(Response::new(self.membership_reply()))
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn remove_node(
         &self,
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        self.require_leader()?;
-        let name = req.into_inner().name;
-        let id = node_id_of(&name);
-        let m = self.node.raft.metrics().borrow().clone();
-        if m.membership_config.membership().get_node(&id).is_none() {
-            return Err(Status::not_found(format!(
-                "no node {name:?} in the cluster"
-            )));
-        }
-        let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
-        if voters.contains(&id) {
-            if voters.len() <= 1 {
-                return Err(Status::failed_precondition(
-                    "refusing to remove the last voter",
-                ));
+        let what = "remove an orchestrator node";
+        let actor = self.admit(&req, Access::Administer, what, "").await?;
+        let r = async {
+            let actor = actor.clone();
+
+            self.require_leader()?;
+            let name = req.into_inner().name;
+            let id = node_id_of(&name);
+            let m = self.node.raft.metrics().borrow().clone();
+            if m.membership_config.membership().get_node(&id).is_none() {
+                return Err(Status::not_found(format!(
+                    "no node {name:?} in the cluster"
+                )));
+            }
+            let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
+            if voters.contains(&id) {
+                if voters.len() <= 1 {
+                    return Err(Status::failed_precondition(
+                        "refusing to remove the last voter",
+                    ));
+                }
+                self.node
+                    .raft
+                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+                    .map_err(|e| {
+                        Status::failed_precondition(format!("removing voter {name} failed: {e}"))
+                    })?;
             }
             self.node
                 .raft
-                .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
                 .await
-                .map_err(|e| {
-                    Status::failed_precondition(format!("removing voter {name} failed: {e}"))
-                })?;
+                .map_err(|e| Status::failed_precondition(format!("removing {name} failed: {e}")))?;
+            self.audit_membership(&actor, format!("removed {name}"));
+            Ok(Response::new(self.membership_reply()))
         }
-        self.node
-            .raft
-            .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("removing {name} failed: {e}")))?;
-        Ok(Response::new(self.membership_reply()))
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn apply_topology(
         &self,
         req: Request<ApplyTopologyRequest>,
     ) -> Result<Response<ApplyTopologyReply>, Status> {
-        let req = req.into_inner();
-        let actor = actor(&req.actor)?;
-        let report = topology::check_str(&req.text);
-        let (Some(model), Some(plan)) = (report.topology, report.plan) else {
-            let map = topology::SourceMap::new(&req.text);
-            let lines: Vec<String> = report
+        let what = "apply a topology";
+        let actor = self
+            .admit(&req, Access::Administer, what, &req.get_ref().actor)
+            .await?;
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            let report = topology::check_str(&req.text);
+            let (Some(model), Some(plan)) = (report.topology, report.plan) else {
+                let map = topology::SourceMap::new(&req.text);
+                let lines: Vec<String> = report
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .take(10)
+                    .map(|d| {
+                        let at = d.span.as_ref().map(|s| map.line_col(s.start));
+                        match at {
+                            Some(p) => {
+                                format!("line {}:{}: [{}] {}", p.line, p.column, d.code, d.message)
+                            }
+                            None => format!("[{}] {}", d.code, d.message),
+                        }
+                    })
+                    .collect();
+                return Err(Status::invalid_argument(format!(
+                    "the topology is invalid ({} errors; nothing was applied):\n{}\nrun `metrodr topology validate FILE` for details",
+                    report.diagnostics.iter().filter(|d| d.is_error()).count(),
+                    lines.join("\n")
+                )));
+            };
+            let warnings = report
                 .diagnostics
                 .iter()
-                .filter(|d| d.is_error())
-                .take(10)
-                .map(|d| {
-                    let at = d.span.as_ref().map(|s| map.line_col(s.start));
-                    match at {
-                        Some(p) => {
-                            format!("line {}:{}: [{}] {}", p.line, p.column, d.code, d.message)
-                        }
-                        None => format!("[{}] {}", d.code, d.message),
-                    }
-                })
+                .map(|d| format!("[{}] {}", d.code, d.message))
                 .collect();
-            return Err(Status::invalid_argument(format!(
-                "the topology is invalid ({} errors; nothing was applied):\n{}\nrun `metrodr topology validate FILE` for details",
-                report.diagnostics.iter().filter(|d| d.is_error()).count(),
-                lines.join("\n")
-            )));
-        };
-        let warnings = report
-            .diagnostics
-            .iter()
-            .map(|d| format!("[{}] {}", d.code, d.message))
-            .collect();
-        let placements = plan
-            .placements
-            .iter()
-            .map(|p| (p.vm.clone(), p.host.clone()))
-            .collect();
-        let written = self
-            .node
-            .write(state::Request {
-                actor,
-                at_ms: now_ms(),
-                command: Command::ApplyTopology {
-                    text: req.text,
-                    model: Box::new(model),
-                    placements,
-                },
-            })
-            .await?;
-        let version = match written.outcome {
-            state::Outcome::TopologyVersion(v) => v,
-            _ => 0,
-        };
-        Ok(Response::new(ApplyTopologyReply {
-            version,
-            audit_seq: written.audit_seq,
-            warnings,
-        }))
+            let placements = plan
+                .placements
+                .iter()
+                .map(|p| (p.vm.clone(), p.host.clone()))
+                .collect();
+            let written = self
+                .node
+                .write(state::Request {
+                    actor,
+                    at_ms: now_ms(),
+                    command: Command::ApplyTopology {
+                        text: req.text,
+                        model: Box::new(model),
+                        placements,
+                    },
+                })
+                .await?;
+            let version = match written.outcome {
+                state::Outcome::TopologyVersion(v) => v,
+                _ => 0,
+            };
+            Ok(Response::new(ApplyTopologyReply {
+                version,
+                audit_seq: written.audit_seq,
+                warnings,
+            }))
+        }
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn get_topology(
         &self,
         req: Request<GetTopologyRequest>,
     ) -> Result<Response<GetTopologyReply>, Status> {
+        self.read(&req, "read the topology").await?;
+
         let want = req.into_inner().version;
         let a = self.node.state.read();
         let latest = a.state.topology().map_or(0, |t| t.version);
@@ -404,8 +515,10 @@ impl Operator for OperatorService {
 
     async fn list_apps(
         &self,
-        _req: Request<ListAppsRequest>,
+        req: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsReply>, Status> {
+        self.read(&req, "list apps").await?;
+
         let a = self.node.state.read();
         let apps = a
             .state
@@ -420,6 +533,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesReply>, Status> {
+        self.read(&req, "list volumes").await?;
+
         let app = req.into_inner().app;
         let a = self.node.state.read();
         if !app.is_empty() && !a.state.apps.contains(&topology::AppId::new(app.as_str())) {
@@ -455,6 +570,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<AuditListRequest>,
     ) -> Result<Response<AuditListReply>, Status> {
+        self.read(&req, "read the audit log").await?;
+
         let req = req.into_inner();
         let limit = match req.limit {
             0 => 100,
@@ -484,6 +601,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<AuditVerifyRequest>,
     ) -> Result<Response<AuditVerifyReply>, Status> {
+        self.read(&req, "verify the audit log").await?;
+
         let at = req.into_inner().at_seq;
         let a = self.node.state.read();
         let v = a.state.verify_audit();
@@ -505,26 +624,37 @@ impl Operator for OperatorService {
     }
 
     async fn note(&self, req: Request<NoteRequest>) -> Result<Response<WriteReply>, Status> {
-        let req = req.into_inner();
-        let actor = actor(&req.actor)?;
-        let w = self
-            .node
-            .write(state::Request {
-                actor,
-                at_ms: now_ms(),
-                command: Command::Note { text: req.text },
-            })
+        let what = "write a note in the audit log";
+        let actor = self
+            .admit(&req, Access::Operate, what, &req.get_ref().actor)
             .await?;
-        Ok(Response::new(WriteReply {
-            audit_seq: w.audit_seq,
-            log_index: w.log_index,
-        }))
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            let w = self
+                .node
+                .write(state::Request {
+                    actor,
+                    at_ms: now_ms(),
+                    command: Command::Note { text: req.text },
+                })
+                .await?;
+            Ok(Response::new(WriteReply {
+                audit_seq: w.audit_seq,
+                log_index: w.log_index,
+            }))
+        }
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn list_hosts(
         &self,
-        _req: Request<ListHostsRequest>,
+        req: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsReply>, Status> {
+        self.read(&req, "list hosts").await?;
+
         let now = std::time::Instant::now();
         let from_leader = self.node.leases().is_leader();
         let a = self.node.state.read();
@@ -574,8 +704,10 @@ impl Operator for OperatorService {
 
     async fn list_vms(
         &self,
-        _req: Request<ListVmsRequest>,
+        req: Request<ListVmsRequest>,
     ) -> Result<Response<ListVmsReply>, Status> {
+        self.read(&req, "list VMs").await?;
+
         let a = self.node.state.read();
         let mut vms = Vec::new();
         for app in a.state.apps.values() {
@@ -616,125 +748,154 @@ impl Operator for OperatorService {
         &self,
         req: Request<VmActionRequest>,
     ) -> Result<Response<VmActionReply>, Status> {
-        let req = req.into_inner();
-        let actor = actor(&req.actor)?;
-        let vm = topology::VmId::new(req.vm.as_str());
-        let timeout_s = if req.timeout_s == 0 {
-            60
-        } else {
-            req.timeout_s
-        };
-        let (host, action) = {
-            let a = self.node.state.read();
-            let (app, host) = a
-                .state
-                .apps
-                .values()
-                .find_map(|app| app.placement.get(&vm).map(|h| (app.id.clone(), h.clone())))
-                .ok_or_else(|| {
-                    Status::not_found(format!("no VM {:?} is placed on any host", req.vm))
-                })?;
-            let action = match req.action.as_str() {
-                "define" => {
-                    let model = a.state.topology().and_then(|t| t.model.app(&app).cloned());
-                    let spec = model.and_then(|m| {
-                        m.vms.iter().find(|v| v.id == vm).map(|v| {
-                            topology::spec::VmSpec::from_model(
-                                &m,
-                                v,
-                                topology::spec::NetworkSpec::None,
-                            )
-                        })
-                    });
-                    state::AgentAction::Define {
-                        spec: spec.ok_or_else(|| {
-                            Status::not_found(format!("VM {vm} is not in the applied topology"))
-                        })?,
+        let what = "act on a VM";
+        let actor = self
+            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .await?;
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            let vm = topology::VmId::new(req.vm.as_str());
+            let timeout_s = if req.timeout_s == 0 {
+                60
+            } else {
+                req.timeout_s
+            };
+            let (host, action) = {
+                let a = self.node.state.read();
+                let (app, host) = a
+                    .state
+                    .apps
+                    .values()
+                    .find_map(|app| app.placement.get(&vm).map(|h| (app.id.clone(), h.clone())))
+                    .ok_or_else(|| {
+                        Status::not_found(format!("no VM {:?} is placed on any host", req.vm))
+                    })?;
+                let action = match req.action.as_str() {
+                    "define" => {
+                        let model = a.state.topology().and_then(|t| t.model.app(&app).cloned());
+                        let spec = model.and_then(|m| {
+                            m.vms.iter().find(|v| v.id == vm).map(|v| {
+                                topology::spec::VmSpec::from_model(
+                                    &m,
+                                    v,
+                                    topology::spec::NetworkSpec::None,
+                                )
+                            })
+                        });
+                        state::AgentAction::Define {
+                            spec: spec.ok_or_else(|| {
+                                Status::not_found(format!("VM {vm} is not in the applied topology"))
+                            })?,
+                        }
                     }
-                }
-                "start" => state::AgentAction::Start { vm: vm.clone() },
-                "shutdown" => state::AgentAction::Shutdown {
-                    vm: vm.clone(),
-                    timeout_s,
-                },
-                "destroy" => state::AgentAction::Destroy { vm: vm.clone() },
-                "undefine" => state::AgentAction::Undefine { vm: vm.clone() },
-                "suspend" => state::AgentAction::Suspend { vm: vm.clone() },
-                "resume" => state::AgentAction::Resume { vm: vm.clone() },
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown action {other:?}: use define, start, shutdown, destroy, undefine, suspend or resume"
-                    )));
+                    "start" => state::AgentAction::Start { vm: vm.clone() },
+                    "shutdown" => state::AgentAction::Shutdown {
+                        vm: vm.clone(),
+                        timeout_s,
+                    },
+                    "destroy" => state::AgentAction::Destroy { vm: vm.clone() },
+                    "undefine" => state::AgentAction::Undefine { vm: vm.clone() },
+                    "suspend" => state::AgentAction::Suspend { vm: vm.clone() },
+                    "resume" => state::AgentAction::Resume { vm: vm.clone() },
+                    other => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown action {other:?}: use define, start, shutdown, destroy, undefine, suspend or resume"
+                        )));
+                    }
+                };
+                (host, action)
+            };
+            let mut changes = self.node.state.subscribe();
+            let w = self
+                .node
+                .write(state::Request {
+                    actor,
+                    at_ms: now_ms(),
+                    command: Command::IssueAgentCommands {
+                        commands: vec![(host.clone(), action)],
+                    },
+                })
+                .await?;
+            let id = match w.outcome {
+                state::Outcome::Commands(ids) => ids.first().copied().unwrap_or(0),
+                _ => 0,
+            };
+            let status_of = |node: &Node| -> (String, String) {
+                let a = node.state.read();
+                match a.state.commands.get(&id).map(|c| &c.status) {
+                    Some(state::CommandStatus::Succeeded { message, .. }) => {
+                        ("succeeded".into(), message.clone())
+                    }
+                    Some(state::CommandStatus::Failed { message, .. }) => {
+                        ("failed".into(), message.clone())
+                    }
+                    _ => ("pending".into(), String::new()),
                 }
             };
-            (host, action)
-        };
-        let mut changes = self.node.state.subscribe();
-        let w = self
-            .node
-            .write(state::Request {
-                actor,
-                at_ms: now_ms(),
-                command: Command::IssueAgentCommands {
-                    commands: vec![(host.clone(), action)],
-                },
-            })
-            .await?;
-        let id = match w.outcome {
-            state::Outcome::Commands(ids) => ids.first().copied().unwrap_or(0),
-            _ => 0,
-        };
-        let status_of = |node: &Node| -> (String, String) {
-            let a = node.state.read();
-            match a.state.commands.get(&id).map(|c| &c.status) {
-                Some(state::CommandStatus::Succeeded { message, .. }) => {
-                    ("succeeded".into(), message.clone())
-                }
-                Some(state::CommandStatus::Failed { message, .. }) => {
-                    ("failed".into(), message.clone())
-                }
-                _ => ("pending".into(), String::new()),
-            }
-        };
-        let mut status = status_of(&self.node);
-        if req.wait {
-            let deadline = tokio::time::Instant::now()
-                + std::time::Duration::from_secs(u64::from(timeout_s) + 30);
-            while status.0 == "pending" {
-                match tokio::time::timeout_at(deadline, changes.changed()).await {
-                    Ok(Ok(())) => status = status_of(&self.node),
-                    _ => {
-                        status.1 = format!(
-                            "no result yet: the agent of {host} has not reported (is it running and holding its lease? see `metrodr host list`)"
-                        );
-                        break;
+            let mut status = status_of(&self.node);
+            if req.wait {
+                let deadline = tokio::time::Instant::now()
+                    + std::time::Duration::from_secs(u64::from(timeout_s) + 30);
+                while status.0 == "pending" {
+                    match tokio::time::timeout_at(deadline, changes.changed()).await {
+                        Ok(Ok(())) => status = status_of(&self.node),
+                        _ => {
+                            status.1 = format!(
+                                "no result yet: the agent of {host} has not reported (is it running and holding its lease? see `metrodr host list`)"
+                            );
+                            break;
+                        }
                     }
                 }
             }
+            Ok(Response::new(VmActionReply {
+                command_id: id,
+                host: host.to_string(),
+                status: status.0,
+                message: status.1,
+            }))
         }
-        Ok(Response::new(VmActionReply {
-            command_id: id,
-            host: host.to_string(),
-            status: status.0,
-            message: status.1,
-        }))
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn start_operation(
         &self,
         req: Request<StartOperationRequest>,
     ) -> Result<Response<StartOperationReply>, Status> {
-        let req = req.into_inner();
-        let actor = actor(&req.actor)?;
-        Ok(Response::new(
-            super::operations::start(&self.node, actor, req).await?,
-        ))
+        let what = "start an operation";
+        let actor = self
+            .admit(
+                &req,
+                if req.get_ref().dry_run {
+                    Access::Read
+                } else {
+                    Access::Operate
+                },
+                what,
+                &req.get_ref().actor,
+            )
+            .await?;
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            Ok(Response::new(
+                super::operations::start(&self.node, actor, req).await?,
+            ))
+        }
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn get_operation(
         &self,
         req: Request<GetOperationRequest>,
     ) -> Result<Response<OperationReply>, Status> {
+        self.read(&req, "read an operation").await?;
+
         Ok(Response::new(super::operations::get(
             &self.node,
             &req.into_inner(),
@@ -745,6 +906,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsReply>, Status> {
+        self.read(&req, "list operations").await?;
+
         Ok(Response::new(super::operations::list(
             &self.node,
             &req.into_inner(),
@@ -755,28 +918,48 @@ impl Operator for OperatorService {
         &self,
         req: Request<ApproveOperationRequest>,
     ) -> Result<Response<WriteReply>, Status> {
-        let req = req.into_inner();
-        let actor = actor(&req.actor)?;
-        Ok(Response::new(
-            super::operations::approve(&self.node, actor, req).await?,
-        ))
+        let what = "approve an operation";
+        let actor = self
+            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .await?;
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            Ok(Response::new(
+                super::operations::approve(&self.node, actor, req).await?,
+            ))
+        }
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn recover_site(
         &self,
         req: Request<RecoverSiteRequest>,
     ) -> Result<Response<RecoverSiteReply>, Status> {
-        let req = req.into_inner();
-        let actor = actor(&req.actor)?;
-        Ok(Response::new(
-            super::operations::recover_site(&self.node, actor, req).await?,
-        ))
+        let what = "recover a site";
+        let actor = self
+            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .await?;
+        let r = async {
+            let actor = actor.clone();
+
+            let req = req.into_inner();
+            Ok(Response::new(
+                super::operations::recover_site(&self.node, actor, req).await?,
+            ))
+        }
+        .await;
+        audited(&self.node, &actor, what, r).await
     }
 
     async fn get_report(
         &self,
         req: Request<GetReportRequest>,
     ) -> Result<Response<GetReportReply>, Status> {
+        self.read(&req, "read a report").await?;
+
         Ok(Response::new(super::reports::get(
             &self.node,
             &req.into_inner(),
@@ -785,8 +968,10 @@ impl Operator for OperatorService {
 
     async fn drill_schedules(
         &self,
-        _req: Request<DrillSchedulesRequest>,
+        req: Request<DrillSchedulesRequest>,
     ) -> Result<Response<DrillSchedulesReply>, Status> {
+        self.read(&req, "read drill schedules").await?;
+
         let list = crate::schedule::status(&self.node.state.read().state);
         Ok(Response::new(DrillSchedulesReply {
             schedules_json: serde_json::to_string(&list)
@@ -798,6 +983,8 @@ impl Operator for OperatorService {
         &self,
         req: Request<ReadinessRequest>,
     ) -> Result<Response<ReadinessReply>, Status> {
+        self.read(&req, "read readiness").await?;
+
         Ok(Response::new(super::reports::readiness(
             &self.node,
             &req.into_inner(),

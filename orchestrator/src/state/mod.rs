@@ -155,6 +155,17 @@ pub enum Command {
     Note {
         text: String,
     },
+    /// The orchestrator membership changed (initialization, a node added or removed),
+    /// for the audit log. Changes nothing else (membership is Raft's own).
+    Membership {
+        change: String,
+    },
+    /// A call (or a connection) the cluster refused, for the audit log: `call` names
+    /// it, `reason` says why. Changes nothing else.
+    Refused {
+        call: String,
+        reason: String,
+    },
     /// A host's agent registered (host goes Up, inventory recorded).
     RegisterHost {
         host: HostId,
@@ -667,6 +678,14 @@ impl ClusterState {
                 }
                 Ok(("note", text.clone(), Outcome::Done))
             }
+            Command::Membership { change } => {
+                Ok(("cluster.membership", change.clone(), Outcome::Done))
+            }
+            Command::Refused { call, reason } => Ok((
+                "security.refused",
+                format!("{call}: {reason}"),
+                Outcome::Done,
+            )),
             Command::RegisterHost {
                 host,
                 inventory,
@@ -844,6 +863,8 @@ fn check_request(req: &Request) -> Result<(), Rejection> {
         Command::StartStep { name, .. } => Some(name),
         Command::FinishStep { detail, .. } | Command::ReplicaStatus { detail, .. } => Some(detail),
         Command::Note { text } => Some(text),
+        Command::Refused { reason, .. } => Some(reason),
+        Command::Membership { change } => Some(change),
         Command::SetVmStates { reason, .. } => Some(reason),
         Command::AgentEvent { text, .. } => Some(text),
         _ => None,
