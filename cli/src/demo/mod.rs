@@ -298,6 +298,12 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         );
     }
     let (certs, dialer) = demo_certs(&dir, topo)?;
+    if table {
+        println!(
+            "  mutual TLS on every connection: a cluster CA and a certificate per node, host and the admin in {}",
+            certs.root.display()
+        );
+    }
     for o in &topo.orchestrators {
         let (child, addr) = spawn_node(&dir, o.id.as_str(), &certs)?;
         if table {
