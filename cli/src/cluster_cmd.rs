@@ -169,9 +169,19 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(node = %config.name, grpc = %running.grpc_addr, "orchestrator serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut running = running;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            forced = running.forced() => {
+                // `site fail --force`: restart as the only voter, same addresses.
+                running = orchestrator::server::restart_forced(running, &config, forced)
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("restarting {} as the only voter", config.name))?;
+            }
+        }
     }
     tracing::info!(node = %config.name, "stopping");
     running.shutdown().await;

@@ -205,14 +205,7 @@ fn main() -> ExitCode {
         Command::App(AppCmd::List) => block_on(cluster_cmd::app_list(c, out)),
         Command::Site(SiteCmd::List) => block_on(cluster_cmd::site_list(c, out)),
         Command::Site(SiteCmd::Recover { site }) => block_on(op_cmd::recover(site, c, out)),
-        Command::Site(SiteCmd::Fail(a)) => block_on(op_cmd::start(
-            "site-fail",
-            Vec::new(),
-            a.site,
-            a.run,
-            c,
-            out,
-        )),
+        Command::Site(SiteCmd::Fail(a)) => block_on(op_cmd::site_fail(a, c, out)),
         Command::App(AppCmd::Failover(a)) => {
             block_on(op_cmd::start("failover", a.apps, a.to, a.run, c, out))
         }

@@ -43,6 +43,13 @@ pub struct SiteFailArgs {
     /// The production site to declare lost: its apps fail over to the other site
     /// (VMs still running there are destroyed first).
     pub site: String,
+    /// There is no quorum left (the site and the witness are both lost): make the
+    /// node --cluster reaches the only voter, then declare the loss. You assert that
+    /// the other orchestrator nodes are gone: when one comes back and reaches the
+    /// survivor it halts, and must be wiped and added again (`cluster add-node`).
+    /// Admin only; audited.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -100,6 +107,65 @@ pub async fn start(
     Ok(start_op(verb, apps, site, run, c, out)
         .await?
         .map_or(ExitCode::SUCCESS, |(_, code)| code))
+}
+
+/// `site fail SITE [--force]`. With --force (no quorum left): make the node --cluster
+/// reaches the only voter, wait until it leads alone, then declare the loss as usual.
+pub async fn site_fail(a: SiteFailArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
+    if !a.force {
+        return start("site-fail", Vec::new(), a.site, a.run, c, out).await;
+    }
+    if a.run.dry_run {
+        bail!(
+            "--force changes the cluster's membership and has no dry run; `metrodr site fail {} --dry-run` shows the failover plan (it needs a quorum)",
+            a.site
+        );
+    }
+    let client = c.connect().await?;
+    let r = client
+        .op
+        .clone()
+        .force_membership(pb::ForceMembershipRequest {
+            actor: c.actor(),
+            site: a.site.clone(),
+        })
+        .await
+        .map_err(|e| status_err(&client.addr, e))?
+        .into_inner();
+    // On stderr: with --output json, stdout stays one object (the operation's).
+    eprintln!(
+        "forced: {} is the only voter now ({} removed); it restarts and leads alone",
+        r.voter,
+        r.removed.join(", ")
+    );
+    let addr = client.addr.clone();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(cl) = client.dialer().connect_to(&addr).await
+            && let Ok(Ok(s)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                cl.op.clone().status(pb::StatusRequest {}),
+            )
+            .await
+        {
+            let s = s.into_inner();
+            if s.raft_state == "leader" && s.leader == r.voter {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "{} did not lead within 30 s of the forced change; see its log",
+                r.voter
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let at_survivor = ClusterArgs {
+        cluster: addr,
+        ..c.clone()
+    };
+    start("site-fail", Vec::new(), a.site, a.run, &at_survivor, out).await
 }
 
 /// [`start`], returning the operation begun and how following it ended (None for a

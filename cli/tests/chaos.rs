@@ -262,11 +262,19 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
         .map(|n| n.as_str().unwrap())
         .collect::<Vec<_>>()
         .join(",");
-    // The cluster is reachable from here and every VM runs (as every node sees it
-    // once it has applied the starts).
+    // The lab runs with mutual TLS: without its certificates nothing is served.
+    let certs = rec["certs"].as_str().unwrap().to_string();
+    let o = cli_run(&cluster, &["vm", "list"]);
+    assert!(
+        !o.status.success(),
+        "the lab served a client without a certificate: {}",
+        common::text(&o)
+    );
+    // With them the cluster is reachable from here and every VM runs (as every node
+    // sees it once it has applied the starts).
     let t = std::time::Instant::now();
     loop {
-        let vms = cli_json(&cluster, &["vm", "list"]);
+        let vms = cli_json(&cluster, &["--certs", &certs, "vm", "list"]);
         if vms
             .as_array()
             .unwrap()

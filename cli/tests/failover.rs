@@ -712,7 +712,7 @@ async fn switchover_moves_an_app_gracefully_and_failback_brings_it_home() {
     assert_eq!(plan["waves"][0]["apps"][0]["app"], "mail", "{plan}");
     assert_eq!(lab.app("mail")["active_site"], "south");
 
-    // Bad requests: a clear reason, exit 1, nothing changes.
+    // Bad requests: a clear reason, exit 1, nothing changes but the audit log.
     let audit_before = audit(&live).await.len();
     for (args, says) in [
         (
@@ -740,9 +740,154 @@ async fn switchover_moves_an_app_gracefully_and_failback_brings_it_home() {
             text(&o)
         );
     }
-    assert_eq!(
-        audit(&live).await.len(),
-        audit_before,
-        "refused requests change nothing"
+    // Each refused change is in the audit log (who tried what, and why), and nothing
+    // else is: `op show` is a read.
+    let new: Vec<_> = audit(&live).await.into_iter().skip(audit_before).collect();
+    assert_eq!(new.len(), 6, "one entry per refused change: {new:?}");
+    assert!(
+        new.iter().all(|e| e.action == "call.refused"),
+        "refused requests change nothing else: {new:?}"
     );
+    assert!(new[0].detail.contains("no app \"nope\""), "{:?}", new[0]);
+}
+
+/// The voters `status` lists.
+fn voters(status: &Value) -> Vec<String> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["voter"] == true)
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_quorum_a_forced_site_fail_leaves_the_survivor_alone_and_fails_over() {
+    let _g = serial();
+    let mut lab = Lab::start().await;
+    // North is lost, and the witness with it: south alone has no quorum, so nothing
+    // fails over by itself.
+    lab.kill_site("north");
+    let dir = lab.c.dir.path().to_path_buf();
+    lab.c.node_mut("orch-witness").kill();
+    let south = lab.c.node("orch-south").grpc.clone();
+
+    // Without a majority south cannot commit; an operator forces it. (Right after the
+    // kill south may still believe in the old leader for an election timeout: it then
+    // says so, and the operator tries again.)
+    let forced = wait_for(Duration::from_secs(15), "the forced site fail", || {
+        let s = south.clone();
+        async move {
+            let o = cli_run(&s, &["site", "fail", "north", "--force", "--no-wait"]);
+            if o.status.success() {
+                return Some(text(&o));
+            }
+            assert!(
+                text(&o).contains("quorum"),
+                "a forced site fail refused for another reason: {}",
+                text(&o)
+            );
+            None
+        }
+    })
+    .await;
+    assert!(forced.contains("orch-south is the only voter"), "{forced}");
+
+    // South leads alone; the change is audited with who forced it.
+    let st = cli_json(&south, &["status"]);
+    assert_eq!(st["leader"], "orch-south", "{st}");
+    assert_eq!(voters(&st), ["orch-south"], "{st}");
+    let audit = wait_for(Duration::from_secs(10), "the forced change audited", || {
+        let s = south.clone();
+        async move {
+            let v = cli_json(&s, &["audit", "list", "--limit", "10000"]);
+            v["entries"]
+                .as_array()?
+                .iter()
+                .find(|e| {
+                    e["action"] == "cluster.membership"
+                        && e["detail"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .starts_with("forced")
+                })
+                .cloned()
+        }
+    })
+    .await;
+    let detail = audit["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("site north declared lost without a quorum")
+            && detail.contains("orch-north")
+            && detail.contains("orch-witness"),
+        "{audit}"
+    );
+
+    // The declared loss fails the apps over as usual (archive waits for approval).
+    let op = wait_for(Duration::from_secs(20), "the site-fail operation", || {
+        let s = south.clone();
+        async move {
+            let v = cli_json(&s, &["op", "list"]);
+            v.as_array()?
+                .iter()
+                .find(|o| o["note"].as_str().unwrap_or_default().contains("north"))
+                .and_then(|o| o["op"].as_u64())
+        }
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(40),
+        "db, api, portal running at south",
+        || {
+            let s = south.clone();
+            async move {
+                ["db", "api", "portal"]
+                    .iter()
+                    .all(|a| {
+                        let v = cli_json(&s, &["app", "list"]);
+                        v.as_array().is_some_and(|apps| {
+                            apps.iter().any(|x| {
+                                x["id"] == *a
+                                    && x["active_site"] == "south"
+                                    && x["state"] == "running"
+                            })
+                        })
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let o = cli_run(&south, &["op", "approve", &op.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rec = wait_op(&south, op, Duration::from_secs(30)).await;
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+
+    // The witness comes back with its old state (it still counts north, south and
+    // itself as voters): when it reaches south it is refused as removed and halts,
+    // so the old majority cannot come back as a second cluster.
+    restart(&dir, lab.c.node_mut("orch-witness"), None);
+    let witness = lab.c.node("orch-witness").grpc.clone();
+    let why = wait_for(
+        Duration::from_secs(20),
+        "the returning witness to halt",
+        || {
+            let w = witness.clone();
+            async move {
+                let s = status(&w).await?;
+                s.store_warning
+                    .contains("halted")
+                    .then_some(s.store_warning)
+            }
+        },
+    )
+    .await;
+    assert!(
+        why.contains("forced membership change") && why.contains("cluster add-node"),
+        "{why}"
+    );
+    let st = cli_json(&south, &["status"]);
+    assert_eq!(st["leader"], "orch-south", "{st}");
+    assert_eq!(voters(&st), ["orch-south"], "{st}");
 }

@@ -243,6 +243,44 @@ fn with_tls_on_only_the_right_people_get_in_and_every_refusal_is_audited() {
     );
     wait_refusal(&cluster, &certs, "olga (operator)", "only an admin");
 
+    // 5. An agent's certificate speaks for its own host only, and is no operator's.
+    let agent_tls =
+        security::Tls::load(&security::CertDir::new(&certs).files(security::Role::Agent, "a-h1"))
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = security::grpc::endpoint(&nodes[0].grpc, Some(&agent_tls))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut agent = orchestrator::pb::agent_client::AgentClient::new(ch.clone());
+        let e = agent
+            .renew(orchestrator::pb::RenewRequest {
+                host: "b-h1".into(),
+                seq: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("may not speak for host \"b-h1\""),
+            "{e:?}"
+        );
+        let mut op = orchestrator::pb::operator_client::OperatorClient::new(ch);
+        let e = op
+            .status(orchestrator::pb::StatusRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message()
+                .contains("an agent certificate is only good for"),
+            "{e:?}"
+        );
+    });
+    wait_refusal(&cluster, &certs, "a-h1 (agent)", "may not speak for host");
+
     // The chain still verifies with the refusals in it.
     let o = as_who(&cluster, Some(&certs), "carol", &["audit", "verify"]);
     assert!(o.status.success(), "audit verify: {}", text(&o));

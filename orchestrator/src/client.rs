@@ -93,7 +93,11 @@ impl Dialer {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
-        let ch = ep.connect().await.map_err(|e| connect_error(addr, &e))?;
+        // Bounded as a whole: TCP connect, then the TLS handshake (each bounded too).
+        let ch = tokio::time::timeout(CONNECT_TIMEOUT * 3, ep.connect())
+            .await
+            .map_err(|_| format!("{addr}: no answer within {:?}", CONNECT_TIMEOUT * 3))?
+            .map_err(|e| connect_error(addr, &e))?;
         Ok(Client {
             addr: addr.to_string(),
             op: OperatorClient::new(ch)

@@ -29,6 +29,11 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        if node.halted().is_none()
+            && let Some(why) = node.health.removed()
+        {
+            halt(&node, why).await;
+        }
         let now = Instant::now();
         let leading = node.is_confirmed_leader();
         {
@@ -45,6 +50,21 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         if leading {
             check(&node, now).await;
         }
+    }
+}
+
+/// Another node refused this one as removed by a forced membership change: stop
+/// taking part in Raft (the rest of an old majority must not go on as a cluster).
+async fn halt(node: &Node, why: String) {
+    let msg = format!(
+        "{} halted: it was removed from the cluster by a forced membership change ({why}). \
+         Wipe its data directory and add it again with `metrodr cluster add-node`",
+        node.name
+    );
+    tracing::error!(node = %node.name, "{msg}");
+    *node.halted.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(node = %node.name, "raft shutdown: {e}");
     }
 }
 

@@ -69,6 +69,8 @@ pub fn cluster_client(ch: Channel) -> ClusterClient<Channel> {
 #[derive(Debug, Clone, Default)]
 pub struct PeerHealth {
     last_ok: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// A peer said this node was removed by a forced membership change (its words).
+    removed: Arc<Mutex<Option<String>>>,
 }
 
 impl PeerHealth {
@@ -76,6 +78,11 @@ impl PeerHealth {
         if let Ok(mut m) = self.last_ok.lock() {
             m.insert(node, Instant::now());
         }
+    }
+
+    /// What a peer said when it refused this node as removed, if one did.
+    pub fn removed(&self) -> Option<String> {
+        self.removed.lock().ok()?.clone()
     }
 
     /// Time since `node` last answered, if it ever did.
@@ -153,6 +160,16 @@ impl PeerConnection {
                         option.hard_ttl()
                     ),
                 ))));
+            }
+            Ok(Err(status))
+                if status
+                    .metadata()
+                    .contains_key(crate::service::cluster::REMOVED) =>
+            {
+                if let Ok(mut r) = self.health.removed.lock() {
+                    *r = Some(format!("{}: {}", self.addr, status.message()));
+                }
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));

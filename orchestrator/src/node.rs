@@ -54,6 +54,14 @@ pub struct Node {
     pub tls: Option<Arc<security::Tls>>,
     /// Connections refused during the TLS handshake, not yet in the audit log.
     pub refusals: std::sync::Mutex<crate::service::auth::Refusals>,
+    /// Nodes a forced membership change removed: their Raft RPCs are refused.
+    pub removed: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+    /// Set by `ForceMembership`: the process restarts this node as the only voter.
+    pub force: tokio::sync::watch::Sender<Option<crate::store::force::Forced>>,
+    /// Why this node stopped taking part (another node said it was removed).
+    pub halted: std::sync::Mutex<Option<String>>,
+    /// The Raft log store (for the forced-change record).
+    pub log: crate::store::LogStore,
     peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
     /// When this node last accepted an AppendEntries (heartbeat) from a leader.
     leader_contact: std::sync::Mutex<Option<Instant>>,
@@ -71,6 +79,10 @@ pub struct NodeParts {
     pub timing: Timing,
     pub signing_key: Option<drills::SigningKey>,
     pub tls: Option<Arc<security::Tls>>,
+    /// The forced membership change this node went through, if any, and the store
+    /// that keeps its record.
+    pub forced: Option<crate::store::force::Forced>,
+    pub log: crate::store::LogStore,
 }
 
 impl Node {
@@ -94,9 +106,55 @@ impl Node {
             signing_key: p.signing_key,
             tls: p.tls,
             refusals: Default::default(),
+            removed: std::sync::Mutex::new(
+                p.forced
+                    .iter()
+                    .flat_map(|f| {
+                        f.removed
+                            .iter()
+                            .map(|n| crate::raft_types::node_id_of(&n.name))
+                    })
+                    .collect(),
+            ),
+            log: p.log,
+            force: tokio::sync::watch::channel(None).0,
+            halted: std::sync::Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             leader_contact: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Was `id` removed from the cluster by a forced membership change here?
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    /// `name` is added to the cluster again (wiped, fresh): stop refusing it, here and
+    /// in the stored record.
+    pub fn readmit(&self, name: &str) {
+        let id = crate::raft_types::node_id_of(name);
+        let was = self
+            .removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if was && let Ok(Some(mut f)) = self.log.forced() {
+            f.removed.retain(|n| n.name != name);
+            if let Err(e) = self.log.set_forced(&f) {
+                tracing::error!(node = %self.name, "cannot record that {name} is readmitted: {e}");
+            }
+        }
+    }
+
+    /// Why this node halted, if it did.
+    pub fn halted(&self) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A leader's AppendEntries was handled at `at`.

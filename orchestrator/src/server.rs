@@ -138,6 +138,10 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         }
     };
 
+    let forced = log
+        .forced()
+        .map_err(|e| StartError::Raft(format!("reading the forced-membership record: {e}")))?;
+    let log_handle = log.clone();
     let raft_config = Arc::new(config.raft_config().map_err(StartError::Raft)?);
     let id = node_id_of(&config.name);
     let network = Network {
@@ -159,7 +163,12 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         timing: config.timing.clone(),
         signing_key,
         tls: tls.clone(),
+        forced: forced.clone(),
+        log: log_handle,
     }));
+    if let Some(f) = forced.filter(|f| !f.audited) {
+        tokio::spawn(audit_forced(node.clone(), f));
+    }
 
     let listener = bind(config.listen, "gRPC")?;
     let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -256,7 +265,60 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
     })
 }
 
+/// Once this node leads (alone) after a forced membership change, record the change in
+/// the audit log, then mark the record audited.
+async fn audit_forced(node: Arc<Node>, mut f: crate::store::force::Forced) {
+    let names: Vec<&str> = f.removed.iter().map(|n| n.name.as_str()).collect();
+    let change = format!(
+        "forced: site {} declared lost without a quorum; {} removed; {} is the only voter (log {})",
+        f.site,
+        names.join(", "),
+        node.name,
+        f.log_id.map_or_else(String::new, |l| l.to_string())
+    );
+    for _ in 0..600 {
+        if node.is_confirmed_leader() {
+            let req = crate::state::Request {
+                actor: f.actor.clone(),
+                at_ms: f.at_ms,
+                command: crate::state::Command::Membership {
+                    change: change.clone(),
+                },
+            };
+            match node.write(req).await {
+                Ok(_) => {
+                    f.audited = true;
+                    if let Err(e) = node.log.set_forced(&f) {
+                        tracing::error!(node = %node.name, "cannot mark the forced change audited: {e}");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.name, "auditing the forced change: {}", e.message())
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::error!(node = %node.name, "the forced membership change is not in the audit log yet: this node did not lead within 60 s; it retries at its next start");
+}
+
 impl RunningNode {
+    /// Resolves when an operator forced the membership (`ForceMembership`): the caller
+    /// stops this node, applies [`crate::store::force::force_single_voter`] and starts
+    /// it again ([`restart_forced`]).
+    pub async fn forced(&self) -> crate::store::force::Forced {
+        let mut rx = self.node.force.subscribe();
+        loop {
+            if let Some(f) = rx.borrow_and_update().clone() {
+                return f;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stop serving and shut Raft down (the store is closed when the last handle drops).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -267,4 +329,38 @@ impl RunningNode {
             let _ = t.await;
         }
     }
+}
+
+/// Stop `running`, make this node the only voter in its stored log (see
+/// [`crate::store::force`]), and start it again on the addresses it had.
+pub async fn restart_forced(
+    running: RunningNode,
+    config: &NodeConfig,
+    forced: crate::store::force::Forced,
+) -> Result<RunningNode, String> {
+    let me = running.node.id;
+    let info = running
+        .node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&me)
+        .cloned()
+        .ok_or("this node is not in its own membership")?;
+    let mut config = config.clone();
+    config.listen = running.grpc_addr;
+    config.http_listen = running.http_addr;
+    running.shutdown().await;
+    let log_id = crate::store::force::force_single_voter(&config.data_dir, me, &info, forced)
+        .await
+        .map_err(|e| {
+            format!(
+                "forcing the membership in {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+    tracing::warn!(node = %config.name, "membership forced at log {log_id}: this node is the only voter; starting again");
+    start(&config).await.map_err(|e| e.to_string())
 }

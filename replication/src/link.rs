@@ -121,12 +121,24 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
             let (r, w) = stream.into_split();
             (Box::new(r), Box::new(w))
         }
-        Some(tls) => match tls.connect(stream, security::AGENT_SERVER_NAME).await {
-            Ok(s) => {
+        // A paused peer accepts TCP but never answers: bound the handshake like a hello.
+        Some(tls) => match tokio::time::timeout(
+            group.cfg.peer_timeout,
+            tls.connect(stream, security::AGENT_SERVER_NAME),
+        )
+        .await
+        {
+            Ok(Ok(s)) => {
                 let (r, w) = tokio::io::split(s);
                 (Box::new(r), Box::new(w))
             }
-            Err(why) => return End::Failed(format!("TLS to {peer}: {why}")),
+            Ok(Err(why)) => return End::Failed(format!("TLS to {peer}: {why}")),
+            Err(_) => {
+                return End::Failed(format!(
+                    "TLS to {peer}: no handshake within {:?}",
+                    group.cfg.peer_timeout
+                ));
+            }
         },
     };
     let mut reader = FramedRead::new(rd, FrameCodec);

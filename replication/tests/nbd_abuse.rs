@@ -553,8 +553,16 @@ fn encode(pieces: &[Piece]) -> Vec<u8> {
     out
 }
 
+/// Cases per fuzz property: 48 in CI, `PROPTEST_CASES=N` for a longer run.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(48), ..ProptestConfig::default() })]
 
     /// Arbitrary bytes after the greeting: the server answers or closes, and once
     /// the client stops sending, it closes; a fresh client is still served.

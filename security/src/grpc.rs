@@ -15,6 +15,11 @@ use crate::tls::{Refusal, Tls, peer_principal};
 /// Most handshakes in progress at once; more connections wait to be accepted.
 const MAX_HANDSHAKES: usize = 256;
 
+/// How long a client waits for a server's side of the TLS handshake. A paused or
+/// wedged node accepts TCP (the kernel does) but never answers: without this bound a
+/// connect would wait forever. Loopback takes milliseconds, a slow WAN a few hundred.
+pub const CLIENT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An endpoint to an orchestrator node at `addr` (host:port): plain HTTP/2 without
 /// `tls`, else mutual TLS with this process's certificate, and the server must hold a
 /// node certificate of the same CA.
@@ -25,7 +30,8 @@ pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<Endpoint, String> {
     let cfg = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&tls.ca_pem))
         .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem()))
-        .domain_name(NODE_SERVER_NAME);
+        .domain_name(NODE_SERVER_NAME)
+        .timeout(CLIENT_HANDSHAKE_TIMEOUT);
     Endpoint::from_shared(format!("https://{addr}"))
         .and_then(|e| e.tls_config(cfg))
         .map_err(|e| format!("{addr}: {e}"))

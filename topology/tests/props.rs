@@ -232,8 +232,16 @@ impl Mutation {
     }
 }
 
+/// Cases per fuzz property: 256 in CI, `PROPTEST_CASES=N` for a longer run.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(256), ..ProptestConfig::default() })]
 
     #[test]
     fn each_mutation_fails_with_its_diagnostic(spec in spec(), m in 0usize..Mutation::ALL.len(), pick in any::<usize>()) {

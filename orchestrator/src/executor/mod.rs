@@ -678,11 +678,28 @@ async fn issue_once(saga: &Saga, batch: Vec<(HostId, AgentAction)>) -> Result<Ve
 
 /// Wait for commands to succeed; the first failure fails the step with its message.
 async fn await_commands(saga: &Saga, ids: &[u64], timeout: Duration) -> Result<(), String> {
+    await_results(saga, ids, timeout, false).await
+}
+
+/// Wait for commands' results. With `down_stops`, a command whose host went down
+/// meanwhile counts as done: the host's lease ran out, so its agent fenced its VMs
+/// (DESIGN §4) — what a stop or destroy asked for.
+async fn await_results(
+    saga: &Saga,
+    ids: &[u64],
+    timeout: Duration,
+    down_stops: bool,
+) -> Result<(), String> {
     saga.wait(timeout, "the agents' command results", |s| {
         let mut done = true;
         for id in ids {
             match s.commands.get(id).map(|c| (&c.status, c)) {
                 Some((CommandStatus::Succeeded { .. }, _)) => {}
+                Some((CommandStatus::Pending, c))
+                    if down_stops
+                        && s.hosts
+                            .get(&c.host)
+                            .is_some_and(|h| h.state == HostState::Down) => {}
                 Some((CommandStatus::Failed { message, .. }, c)) => {
                     return Some(Err(format!(
                         "{} of {} on {} failed: {message}",
@@ -732,10 +749,13 @@ async fn stop_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String,
         .collect();
     if !batch.is_empty() {
         let ids = issue_once(saga, batch).await?;
-        await_commands(
+        // A host declared lost just after the plan (a new leader learns only after a
+        // lease that a site's hosts are gone) fences itself: no need to wait for it.
+        await_results(
             saga,
             &ids,
             timeout + Duration::from_secs(u64::from(SHUTDOWN_TIMEOUT_S)),
+            true,
         )
         .await?;
     }

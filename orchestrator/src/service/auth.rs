@@ -58,9 +58,13 @@ pub async fn admit<T>(
     }
 }
 
-/// Record a refused call in the audit log. Best effort: when the cluster cannot
+/// Record a call refused for who the caller is. Best effort: when the cluster cannot
 /// commit (no quorum), the refusal is in this node's log only, and the log says so.
 pub async fn audit_refusal(node: &Node, actor: &str, what: &str, why: &str) {
+    record_refusal(node, actor, what, why, true).await;
+}
+
+async fn record_refusal(node: &Node, actor: &str, what: &str, why: &str, security: bool) {
     let mut reason = why.to_string();
     if reason.len() > MAX_REASON_LEN - 200 {
         let mut cut = MAX_REASON_LEN - 200;
@@ -75,6 +79,7 @@ pub async fn audit_refusal(node: &Node, actor: &str, what: &str, why: &str) {
         command: Command::Refused {
             call: what.chars().take(200).collect(),
             reason,
+            security,
         },
     };
     if let Err(e) = node.write(req).await {
@@ -83,7 +88,7 @@ pub async fn audit_refusal(node: &Node, actor: &str, what: &str, why: &str) {
 }
 
 /// The result of a mutating call: a refusal by the state machine (invalid, not found,
-/// conflicting, unsafe) is audited before it is returned.
+/// conflicting, unsafe) is audited (`call.refused`) before it is returned.
 pub async fn audited<R>(
     node: &Node,
     actor: &str,
@@ -99,7 +104,7 @@ pub async fn audited<R>(
         && !s.metadata().contains_key("x-metrodr-leader")
         && !actor.is_empty()
     {
-        audit_refusal(node, actor, what, s.message()).await;
+        record_refusal(node, actor, what, s.message(), false).await;
     }
     r
 }

@@ -13,10 +13,51 @@ use crate::network::{decode, encode};
 use crate::node::Node;
 use crate::pb::RaftMessage;
 use crate::pb::cluster_server::Cluster;
-use crate::raft_types::{NodeId, TypeConfig};
+use crate::raft_types::{NodeId, TypeConfig, node_id_of};
 
 pub struct ClusterService {
     pub node: Arc<Node>,
+}
+
+/// Metadata on a refusal that tells a node it was removed (it halts when it hears it).
+pub const REMOVED: &str = "x-metrodr-removed";
+
+impl ClusterService {
+    /// Only nodes may call (checked before a message is even decoded).
+    async fn admit<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        crate::service::auth::admit(&self.node, req, Access::Peer, what, "")
+            .await
+            .map(drop)
+    }
+
+    /// A node speaks only as itself (with TLS), and a node a forced membership change
+    /// removed is refused and told so.
+    fn check<T>(&self, req: &Request<T>, sender: Option<NodeId>) -> Result<(), Status> {
+        if let (Some(p), Some(id)) = (crate::service::auth::caller(&self.node, req)?, sender)
+            && node_id_of(&p.name) != id
+        {
+            return Err(Status::permission_denied(format!(
+                "{p} may not speak for another node (Raft id {id})"
+            )));
+        }
+        let from = match crate::service::auth::caller(&self.node, req)? {
+            Some(p) => Some(node_id_of(&p.name)),
+            None => sender,
+        };
+        if let Some(id) = from
+            && self.node.is_removed(id)
+        {
+            let mut s = Status::permission_denied(format!(
+                "the node with Raft id {id} was removed from this cluster by a forced membership change on {}: \
+                 it must stop; wipe its data directory and add it again with `metrodr cluster add-node`",
+                self.node.name
+            ));
+            s.metadata_mut()
+                .insert(REMOVED, tonic::metadata::MetadataValue::from_static("1"));
+            return Err(s);
+        }
+        Ok(())
+    }
 }
 
 fn bad(e: String) -> Status {
@@ -35,9 +76,9 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        crate::service::auth::admit(&self.node, &req, Access::Peer, "append Raft entries", "")
-            .await?;
+        self.admit(&req, "append Raft entries").await?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        self.check(&req, rpc.vote.leader_id().voted_for())?;
         let r = self.node.raft.append_entries(rpc).await;
         if r.is_ok() {
             self.node.heard_from_leader(Instant::now());
@@ -46,9 +87,9 @@ impl Cluster for ClusterService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        crate::service::auth::admit(&self.node, &req, Access::Peer, "ask for a Raft vote", "")
-            .await?;
+        self.admit(&req, "ask for a Raft vote").await?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad)?;
+        self.check(&req, rpc.vote.leader_id().voted_for())?;
         reply(&self.node.raft.vote(rpc).await)
     }
 
@@ -56,27 +97,15 @@ impl Cluster for ClusterService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        crate::service::auth::admit(
-            &self.node,
-            &req,
-            Access::Peer,
-            "install a Raft snapshot",
-            "",
-        )
-        .await?;
+        self.admit(&req, "install a Raft snapshot").await?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        self.check(&req, rpc.vote.leader_id().voted_for())?;
         reply(&self.node.raft.install_snapshot(rpc).await)
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        crate::service::auth::admit(
-            &self.node,
-            &req,
-            Access::Peer,
-            "forward a write to the leader",
-            "",
-        )
-        .await?;
+        self.admit(&req, "forward a write to the leader").await?;
+        self.check(&req, None)?;
         let request: crate::state::Request = decode(req.get_ref()).map_err(bad)?;
         let deadline = Instant::now() + self.node.write_timeout;
         let written = self.node.write_local(request, deadline).await?;

@@ -118,20 +118,20 @@ impl OperatorService {
 
     /// Admit a call: the actor for the audit log (see [`admit`]); without TLS, the name
     /// the request claims, which a mutating call must give.
+    /// `claimed` is None for calls whose request names no actor (membership).
     async fn admit<T>(
         &self,
         req: &Request<T>,
         access: Access,
         what: &str,
-        claimed: &str,
+        claimed: Option<&str>,
     ) -> Result<String, Status> {
-        let a = admit(&self.node, req, access, what, claimed).await?;
-        match access {
-            Access::Read => Ok(a),
+        let a = admit(&self.node, req, access, what, claimed.unwrap_or_default()).await?;
+        match (access, claimed) {
+            (Access::Read, _) => Ok(a),
             _ if self.node.tls.is_some() => Ok(a),
-            // Membership calls name no actor.
-            _ if claimed.is_empty() && a.is_empty() => Ok("operator (no TLS)".into()),
-            _ => actor(&a),
+            (_, None) => Ok("operator (no TLS)".into()),
+            (_, Some(_)) => actor(&a),
         }
     }
 
@@ -237,7 +237,10 @@ impl Operator for OperatorService {
             topology_version: s.topology().map_or(0, |t| t.version),
             audit_entries: s.audit.len() as u64,
             audit_head: s.audit_head(),
-            store_warning: self.node.store_warning.clone(),
+            store_warning: self
+                .node
+                .halted()
+                .unwrap_or_else(|| self.node.store_warning.clone()),
         };
         Ok(Response::new(reply))
     }
@@ -247,7 +250,7 @@ impl Operator for OperatorService {
         req: Request<InitClusterRequest>,
     ) -> Result<Response<InitClusterReply>, Status> {
         let what = "initialize the cluster";
-        let actor = self.admit(&req, Access::Administer, what, "").await?;
+        let actor = self.admit(&req, Access::Administer, what, None).await?;
         let r = async {
             let actor = actor.clone();
 
@@ -308,7 +311,7 @@ impl Operator for OperatorService {
         req: Request<AddNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let what = "add an orchestrator node";
-        let actor = self.admit(&req, Access::Administer, what, "").await?;
+        let actor = self.admit(&req, Access::Administer, what, None).await?;
         let r = async {
             let actor = actor.clone();
 
@@ -325,6 +328,8 @@ impl Operator for OperatorService {
                 site: n.site,
                 addr: n.addr,
             };
+            // A node a forced change removed comes back wiped: stop refusing it.
+            self.node.readmit(&n.name);
             self.node
                 .raft
                 .add_learner(id, info, true)
@@ -366,7 +371,7 @@ impl Operator for OperatorService {
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let what = "remove an orchestrator node";
-        let actor = self.admit(&req, Access::Administer, what, "").await?;
+        let actor = self.admit(&req, Access::Administer, what, None).await?;
         let r = async {
             let actor = actor.clone();
 
@@ -412,7 +417,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<ApplyTopologyReply>, Status> {
         let what = "apply a topology";
         let actor = self
-            .admit(&req, Access::Administer, what, &req.get_ref().actor)
+            .admit(&req, Access::Administer, what, Some(&req.get_ref().actor))
             .await?;
         let r = async {
             let actor = actor.clone();
@@ -626,7 +631,7 @@ impl Operator for OperatorService {
     async fn note(&self, req: Request<NoteRequest>) -> Result<Response<WriteReply>, Status> {
         let what = "write a note in the audit log";
         let actor = self
-            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
             .await?;
         let r = async {
             let actor = actor.clone();
@@ -750,7 +755,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<VmActionReply>, Status> {
         let what = "act on a VM";
         let actor = self
-            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
             .await?;
         let r = async {
             let actor = actor.clone();
@@ -865,17 +870,18 @@ impl Operator for OperatorService {
         &self,
         req: Request<StartOperationRequest>,
     ) -> Result<Response<StartOperationReply>, Status> {
+        let dry_run = req.get_ref().dry_run;
         let what = "start an operation";
         let actor = self
             .admit(
                 &req,
-                if req.get_ref().dry_run {
+                if dry_run {
                     Access::Read
                 } else {
                     Access::Operate
                 },
                 what,
-                &req.get_ref().actor,
+                Some(&req.get_ref().actor),
             )
             .await?;
         let r = async {
@@ -887,7 +893,12 @@ impl Operator for OperatorService {
             ))
         }
         .await;
-        audited(&self.node, &actor, what, r).await
+        if dry_run {
+            // A plan that cannot be made changed nothing: the caller hears why.
+            r
+        } else {
+            audited(&self.node, &actor, what, r).await
+        }
     }
 
     async fn get_operation(
@@ -920,7 +931,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<WriteReply>, Status> {
         let what = "approve an operation";
         let actor = self
-            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
             .await?;
         let r = async {
             let actor = actor.clone();
@@ -934,13 +945,84 @@ impl Operator for OperatorService {
         audited(&self.node, &actor, what, r).await
     }
 
+    async fn force_membership(
+        &self,
+        req: Request<ForceMembershipRequest>,
+    ) -> Result<Response<ForceMembershipReply>, Status> {
+        let what = "force the membership (declare a site lost without a quorum)";
+        let actor = self
+            .admit(&req, Access::Administer, what, Some(&req.get_ref().actor))
+            .await?;
+        let req = req.into_inner();
+        // No audit entry can be committed now (there is no quorum): a refusal is in
+        // this node's log; the change itself is audited once the node leads again.
+        let refuse = |why: String| {
+            tracing::warn!(node = %self.node.name, %actor, "refused to force the membership: {why}");
+            Err(Status::failed_precondition(why))
+        };
+        let m = self.node.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        let me = mem.get_node(&self.node.id).cloned();
+        let Some(me) = me.filter(|_| mem.voter_ids().any(|v| v == self.node.id)) else {
+            return refuse(format!(
+                "{} is not a voter of the cluster; force it on a surviving voter",
+                self.node.name
+            ));
+        };
+        if let Some((_, leader)) = self.node.leader()
+            && (leader.name != me.name || self.node.is_confirmed_leader())
+        {
+            return refuse(format!(
+                "the cluster has a quorum (leader {leader}): declare the loss without --force (`metrodr site fail {}`)",
+                req.site
+            ));
+        }
+        if req.site == me.site {
+            return refuse(format!(
+                "{} runs at {}, the site to declare lost: force it on a node of the surviving site",
+                me.name, me.site
+            ));
+        }
+        if !mem.nodes().any(|(_, n)| n.site == req.site) {
+            return refuse(format!(
+                "no orchestrator node runs at a site {:?}",
+                req.site
+            ));
+        }
+        let removed: Vec<NodeInfo> = mem
+            .nodes()
+            .filter(|(id, _)| **id != self.node.id)
+            .map(|(_, n)| n.clone())
+            .collect();
+        let names: Vec<String> = removed.iter().map(|n| n.name.clone()).collect();
+        tracing::warn!(
+            node = %self.node.name, %actor,
+            "forcing the membership: {} alone, {} removed (site {} declared lost without a quorum); restarting",
+            me.name, names.join(", "), req.site
+        );
+        self.node
+            .force
+            .send_replace(Some(crate::store::force::Forced {
+                actor,
+                site: req.site,
+                removed,
+                at_ms: now_ms(),
+                log_id: None,
+                audited: false,
+            }));
+        Ok(Response::new(ForceMembershipReply {
+            voter: me.name,
+            removed: names,
+        }))
+    }
+
     async fn recover_site(
         &self,
         req: Request<RecoverSiteRequest>,
     ) -> Result<Response<RecoverSiteReply>, Status> {
         let what = "recover a site";
         let actor = self
-            .admit(&req, Access::Operate, what, &req.get_ref().actor)
+            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
             .await?;
         let r = async {
             let actor = actor.clone();

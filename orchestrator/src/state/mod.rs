@@ -161,10 +161,14 @@ pub enum Command {
         change: String,
     },
     /// A call (or a connection) the cluster refused, for the audit log: `call` names
-    /// it, `reason` says why. Changes nothing else.
+    /// it, `reason` says why; `security`: refused for who the caller is (audited as
+    /// `security.refused`), else for what it asked (`call.refused`). Changes nothing
+    /// else.
     Refused {
         call: String,
         reason: String,
+        #[serde(default)]
+        security: bool,
     },
     /// A host's agent registered (host goes Up, inventory recorded).
     RegisterHost {
@@ -681,8 +685,16 @@ impl ClusterState {
             Command::Membership { change } => {
                 Ok(("cluster.membership", change.clone(), Outcome::Done))
             }
-            Command::Refused { call, reason } => Ok((
-                "security.refused",
+            Command::Refused {
+                call,
+                reason,
+                security,
+            } => Ok((
+                if *security {
+                    "security.refused"
+                } else {
+                    "call.refused"
+                },
                 format!("{call}: {reason}"),
                 Outcome::Done,
             )),

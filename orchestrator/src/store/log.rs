@@ -44,6 +44,26 @@ impl LogStore {
         s
     }
 
+    /// The forced membership change this node went through, if any.
+    pub fn forced(&self) -> Result<Option<super::force::Forced>, StorageError> {
+        self.get_meta("forced")
+    }
+
+    pub fn set_forced(&self, f: &super::force::Forced) -> Result<(), std::io::Error> {
+        self.put_meta("forced", f, true)
+    }
+
+    /// Write one entry at its index, synced, outside openraft (the node is stopped):
+    /// only [`super::force::force_single_voter`] does this.
+    pub(super) fn force_append(&self, entry: &Entry) -> Result<(), std::io::Error> {
+        let bytes = serde_json::to_vec(entry)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_LOGS), index_key(entry.log_id.index), bytes);
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(std::io::Error::other)
+    }
+
     /// A live view of the highest committed log index.
     pub fn committed_index(&self) -> Arc<AtomicU64> {
         self.committed.clone()

@@ -5,7 +5,7 @@
 //! | cf     | keys                                   | values                 |
 //! |--------|----------------------------------------|------------------------|
 //! | `logs` | log index, 8 bytes big-endian          | JSON `Entry`           |
-//! | `meta` | `format`, `vote`, `committed`, `purged` | JSON                   |
+//! | `meta` | `format`, `vote`, `committed`, `purged`, `forced` | JSON         |
 //! | `sm`   | `t/<table>/<key>`, `applied`, `membership`, `snapshot` | JSON    |
 //!
 //! Durability: a log append or vote is written with `sync = true` (the WAL is flushed
@@ -17,6 +17,7 @@
 // openraft's `StorageError` is large; its trait methods return it, so ours do too.
 #![allow(clippy::result_large_err)]
 
+pub mod force;
 mod log;
 mod sm;
 #[cfg(test)]
