@@ -209,7 +209,9 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
                     .unwrap_or_else(|e| e.into_inner())
                     .record(r)
             });
-            let incoming = security::grpc::incoming(listener, tls.clone(), refused);
+            let (incoming, accepting) = security::grpc::incoming(listener, tls.clone(), refused);
+            // Awaited on shutdown: it holds the listener (a forced restart binds again).
+            tasks.push(accepting);
             tokio::spawn(async move {
                 stopped(grpc.serve_with_incoming_shutdown(incoming, shutdown).await)
             })

@@ -40,14 +40,18 @@ pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<Endpoint, String> {
 /// The stream of connections whose handshake succeeded, for tonic's
 /// `serve_with_incoming`. Handshakes run concurrently (a slow client holds up no one);
 /// each failure is logged with the peer's address and why, and passed to `refused`.
-/// The accept loop ends when the stream is dropped.
+/// The accept loop ends when the stream is dropped; its task (returned) holds the
+/// listener, so a caller that binds the same address again awaits it first.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Tls>,
     refused: Arc<dyn Fn(Refusal) + Send + Sync>,
-) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> (
+    impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -80,7 +84,9 @@ pub fn incoming(
             });
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    (stream, accepting)
 }
 
 /// The verified identity behind a request served over [`incoming`].
