@@ -53,8 +53,14 @@ fn primary(path: &Path, peer: &str, tls: Option<Arc<Tls>>) -> Arc<PrimaryGroup> 
     g
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_agents_of_one_ca_replicate_over_tls() {
+/// Our CA in a fresh directory, and south-h1's TLS secondary of `s.raw` there.
+async fn south() -> (
+    tempfile::TempDir,
+    CertDir,
+    Arc<ReplicaGroup>,
+    String,
+    watch::Sender<bool>,
+) {
     let d = tempfile::tempdir().unwrap();
     let certs = ca(&d.path().join("certs"));
     let (sec, addr, stop) = secondary(
@@ -62,6 +68,12 @@ async fn two_agents_of_one_ca_replicate_over_tls() {
         tls(&certs, security::Role::Agent, "south-h1"),
     )
     .await;
+    (d, certs, sec, addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_of_one_ca_replicate_over_tls() {
+    let (d, certs, sec, addr, stop) = south().await;
     let g = primary(
         &d.path().join("p.raw"),
         &addr,
@@ -93,13 +105,7 @@ async fn two_agents_of_one_ca_replicate_over_tls() {
 /// Start a primary with credentials from `who(our CA dir)` against a TLS secondary;
 /// the link never streams and the secondary's status says why it refused.
 async fn refused(who: impl FnOnce(&CertDir, &Path) -> Option<Arc<Tls>>, says: &str) {
-    let d = tempfile::tempdir().unwrap();
-    let certs = ca(&d.path().join("certs"));
-    let (sec, addr, stop) = secondary(
-        &d.path().join("s.raw"),
-        tls(&certs, security::Role::Agent, "south-h1"),
-    )
-    .await;
+    let (d, certs, sec, addr, stop) = south().await;
     let g = primary(&d.path().join("p.raw"), &addr, who(&certs, d.path()));
     let mut st = sec.status();
     let why = tokio::time::timeout(

@@ -135,6 +135,24 @@ impl OperatorService {
         }
     }
 
+    /// A mutating call: admitted (see [`Self::admit`]), then `body` with the request
+    /// and the actor, whose refusal by the state machine is audited (see [`audited`]).
+    async fn guarded<T, R, Fut>(
+        &self,
+        access: Access,
+        what: &str,
+        claimed: Option<String>,
+        req: Request<T>,
+        body: impl FnOnce(T, String) -> Fut,
+    ) -> Result<R, Status>
+    where
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let actor = self.admit(&req, access, what, claimed.as_deref()).await?;
+        let r = body(req.into_inner(), actor.clone()).await;
+        audited(&self.node, &actor, what, r).await
+    }
+
     /// Membership changes must run on the leader; elsewhere say where it is.
     fn require_leader(&self) -> Result<(), Status> {
         match self.node.leader() {
@@ -250,11 +268,7 @@ impl Operator for OperatorService {
         req: Request<InitClusterRequest>,
     ) -> Result<Response<InitClusterReply>, Status> {
         let what = "initialize the cluster";
-        let actor = self.admit(&req, Access::Administer, what, None).await?;
-        let r = async {
-            let actor = actor.clone();
-
-            let req = req.into_inner();
+        self.guarded(Access::Administer, what, None, req, |req, actor| async move {
             if req.nodes.is_empty() {
                 return Err(Status::invalid_argument(
                     "no nodes given: list the orchestrator nodes (name, site, addr)",
@@ -301,9 +315,8 @@ impl Operator for OperatorService {
                 ))),
                 Err(e) => Err(Status::internal(format!("initialize failed: {e}"))),
             }
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+        })
+        .await
     }
 
     async fn add_node(
@@ -311,59 +324,61 @@ impl Operator for OperatorService {
         req: Request<AddNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let what = "add an orchestrator node";
-        let actor = self.admit(&req, Access::Administer, what, None).await?;
-        let r = async {
-            let actor = actor.clone();
-
-            self.require_leader()?;
-            let req = req.into_inner();
-            let n = req
-                .node
-                .ok_or_else(|| Status::invalid_argument("no node given"))?;
-            topology::ids::check_id(&n.name)
-                .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
-            let id = node_id_of(&n.name);
-            let info = NodeInfo {
-                name: n.name.clone(),
-                site: n.site,
-                addr: n.addr,
-            };
-            // A node a forced change removed comes back wiped: stop refusing it.
-            self.node.readmit(&n.name);
-            self.node
-                .raft
-                .add_learner(id, info, true)
-                .await
-                .map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "adding {} as a learner failed: {e}",
-                        n.name
-                    ))
+        self.guarded(
+            Access::Administer,
+            what,
+            None,
+            req,
+            |req, actor| async move {
+                self.require_leader()?;
+                let n = req
+                    .node
+                    .ok_or_else(|| Status::invalid_argument("no node given"))?;
+                topology::ids::check_id(&n.name).map_err(|e| {
+                    Status::invalid_argument(format!("node name {:?}: {e}", n.name))
                 })?;
-            if req.voter {
+                let id = node_id_of(&n.name);
+                let info = NodeInfo {
+                    name: n.name.clone(),
+                    site: n.site,
+                    addr: n.addr,
+                };
+                // A node a forced change removed comes back wiped: stop refusing it.
+                self.node.readmit(&n.name);
                 self.node
                     .raft
-                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .add_learner(id, info, true)
                     .await
                     .map_err(|e| {
                         Status::failed_precondition(format!(
-                            "making {} a voter failed: {e}",
+                            "adding {} as a learner failed: {e}",
                             n.name
                         ))
                     })?;
-            }
-            self.audit_membership(
-                &actor,
-                format!(
-                    "added {} as {}",
-                    n.name,
-                    if req.voter { "a voter" } else { "a learner" }
-                ),
-            );
-            Ok(Response::new(self.membership_reply()))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+                if req.voter {
+                    self.node
+                        .raft
+                        .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                        .await
+                        .map_err(|e| {
+                            Status::failed_precondition(format!(
+                                "making {} a voter failed: {e}",
+                                n.name
+                            ))
+                        })?;
+                }
+                self.audit_membership(
+                    &actor,
+                    format!(
+                        "added {} as {}",
+                        n.name,
+                        if req.voter { "a voter" } else { "a learner" }
+                    ),
+                );
+                Ok(Response::new(self.membership_reply()))
+            },
+        )
+        .await
     }
 
     async fn remove_node(
@@ -371,44 +386,50 @@ impl Operator for OperatorService {
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let what = "remove an orchestrator node";
-        let actor = self.admit(&req, Access::Administer, what, None).await?;
-        let r = async {
-            let actor = actor.clone();
-
-            self.require_leader()?;
-            let name = req.into_inner().name;
-            let id = node_id_of(&name);
-            let m = self.node.raft.metrics().borrow().clone();
-            if m.membership_config.membership().get_node(&id).is_none() {
-                return Err(Status::not_found(format!(
-                    "no node {name:?} in the cluster"
-                )));
-            }
-            let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
-            if voters.contains(&id) {
-                if voters.len() <= 1 {
-                    return Err(Status::failed_precondition(
-                        "refusing to remove the last voter",
-                    ));
+        self.guarded(
+            Access::Administer,
+            what,
+            None,
+            req,
+            |req, actor| async move {
+                self.require_leader()?;
+                let name = req.name;
+                let id = node_id_of(&name);
+                let m = self.node.raft.metrics().borrow().clone();
+                if m.membership_config.membership().get_node(&id).is_none() {
+                    return Err(Status::not_found(format!(
+                        "no node {name:?} in the cluster"
+                    )));
+                }
+                let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
+                if voters.contains(&id) {
+                    if voters.len() <= 1 {
+                        return Err(Status::failed_precondition(
+                            "refusing to remove the last voter",
+                        ));
+                    }
+                    self.node
+                        .raft
+                        .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                        .await
+                        .map_err(|e| {
+                            Status::failed_precondition(format!(
+                                "removing voter {name} failed: {e}"
+                            ))
+                        })?;
                 }
                 self.node
                     .raft
-                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
                     .await
                     .map_err(|e| {
-                        Status::failed_precondition(format!("removing voter {name} failed: {e}"))
+                        Status::failed_precondition(format!("removing {name} failed: {e}"))
                     })?;
-            }
-            self.node
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
-                .await
-                .map_err(|e| Status::failed_precondition(format!("removing {name} failed: {e}")))?;
-            self.audit_membership(&actor, format!("removed {name}"));
-            Ok(Response::new(self.membership_reply()))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+                self.audit_membership(&actor, format!("removed {name}"));
+                Ok(Response::new(self.membership_reply()))
+            },
+        )
+        .await
     }
 
     async fn apply_topology(
@@ -416,13 +437,7 @@ impl Operator for OperatorService {
         req: Request<ApplyTopologyRequest>,
     ) -> Result<Response<ApplyTopologyReply>, Status> {
         let what = "apply a topology";
-        let actor = self
-            .admit(&req, Access::Administer, what, Some(&req.get_ref().actor))
-            .await?;
-        let r = async {
-            let actor = actor.clone();
-
-            let req = req.into_inner();
+        self.guarded(Access::Administer, what, Some(req.get_ref().actor.clone()), req, |req, actor| async move {
             let report = topology::check_str(&req.text);
             let (Some(model), Some(plan)) = (report.topology, report.plan) else {
                 let map = topology::SourceMap::new(&req.text);
@@ -478,9 +493,8 @@ impl Operator for OperatorService {
                 audit_seq: written.audit_seq,
                 warnings,
             }))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+        })
+        .await
     }
 
     async fn get_topology(
@@ -630,28 +644,27 @@ impl Operator for OperatorService {
 
     async fn note(&self, req: Request<NoteRequest>) -> Result<Response<WriteReply>, Status> {
         let what = "write a note in the audit log";
-        let actor = self
-            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
-            .await?;
-        let r = async {
-            let actor = actor.clone();
-
-            let req = req.into_inner();
-            let w = self
-                .node
-                .write(state::Request {
-                    actor,
-                    at_ms: now_ms(),
-                    command: Command::Note { text: req.text },
-                })
-                .await?;
-            Ok(Response::new(WriteReply {
-                audit_seq: w.audit_seq,
-                log_index: w.log_index,
-            }))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+        self.guarded(
+            Access::Operate,
+            what,
+            Some(req.get_ref().actor.clone()),
+            req,
+            |req, actor| async move {
+                let w = self
+                    .node
+                    .write(state::Request {
+                        actor,
+                        at_ms: now_ms(),
+                        command: Command::Note { text: req.text },
+                    })
+                    .await?;
+                Ok(Response::new(WriteReply {
+                    audit_seq: w.audit_seq,
+                    log_index: w.log_index,
+                }))
+            },
+        )
+        .await
     }
 
     async fn list_hosts(
@@ -754,13 +767,7 @@ impl Operator for OperatorService {
         req: Request<VmActionRequest>,
     ) -> Result<Response<VmActionReply>, Status> {
         let what = "act on a VM";
-        let actor = self
-            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
-            .await?;
-        let r = async {
-            let actor = actor.clone();
-
-            let req = req.into_inner();
+        self.guarded(Access::Operate, what, Some(req.get_ref().actor.clone()), req, |req, actor| async move {
             let vm = topology::VmId::new(req.vm.as_str());
             let timeout_s = if req.timeout_s == 0 {
                 60
@@ -861,9 +868,8 @@ impl Operator for OperatorService {
                 status: status.0,
                 message: status.1,
             }))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+        })
+        .await
     }
 
     async fn start_operation(
@@ -930,19 +936,18 @@ impl Operator for OperatorService {
         req: Request<ApproveOperationRequest>,
     ) -> Result<Response<WriteReply>, Status> {
         let what = "approve an operation";
-        let actor = self
-            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
-            .await?;
-        let r = async {
-            let actor = actor.clone();
-
-            let req = req.into_inner();
-            Ok(Response::new(
-                super::operations::approve(&self.node, actor, req).await?,
-            ))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+        self.guarded(
+            Access::Operate,
+            what,
+            Some(req.get_ref().actor.clone()),
+            req,
+            |req, actor| async move {
+                Ok(Response::new(
+                    super::operations::approve(&self.node, actor, req).await?,
+                ))
+            },
+        )
+        .await
     }
 
     async fn force_membership(
@@ -1021,19 +1026,18 @@ impl Operator for OperatorService {
         req: Request<RecoverSiteRequest>,
     ) -> Result<Response<RecoverSiteReply>, Status> {
         let what = "recover a site";
-        let actor = self
-            .admit(&req, Access::Operate, what, Some(&req.get_ref().actor))
-            .await?;
-        let r = async {
-            let actor = actor.clone();
-
-            let req = req.into_inner();
-            Ok(Response::new(
-                super::operations::recover_site(&self.node, actor, req).await?,
-            ))
-        }
-        .await;
-        audited(&self.node, &actor, what, r).await
+        self.guarded(
+            Access::Operate,
+            what,
+            Some(req.get_ref().actor.clone()),
+            req,
+            |req, actor| async move {
+                Ok(Response::new(
+                    super::operations::recover_site(&self.node, actor, req).await?,
+                ))
+            },
+        )
+        .await
     }
 
     async fn get_report(
