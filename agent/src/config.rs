@@ -12,6 +12,7 @@
 //! private_host_vcpus = 8                  # capacity of a "test:///private" host
 //! private_host_memory = "16GiB"
 //! replication_ip = "10.10.0.11"           # where this host's replica endpoints listen
+//! guest_network = { network = "prod" }    # the VMs' NIC: "none" | "user" | { network = NAME }
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,24 @@ pub enum DiskBackendSetting {
     File,
     /// The replication engine's NBD sockets in `state_dir/sockets`.
     Nbd,
+}
+
+/// How this host's production VMs are connected (drill copies always get their
+/// drill's isolated network). It also says where the agent finds a VM's address for
+/// the app's tcp probes that name none.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestNetwork {
+    /// No NIC: tcp probes must name an `address`.
+    #[default]
+    None,
+    /// QEMU user-mode networking, restricted (the guest reaches nothing), each probed
+    /// guest port forwarded to a free port of this host's loopback, where the probes
+    /// connect: a lab or a one-machine demo.
+    User,
+    /// A NIC on this libvirt network; probes connect to the guest's address from
+    /// libvirt's DHCP leases or the host's ARP table.
+    Network(String),
 }
 
 /// `cluster` may be a list or one comma-separated string.
@@ -99,6 +118,8 @@ pub struct AgentConfig {
     /// None: plain (a cluster without TLS).
     #[serde(default)]
     pub tls: Option<security::TlsFiles>,
+    #[serde(default)]
+    pub guest_network: GuestNetwork,
 }
 
 fn default_replication_ip() -> String {
@@ -178,6 +199,18 @@ impl AgentConfig {
                 ),
             ));
         }
+        if let GuestNetwork::Network(name) = &c.guest_network
+            && (name.is_empty()
+                || name.len() > 64
+                || name.contains(['/', '\'', '"', '<', '>', '&']))
+        {
+            return Err(invalid(
+                "guest_network",
+                format!(
+                    "{name:?} is not a libvirt network name (`virsh net-list --all` shows them)"
+                ),
+            ));
+        }
         if c.private_host_vcpus == 0 || c.private_host_memory.bytes() == 0 {
             return Err(invalid(
                 "private_host_vcpus",
@@ -224,5 +257,27 @@ mod tests {
         let e = AgentConfig::parse("host = \"a\"\ncluster = [\"x:1\"]\nlibvirt_uri = \"test:///default\"\nstate_dir = \"/x\"\nfence = 1\n", Path::new("a.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn guest_network_is_none_user_or_a_libvirt_network() {
+        let base = "host = \"a\"\ncluster = [\"x:1\"]\nlibvirt_uri = \"test:///default\"\nstate_dir = \"/x\"\n";
+        let parse =
+            |extra: &str| AgentConfig::parse(&format!("{base}{extra}"), Path::new("a.toml"));
+        assert_eq!(parse("").unwrap().guest_network, GuestNetwork::None);
+        assert_eq!(
+            parse("guest_network = \"user\"\n").unwrap().guest_network,
+            GuestNetwork::User
+        );
+        assert_eq!(
+            parse("guest_network = { network = \"prod\" }\n")
+                .unwrap()
+                .guest_network,
+            GuestNetwork::Network("prod".into())
+        );
+        let e = parse("guest_network = \"bridge\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = parse("guest_network = { network = \"a/b\" }\n").unwrap_err();
+        assert!(e.to_string().contains("guest_network"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use topology::ids::{AppId, VmId, VolumeId, check_id};
 use topology::model::Boot;
-use topology::spec::{NetworkSpec, VmSpec};
+use topology::spec::{NetworkSpec, PortForward, VmSpec};
 
 /// XML namespace of our `<metadata>` element. The `1` is the format version: a future
 /// incompatible mark gets a new namespace, and [`managed_by`] of this version ignores it.
@@ -167,7 +167,14 @@ pub fn domain_xml(
     let mut x = String::with_capacity(2048);
     let console = esc_path(&console_of(paths, spec));
     // `write!` into a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(x, "<domain type='{}'>", ty.as_str());
+    // User-mode networking with forwards is QEMU command line (libvirt 9's slirp
+    // interface cannot forward ports), which needs libvirt's qemu namespace.
+    let qemu_ns = if matches!(spec.network, NetworkSpec::User { .. }) {
+        format!(" xmlns:qemu='{QEMU_NS}'")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(x, "<domain type='{}'{qemu_ns}>", ty.as_str());
     let _ = writeln!(x, "  <name>{}</name>", esc(&spec.domain_name()));
     let drill = spec
         .drill
@@ -242,7 +249,7 @@ pub fn domain_xml(
         }
     }
     match &spec.network {
-        NetworkSpec::None => {}
+        NetworkSpec::None | NetworkSpec::User { .. } => {}
         NetworkSpec::Network { name } | NetworkSpec::Isolated { name } => {
             let _ = writeln!(
                 x,
@@ -259,8 +266,64 @@ pub fn domain_xml(
         x,
         "    <console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>"
     );
-    x.push_str("  </devices>\n</domain>\n");
+    x.push_str("  </devices>\n");
+    if let NetworkSpec::User { forwards } = &spec.network {
+        let mut netdev = format!("user,id={USER_NETDEV},restrict=on");
+        for f in forwards {
+            let _ = write!(netdev, ",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest);
+        }
+        let _ = writeln!(
+            x,
+            "  <qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='{}'/>\
+             <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev={USER_NETDEV},bus=pci.0,addr={USER_NIC_SLOT}'/></qemu:commandline>",
+            esc(&netdev)
+        );
+    }
+    x.push_str("</domain>\n");
     x
+}
+
+/// libvirt's namespace for QEMU command-line passthrough.
+pub const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// The id of the user-mode network device in the QEMU command line.
+const USER_NETDEV: &str = "mdrnet0";
+
+/// The NIC's PCI slot: QEMU creates command-line devices before libvirt's own, so an
+/// unplaced NIC would take slot 2, which libvirt gives the first disk. libvirt fills
+/// slots from 2 upwards; 0x1e stays clear of them.
+const USER_NIC_SLOT: &str = "0x1e";
+
+/// The guest ports forwarded to the host's loopback in `domain_xml` (the live XML
+/// libvirt returns for a domain with [`NetworkSpec::User`]), as (guest, host) ports.
+/// Empty for any other domain and for garbage.
+pub fn user_forwards(domain_xml: &str) -> Vec<PortForward> {
+    let Ok(doc) = roxmltree::Document::parse(domain_xml) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for arg in doc
+        .descendants()
+        .filter(|n| n.has_tag_name((QEMU_NS, "arg")))
+    {
+        let Some(v) = arg.attribute("value") else {
+            continue;
+        };
+        if !v.starts_with("user,") || !v.contains(&format!("id={USER_NETDEV}")) {
+            continue;
+        }
+        for part in v.split(',') {
+            let Some(rule) = part.strip_prefix("hostfwd=tcp:127.0.0.1:") else {
+                continue;
+            };
+            if let Some((host, guest)) = rule.split_once("-:")
+                && let (Ok(host), Ok(guest)) = (host.parse(), guest.parse())
+            {
+                out.push(PortForward { guest, host });
+            }
+        }
+    }
+    out
 }
 
 /// Who manages the domain described by `domain_xml`: `Some` only for a well-formed
@@ -373,6 +436,7 @@ mod tests {
                 })
                 .collect(),
             network,
+            probe_ports: Vec::new(),
         }
     }
 
@@ -550,6 +614,64 @@ mod tests {
         assert!(children(os, "initrd").is_empty());
         assert!(children(os, "cmdline").is_empty());
         assert!(children(child(doc.root_element(), "devices"), "disk").is_empty());
+    }
+
+    #[test]
+    fn user_networking_forwards_each_probed_port_to_loopback_and_reads_back() {
+        let forwards = vec![
+            PortForward {
+                guest: 80,
+                host: 41001,
+            },
+            PortForward {
+                guest: 5432,
+                host: 41002,
+            },
+        ];
+        let xml = domain_xml(
+            &spec(
+                kernel_boot(),
+                &["a"],
+                NetworkSpec::User {
+                    forwards: forwards.clone(),
+                },
+            ),
+            DomainType::Qemu,
+            &paths(),
+            DiskBackend::Nbd,
+        );
+        let doc = parse(&xml);
+        // No libvirt interface: the NIC is QEMU's, restricted, on the command line.
+        assert!(children(child(doc.root_element(), "devices"), "interface").is_empty());
+        let args: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name((QEMU_NS, "arg")))
+            .filter_map(|n| n.attribute("value"))
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-netdev",
+                "user,id=mdrnet0,restrict=on,hostfwd=tcp:127.0.0.1:41001-:80,hostfwd=tcp:127.0.0.1:41002-:5432",
+                "-device",
+                "virtio-net-pci,netdev=mdrnet0,bus=pci.0,addr=0x1e"
+            ]
+        );
+        assert_eq!(user_forwards(&xml), forwards);
+        // Other domains, foreign command lines and garbage forward nothing.
+        let plain = domain_xml(
+            &spec(kernel_boot(), &["a"], NetworkSpec::None),
+            DomainType::Qemu,
+            &paths(),
+            DiskBackend::Nbd,
+        );
+        assert!(!plain.contains("qemu:"), "{plain}");
+        assert!(user_forwards(&plain).is_empty());
+        let foreign = format!(
+            "<domain xmlns:qemu='{QEMU_NS}'><qemu:commandline><qemu:arg value='user,id=other,hostfwd=tcp:127.0.0.1:1-:2'/></qemu:commandline></domain>"
+        );
+        assert!(user_forwards(&foreign).is_empty());
+        assert!(user_forwards("<domain><qemu:arg").is_empty());
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn spec(vm: &str) -> VmSpec {
             },
         ],
         network: NetworkSpec::None,
+        probe_ports: Vec::new(),
     }
 }
 
@@ -215,6 +216,44 @@ fn a_managed_domain_goes_through_its_whole_life() {
 }
 
 #[test]
+fn a_running_guest_on_a_network_has_the_address_libvirt_knows() {
+    let host = fake_host();
+    let hv = &host.hv;
+    let vm = name("addr");
+    let _cleanup = Cleanup {
+        hv,
+        name: vm.clone(),
+    };
+    hv.ensure_network(
+        "prod",
+        "<network><name>prod</name><ip address='192.168.122.1' netmask='255.255.255.0'>\
+         <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>",
+    )
+    .unwrap();
+    let mut s = spec(&vm);
+    s.network = NetworkSpec::Network {
+        name: "prod".into(),
+    };
+    hv.define(&domain_xml(
+        &s,
+        DomainType::Qemu,
+        &paths(Path::new("/nonexistent/metrodr")),
+        DiskBackend::Nbd,
+    ))
+    .unwrap();
+    hv.start(&vm).unwrap();
+    // The test driver hands out addresses on 192.168.122.0/24, as libvirt's default
+    // network would by DHCP.
+    let ips = hv.addresses(&vm).unwrap();
+    assert_eq!(ips.len(), 1, "{ips:?}");
+    assert!(ips[0].to_string().starts_with("192.168.122."), "{ips:?}");
+    assert!(hv.xml(&vm).unwrap().contains("<interface type='network'>"));
+    // QEMU's monitor is QEMU's: the test driver has none, and says so.
+    let e = hv.usernet(&vm).unwrap_err();
+    assert_eq!(e.op, "usernet", "{e}");
+}
+
+#[test]
 fn unknown_domains_are_not_found_for_every_operation() {
     let host = fake_host();
     let hv = &host.hv;
@@ -227,6 +266,9 @@ fn unknown_domains_are_not_found_for_every_operation() {
         ("undefine", hv.undefine(&vm)),
         ("suspend", hv.suspend(&vm)),
         ("resume", hv.resume(&vm)),
+        ("xml", hv.xml(&vm).map(|_| ())),
+        ("addresses", hv.addresses(&vm).map(|_| ())),
+        ("usernet", hv.usernet(&vm).map(|_| ())),
     ];
     for (op, res) in results {
         let e = res.unwrap_err();

@@ -58,8 +58,8 @@ pub const RECIPE_VERSION: u32 = 1;
 /// The guest's `/init`, with `@MODULES@` replaced by the modules actually packed.
 pub const INIT_SCRIPT: &str = include_str!("guest/init.sh");
 
-/// Kernel modules the guest loads to see its virtio disk, in no particular order
-/// (`/init` finds the dependency order by retrying).
+/// Kernel modules the guest loads to see its virtio disk and NIC, in no particular
+/// order (`/init` finds the dependency order by retrying).
 pub const MODULES: &[&str] = &[
     "virtio",
     "virtio_ring",
@@ -67,7 +67,13 @@ pub const MODULES: &[&str] = &[
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
 ];
+
+/// The TCP port the guest's service listens on once it is ready (when it has a NIC).
+pub const SERVICE_PORT: u16 = 80;
 
 /// Size of a record: one disk block, as written by the guest's `dd bs=4096`.
 pub const BLOCK_SIZE: u64 = 4096;

@@ -43,12 +43,17 @@ const GROUPS: [(&str, &str, &[&str]); 5] = [
 
 impl Lab {
     async fn start() -> Lab {
+        Lab::start_with(|t| t).await
+    }
+
+    /// The lab with its topology text changed by `edit` first.
+    async fn start_with(edit: impl FnOnce(String) -> String) -> Lab {
         let c = TestCluster::start_named(&NODES);
         // The lab with its volumes served by processes outside the cluster (`volume
         // serve --report-to`), the other supported way.
         let text = std::fs::read_to_string(root().join("examples/lab.toml")).unwrap();
         let external = c.dir.path().join("lab-external.toml");
-        std::fs::write(&external, text.replace("volumes = \"agents\"\n", "")).unwrap();
+        std::fs::write(&external, edit(text.replace("volumes = \"agents\"\n", ""))).unwrap();
         c.init_with(&external);
         let addrs = c.addrs();
         let mut agents = BTreeMap::new();
@@ -749,6 +754,63 @@ async fn switchover_moves_an_app_gracefully_and_failback_brings_it_home() {
         "refused requests change nothing else: {new:?}"
     );
     assert!(new[0].detail.contains("no app \"nope\""), "{:?}", new[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_probes_hold_the_health_gate_until_the_service_answers() {
+    let _g = serial();
+    // db's service answers (a listener this test holds); mail's port is closed.
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let probe = |port: u16, timeout: u32| {
+        format!(
+            "\n  [[app.probe]]\n  kind = \"tcp\"\n  port = {port}\n  address = \"127.0.0.1\"\n  timeout_s = {timeout}\n\n"
+        )
+    };
+    let lab = Lab::start_with(|t| {
+        let t = t.replacen(
+            "[[app]]\nid = \"api\"",
+            &format!("{}[[app]]\nid = \"api\"", probe(open_port, 10)),
+            1,
+        );
+        format!("{t}{}", probe(closed_port, 2))
+    })
+    .await;
+
+    let rec = lab.json(&["app", "switchover", "db", "--to", "south"]);
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    let gate = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["app"] == "db" && s["name"] == "health gate")
+        .cloned()
+        .unwrap_or_else(|| panic!("no health gate step: {rec}"));
+    let said = gate["result"].as_str().unwrap_or_default();
+    assert!(
+        said.contains(&format!("tcp 127.0.0.1:{open_port} accepted a connection")),
+        "{gate}"
+    );
+
+    // Nothing answers mail's port: the gate waits its 2 s, then fails the operation
+    // and says what it tried.
+    let started = Instant::now();
+    let o = lab.run(&["app", "switchover", "mail", "--to", "north"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "tcp port {closed_port} did not accept a connection within 2 s"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("refused"), "{out}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "{out}");
+    drop(open);
 }
 
 /// The voters `status` lists.

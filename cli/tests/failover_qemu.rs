@@ -1,6 +1,6 @@
-//! Site loss with a real guest: the probe guest (QEMU, TCG) runs at north on a disk the
-//! north agent serves and replicates synchronously to the south agent; every process
-//! of north dies (its orchestrator node, its agent, the guest's QEMU); the cluster
+//! Site loss with a real guest: the probe guest (QEMU, TCG, user-mode networking) runs
+//! at north on a disk the north agent serves and replicates synchronously to the south
+//! agent; every process of north dies (its orchestrator node, its agent, the guest's QEMU); the cluster
 //! fails the app over, the south agent promotes its replica and the guest boots at
 //! south from it. Its disk must hold every record the guest acknowledged at north.
 //! Both agents share this machine's libvirtd (domains carry their host's mark).
@@ -51,10 +51,12 @@ fn topology(img: &chaos::guest::GuestImage, vm: &str) -> String {
         "[[app]]\nid = \"probe\"\ntier = 1\npreferred_site = \"north\"\nrto_target_s = 60\nrpo_target_s = 0\n\n\
          [[app.volume]]\nid = \"{vm}-disk\"\nsize = \"16MiB\"\nreplication = \"sync\"\n\n\
          [[app.vm]]\nid = \"{vm}\"\nvcpus = 1\nmemory = \"256MiB\"\nboot = \"kernel\"\nkernel = \"{}\"\ninitrd = \"{}\"\ncmdline = \"{}\"\ndisks = [\"{vm}-disk\"]\n\n\
-         [[app.probe]]\nkind = \"serial\"\nmarker = \"metrodr-probe: ready\"\n",
+         [[app.probe]]\nkind = \"serial\"\nmarker = \"metrodr-probe: ready\"\n\n\
+         [[app.probe]]\nkind = \"tcp\"\nport = {}\ntimeout_s = 90\n",
         img.kernel.display(),
         img.initrd.display(),
-        img.cmdline
+        img.cmdline,
+        chaos::guest::SERVICE_PORT
     ));
     t
 }
@@ -66,7 +68,8 @@ fn start_qemu_agent(dir: &Path, host: &str, cluster: &str) -> AgentProc {
         &config,
         format!(
             "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"qemu:///system\"\n\
-             state_dir = \"{}\"\ndisk_backend = \"nbd\"\ndomain_type = \"qemu\"\n",
+             state_dir = \"{}\"\ndisk_backend = \"nbd\"\ndomain_type = \"qemu\"\n\
+             guest_network = \"user\"\n",
             state_dir.display()
         ),
     )
@@ -273,6 +276,15 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
             .as_str()
             .unwrap()
             .contains("\"metrodr-probe: ready\" on the serial console"),
+        "{gate}"
+    );
+    // And for its service: the guest itself completed a TCP handshake on its port
+    // (QEMU's forward alone accepts before the guest is up, and is not enough).
+    assert!(
+        gate["result"].as_str().unwrap().contains(&format!(
+            "(guest port {} behind QEMU's user-mode forward; the guest completed the handshake)",
+            chaos::guest::SERVICE_PORT
+        )),
         "{gate}"
     );
     let south_console = console(&south, &vm);

@@ -135,6 +135,7 @@ pub fn generate(spec: GenSpec) -> Topology {
                 vm: vms[0].id.clone(),
                 port: 8000 + (i % 1000) as u16,
                 timeout_s: 60,
+                address: None,
             }]
         } else {
             Vec::new()

@@ -169,14 +169,58 @@ pub enum ProbeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Probe {
-    /// A TCP connection to `port` on the VM succeeds.
-    Tcp { vm: VmId, port: u16, timeout_s: u32 },
+    /// A TCP connection to `port` on the VM succeeds, made by the agent of the VM's
+    /// host. `address` is where the service answers (a host name or IP address that
+    /// host can reach: a stretched-VLAN address, a VIP); without it the agent finds
+    /// the VM's own address (its `guest_network` setting).
+    Tcp {
+        vm: VmId,
+        port: u16,
+        timeout_s: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
     /// `marker` appears on the VM's serial console.
     Serial {
         vm: VmId,
         marker: String,
         timeout_s: u32,
     },
+}
+
+/// Why `a` cannot be a tcp probe's `address` (None: it can): an IP address, or a
+/// host name of dot-separated labels of letters, digits and `-`.
+pub fn probe_address_problem(a: &str) -> Option<String> {
+    if a.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    if a.is_empty() {
+        return Some("probe address is empty".into());
+    }
+    if a.len() > 253 {
+        return Some(format!(
+            "probe address is {} bytes long; a host name has at most 253",
+            a.len()
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if a.split('.').all(label_ok) {
+        None
+    } else if a.contains(':') {
+        Some(format!(
+            "probe address {a:?} is neither an IP address nor a host name (a port goes in `port`)"
+        ))
+    } else {
+        Some(format!(
+            "probe address {a:?} is neither an IP address nor a host name"
+        ))
+    }
 }
 
 /// Default time a probe may take before it counts as failed.

@@ -115,6 +115,7 @@ pub struct RawProbe {
     pub kind: S<ProbeKind>,
     pub vm: Option<S<String>>,
     pub port: Option<S<u16>>,
+    pub address: Option<S<String>>,
     pub marker: Option<S<String>>,
     pub timeout_s: Option<S<u32>>,
 }

@@ -150,12 +150,16 @@ pub fn to_toml(t: &Topology) -> String {
                     vm,
                     port,
                     timeout_s,
+                    address,
                 } => {
                     let _ = writeln!(
                         o,
                         "\n  [[app.probe]]\n  kind = \"tcp\"\n  vm = {}\n  port = {port}\n  timeout_s = {timeout_s}",
                         q(vm.as_str())
                     );
+                    if let Some(a) = address {
+                        let _ = writeln!(o, "  address = {}", q(a));
+                    }
                 }
                 Probe::Serial {
                     vm,

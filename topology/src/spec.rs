@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AppId, ByteSize, SiteId, VmId, VolumeId};
-use crate::model::{App, Boot, Replication, ReplicationMode, Vm};
+use crate::model::{App, Boot, Probe, Replication, ReplicationMode, Vm};
 
 /// One disk of a VM: the replicated volume behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,13 +19,25 @@ pub struct DiskSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum NetworkSpec {
-    /// No network interface (the probe guest needs none).
+    /// No network interface from the cluster: the agent's own `guest_network`
+    /// setting decides (none, user-mode networking, or one of its libvirt networks).
     #[default]
     None,
+    /// QEMU user-mode networking, restricted (the guest reaches nothing outside), with
+    /// guest TCP ports forwarded to the host's loopback: for labs and one-machine
+    /// demos. The agent sets it, choosing free host ports.
+    User { forwards: Vec<PortForward> },
     /// A NIC on the named libvirt network.
     Network { name: String },
     /// A NIC on a network with no route to production (drills).
     Isolated { name: String },
+}
+
+/// A guest TCP port reachable at a port of the host's loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub guest: u16,
+    pub host: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +50,11 @@ pub struct VmSpec {
     /// In device order: the first is `vda`.
     pub disks: Vec<DiskSpec>,
     pub network: NetworkSpec,
+    /// The guest TCP ports the app's probes check on this VM's own address (probes
+    /// without an `address`): an agent whose guests have user-mode networking forwards
+    /// them to its loopback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe_ports: Vec<u16>,
     /// Set for the copy of the VM a test drill starts (the drill's operation id): the
     /// agent names the domain apart from production (`drill-<op>-<vm>`), gives it the
     /// drill's snapshot of the disks, and never reports it as the production VM.
@@ -87,9 +104,31 @@ impl VmSpec {
                 })
                 .collect(),
             network,
+            probe_ports: probe_ports(app, &vm.id),
             drill: None,
         }
     }
+}
+
+/// The ports of `vm` that `app`'s tcp probes check on the VM's own address, sorted,
+/// each once.
+pub fn probe_ports(app: &App, vm: &VmId) -> Vec<u16> {
+    let mut ports: Vec<u16> = app
+        .probes
+        .iter()
+        .filter_map(|p| match p {
+            Probe::Tcp {
+                vm: v,
+                port,
+                address: None,
+                ..
+            } if v == vm => Some(*port),
+            _ => None,
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Which side of its replication a served group is.
@@ -188,7 +227,26 @@ mod tests {
         let vols: Vec<&str> = spec.disks.iter().map(|d| d.volume.as_str()).collect();
         assert_eq!(vols, ["identity-db-os", "identity-db-data"]);
         assert_eq!(spec.disks[1].size, ByteSize::gib(800));
+        assert_eq!(
+            spec.probe_ports,
+            [5432],
+            "its one VM answers the app's tcp probe"
+        );
         let json = serde_json::to_string(&spec).expect("json");
         assert_eq!(serde_json::from_str::<VmSpec>(&json).expect("parse"), spec);
+    }
+
+    #[test]
+    fn probe_ports_are_the_vm_own_tcp_probes_without_an_address() {
+        let t = crate::check_str(include_str!("../../examples/city-egov.toml"))
+            .topology
+            .expect("valid");
+        let idp = t.app(&AppId::new("identity-svc")).expect("app");
+        let spec = VmSpec::from_model(idp, &idp.vms[0], NetworkSpec::None);
+        assert_eq!(spec.probe_ports, [8443]);
+        // The portal's probe names a service address: nothing to forward.
+        let portal = t.app(&AppId::new("portal")).expect("app");
+        let spec = VmSpec::from_model(portal, &portal.vms[0], NetworkSpec::None);
+        assert!(spec.probe_ports.is_empty(), "{:?}", spec.probe_ports);
     }
 }

@@ -51,6 +51,12 @@ pub async fn start(s: &Arc<Shared>, op: u64, spec: VmSpec) -> (bool, String) {
             format!("a drill copy may not join the production network {net}"),
         );
     }
+    if let NetworkSpec::User { .. } = &spec.network {
+        return (
+            false,
+            "a drill copy gets its drill's isolated network, not user-mode networking".into(),
+        );
+    }
     if let NetworkSpec::Isolated { name: net } = &spec.network {
         if *net != drill_network_name(op) {
             return (

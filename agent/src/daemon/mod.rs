@@ -14,6 +14,7 @@
 //! regaining a lease, or run a command twice.
 
 mod drill;
+mod probe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ use topology::VmId;
 
 use crate::clock::LeaseClock;
 use crate::config::{
-    AgentConfig, DiskBackendSetting, DomainTypeSetting, FenceAction, PRIVATE_TEST_URI,
+    AgentConfig, DiskBackendSetting, DomainTypeSetting, FenceAction, GuestNetwork, PRIVATE_TEST_URI,
 };
 use crate::domain_xml::{self, DiskBackend, DomainType, HostPaths};
 use crate::hypervisor::{
@@ -763,6 +764,13 @@ enum Action {
         marker: String,
         timeout_s: u32,
     },
+    TcpProbe {
+        vm: VmId,
+        port: u16,
+        #[serde(default)]
+        address: Option<String>,
+        timeout_s: u32,
+    },
     Serve {
         group: topology::spec::GroupSpec,
     },
@@ -823,45 +831,43 @@ async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
     s.wake_reporter.notify_one();
 }
 
-/// Wait for `marker` on the VM's serial console since its latest start here (the
-/// whole log when this agent did not start it).
-async fn probe_console(s: &Arc<Shared>, vm: &str, marker: &str, timeout_s: u32) -> (bool, String) {
-    let path = s.paths.consoles_dir.join(format!("{vm}.log"));
-    let mark = lock(&s.console_marks).get(vm).copied().unwrap_or(0);
-    let started = std::time::Instant::now();
-    let deadline = Duration::from_secs(u64::from(timeout_s));
-    loop {
-        let text = std::fs::read(&path).unwrap_or_default();
-        let since = text
-            .get(usize::try_from(mark).unwrap_or(usize::MAX)..)
-            .unwrap_or(&[]);
-        let since = String::from_utf8_lossy(since);
-        if since.contains(marker) {
-            return (
-                true,
-                format!(
-                    "{vm}: {marker:?} on the serial console {} ms after the probe began",
-                    started.elapsed().as_millis()
-                ),
-            );
-        }
-        if started.elapsed() >= deadline {
-            let last = since
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            return (
-                false,
-                format!(
-                    "{vm}: {marker:?} did not appear on the serial console within {timeout_s} s (last line: {:?}); see {}",
-                    last.chars().take(200).collect::<String>(),
-                    path.display()
-                ),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// A production VM's network from this host's `guest_network` (the cluster sends
+/// none): a libvirt network, or user-mode networking with each probed guest port
+/// forwarded to a free loopback port (the ports it had when it is defined again).
+async fn connect_to_guest_network(
+    s: &Arc<Shared>,
+    mut spec: topology::spec::VmSpec,
+) -> Result<topology::spec::VmSpec, String> {
+    use topology::spec::{NetworkSpec, PortForward};
+    if spec.drill.is_some() || spec.network != NetworkSpec::None {
+        return Ok(spec);
     }
+    match &s.cfg.guest_network {
+        GuestNetwork::None => {}
+        GuestNetwork::Network(name) => spec.network = NetworkSpec::Network { name: name.clone() },
+        GuestNetwork::User => {
+            let name = spec.domain_name();
+            let had = hv(s, move |h| h.xml(&name))
+                .await
+                .map(|x| domain_xml::user_forwards(&x))
+                .unwrap_or_default();
+            let mut forwards = Vec::new();
+            for &guest in &spec.probe_ports {
+                let host = match had.iter().find(|f| f.guest == guest) {
+                    Some(f) => f.host,
+                    None => std::net::TcpListener::bind("127.0.0.1:0")
+                        .and_then(|l| l.local_addr())
+                        .map(|a| a.port())
+                        .map_err(|e| {
+                            format!("cannot find a free loopback port to forward guest port {guest}: {e}")
+                        })?,
+                };
+                forwards.push(PortForward { guest, host });
+            }
+            spec.network = NetworkSpec::User { forwards };
+        }
+    }
+    Ok(spec)
 }
 
 fn result(r: Result<String, HvError>) -> (bool, String) {
@@ -874,6 +880,10 @@ fn result(r: Result<String, HvError>) -> (bool, String) {
 async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
     match action {
         Action::Define { spec } => {
+            let spec = match connect_to_guest_network(s, spec).await {
+                Ok(spec) => spec,
+                Err(e) => return (false, e),
+            };
             let backend = match s.cfg.disk_backend {
                 DiskBackendSetting::File => DiskBackend::File,
                 DiskBackendSetting::Nbd => DiskBackend::Nbd,
@@ -930,7 +940,13 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             vm,
             marker,
             timeout_s,
-        } => probe_console(s, vm.as_str(), &marker, timeout_s).await,
+        } => probe::console(s, vm.as_str(), &marker, timeout_s).await,
+        Action::TcpProbe {
+            vm,
+            port,
+            address,
+            timeout_s,
+        } => probe::tcp(s, vm.as_str(), port, address.as_deref(), timeout_s).await,
         Action::DrillSnapshot { op, app } => {
             let socket = domain_xml::drill_socket_path(&s.paths, op, &app);
             match s.volumes.drill_snapshot(op, &app, socket).await {
@@ -946,7 +962,7 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             timeout_s,
         } => {
             let name = topology::spec::drill_domain_name(op, &vm);
-            probe_console(s, &name, &marker, timeout_s).await
+            probe::console(s, &name, &marker, timeout_s).await
         }
         Action::DrillCleanup { op } => drill::cleanup(s, op).await,
         Action::Destroy { vm } => result(

@@ -445,6 +445,47 @@ impl Hypervisor for Libvirt {
         })
     }
 
+    fn xml(&self, name: &str) -> Result<String, HvError> {
+        self.call("xml", Some(name), |c, _| Ok(lookup(c, name)?.xml_desc(0)?))
+    }
+
+    fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, HvError> {
+        self.call("addresses", Some(name), |c, _| {
+            let d = lookup(c, name)?;
+            let mut out = Vec::new();
+            for source in [
+                virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+            ] {
+                // A source libvirt cannot use for this domain (no libvirt network
+                // with DHCP, say) is skipped: the other one may know.
+                let Ok(ifaces) = d.interface_addresses(source, 0) else {
+                    continue;
+                };
+                for a in ifaces.iter().flat_map(|i| i.addrs.iter()) {
+                    if let Ok(ip) = a.addr.parse::<std::net::IpAddr>()
+                        && !out.contains(&ip)
+                    {
+                        out.push(ip);
+                    }
+                }
+                if !out.is_empty() {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn usernet(&self, name: &str) -> Result<String, HvError> {
+        self.call("usernet", Some(name), |c, _| {
+            Ok(lookup(c, name)?.qemu_monitor_command(
+                "info usernet",
+                virt::sys::VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+            )?)
+        })
+    }
+
     fn ensure_network(&self, name: &str, xml: &str) -> Result<String, HvError> {
         self.call("network-define", None, |c, _| {
             let net = match c.lookup_network_by_name(name) {

@@ -177,6 +177,14 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn suspend(&self, name: &str) -> Result<(), HvError>;
     /// Resume a paused domain. `Ok` if already running; `Rejected` if shut off.
     fn resume(&self, name: &str) -> Result<(), HvError>;
+    /// The domain's XML as libvirt has it now (of the running guest when it runs).
+    fn xml(&self, name: &str) -> Result<String, HvError>;
+    /// The guest's IP addresses as the host sees them: libvirt's DHCP leases, else the
+    /// host's ARP table. Empty when the guest has none yet.
+    fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, HvError>;
+    /// What QEMU's user-mode network stack of a running domain holds (the monitor's
+    /// `info usernet`): its forwards and connections with their TCP states.
+    fn usernet(&self, name: &str) -> Result<String, HvError>;
     /// Define network `name` from `xml` unless it exists, and start it unless it runs;
     /// returns libvirt's definition of it as it is now (the caller checks it).
     fn ensure_network(&self, name: &str, xml: &str) -> Result<String, HvError>;

@@ -18,10 +18,18 @@ for pass in 1 2 3 4 5 6; do
 done
 [ -n "$pending" ] && echo "metrodr-probe: could not load:$pending"
 echo "metrodr-probe: boot"
-# Seconds between records, from the kernel command line (metrodr.interval=0.1).
+# Seconds between records, from the kernel command line (metrodr.interval=0.1); with
+# a NIC, the address (metrodr.addr=, QEMU user-mode networking's guest address by
+# default) and the port its service listens on once ready (metrodr.listen=).
 interval=0.1
+addr=10.0.2.15/24
+listen=80
 for word in $(cat /proc/cmdline); do
-  case "$word" in metrodr.interval=*) interval=${word#metrodr.interval=} ;; esac
+  case "$word" in
+    metrodr.interval=*) interval=${word#metrodr.interval=} ;;
+    metrodr.addr=*) addr=${word#metrodr.addr=} ;;
+    metrodr.listen=*) listen=${word#metrodr.listen=} ;;
+  esac
 done
 case "$interval" in
   '' | *[!0-9.]*) echo "metrodr-probe: bad metrodr.interval '$interval', using 0.1"; interval=0.1 ;;
@@ -36,6 +44,20 @@ while [ $lo -lt $hi ]; do mid=$(( (lo + hi + 1) / 2 )); if has $mid; then lo=$mi
 n=$lo
 echo "metrodr-probe: resume-after $n"
 echo "metrodr-probe: ready"
+# The service the app's tcp probe checks: up only once the guest is ready.
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set lo up
+  ip addr add "$addr" dev eth0
+  ip link set eth0 up
+  mkdir -p /www
+  echo "metrodr probe guest" > /www/index.html
+  case "$listen" in
+    '' | *[!0-9]*) echo "metrodr-probe: bad metrodr.listen '$listen', using 80"; listen=80 ;;
+  esac
+  httpd -p "$listen" -h /www && echo "metrodr-probe: listening $addr port $listen"
+else
+  echo "metrodr-probe: no network"
+fi
 while [ $n -lt $((blocks - 1)) ]; do
   n=$((n + 1))
   printf 'METRODR-REC %d end\n' $n > /tmp/rec

@@ -3,7 +3,8 @@
 //! four agents; each domain carries its host's mark), every VM the probe guest (QEMU
 //! TCG, 1 vCPU, 256 MiB, booting a kernel; it writes numbered records to its disk and
 //! prints each one it has acknowledged), and every app gets a serial probe (the guest's
-//! ready marker) as its health gate. The guests are the workload: when north is lost
+//! ready marker) and a tcp probe (its web service, through the agent's user-mode
+//! forward) as its health gate. The guests are the workload: when north is lost
 //! their QEMU processes die with it, and each guest, booted again at south from the
 //! promoted disk, says where it resumes — which must be at or after the last record it
 //! acknowledged at north.
@@ -50,6 +51,13 @@ pub fn lab(text: &str, cache: &Path) -> anyhow::Result<(String, Topology)> {
                 vm: vm.id.clone(),
                 marker: "metrodr-probe: ready".into(),
                 timeout_s: 90,
+            });
+            // The guest's service, through the agent's user-mode forward.
+            app.probes.push(Probe::Tcp {
+                vm: vm.id.clone(),
+                port: chaos::guest::SERVICE_PORT,
+                timeout_s: 90,
+                address: None,
             });
         }
     }

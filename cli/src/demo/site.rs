@@ -115,8 +115,15 @@ fn spawn_agent(
         &cfg,
         format!(
             "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{}\"\n\
-             disk_backend = \"nbd\"\ndomain_type = \"qemu\"\n{}",
+             disk_backend = \"nbd\"\ndomain_type = \"qemu\"\n{}{}",
             state.display(),
+            // Real guests get QEMU's user-mode network: their tcp probes connect
+            // through a loopback forward.
+            if uri.starts_with("qemu") {
+                "guest_network = \"user\"\n"
+            } else {
+                ""
+            },
             super::tls_section(certs, security::Role::Agent, host)
         ),
     )?;

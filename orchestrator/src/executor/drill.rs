@@ -356,8 +356,12 @@ async fn drill_app(saga: &Saga, m: &AppMove, base: &Production) -> Result<(), St
                         ));
                     }
                 }
+                // The copies' isolated network has no route from the host: no agent
+                // can reach a copy's port, so a drill cannot check it.
                 topology::Probe::Tcp { vm, port, .. } => {
-                    unchecked.push(format!("tcp {vm}:{port} (not checked yet)"));
+                    unchecked.push(format!(
+                        "tcp {vm}:{port} not checked (the drill network is isolated from the hosts)"
+                    ));
                 }
             }
         }

@@ -997,9 +997,9 @@ async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String
         .join(", "))
 }
 
-/// The app's health gate: every VM running in libvirt, then its serial-console probes
-/// (the agent of the VM's host watches the console). TCP probes need the guest's
-/// address, which the cluster does not know yet: they are named, not checked.
+/// The app's health gate: every VM running in libvirt, then its probes, run by the
+/// agent of each VM's new host: serial probes watch the console, tcp probes connect
+/// (to the probe's `address`, or the VM's own address as that agent knows it).
 async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
     let running = vms_running(saga, m, timeout).await?;
     let probes: Vec<topology::Probe> = {
@@ -1010,28 +1010,37 @@ async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
             .unwrap_or_default()
     };
     let mut batch = Vec::new();
-    let mut unchecked = Vec::new();
     for p in &probes {
-        match p {
+        let (vm, action) = match p {
             topology::Probe::Serial {
                 vm,
                 marker,
                 timeout_s,
-            } => {
-                if let Some(host) = m.placement.iter().find(|(v, _)| v == vm).map(|(_, h)| h) {
-                    batch.push((
-                        host.clone(),
-                        AgentAction::Probe {
-                            vm: vm.clone(),
-                            marker: marker.clone(),
-                            timeout_s: (*timeout_s).clamp(1, 3600),
-                        },
-                    ));
-                }
-            }
-            topology::Probe::Tcp { vm, port, .. } => {
-                unchecked.push(format!("tcp {vm}:{port} (not checked yet)"));
-            }
+            } => (
+                vm,
+                AgentAction::Probe {
+                    vm: vm.clone(),
+                    marker: marker.clone(),
+                    timeout_s: (*timeout_s).clamp(1, 3600),
+                },
+            ),
+            topology::Probe::Tcp {
+                vm,
+                port,
+                timeout_s,
+                address,
+            } => (
+                vm,
+                AgentAction::TcpProbe {
+                    vm: vm.clone(),
+                    port: *port,
+                    address: address.clone(),
+                    timeout_s: (*timeout_s).clamp(1, 3600),
+                },
+            ),
+        };
+        if let Some(host) = m.placement.iter().find(|(v, _)| v == vm).map(|(_, h)| h) {
+            batch.push((host.clone(), action));
         }
     }
     if batch.is_empty() {
@@ -1040,7 +1049,9 @@ async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
     let wait = batch
         .iter()
         .map(|(_, a)| match a {
-            AgentAction::Probe { timeout_s, .. } => u64::from(*timeout_s),
+            AgentAction::Probe { timeout_s, .. } | AgentAction::TcpProbe { timeout_s, .. } => {
+                u64::from(*timeout_s)
+            }
             _ => 0,
         })
         .max()
@@ -1056,11 +1067,7 @@ async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
             })
             .collect()
     };
-    let mut out = format!("{running}; probes: {}", seen.join("; "));
-    if !unchecked.is_empty() {
-        out.push_str(&format!("; {}", unchecked.join(", ")));
-    }
-    Ok(out)
+    Ok(format!("{running}; probes: {}", seen.join("; ")))
 }
 
 async fn vms_running(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {

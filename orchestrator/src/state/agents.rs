@@ -150,6 +150,26 @@ impl ClusterState {
                     "a probe needs a marker of 1 to 256 bytes and a timeout of 1 to 3600 s",
                 );
             }
+            if let AgentAction::TcpProbe {
+                port,
+                address,
+                timeout_s,
+                ..
+            } = action
+            {
+                if !(1..=3600).contains(timeout_s) || *port == 0 {
+                    return reject(
+                        RejectKind::Invalid,
+                        "a tcp probe needs a port of 1 to 65535 and a timeout of 1 to 3600 s",
+                    );
+                }
+                if let Some(why) = address
+                    .as_deref()
+                    .and_then(topology::model::probe_address_problem)
+                {
+                    return reject(RejectKind::Invalid, why);
+                }
+            }
             if let AgentAction::Shutdown { timeout_s, .. } = action
                 && !(1..=3600).contains(timeout_s)
             {

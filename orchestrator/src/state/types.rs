@@ -143,6 +143,16 @@ pub enum AgentAction {
         marker: String,
         timeout_s: u32,
     },
+    /// Connect to `port` of the VM until a connection is accepted; fails after
+    /// `timeout_s`. At `address` when the probe names one, else at the VM's own
+    /// address as its host's agent knows it. The app's tcp probe (health gate).
+    TcpProbe {
+        vm: VmId,
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        timeout_s: u32,
+    },
     /// Serve an app's consistency group (as primary or secondary); replaces whatever
     /// this host served of the group before.
     Serve {
@@ -194,7 +204,8 @@ impl AgentAction {
             | AgentAction::Undefine { vm }
             | AgentAction::Suspend { vm }
             | AgentAction::Resume { vm }
-            | AgentAction::Probe { vm, .. } => Some(vm),
+            | AgentAction::Probe { vm, .. }
+            | AgentAction::TcpProbe { vm, .. } => Some(vm),
             // Drill commands are about drill copies, never the production VM.
             AgentAction::Serve { .. }
             | AgentAction::Unserve { .. }
@@ -213,6 +224,7 @@ impl AgentAction {
             AgentAction::Unserve { app, .. } => format!("group:{app}"),
             // Its own queue: a long wait must not hold up the VM's other commands.
             AgentAction::Probe { vm, .. } => format!("probe:{vm}"),
+            AgentAction::TcpProbe { vm, port, .. } => format!("probe:{vm}:tcp:{port}"),
             // One queue per drill and host: the cleanup runs after every start.
             AgentAction::DrillSnapshot { op, .. }
             | AgentAction::DrillStart { op, .. }
@@ -232,6 +244,7 @@ impl AgentAction {
             AgentAction::Suspend { .. } => "suspend",
             AgentAction::Resume { .. } => "resume",
             AgentAction::Probe { .. } => "probe",
+            AgentAction::TcpProbe { .. } => "tcp-probe",
             AgentAction::Serve { .. } => "serve",
             AgentAction::Unserve { .. } => "unserve",
             AgentAction::DrillSnapshot { .. } => "drill-snapshot",

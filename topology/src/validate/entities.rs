@@ -930,6 +930,18 @@ impl Cx<'_> {
         );
     }
 
+    /// `key` (a key of `kind` probes) set on a probe of another kind, `this`.
+    fn other_kinds_key(&mut self, span: std::ops::Range<usize>, key: &str, kind: &str, this: &str) {
+        self.push(
+            Diagnostic::error(
+                Code::BadValue,
+                Some(span),
+                format!("`{key}` is for {kind} probes; this one is {this}"),
+            )
+            .with_hint(format!("remove `{key}`, or set `kind = \"{kind}\"`")),
+        );
+    }
+
     fn probes(&mut self, full: &RawAppFull, vms: &[Vm]) -> Vec<Probe> {
         let vm_ids: Vec<&str> = full
             .vms
@@ -977,14 +989,7 @@ impl Cx<'_> {
             let probe = match *p.kind.get_ref() {
                 ProbeKind::Tcp => {
                     if let Some(m) = &p.marker {
-                        self.push(
-                            Diagnostic::error(
-                                Code::BadValue,
-                                Some(m.span()),
-                                "`marker` is for serial probes; this one is tcp",
-                            )
-                            .with_hint("remove `marker`, or set `kind = \"serial\"`"),
-                        );
+                        self.other_kinds_key(m.span(), "marker", "serial", "tcp");
                         continue;
                     }
                     match &p.port {
@@ -999,11 +1004,27 @@ impl Cx<'_> {
                             );
                             continue;
                         }
-                        Some(port) => vm.map(|vm| Probe::Tcp {
-                            vm,
-                            port: *port.get_ref(),
-                            timeout_s,
-                        }),
+                        Some(port) => {
+                            let address = match &p.address {
+                                Some(a) => match crate::model::probe_address_problem(a.get_ref()) {
+                                    None => Some(a.get_ref().clone()),
+                                    Some(why) => {
+                                        self.push(
+                                            Diagnostic::error(Code::BadValue, Some(a.span()), why)
+                                                .with_hint("give a host name (svc.city.gov) or an IP address (10.20.0.5, fd00::5), without a port: the port is `port`"),
+                                        );
+                                        continue;
+                                    }
+                                },
+                                None => None,
+                            };
+                            vm.map(|vm| Probe::Tcp {
+                                vm,
+                                port: *port.get_ref(),
+                                timeout_s,
+                                address,
+                            })
+                        }
                         None => {
                             self.push(
                                 Diagnostic::error(
@@ -1018,15 +1039,12 @@ impl Cx<'_> {
                     }
                 }
                 ProbeKind::Serial => {
+                    if let Some(a) = &p.address {
+                        self.other_kinds_key(a.span(), "address", "tcp", "serial");
+                        continue;
+                    }
                     if let Some(port) = &p.port {
-                        self.push(
-                            Diagnostic::error(
-                                Code::BadValue,
-                                Some(port.span()),
-                                "`port` is for tcp probes; this one is serial",
-                            )
-                            .with_hint("remove `port`, or set `kind = \"tcp\"`"),
-                        );
+                        self.other_kinds_key(port.span(), "port", "tcp", "serial");
                         continue;
                     }
                     match &p.marker {
