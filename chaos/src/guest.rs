@@ -45,7 +45,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use console::{ConsoleLog, MAX_PROBLEMS, parse_console};
+pub use console::{ConsoleLog, GuestService, MAX_PROBLEMS, parse_console};
 pub use disk::{DiskRecords, disk_records};
 pub use error::GuestError;
 

@@ -15,8 +15,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use chaos::guest::{
-    self, BuildOptions, ConsoleLog, DiskRecords, GuestImage, MAX_PROBLEMS, disk_records,
-    parse_console,
+    self, BuildOptions, ConsoleLog, DiskRecords, GuestImage, GuestService, MAX_PROBLEMS,
+    disk_records, parse_console,
 };
 
 // ---------------------------------------------------------------------------------
@@ -48,6 +48,7 @@ fn console_with_kernel_noise_and_a_torn_last_line() {
             write_failures: 0,
             problems: vec![],
             problems_dropped: 0,
+            service: GuestService::Unknown,
         }
     );
 }
@@ -80,6 +81,41 @@ fn console_with_two_boots_failures_and_problems() {
     assert!(log.ready);
     assert_eq!((log.acks, log.last_ack, log.max_ack), (4, Some(3), Some(3)));
     assert_eq!(log.problems.last().map(String::as_str), Some("disk full"));
+}
+
+#[test]
+fn console_reports_the_guest_service_of_the_latest_boot() {
+    let boot = "metrodr-probe: boot\nmetrodr-probe: resume-after 0\nmetrodr-probe: ready\n";
+    assert_eq!(parse_console(boot).service, GuestService::Unknown);
+    let up = format!("{boot}metrodr-probe: listening 10.0.2.15/24 port 8080\n");
+    let log = parse_console(&up);
+    assert_eq!(
+        log.service,
+        GuestService::Listening {
+            address: "10.0.2.15/24".to_owned(),
+            port: 8080
+        }
+    );
+    assert!(log.problems.is_empty(), "{:?}", log.problems);
+    // A reboot forgets the old service until the new boot says.
+    assert_eq!(
+        parse_console(&format!("{up}{boot}")).service,
+        GuestService::Unknown
+    );
+    let none = parse_console(&format!("{up}{boot}metrodr-probe: no network\n"));
+    assert_eq!(none.service, GuestService::NoNetwork);
+    assert!(none.problems.is_empty(), "{:?}", none.problems);
+    // Malformed listening lines are problems, not a service.
+    for bad in [
+        "listening 10.0.2.15/24 port 0",
+        "listening 10.0.2.15/24 port 70000",
+        "listening port 80",
+        "listening 10.0.2.15/24",
+    ] {
+        let log = parse_console(&format!("{boot}metrodr-probe: {bad}\n"));
+        assert_eq!(log.service, GuestService::Unknown, "{bad}");
+        assert_eq!(log.problems, vec![bad.to_owned()]);
+    }
 }
 
 #[test]
@@ -452,6 +488,8 @@ fn probe_guest_acks_survive_and_it_resumes_after_them() {
     assert_eq!(log1.resume_after, vec![0], "a fresh disk holds no records");
     assert_eq!(log1.write_failures, 0);
     assert!(log1.problems.is_empty(), "{:?}", log1.problems);
+    // This domain has no NIC: the guest says so instead of starting its service.
+    assert_eq!(log1.service, GuestService::NoNetwork);
     let last_ack1 = log1.last_ack.unwrap();
     assert_eq!(last_ack1, log1.acks, "acks are 1, 2, 3, … without holes");
 

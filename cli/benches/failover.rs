@@ -28,8 +28,10 @@
 //! it, each domain marked with its host): the topology says `volumes = "agents"`, so
 //! each app's 16 MiB disk is served by the agent of its VM's host and replicated
 //! synchronously to a south agent; each guest boots a kernel and writes acknowledged
-//! records. T0 also SIGKILLs the guests' QEMU processes (they die with their site). A guest is healthy when its serial console says `metrodr-probe: ready`
-//! at south (its health gate), and the bench checks that it found every record it had
+//! records. T0 also SIGKILLs the guests' QEMU processes (they die with their site). A
+//! guest is healthy when its health gate passed at south: its serial console says
+//! `metrodr-probe: ready` and its web service (port 80, through the agent's user-mode
+//! forward) completed a TCP handshake; and the bench checks that it found every record it had
 //! acknowledged at north on the promoted disk. The guests are independent tier-1 apps
 //! (1 vCPU, 256 MiB each). Needs libvirtd
 //! (`scripts/start-libvirtd.sh`) and the probe guest image (built at first use);
@@ -194,7 +196,8 @@ fn start_node(dir: &Path, name: &str) -> NodeProc {
 fn start_agent(dir: &Path, host: &str, cluster: &str, qemu: bool) -> Proc {
     let config = dir.join(format!("agent-{host}.toml"));
     let hv = if qemu {
-        "libvirt_uri = \"qemu:///system\"\ndisk_backend = \"nbd\"\ndomain_type = \"qemu\"\n"
+        "libvirt_uri = \"qemu:///system\"\ndisk_backend = \"nbd\"\ndomain_type = \"qemu\"\n\
+         guest_network = \"user\"\n"
     } else {
         "libvirt_uri = \"test:///private\"\n"
     };
@@ -292,14 +295,15 @@ fn topology(n: usize, guest: Option<&chaos::guest::GuestImage>) -> String {
              id = \"{}\"\n  vcpus = 1\n  memory = \"256MiB\"\n  boot = \"kernel\"\n  \
              kernel = \"{}\"\n  initrd = \"{}\"\n  cmdline = \"{}\"\n  disks = [\"{}-disk\"]\n  \
              boot_estimate_s = 5\n\n  [[app.probe]]\n  kind = \"serial\"\n  marker = \"metrodr-probe: ready\"\n  \
-             timeout_s = 60\n",
+             timeout_s = 60\n\n  [[app.probe]]\n  kind = \"tcp\"\n  port = {}\n  timeout_s = 60\n",
             app_id(i),
             vm_id(i),
             vm_id(i),
             img.kernel.display(),
             img.initrd.display(),
             img.cmdline,
-            vm_id(i)
+            vm_id(i),
+            chaos::guest::SERVICE_PORT
         )
         .unwrap();
     }

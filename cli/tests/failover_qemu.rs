@@ -296,6 +296,15 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
     )
     .await;
     let ready = killed.elapsed();
+    // The guest's own console agrees it served the port the gate probed.
+    assert!(
+        matches!(
+            log.service,
+            chaos::guest::GuestService::Listening { port, .. } if port == chaos::guest::SERVICE_PORT
+        ),
+        "{:?}",
+        log.service
+    );
     let resumed = log.resume_after.first().copied().unwrap_or(0);
     eprintln!(
         "north lost → failover done {:.2} s, guest writing at south {:.2} s after the kill; \

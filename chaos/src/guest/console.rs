@@ -30,6 +30,22 @@ pub struct ConsoleLog {
     pub problems: Vec<String>,
     /// Problem lines beyond [`MAX_PROBLEMS`], not kept.
     pub problems_dropped: u64,
+    /// What the latest boot said about the service a tcp probe checks (it starts it
+    /// after `ready`). A later `boot` line resets it.
+    pub service: GuestService,
+}
+
+/// The probe guest's TCP service, as its console reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GuestService {
+    /// The latest boot has not said yet.
+    #[default]
+    Unknown,
+    /// `metrodr-probe: listening ADDR port N`: the guest serves HTTP on port N of ADDR.
+    Listening { address: String, port: u16 },
+    /// `metrodr-probe: no network`: the guest has no NIC (its domain was defined
+    /// without a guest network), so nothing can reach it; not a fault of the guest.
+    NoNetwork,
 }
 
 /// Bound on [`ConsoleLog::problems`]: a guest crash-looping for a day must not make
@@ -64,10 +80,15 @@ pub fn parse_console(text: &str) -> ConsoleLog {
             if rest == "boot" {
                 log.boots += 1;
                 log.ready = false;
+                log.service = GuestService::Unknown;
             } else if rest == "ready" {
                 log.ready = true;
             } else if let Some(n) = number_after(rest, "resume-after ") {
                 log.resume_after.push(n);
+            } else if rest == "no network" {
+                log.service = GuestService::NoNetwork;
+            } else if let Some(service) = listening(rest) {
+                log.service = service;
             } else if log.problems.len() < MAX_PROBLEMS {
                 log.problems.push(rest.to_owned());
             } else {
@@ -76,6 +97,19 @@ pub fn parse_console(text: &str) -> ConsoleLog {
         }
     }
     log
+}
+
+/// `listening ADDR port N` with a valid port, as a [`GuestService::Listening`].
+fn listening(rest: &str) -> Option<GuestService> {
+    let (address, port) = rest.strip_prefix("listening ")?.rsplit_once(" port ")?;
+    let address = address.trim();
+    if address.is_empty() || address.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(GuestService::Listening {
+        address: address.to_owned(),
+        port: port.trim().parse().ok().filter(|&p| p != 0)?,
+    })
 }
 
 /// The decimal number right after `marker` in `line`, if the marker is there and is
