@@ -15,6 +15,7 @@
 
 mod drill;
 mod probe;
+mod vm_states;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -164,6 +165,13 @@ struct Shared {
     fenced_unreported: std::sync::atomic::AtomicBool,
     /// A fence is under way: registering waits until it is done.
     fencing: std::sync::atomic::AtomicBool,
+    /// What the cluster was last told about each VM, by registration or the watch.
+    /// Locked after `outbox` when both are (a change and its queueing are one step).
+    told: Mutex<vm_states::Told>,
+    /// Held across a report and across a registration, so the cluster receives them
+    /// in the order the agent observed what they say: a report taken before a
+    /// registration never lands after it with older VM states.
+    report_gate: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -299,6 +307,8 @@ pub async fn start_with(
         console_marks: Mutex::new(HashMap::new()),
         fenced_unreported: std::sync::atomic::AtomicBool::new(false),
         fencing: std::sync::atomic::AtomicBool::new(false),
+        told: Mutex::new(vm_states::Told::default()),
+        report_gate: tokio::sync::Mutex::new(()),
         volumes: Arc::new(Volumes::new(
             cfg.volumes_dir(),
             cfg.sockets_dir(),
@@ -396,61 +406,74 @@ async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
             }
         }
         let host = s.cfg.host.clone();
-        match hv(s, move |h| Ok((h.capacity()?, only_ours(h.list()?, &host)))).await {
-            Ok((cap, domains)) => {
-                let ty = match s.cfg.domain_type {
-                    DomainTypeSetting::Qemu => DomainType::Qemu,
-                    DomainTypeSetting::Kvm => DomainType::Kvm,
-                    DomainTypeSetting::Auto => detect_domain_type(&cap, None),
-                };
-                *lock(&s.domain_type) = ty;
-                let req = pb::AgentRegisterRequest {
-                    host: s.cfg.host.clone(),
-                    agent_version: env!("CARGO_PKG_VERSION").into(),
-                    vcpus: cap.vcpus,
-                    memory_bytes: cap.memory_bytes,
-                    hypervisor: format!("{} ({})", s.hv.uri(), cap.driver),
-                    domain_type: ty.as_str().into(),
-                    domains: domains
-                        .iter()
-                        .filter_map(|d| {
-                            d.managed.as_ref().map(|m| pb::DomainReport {
-                                vm: m.vm.to_string(),
-                                state: d.state.to_string(),
+        {
+            // Held for this attempt only, not across the wait before the next one.
+            let gate = s.report_gate.lock().await;
+            match hv(s, move |h| Ok((h.capacity()?, only_ours(h.list()?, &host)))).await {
+                Ok((cap, domains)) => {
+                    let ty = match s.cfg.domain_type {
+                        DomainTypeSetting::Qemu => DomainType::Qemu,
+                        DomainTypeSetting::Kvm => DomainType::Kvm,
+                        DomainTypeSetting::Auto => detect_domain_type(&cap, None),
+                    };
+                    *lock(&s.domain_type) = ty;
+                    let states = vm_states::reportable(&domains);
+                    let req = pb::AgentRegisterRequest {
+                        host: s.cfg.host.clone(),
+                        agent_version: env!("CARGO_PKG_VERSION").into(),
+                        vcpus: cap.vcpus,
+                        memory_bytes: cap.memory_bytes,
+                        hypervisor: format!("{} ({})", s.hv.uri(), cap.driver),
+                        domain_type: ty.as_str().into(),
+                        domains: states
+                            .iter()
+                            .map(|(vm, state)| pb::DomainReport {
+                                vm: vm.clone(),
+                                state: state.clone(),
                             })
-                        })
-                        .collect(),
-                    fenced: s.fenced_unreported.load(Ordering::SeqCst),
-                };
-                let fenced = req.fenced;
-                let client = s.conn.lock().await.client();
-                if let Some((addr, mut c)) = client {
-                    match c.register(req).await {
-                        Ok(r) => {
-                            if fenced {
-                                s.fenced_unreported.store(false, Ordering::SeqCst);
+                            .collect(),
+                        fenced: s.fenced_unreported.load(Ordering::SeqCst),
+                    };
+                    let fenced = req.fenced;
+                    let client = s.conn.lock().await.client();
+                    if let Some((addr, mut c)) = client {
+                        let call = tokio::time::timeout(RPC_TIMEOUT, c.register(req));
+                        match call.await.unwrap_or_else(|_| Err(rpc_timed_out())) {
+                            Ok(r) => {
+                                if fenced {
+                                    s.fenced_unreported.store(false, Ordering::SeqCst);
+                                }
+                                // It supersedes queued VM states; the watch loop's next
+                                // poll compares with what it said.
+                                {
+                                    let mut o = lock(&s.outbox);
+                                    o.domains.clear();
+                                    lock(&s.told).registered(states);
+                                }
+                                let r = r.into_inner();
+                                *lock(&s.lease_ms) = r.lease_ms;
+                                *lock(&s.renew_ms) = r.renew_ms.max(50);
+                                s.conn.lock().await.follow(&r.leader_addr);
+                                let adopted =
+                                    domains.iter().filter(|d| d.managed.is_some()).count();
+                                tracing::info!(host = %s.cfg.host, via = %addr, adopted, domain_type = %ty, "agent registered");
+                                return true;
                             }
-                            let r = r.into_inner();
-                            *lock(&s.lease_ms) = r.lease_ms;
-                            *lock(&s.renew_ms) = r.renew_ms.max(50);
-                            s.conn.lock().await.follow(&r.leader_addr);
-                            let adopted = domains.iter().filter(|d| d.managed.is_some()).count();
-                            tracing::info!(host = %s.cfg.host, via = %addr, adopted, domain_type = %ty, "agent registered");
-                            return true;
-                        }
-                        Err(e) => {
-                            tracing::warn!(host = %s.cfg.host, via = %addr, "registration failed: {}", e.message());
-                            s.conn.lock().await.failed();
+                            Err(e) => {
+                                tracing::warn!(host = %s.cfg.host, via = %addr, "registration failed: {}", e.message());
+                                s.conn.lock().await.failed();
+                            }
                         }
                     }
                 }
-            }
-            Err(e) => {
-                if !warned {
-                    tracing::error!(host = %s.cfg.host, "libvirt is not usable yet, retrying: {e}");
-                    warned = true;
+                Err(e) => {
+                    if !warned {
+                        tracing::error!(host = %s.cfg.host, "libvirt is not usable yet, retrying: {e}");
+                        warned = true;
+                    }
                 }
             }
+            drop(gate);
         }
         if stopped(&mut rx, Duration::from_millis(500)).await {
             return false;
@@ -1037,7 +1060,6 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
 /// Report VM state changes: libvirt is polled every 500 ms (events would need a
 /// libvirt event loop thread; polling is simple and bounded).
 async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut libvirt_down = false;
     let mut clock_complaint = None;
     loop {
@@ -1050,30 +1072,16 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                     queue_event(&s, format!("libvirt at {} is reachable again", s.hv.uri()));
                     libvirt_down = false;
                 }
-                // Drill copies are never reported as their production VM.
-                let now: BTreeMap<String, String> = domains
-                    .iter()
-                    .filter_map(|d| {
-                        d.managed
-                            .as_ref()
-                            .filter(|m| m.drill.is_none())
-                            .map(|m| (m.vm.to_string(), d.state.to_string()))
-                    })
-                    .collect();
-                let mut changed = BTreeMap::new();
-                for (vm, st) in &now {
-                    if last.get(vm) != Some(st) {
-                        changed.insert(vm.clone(), st.clone());
-                    }
-                }
-                for vm in last.keys().filter(|vm| !now.contains_key(*vm)) {
-                    changed.insert(vm.clone(), "undefined".to_string());
-                }
-                if !changed.is_empty() {
-                    lock(&s.outbox).domains.extend(changed);
+                let changed = {
+                    let mut o = lock(&s.outbox);
+                    let changed = lock(&s.told).observe(vm_states::reportable(&domains));
+                    let any = !changed.is_empty();
+                    o.domains.extend(changed);
+                    any
+                };
+                if changed {
                     s.wake_reporter.notify_one();
                 }
-                last = now;
                 // The lab's disk faults (files in `faults/`).
                 let failed: std::collections::BTreeSet<String> =
                     std::fs::read_dir(s.cfg.state_dir.join("faults"))
@@ -1111,6 +1119,7 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
 
 async fn report_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     loop {
+        let gate = s.report_gate.lock().await;
         let batch = {
             let mut o = lock(&s.outbox);
             std::mem::take(&mut *o)
@@ -1131,7 +1140,10 @@ async fn report_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
             };
             let client = s.conn.lock().await.client();
             let sent = match client {
-                Some((_, mut c)) => c.report(req).await.map_err(|e| e.message().to_string()),
+                Some((_, mut c)) => tokio::time::timeout(RPC_TIMEOUT, c.report(req))
+                    .await
+                    .unwrap_or_else(|_| Err(rpc_timed_out()))
+                    .map_err(|e| e.message().to_string()),
                 None => Err("no orchestrator address".into()),
             };
             match sent {
@@ -1142,19 +1154,19 @@ async fn report_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                 }
                 Err(e) => {
                     tracing::debug!(host = %s.cfg.host, "report failed, will retry: {e}");
-                    // Put it back, newer state changes winning over older ones.
+                    // Put results and events back; VM states are observed again
+                    // instead (fresh, not the failed report's older ones).
                     {
                         let mut o = lock(&s.outbox);
                         let mut results = batch.results;
                         results.append(&mut o.results);
                         o.results = results;
-                        let mut domains = batch.domains;
-                        domains.append(&mut o.domains);
-                        o.domains = domains;
+                        lock(&s.told).forget(batch.domains.keys());
                         let mut events = batch.events;
                         events.append(&mut o.events);
                         o.events = events;
                     }
+                    drop(gate);
                     s.conn.lock().await.failed();
                     if stopped(&mut rx, Duration::from_millis(300)).await {
                         return;
@@ -1163,10 +1175,22 @@ async fn report_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                 }
             }
         }
+        drop(gate);
         tokio::select! {
             _ = s.wake_reporter.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = rx.wait_for(|v| *v) => return,
         }
     }
+}
+
+/// How long a report or a registration may take: a node cut off by a partition
+/// must not hold the agent's reports (and, behind the gate, its registration).
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn rpc_timed_out() -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!(
+        "the orchestrator did not answer within {} s",
+        RPC_TIMEOUT.as_secs()
+    ))
 }
