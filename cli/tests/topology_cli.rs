@@ -192,9 +192,16 @@ fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothin
     assert!(out.contains("kill -9"), "{out}");
     assert!(out.contains("(0 lost)"), "{out}");
     assert!(out.contains("Not built yet"), "{out}");
-    // op-1 is the test drill before the loss.
-    assert!(out.contains("Failover record (op-2, succeeded)"), "{out}");
+    // op-1 is the test drill before the loss; the site failover follows it, after any
+    // operation the cluster began on its own meanwhile (each one shown).
     assert!(out.contains("Test drill (op-1)"), "{out}");
+    let meanwhile = out.matches("meanwhile the cluster ran op-").count();
+    let failover = 2 + meanwhile;
+    assert!(
+        out.contains(&format!("began op-{failover}"))
+            && out.contains(&format!("Failover record (op-{failover}, succeeded)")),
+        "{out}"
+    );
     let o = metrodr(&["demo", "-o", "json"]);
     assert!(o.status.success(), "{}", stdout(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
@@ -217,6 +224,14 @@ fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothin
     // and the stored report says the same.
     let sf = &v["site_failover"];
     assert_eq!(sf["status"], "succeeded", "{sf}");
+    let others = sf["other_operations"].as_array().expect("other_operations");
+    assert_eq!(
+        sf["op"].as_u64(),
+        sf["drill"]["op"]
+            .as_u64()
+            .map(|d| d + 1 + others.len() as u64),
+        "the failover follows the drill and the operations listed between them: {sf}"
+    );
     // The test drill before the loss: every app's copy ran at its other site, every
     // check passed (production untouched, isolated, cleaned up), and both reports
     // verify offline against the cluster's key.

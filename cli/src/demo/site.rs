@@ -69,7 +69,18 @@ pub struct SiteFailover {
     pub signed_report: super::drill::SignedReport,
     /// The test drill run before the loss.
     pub drill: super::drill::DrillOutcome,
+    /// Operations the cluster began on its own between the drill and the site loss
+    /// (e.g. restarting what an agent fenced when a loaded machine made it miss its
+    /// lease); empty on a quiet run.
+    pub other_operations: Vec<OtherOperation>,
     pub record: OpRecord,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OtherOperation {
+    pub op: u64,
+    pub note: String,
+    pub status: OpStatus,
 }
 
 /// Children started here, killed by PID when dropped.
@@ -392,11 +403,29 @@ pub async fn site_failover(
         },
     )
     .await?;
+    let declared_s = killed.elapsed().as_secs_f64();
+    let mut other_operations = Vec::new();
+    for id in drill.op + 1..op {
+        let Some(o) = operation(&sc, id).await else {
+            bail!(
+                "op-{id} (between the drill op-{} and the failover op-{op}) cannot be read from the cluster",
+                drill.op
+            );
+        };
+        other_operations.push(OtherOperation {
+            op: id,
+            note: o.note,
+            status: o.status,
+        });
+    }
     if table {
-        println!(
-            "  {:.2} s: the leader declared {LOST} lost and began op-{op}",
-            killed.elapsed().as_secs_f64()
-        );
+        for o in &other_operations {
+            println!(
+                "  meanwhile the cluster ran op-{} on its own ({:?}): {}",
+                o.op, o.status, o.note
+            );
+        }
+        println!("  {declared_s:.2} s: the leader declared {LOST} lost and began op-{op}");
     }
     // Follow it; approve what waits for an operator.
     let mut approved = false;
@@ -551,6 +580,7 @@ pub async fn site_failover(
         report: path.clone(),
         signed_report,
         drill,
+        other_operations,
         record: rec,
     };
     std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
