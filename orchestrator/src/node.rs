@@ -203,10 +203,31 @@ impl Node {
     /// leader. Rejections become gRPC errors with the state machine's reason.
     pub async fn write(&self, req: Request) -> Result<Written, Status> {
         let deadline = Instant::now() + self.write_timeout;
-        match self.leader() {
+        match self.leader_within(deadline).await {
             Some((id, _)) if id == self.id => self.write_local(req, deadline).await,
             Some((_, info)) => self.forward(&info, &req, deadline).await,
             None => Err(no_leader(&self.name)),
+        }
+    }
+
+    /// The leader, waiting up to one election (two election timeouts, within the
+    /// write's deadline) when none is known: a write that arrives while the cluster
+    /// elects one waits for it instead of failing. Nothing was sent yet, so waiting
+    /// cannot commit anything twice.
+    async fn leader_within(&self, deadline: Instant) -> Option<(NodeId, NodeInfo)> {
+        let election = Duration::from_millis(self.timing.raft_election_max_ms * 2);
+        let until = deadline.min(Instant::now() + election);
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or Raft shut down.
+                _ => return self.leader(),
+            }
         }
     }
 
