@@ -212,6 +212,23 @@ impl Lab {
     }
 
     /// The address of a node still running.
+    /// The last lines of every agent's log, for a failure message.
+    fn agent_logs(&self) -> String {
+        let mut out = String::new();
+        for a in self.agents.values() {
+            let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!(
+                "--- agent {} ({})\n{}\n",
+                a.host,
+                a.log.display(),
+                tail.join("\n")
+            ));
+        }
+        out
+    }
+
     fn live(&self) -> String {
         self.c
             .nodes
@@ -580,6 +597,7 @@ async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_
     let live = lab.live();
     let sites_before = lab.sites_of_apps();
     let pids: Vec<i32> = lab.c.nodes.iter().filter_map(|n| n.pid()).collect();
+    let stalled_ms = orchestrator::service::operator::now_ms();
     for p in &pids {
         kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
     }
@@ -616,12 +634,26 @@ async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_
         if all {
             break;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "not every VM runs again: {}\n{}",
-            text(&lab.run(&["vm", "list"])),
-            text(&lab.run(&["op", "list"]))
-        );
+        if t.elapsed() > Duration::from_secs(40) {
+            let history: Vec<String> = audit(&live)
+                .await
+                .iter()
+                .filter(|e| e.at_ms + 10_000 >= stalled_ms)
+                .map(|e| {
+                    format!(
+                        "#{} {} {} {}: {}",
+                        e.seq, e.at_ms, e.actor, e.action, e.detail
+                    )
+                })
+                .collect();
+            panic!(
+                "not every VM runs again: {}\n{}\nthe audit log since the stall (at {stalled_ms}):\n{}\n{}",
+                text(&lab.run(&["vm", "list"])),
+                text(&lab.run(&["op", "list"])),
+                history.join("\n"),
+                lab.agent_logs()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(

@@ -36,7 +36,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         let now = Instant::now();
         let leading = node.is_confirmed_leader();
-        {
+        let stalled = {
             let mut t = node.leases();
             match (leading, t.is_leader()) {
                 (true, false) => {
@@ -46,6 +46,15 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 (false, true) => t.lost_leadership(),
                 _ => {}
             }
+            t.tick(now)
+        };
+        if let Some(gap) = stalled {
+            tracing::warn!(
+                node = %node.name,
+                gap_ms = gap.as_millis() as u64,
+                "the failure detector did not run for {} ms (this process was stopped or starved of CPU): every host gets a full lease from now before it can be declared lost",
+                gap.as_millis()
+            );
         }
         if leading {
             check(&node, now).await;

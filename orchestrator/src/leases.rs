@@ -31,6 +31,11 @@ pub struct LeaseTable {
     /// When this node last heard from the previous leader before it became leader:
     /// hosts may have renewed there until about then.
     previous_leader_seen: Option<Instant>,
+    /// When the detector last looked (see [`Self::tick`]).
+    last_tick: Option<Instant>,
+    /// When this leader resumed watching after not running for longer than half a
+    /// lease: no lease counts as run out before a full lease plus margin from here.
+    resumed: Option<Instant>,
 }
 
 impl LeaseTable {
@@ -41,6 +46,8 @@ impl LeaseTable {
             leader_since: None,
             grants: HashMap::new(),
             previous_leader_seen: None,
+            last_tick: None,
+            resumed: None,
         }
     }
 
@@ -53,6 +60,7 @@ impl LeaseTable {
         self.leader_since = Some(now);
         self.grants.clear();
         self.previous_leader_seen = None;
+        self.resumed = None;
     }
 
     /// When this node last heard from the previous leader (for [`Self::last_alive`]).
@@ -78,6 +86,21 @@ impl LeaseTable {
     pub fn lost_leadership(&mut self) {
         self.leader_since = None;
         self.grants.clear();
+        self.resumed = None;
+    }
+
+    /// The detector looks at `now`. When it had not looked for more than half a lease
+    /// while this node leads (its process was stopped or starved of CPU), hosts could
+    /// not renew here meanwhile: their renewals waited on a leader that did not run.
+    /// Their silence then counts from `now`, so none is declared lost before it had a
+    /// full lease plus margin to renew with a leader that runs; returns the gap. (It
+    /// only delays a loss: an agent fences on its own lease clock either way.)
+    pub fn tick(&mut self, now: Instant) -> Option<Duration> {
+        let gap = self.last_tick.map(|t| now.saturating_duration_since(t));
+        self.last_tick = Some(now);
+        let gap = gap.filter(|g| self.leader_since.is_some() && *g > self.lease / 2)?;
+        self.resumed = Some(now);
+        Some(gap)
     }
 
     /// Record a renewal granted now. Refused (false) when this node is not leader.
@@ -90,10 +113,11 @@ impl LeaseTable {
     }
 
     /// Time since the host's lease was last renewed by this leader (or since this node
-    /// became leader, if never).
+    /// became leader, if never, or resumed watching after a stall, if later).
     pub fn silence(&self, host: &HostId, now: Instant) -> Option<Duration> {
         let since = self.leader_since?;
         let last = self.grants.get(host).copied().unwrap_or(since).max(since);
+        let last = self.resumed.map_or(last, |r| last.max(r));
         Some(now.saturating_duration_since(last))
     }
 
@@ -183,6 +207,47 @@ mod tests {
 
     fn h(s: &str) -> HostId {
         HostId::new(s)
+    }
+
+    #[test]
+    fn a_leader_that_did_not_run_for_half_a_lease_gives_every_host_a_full_lease_again() {
+        let mut t = LeaseTable::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        assert_eq!(t.tick(t0), None, "the first look");
+        assert_eq!(
+            t.tick(t0 + ms(5000)),
+            None,
+            "a follower's gap does not matter"
+        );
+        t.became_leader(t0 + ms(5000));
+        t.grant(&h("a"), t0 + ms(5000));
+        // Normal ticks: nothing changes; a silent host runs out after lease + margin.
+        let mut now = t0 + ms(5000);
+        while now < t0 + ms(8600) {
+            now += ms(100);
+            assert_eq!(t.tick(now), None);
+        }
+        assert_eq!(t.expired(now, [&h("a")]), vec![h("a")]);
+        // A stall of 4.5 s (SIGSTOP): on resuming, nobody is lost yet...
+        t.grant(&h("a"), now);
+        t.grant(&h("b"), now);
+        let resumed = now + ms(4500);
+        assert_eq!(t.tick(resumed), Some(ms(4500)));
+        assert!(t.expired(resumed, [&h("a"), &h("b")]).is_empty());
+        // ...the last grant is still what the record counts from...
+        assert_eq!(t.last_alive(&h("a")), Some(now));
+        // ...one that renews stays, one that stays silent is lost a lease + margin on.
+        t.grant(&h("a"), resumed + ms(1000));
+        let mut later = resumed;
+        while later < resumed + ms(3600) {
+            later += ms(100);
+            assert_eq!(t.tick(later), None);
+        }
+        assert_eq!(t.expired(later, [&h("a"), &h("b")]), vec![h("b")]);
+        // Half a lease is not a stall; just over it is.
+        assert_eq!(t.tick(later + ms(1500)), None);
+        assert_eq!(t.tick(later + ms(3001)), Some(ms(1501)));
     }
 
     #[test]

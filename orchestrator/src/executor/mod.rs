@@ -956,6 +956,21 @@ async fn serve_promoted(
 }
 
 async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
+    start_these(saga, m, &m.starts, timeout).await?;
+    Ok(m.starts
+        .iter()
+        .map(|(v, h)| format!("{v}@{h}"))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Define and start `vms` of the move's app where given (once per operation).
+async fn start_these(
+    saga: &Saga,
+    m: &AppMove,
+    vms: &[(VmId, HostId)],
+    timeout: Duration,
+) -> Result<(), String> {
     let specs = {
         let a = saga.node.state.read();
         let model = a
@@ -963,8 +978,7 @@ async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String
             .topology()
             .and_then(|t| t.model.app(&m.app).cloned())
             .ok_or("the app is gone from the topology")?;
-        m.starts
-            .iter()
+        vms.iter()
             .map(|(vm, host)| {
                 let v = model
                     .vms
@@ -989,12 +1003,7 @@ async fn start_vms(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String
         batch.push((host, AgentAction::Start { vm }));
     }
     let ids = issue_once(saga, batch).await?;
-    await_commands(saga, &ids, timeout).await?;
-    Ok(m.starts
-        .iter()
-        .map(|(v, h)| format!("{v}@{h}"))
-        .collect::<Vec<_>>()
-        .join(", "))
+    await_commands(saga, &ids, timeout).await
 }
 
 /// The app's health gate: every VM running in libvirt, then its probes, run by the
@@ -1070,22 +1079,52 @@ async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
     Ok(format!("{running}; probes: {}", seen.join("; ")))
 }
 
+/// Every VM of the move running where it is placed. A VM the plan leaves where it is
+/// but that its host's agent reports stopped (a fence there, reported after the plan
+/// was made) is started there once, so the gate does not wait for what nothing starts.
 async fn vms_running(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<String, String> {
-    saga.wait(timeout, "every VM running", |s| {
-        let all = m.placement.iter().all(|(vm, host)| {
-            s.vms
-                .get(vm)
-                .is_some_and(|r| &r.host == host && r.state == VmState::Running)
-        });
-        all.then(|| {
-            Ok(format!(
-                "libvirt reports {} VM(s) running at {}",
+    let deadline = Instant::now() + timeout;
+    let mut restarted: Vec<(VmId, HostId)> = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = saga
+            .wait(left, "every VM running", |s| {
+                let all = m.placement.iter().all(|(vm, host)| {
+                    s.vms
+                        .get(vm)
+                        .is_some_and(|r| &r.host == host && r.state == VmState::Running)
+                });
+                if all {
+                    return Some(Ok(None));
+                }
+                let stopped: Vec<(VmId, HostId)> = crate::planner::stopped_in_place(s, m)
+                    .into_iter()
+                    .filter(|x| !restarted.contains(x))
+                    .collect();
+                (!stopped.is_empty()).then_some(Ok(Some(stopped)))
+            })
+            .await?;
+        let Some(stopped) = next else {
+            let again = if restarted.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<String> =
+                    restarted.iter().map(|(v, h)| format!("{v}@{h}")).collect();
+                format!(
+                    " (started again where they were stopped: {})",
+                    names.join(", ")
+                )
+            };
+            return Ok(format!(
+                "libvirt reports {} VM(s) running at {}{again}",
                 m.placement.len(),
                 m.to
-            ))
-        })
-    })
-    .await
+            ));
+        };
+        restarted.extend(stopped.iter().cloned());
+        let left = deadline.saturating_duration_since(Instant::now());
+        start_these(saga, m, &stopped, left).await?;
+    }
 }
 
 #[cfg(test)]

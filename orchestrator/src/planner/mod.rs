@@ -217,6 +217,23 @@ pub fn fenced_vms(state: &ClusterState, app: &AppId, host: &HostId) -> Vec<VmId>
         .collect()
 }
 
+/// VMs a move leaves where they are (placed, not started by it) whose host is up and
+/// whose agent reports them stopped there: a fence stopped them after the plan was
+/// made. The health gate starts them where they are.
+pub fn stopped_in_place(state: &ClusterState, m: &AppMove) -> Vec<(VmId, HostId)> {
+    m.placement
+        .iter()
+        .filter(|(vm, h)| {
+            !m.starts.iter().any(|(s, _)| s == vm)
+                && state.hosts.get(h).is_some_and(|r| r.state == HostState::Up)
+                && state.vms.get(vm).is_some_and(|r| {
+                    &r.host == h && !matches!(r.state, VmState::Running | VmState::Paused)
+                })
+        })
+        .cloned()
+        .collect()
+}
+
 /// Free capacity of one host: (vcpus, memory bytes).
 #[derive(Debug, Clone, Copy)]
 struct Room {
@@ -521,7 +538,10 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         }
         // What fences stopped, where: each VM restarts on the host it is placed on. An
         // app with VMs on several hosts (a stalled cluster fences them all) restarts
-        // every stopped VM in one move: its health gate needs them all.
+        // every stopped VM in one move: its health gate needs them all. So does a host
+        // loss: the app's VMs on its other up hosts that their agents reported stopped
+        // (the same stall fenced them before their hosts were seen down) restart where
+        // they are, with the lost host's.
         let fenced: BTreeMap<VmId, HostId> = if host_fenced.is_some() {
             let hosts: BTreeSet<&HostId> = rec.placement.values().collect();
             hosts
@@ -531,6 +551,21 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                         .into_iter()
                         .map(move |vm| (vm, h.clone()))
                 })
+                .collect()
+        } else if let Some(lost) = &host_lost {
+            rec.placement
+                .iter()
+                .filter(|(vm, h)| {
+                    *h != lost
+                        && state
+                            .hosts
+                            .get(*h)
+                            .is_some_and(|r| r.state == HostState::Up)
+                        && state.vms.get(*vm).is_some_and(|r| {
+                            &r.host == *h && !matches!(r.state, VmState::Running | VmState::Paused)
+                        })
+                })
+                .map(|(vm, h)| (vm.clone(), h.clone()))
                 .collect()
         } else {
             BTreeMap::new()
@@ -555,7 +590,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             .vms
             .iter()
             .filter(|vm| match (&host_lost, &host_fenced) {
-                (Some(l), _) => rec.placement.get(&vm.id) == Some(l),
+                (Some(l), _) => rec.placement.get(&vm.id) == Some(l) || fenced.contains_key(&vm.id),
                 (None, Some(_)) => fenced.contains_key(&vm.id),
                 (None, None) => true,
             })
@@ -637,6 +672,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 // A fenced host stopped its VMs itself.
                 !drill
                     && host_fenced.is_none()
+                    && !fenced.contains_key(*v)
                     && (graceful
                         || (starts.iter().any(|(s, _)| s == *v)
                             && state.hosts.get(h).is_some_and(|r| r.state == HostState::Up)))
