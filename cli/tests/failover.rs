@@ -548,21 +548,10 @@ async fn killing_the_leader_mid_failover_finishes_it_exactly_once() {
                 break;
             }
             if t.elapsed() > Duration::from_secs(30) {
-                let history: Vec<String> = audit(&live)
-                    .await
-                    .iter()
-                    .filter(|e| e.detail.contains(vm))
-                    .map(|e| {
-                        format!(
-                            "#{} {} {} {}: {}",
-                            e.seq, e.at_ms, e.actor, e.action, e.detail
-                        )
-                    })
-                    .collect();
+                let history = audit_lines(&live, |e| e.detail.contains(vm)).await;
                 panic!(
-                    "{vm} is {st:?} at {live}, not running; the VM list: {}\n{vm} in the audit log:\n{}",
+                    "{vm} is {st:?} at {live}, not running; the VM list: {}\n{vm} in the audit log:\n{history}",
                     text(&lab.run(&["vm", "list"])),
-                    history.join("\n")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -581,6 +570,22 @@ async fn killing_the_leader_mid_failover_finishes_it_exactly_once() {
         );
     }
     eprintln!("killed leader {leader} mid-failover; op-{op} finished once: {rec}");
+}
+
+/// The audit entries `keep` selects, a line each, for a failure message.
+async fn audit_lines(addr: &str, keep: impl Fn(&orchestrator::pb::AuditEntry) -> bool) -> String {
+    audit(addr)
+        .await
+        .iter()
+        .filter(|e| keep(e))
+        .map(|e| {
+            format!(
+                "#{} {} {} {}: {}",
+                e.seq, e.at_ms, e.actor, e.action, e.detail
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The whole control plane stalls (SIGSTOP) for longer than a lease: every agent
@@ -635,22 +640,11 @@ async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_
             break;
         }
         if t.elapsed() > Duration::from_secs(40) {
-            let history: Vec<String> = audit(&live)
-                .await
-                .iter()
-                .filter(|e| e.at_ms + 10_000 >= stalled_ms)
-                .map(|e| {
-                    format!(
-                        "#{} {} {} {}: {}",
-                        e.seq, e.at_ms, e.actor, e.action, e.detail
-                    )
-                })
-                .collect();
+            let history = audit_lines(&live, |e| e.at_ms + 10_000 >= stalled_ms).await;
             panic!(
-                "not every VM runs again: {}\n{}\nthe audit log since the stall (at {stalled_ms}):\n{}\n{}",
+                "not every VM runs again: {}\n{}\nthe audit log since the stall (at {stalled_ms}):\n{history}\n{}",
                 text(&lab.run(&["vm", "list"])),
                 text(&lab.run(&["op", "list"])),
-                history.join("\n"),
                 lab.agent_logs()
             );
         }
