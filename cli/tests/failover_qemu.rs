@@ -91,24 +91,39 @@ fn json(addrs: &str, args: &[&str]) -> Option<Value> {
         .flatten()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record() {
-    let _g = serial();
+/// The lab of these tests, up: three orchestrator nodes, one QEMU agent per production
+/// site, and the probe guest running at north with 20 records acknowledged.
+struct QemuLab {
+    c: TestCluster,
+    addrs: String,
+    /// A node that outlives north.
+    any: String,
+    north: AgentProc,
+    south: AgentProc,
+    vm: String,
+    volume: String,
+    north_console: PathBuf,
+    /// The console at 20 acknowledged records.
+    log: chaos::guest::ConsoleLog,
+    _guard: DomainGuard,
+}
+
+async fn start_lab(prefix: &str) -> QemuLab {
     if !virsh(&["version"]).0 {
         banner("libvirtd (qemu:///system) is not running: run `bash scripts/start-libvirtd.sh`");
     }
     let dir_img = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrodr-guest");
     let img = chaos::guest::build(&chaos::guest::BuildOptions::new(dir_img))
         .unwrap_or_else(|e| banner(&format!("cannot build the probe guest: {e}")));
-    let vm = format!("mdr-fo-{}", std::process::id());
-    let _guard = DomainGuard(vm.clone());
+    let vm = format!("{prefix}-{}", std::process::id());
+    let guard = DomainGuard(vm.clone());
 
-    let mut c = TestCluster::start_named(&["orch-north", "orch-south", "orch-witness"]);
+    let c = TestCluster::start_named(&["orch-north", "orch-south", "orch-witness"]);
     let topo = c.dir.path().join("qemu-lab.toml");
     std::fs::write(&topo, topology(&img, &vm)).unwrap();
     c.init_with(&topo);
     let addrs = c.addrs();
-    let mut north = start_qemu_agent(c.dir.path(), "north-h1", &addrs);
+    let north = start_qemu_agent(c.dir.path(), "north-h1", &addrs);
     let south = start_qemu_agent(c.dir.path(), "south-h1", &addrs);
     let any = c.nodes[2].grpc.clone();
     for h in ["north-h1", "south-h1"] {
@@ -154,6 +169,35 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
         "guest ready at north; {} records acknowledged so far",
         log.acks
     );
+    QemuLab {
+        c,
+        addrs,
+        any,
+        north,
+        south,
+        vm,
+        volume,
+        north_console,
+        log,
+        _guard: guard,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record() {
+    let _g = serial();
+    let QemuLab {
+        mut c,
+        addrs,
+        any: _,
+        mut north,
+        south,
+        vm,
+        volume,
+        north_console,
+        log,
+        _guard,
+    } = start_lab("mdr-fo").await;
 
     // A test drill first: a copy of the guest boots at south from a snapshot of the
     // replica, on an isolated network, and passes the same health gate (its own ready
@@ -345,6 +389,93 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
     eprintln!("record: {app_line}");
     drop(south);
     drop(north);
+}
+
+/// The control plane stalls past the lease while the guest writes: the north agent
+/// fences. Its fenced primary holds the guest's in-flight writes for good, so a fence
+/// that paused QEMU first hung in QEMU's I/O drain (libvirt then answered nothing
+/// about the domain for 30 s, to every agent on this libvirtd). The fence must kill
+/// the guest at once; the cluster then restarts it where it ran, from a disk holding
+/// every record it acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_guest_whose_host_lost_its_lease_is_killed_at_once_and_restarts_with_every_record() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _g = serial();
+    let lab = start_lab("mdr-fence").await;
+    let pids: Vec<i32> = lab.c.nodes.iter().filter_map(|n| n.pid()).collect();
+    for p in &pids {
+        kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
+    }
+    // Lease 3 s: the agents fence within it (they run on; only the cluster stalls).
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // The fence killed the guest, and nothing restarts it while the cluster stands
+    // still: this is every record it acknowledged at north.
+    let at_fence =
+        chaos::guest::parse_console(&std::fs::read_to_string(&lab.north_console).unwrap());
+    for p in &pids {
+        kill(Pid::from_raw(*p), Signal::SIGCONT).unwrap();
+    }
+    let acked = at_fence.max_ack.unwrap_or(0);
+    assert!(acked >= lab.log.acks, "{at_fence:?}");
+    let any = lab.any.clone();
+    let fenced = wait_for(Duration::from_secs(60), "north-h1's fence report", || {
+        let a = any.clone();
+        async move {
+            audit(&a).await.into_iter().find_map(|e| {
+                (e.action == "agent.event" && e.detail.starts_with("host north-h1: lease expired"))
+                    .then_some(e.detail)
+            })
+        }
+    })
+    .await;
+    eprintln!("north-h1: {fenced}");
+    assert!(
+        fenced.contains(&format!("{} (QEMU killed", lab.vm)),
+        "the fence killed the guest's QEMU: {fenced}"
+    );
+    let ms: u64 = fenced
+        .split("fenced in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fence time in {fenced:?}"));
+    // A hung pause took the agent's libvirt timeout (30 s) here.
+    assert!(ms < 10_000, "the fence took {ms} ms: {fenced}");
+
+    let log = wait_console(
+        &lab.north_console,
+        "the guest to boot again at north and write on",
+        Duration::from_secs(120),
+        |l| l.boots >= 2 && l.ready && l.resume_after.len() >= 2,
+    )
+    .await;
+    let resumed = log.resume_after[1];
+    eprintln!(
+        "fenced in {ms} ms; the guest acknowledged {acked} records before the fence and found {resumed} after its restart"
+    );
+    assert!(
+        resumed >= acked,
+        "the restarted guest's disk lacks acknowledged records: it found {resumed}, {acked} were acknowledged"
+    );
+    assert_eq!(
+        vm_state(&lab.any, &lab.vm).await.as_deref(),
+        Some("running"),
+        "{}",
+        text(&metrodr(&["--cluster", &lab.addrs, "vm", "list"]))
+    );
+    // Nothing moved: the guest runs at north from its own disk, still epoch 1.
+    let vol = json(&lab.addrs, &["volume", "list"])
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|x| x["id"] == lab.volume.as_str())
+                .cloned()
+        })
+        .unwrap();
+    assert_eq!(vol["epoch"], 1, "{vol}");
+    drop(lab.south);
+    drop(lab.north);
 }
 
 #[test]

@@ -612,6 +612,13 @@ async fn fence(s: &Arc<Shared>) {
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     let action = s.cfg.fence_action;
+    // A pause drains the guest's in-flight I/O, and the fenced primaries hold theirs for
+    // good: stop serving first, so that I/O fails (none of it was acknowledged) and the
+    // pause finishes. A kill needs no drain and goes first.
+    let mut groups = Vec::new();
+    if action == FenceAction::Pause {
+        groups = s.volumes.stop_all(true).await;
+    }
     let host = s.cfg.host.clone();
     let outcome = hv(s, move |h| {
         let mut done = Vec::new();
@@ -638,7 +645,9 @@ async fn fence(s: &Arc<Shared>) {
     };
     // The fenced primaries acknowledge nothing any more: stop serving every group
     // (the cluster serves them again once this host registers after a new lease).
-    let groups = s.volumes.stop_all(true).await;
+    if action == FenceAction::Destroy {
+        groups = s.volumes.stop_all(true).await;
+    }
     if !groups.is_empty() {
         tracing::warn!(host = %s.cfg.host, "fence: {}", groups.join("; "));
     }
@@ -654,7 +663,7 @@ async fn fence(s: &Arc<Shared>) {
             },
             io.unwrap_or_else(|e| format!("FAILED to stop: {e}"))
         ),
-        (_, Err(e)) => format!("lease expired: could not list VMs to fence them: {e}"),
+        (_, Err(e)) => format!("lease expired: could not list or stop the VMs to fence them: {e}"),
     };
     tracing::error!(host = %s.cfg.host, "FENCED: {text}");
     queue_event(s, text);
