@@ -224,14 +224,23 @@ pub fn stopped_in_place(state: &ClusterState, m: &AppMove) -> Vec<(VmId, HostId)
     m.placement
         .iter()
         .filter(|(vm, h)| {
-            !m.starts.iter().any(|(s, _)| s == vm)
-                && state.hosts.get(h).is_some_and(|r| r.state == HostState::Up)
-                && state.vms.get(vm).is_some_and(|r| {
-                    &r.host == h && !matches!(r.state, VmState::Running | VmState::Paused)
-                })
+            !m.starts.iter().any(|(s, _)| s == vm) && stopped_on_up_host(state, vm, h)
         })
         .cloned()
         .collect()
+}
+
+/// `vm` is placed on `host`, which is up, and its agent reports it stopped there (not
+/// running, not paused): a fence there stopped it. The planner's host-loss rule and
+/// the health gate ([`stopped_in_place`]) restart such VMs where they are.
+fn stopped_on_up_host(state: &ClusterState, vm: &VmId, host: &HostId) -> bool {
+    state
+        .hosts
+        .get(host)
+        .is_some_and(|r| r.state == HostState::Up)
+        && state.vms.get(vm).is_some_and(|r| {
+            &r.host == host && !matches!(r.state, VmState::Running | VmState::Paused)
+        })
 }
 
 /// Free capacity of one host: (vcpus, memory bytes).
@@ -555,16 +564,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         } else if let Some(lost) = &host_lost {
             rec.placement
                 .iter()
-                .filter(|(vm, h)| {
-                    *h != lost
-                        && state
-                            .hosts
-                            .get(*h)
-                            .is_some_and(|r| r.state == HostState::Up)
-                        && state.vms.get(*vm).is_some_and(|r| {
-                            &r.host == *h && !matches!(r.state, VmState::Running | VmState::Paused)
-                        })
-                })
+                .filter(|(vm, h)| *h != lost && stopped_on_up_host(state, vm, h))
                 .map(|(vm, h)| (vm.clone(), h.clone()))
                 .collect()
         } else {
