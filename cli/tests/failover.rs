@@ -211,7 +211,6 @@ impl Lab {
         }
     }
 
-    /// The address of a node still running.
     /// The last lines of every agent's log, for a failure message.
     fn agent_logs(&self) -> String {
         let mut out = String::new();
@@ -229,6 +228,7 @@ impl Lab {
         out
     }
 
+    /// The address of a node still running.
     fn live(&self) -> String {
         self.c
             .nodes
