@@ -72,7 +72,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let running = agent::daemon::start(cfg.clone(), Arc::new(agent::daemon::NoVolumes))
         .await
         .with_context(|| format!("starting the agent of host {host}"))?;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({"event": "started", "host": host, "libvirt_uri": cfg.libvirt_uri, "state_dir": cfg.state_dir})
     );
@@ -141,9 +141,9 @@ pub async fn host_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode>
                     h.reason.clone(),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
             if !r.from_leader {
-                println!("(lease ages are only known by the leader, which could not be asked)");
+                outln!("(lease ages are only known by the leader, which could not be asked)");
             }
         }
     }
@@ -209,7 +209,7 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                             v.reason.clone(),
                         ]);
                     }
-                    println!("{t}");
+                    outln!("{t}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -235,7 +235,7 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                 Output::Json => print_json(
                     &serde_json::json!({"command_id": r.command_id, "host": r.host, "status": r.status, "message": r.message}),
                 )?,
-                Output::Table => println!(
+                Output::Table => outln!(
                     "command #{} ({} {vm} on {}): {}{}",
                     r.command_id,
                     action.as_str(),
@@ -269,12 +269,12 @@ pub fn guest_image(dir: PathBuf, interval_ms: u32, out: Output) -> anyhow::Resul
             "kernel_version": img.kernel_version, "seconds": started.elapsed().as_secs_f64()}),
         )?,
         Output::Table => {
-            println!(
+            outln!(
                 "probe guest ready in {:.1} s (kernel {})",
                 started.elapsed().as_secs_f64(),
                 img.kernel_version
             );
-            println!(
+            outln!(
                 "  kernel:  {}\n  initrd:  {}\n  cmdline: {}",
                 img.kernel.display(),
                 img.initrd.display(),

@@ -164,13 +164,13 @@ pub fn run(cmd: CertsCmd, out: Output) -> anyhow::Result<ExitCode> {
             "ca": dir.ca_cert(), "issued": issued,
         }))?,
         Output::Table => {
-            println!(
+            outln!(
                 "CA: {} (key {}: keep it offline)",
                 dir.ca_cert().display(),
                 dir.ca_key().display()
             );
             for i in &issued {
-                println!("{:8} {:20} {}", i.role.as_str(), i.name, i.cert.display());
+                outln!("{:8} {:20} {}", i.role.as_str(), i.name, i.cert.display());
             }
         }
     }

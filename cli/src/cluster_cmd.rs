@@ -157,7 +157,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("starting orchestrator {}", config.name))?;
     // One JSON line on stdout says where the node listens (tests and scripts read it;
     // with port 0 this is the only way to learn the port).
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "event": "listening",
@@ -234,7 +234,7 @@ fn print_membership(r: &pb::MembershipReply, out: Output) -> anyhow::Result<Exit
             voters: &r.voters,
             learners: &r.learners,
         })?,
-        Output::Table => println!(
+        Output::Table => outln!(
             "voters: {}\nlearners: {}",
             r.voters.join(", "),
             r.learners.join(", ")
@@ -296,9 +296,9 @@ async fn init(a: InitArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitC
             "topology_version": version,
         }))?,
         Output::Table => {
-            println!("cluster formed: {} voters, leader {leader}", nodes.len());
+            outln!("cluster formed: {} voters, leader {leader}", nodes.len());
             if let Some(v) = version {
-                println!("topology {} applied as version {v}", loaded.name);
+                outln!("topology {} applied as version {v}", loaded.name);
             }
         }
     }
@@ -407,10 +407,10 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
         })?,
         Output::Table => {
             if !s.initialized {
-                println!("{} is not part of a cluster yet: run `metrodr cluster init --topology FILE`", s.node);
+                outln!("{} is not part of a cluster yet: run `metrodr cluster init --topology FILE`", s.node);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "answered by {} ({}); leader: {}; term {}; commit index {}; applied {}; topology v{}; audit entries {}",
                 s.node,
                 s.raft_state,
@@ -422,7 +422,7 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
                 s.audit_entries
             );
             if !s.store_warning.is_empty() {
-                println!("WARNING: {}", s.store_warning);
+                outln!("WARNING: {}", s.store_warning);
             }
             let mut t = table(&["node", "site", "address", "role", "replicated to"]);
             for n in &s.nodes {
@@ -438,12 +438,12 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
                     if n.matched_index < 0 { "-".into() } else { n.matched_index.to_string() },
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
             let mut t = table(&["site", "role", "state", "for", "reason"]);
             for x in &s.sites {
                 t.add_row(vec![x.id.clone(), x.role.clone(), x.state.clone(), ms_to_age(x.since_ms), x.reason.clone()]);
             }
-            println!("{t}");
+            outln!("{t}");
             print_apps(&s.apps);
         }
     }
@@ -466,7 +466,7 @@ fn print_apps(apps: &[pb::AppStatus]) {
                 .join(" "),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
 }
 
 pub async fn app_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
@@ -517,7 +517,7 @@ pub async fn site_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode>
                 let hosts: Vec<String> = s.hosts.iter().filter(|h| h.site == x.id).map(|h| format!("{} ({})", h.id, h.state)).collect();
                 t.add_row(vec![x.id.clone(), x.role.clone(), x.state.clone(), ms_to_age(x.since_ms), hosts.join(", ")]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -558,7 +558,7 @@ pub async fn volume_list(
                     v.replicas.iter().map(|r| if r.host.is_empty() { format!("{}: {} {}", r.site, r.role, r.data) } else { format!("{} ({}): {} {}", r.site, r.host, r.role, r.data) }).collect::<Vec<_>>().join("; "),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -595,7 +595,7 @@ pub async fn audit(cmd: AuditCmd, c: &ClusterArgs, out: Output) -> anyhow::Resul
                             e.digest.get(..12).unwrap_or("").to_string(),
                         ]);
                     }
-                    println!("{t}\n{} of {} entries", r.entries.len(), r.total);
+                    outln!("{t}\n{} of {} entries", r.entries.len(), r.total);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -616,7 +616,7 @@ pub async fn audit(cmd: AuditCmd, c: &ClusterArgs, out: Output) -> anyhow::Resul
                 Output::Json => print_json(
                     &serde_json::json!({"audit_seq": r.audit_seq, "log_index": r.log_index}),
                 )?,
-                Output::Table => println!("recorded as audit entry {}", r.audit_seq),
+                Output::Table => outln!("recorded as audit entry {}", r.audit_seq),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -681,26 +681,28 @@ async fn verify(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
         Output::Table => {
             for (_, r) in &results {
                 if r.ok {
-                    println!(
+                    outln!(
                         "{}: chain intact, {} entries, head {}",
                         r.node,
                         r.entries,
                         r.head.get(..16).unwrap_or("")
                     );
                 } else {
-                    println!(
+                    outln!(
                         "{}: CHAIN BROKEN at entry {}: {}",
-                        r.node, r.broken_seq, r.broken_reason
+                        r.node,
+                        r.broken_seq,
+                        r.broken_reason
                     );
                 }
             }
             for u in &unreachable {
-                println!("not checked (unreachable): {u}");
+                outln!("not checked (unreachable): {u}");
             }
             if !agree {
-                println!("NODES DISAGREE on entry {common}: {digests:?}");
+                outln!("NODES DISAGREE on entry {common}: {digests:?}");
             }
-            println!(
+            outln!(
                 "{}",
                 if all_ok {
                     "audit log verified"

@@ -222,7 +222,7 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
         // The old primaries become up to date again once the reversed replication
         // has caught up; only then may they be promoted.
         if out == Output::Table {
-            println!("\nwaiting for the replicas at {home} to be up to date again…");
+            outln!("\nwaiting for the replicas at {home} to be up to date again…");
         }
         wait_up_to_date(
             c,
@@ -232,7 +232,7 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
         )
         .await?;
         if out == Output::Table {
-            println!("and back to {home}:");
+            outln!("and back to {home}:");
         }
         if let Some((back, c2)) =
             crate::op_cmd::start_op("switchover-drill", apps, home, a.run, c, out).await?
@@ -242,11 +242,11 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
         }
     }
     if out == Output::Table && !a.run.no_wait {
-        println!();
+        outln!();
         for id in if last == op { vec![op] } else { vec![op, last] } {
             let r = report(c, id, FormatArg::Text).await?;
-            print!("{}", r.document);
-            println!("(export it: metrodr report export op-{id} --format html --out op-{id}.html)");
+            out!("{}", r.document);
+            outln!("(export it: metrodr report export op-{id} --format html --out op-{id}.html)");
         }
     }
     Ok(code)
@@ -267,7 +267,7 @@ async fn schedules(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
         Output::Json => print_json(&list)?,
         Output::Table => {
             if list.is_empty() {
-                println!("no drill schedules (add `[[drill]]` entries to the topology)");
+                outln!("no drill schedules (add `[[drill]]` entries to the topology)");
                 return Ok(ExitCode::SUCCESS);
             }
             let mut t = table(&["schedule", "apps", "every", "last run", "next due (UTC)"]);
@@ -291,7 +291,7 @@ async fn schedules(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
                     },
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -383,7 +383,7 @@ fn list(ops: &[&Operation], out: Output) -> anyhow::Result<ExitCode> {
                     drills::iso_utc(o.started_ms),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -406,7 +406,7 @@ async fn report(c: &ClusterArgs, op: u64, format: FormatArg) -> anyhow::Result<p
 
 async fn show(c: &ClusterArgs, id: &str, format: FormatArg) -> anyhow::Result<ExitCode> {
     let r = report(c, parse_op(id)?, format).await?;
-    print!("{}", r.document);
+    out!("{}", r.document);
     Ok(if r.passed {
         ExitCode::SUCCESS
     } else {
@@ -435,7 +435,7 @@ pub async fn report_cmd(cmd: ReportCmd, c: &ClusterArgs, out: Output) -> anyhow:
             std::fs::write(&path, &r.document)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if out == Output::Table {
-                println!(
+                outln!(
                     "wrote {} ({} bytes){}",
                     path.display(),
                     r.document.len(),
@@ -457,14 +457,14 @@ pub async fn report_cmd(cmd: ReportCmd, c: &ClusterArgs, out: Output) -> anyhow:
             let r = report(c, 0, FormatArg::Csv).await?;
             match out {
                 Output::Json => print_json(&serde_json::json!({"public_key": r.public_key}))?,
-                Output::Table => println!("{}", r.public_key),
+                Output::Table => outln!("{}", r.public_key),
             }
             Ok(ExitCode::SUCCESS)
         }
         ReportCmd::Keygen { out: path } => {
             let key = drills::generate_key_file(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            println!(
+            outln!(
                 "wrote {} (keep it secret; mode 0600); public key {}",
                 path.display(),
                 drills::public_key_hex(&key)
@@ -502,7 +502,7 @@ pub fn verify(file: &PathBuf, pinned: Option<&str>, out: Output) -> anyhow::Resu
                     "public_key": v.public_key_hex, "pinned": pin.is_some(),
                 }))?,
                 Output::Table => {
-                    println!(
+                    outln!(
                         "{}: signature OK — report {} ({}, {}), signed by cluster key {}",
                         file.display(),
                         v.report_id,
@@ -511,7 +511,7 @@ pub fn verify(file: &PathBuf, pinned: Option<&str>, out: Output) -> anyhow::Resu
                         v.public_key_hex
                     );
                     if pin.is_none() {
-                        println!(
+                        outln!(
                             "note: the key was not pinned; compare it with the cluster's (`metrodr report key`) or pass --public-key"
                         );
                     }
@@ -567,7 +567,7 @@ pub async fn readiness(
                     },
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,8 @@
 //! This crate only parses arguments, wires crates together and prints; every decision
 //! lives in the library crates (DESIGN §2).
 
+#[macro_use]
+mod output;
 mod agent_cmd;
 mod certs_cmd;
 mod cluster_cmd;
@@ -10,7 +12,6 @@ mod demo;
 mod drill_cmd;
 mod lab;
 mod op_cmd;
-mod output;
 mod topology_cmd;
 mod volume_cmd;
 
@@ -186,13 +187,16 @@ fn main() -> ExitCode {
         cli.command,
         Command::Orchestrator(_)
             | Command::Agent(_)
-            | Command::Demo(_)
             | Command::Lab(lab::cmd::LabCmd::Serve(_))
-            | Command::Volume(VolumeCmd::Serve(_) | VolumeCmd::Replica(_) | VolumeCmd::Import(_))
+            | Command::Volume(VolumeCmd::Serve(_) | VolumeCmd::Replica(_))
     );
-    if !daemon {
-        restore_sigpipe();
+    if daemon {
+        output::set_daemon();
     }
+    // SIGPIPE stays ignored (Rust's default) in every command: a peer that closes a
+    // socket (an orchestrator node the chaos runner just killed) is an error value, never
+    // a silent death. A closed stdout (`metrodr … | head`) ends the command quietly
+    // through `outln!`.
     let out = cli.output;
     let c = &cli.cluster;
     let result = match cli.command {
@@ -263,20 +267,6 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
         .block_on(f)
-}
-
-/// `metrodr … | head` ends quietly like other Unix tools instead of panicking on EPIPE.
-/// Daemons keep Rust's default (SIGPIPE ignored: a closed pipe is an error value).
-#[allow(unsafe_code)]
-fn restore_sigpipe() {
-    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition
-    // and no handler is installed.
-    unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        );
-    }
 }
 
 /// The data path (NBD server, replication stream) on the runtime `--runtime` chose.

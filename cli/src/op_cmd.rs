@@ -231,18 +231,18 @@ pub async fn recover(site: String, c: &ClusterArgs, out: Output) -> anyhow::Resu
             "site": site, "audit_seq": r.audit_seq, "not_up_to_date": r.not_up_to_date,
         }))?,
         Output::Table => {
-            println!(
+            outln!(
                 "site {site} recovered (audit #{}); a later loss fails over automatically again",
                 r.audit_seq
             );
             if r.not_up_to_date.is_empty() {
-                println!("every replica at {site} is up to date");
+                outln!("every replica at {site} is up to date");
             } else {
-                println!(
+                outln!(
                     "replicas at {site} that resync before they may be promoted (they become up to date when their primary reports in sync):"
                 );
                 for v in &r.not_up_to_date {
-                    println!("  {v}");
+                    outln!("  {v}");
                 }
             }
         }
@@ -281,7 +281,7 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
                             o.note.clone(),
                         ]);
                     }
-                    println!("{t}");
+                    outln!("{t}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -308,7 +308,7 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
                 .await
                 .map_err(|e| status_err(&client.addr, e))?;
             if out == Output::Table {
-                println!("op-{id}: approved");
+                outln!("op-{id}: approved");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -465,7 +465,7 @@ fn result_text(r: Option<&StepResult>, detail: &str) -> String {
 }
 
 fn print_plan(p: &Plan) {
-    println!(
+    outln!(
         "{}: {} app(s) in {} wave(s)",
         p.trigger.describe(),
         p.apps().count(),
@@ -492,9 +492,9 @@ fn print_plan(p: &Plan) {
             ]);
         }
     }
-    println!("{t}");
+    outln!("{t}");
     for s in &p.skipped {
-        println!("skipped {}: {}", s.app, s.reason);
+        outln!("skipped {}: {}", s.app, s.reason);
     }
 }
 
@@ -624,7 +624,7 @@ fn print_record(o: &Operation) {
     } else {
         "since the operation began"
     };
-    println!(
+    outln!(
         "{} {} ({}) by {}: {}{}",
         o.id,
         r.kind,
@@ -657,9 +657,9 @@ fn print_record(o: &Operation) {
             a.promotion.clone(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     for (app, why) in &r.skipped {
-        println!("skipped {app}: {why}");
+        outln!("skipped {app}: {why}");
     }
 }
 

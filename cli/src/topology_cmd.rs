@@ -87,11 +87,13 @@ async fn apply_cmd(path: &Path, c: &ClusterArgs, out: Output) -> anyhow::Result<
         )?,
         Output::Table => {
             for w in &r.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
-            println!(
+            outln!(
                 "{} applied as topology version {} (audit entry {})",
-                l.name, r.version, r.audit_seq
+                l.name,
+                r.version,
+                r.audit_seq
             );
         }
     }
@@ -114,11 +116,14 @@ async fn get_cmd(version: Option<u64>, c: &ClusterArgs, out: Output) -> anyhow::
             "digest": r.digest, "applied_by": r.applied_by, "applied_ms": r.applied_ms, "text": r.text}),
         )?,
         Output::Table => {
-            println!(
+            outln!(
                 "# topology version {} of {} — applied by {}, sha256 {}",
-                r.version, r.latest_version, r.applied_by, r.digest
+                r.version,
+                r.latest_version,
+                r.applied_by,
+                r.digest
             );
-            print!("{}", r.text);
+            out!("{}", r.text);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -246,14 +251,14 @@ pub fn print_report(l: &Loaded, out: Output) -> anyhow::Result<ExitCode> {
             diagnostics: r.diagnostics.iter().map(|d| d.to_json(&map)).collect(),
         })?,
         Output::Table => {
-            print!(
+            out!(
                 "{}",
                 render_human(&r.diagnostics, &map, &l.name, color_stdout())
             );
             match &r.topology {
                 Some(t) => {
                     let s = summary(t);
-                    println!(
+                    outln!(
                         "{}: valid — {} sites, {} orchestrator nodes, {} hosts, {} apps, {} VMs, {} volumes{}",
                         l.name,
                         s.sites,
@@ -268,7 +273,7 @@ pub fn print_report(l: &Loaded, out: Output) -> anyhow::Result<ExitCode> {
                         }
                     );
                 }
-                None => println!(
+                None => outln!(
                     "{}: invalid — {} error(s), {} warning(s)",
                     l.name,
                     r.errors(),
@@ -323,7 +328,7 @@ fn plan_cmd(path: &Path, out: Output) -> anyhow::Result<ExitCode> {
 
 pub fn print_plan(topo: &Topology, p: &Plan, rto: &[RtoEstimate]) {
     let apps = topo.app_index();
-    println!(
+    outln!(
         "Initial placement ({} VMs on {} hosts)",
         p.placements.len(),
         topo.hosts.len()
@@ -342,9 +347,9 @@ pub fn print_plan(topo: &Topology, p: &Plan, rto: &[RtoEstimate]) {
             pl.host.to_string(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     if !p.spilled.is_empty() {
-        println!(
+        outln!(
             "note: {} VM(s) start away from their preferred site because it is full: {}",
             p.spilled.len(),
             p.spilled
@@ -355,10 +360,10 @@ pub fn print_plan(topo: &Topology, p: &Plan, rto: &[RtoEstimate]) {
         );
     }
     for u in &p.unplaced {
-        println!("UNPLACED: VM {} of app {} fits on no host", u.vm, u.app);
+        outln!("UNPLACED: VM {} of app {} fits on no host", u.vm, u.app);
     }
 
-    println!("\nHost load");
+    outln!("\nHost load");
     let mut t = table(&["host", "site", "vms", "vcpus", "memory"]);
     for h in &p.hosts {
         t.add_row(vec![
@@ -369,10 +374,10 @@ pub fn print_plan(topo: &Topology, p: &Plan, rto: &[RtoEstimate]) {
             size_ratio(h.memory_used, h.memory_total),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
 
     for f in &p.failover {
-        println!(
+        outln!(
             "\nFailover capacity: if `{}` is lost, `{}` runs everything — {}",
             f.lost,
             f.survivor,
@@ -404,11 +409,11 @@ pub fn print_plan(topo: &Topology, p: &Plan, rto: &[RtoEstimate]) {
                 },
             ]);
         }
-        println!("{t}");
+        outln!("{t}");
     }
 
     if !rto.is_empty() {
-        println!(
+        outln!(
             "\nRTO budget: earliest healthy time after a site loss (worst case: every app restarts)"
         );
         let mut t = table(&["app", "tier", "stage", "earliest", "target", "slack"]);
@@ -429,7 +434,7 @@ pub fn print_plan(topo: &Topology, p: &Plan, rto: &[RtoEstimate]) {
                 ),
             ]);
         }
-        println!("{t}");
+        outln!("{t}");
     }
 }
 
@@ -443,7 +448,7 @@ fn generate_cmd(g: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let text = topology::render::to_toml(&topo);
     match &g.out {
         Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }

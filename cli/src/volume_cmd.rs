@@ -212,7 +212,7 @@ fn line<T: Serialize>(event: &str, body: &T) {
     if let Some(o) = v.as_object_mut() {
         o.insert("event".into(), event.into());
     }
-    println!("{v}");
+    outln!("{v}");
 }
 
 /// Print `status` lines when the watched value changes, at most once per interval.

@@ -25,7 +25,8 @@ fn need_netns() {
     }
 }
 
-/// `metrodr -o json ARGS`; the parsed output and whether it exited 0.
+/// `metrodr -o json ARGS`; the parsed output, whether it exited 0, and for people: how
+/// it ended (an exit code, or the signal that killed it), its stdout and its stderr.
 fn run_json(args: &[&str]) -> (Value, bool, String) {
     let o = Command::new(BIN)
         .args(["-o", "json"])
@@ -35,7 +36,31 @@ fn run_json(args: &[&str]) -> (Value, bool, String) {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     let v = serde_json::from_str(&out).unwrap_or(Value::Null);
-    (v, o.status.success(), format!("{out}\n{err}"))
+    (
+        v,
+        o.status.success(),
+        format!(
+            "metrodr ended: {}\n--- stdout:\n{out}\n--- stderr:\n{err}",
+            o.status
+        ),
+    )
+}
+
+/// The runner's own logs of the runs under `dir` (`DIR/RUN/runner.log`): the last line
+/// of each is what the runner was doing when that run ended.
+fn runner_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path().join("runner.log");
+        match std::fs::read_to_string(&path) {
+            Ok(t) => out.push_str(&format!("--- {}:\n{t}", path.display())),
+            Err(err) => out.push_str(&format!("--- no runner log at {}: {err}\n", path.display())),
+        }
+    }
+    if out.is_empty() {
+        out = format!("--- no run directory under {}", dir.display());
+    }
+    out
 }
 
 fn scenario(name: &str) -> Value {
@@ -63,8 +88,9 @@ fn scenario(name: &str) -> Value {
         run["operations"]
     );
     if !ok || v["passed"] != true {
+        let log = runner_logs(dir.path());
         keep_logs(dir.path(), name);
-        panic!("{name} failed:\n{text}");
+        panic!("{name} failed:\n{text}\n{log}");
     }
     assert!(run["samples"].as_u64().unwrap() > 20, "{run}");
     assert!(run["writes_acknowledged"].as_u64().unwrap() > 0, "{run}");
@@ -181,8 +207,9 @@ fn random_schedules_keep_every_invariant() {
         );
     }
     if !ok {
+        let log = runner_logs(dir.path());
         keep_logs(dir.path(), "random");
-        panic!("a random schedule failed:\n{text}");
+        panic!("a random schedule failed:\n{text}\n{log}");
     }
     assert_eq!(v["runs"].as_array().unwrap().len(), 3);
     // Each run wrote its exact schedule, to replay it.

@@ -275,3 +275,53 @@ fn demo_plans_then_loses_the_leader_a_volume_primary_and_a_site_and_loses_nothin
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
     assert!(v["control_plane"].is_null());
 }
+
+/// A command whose reader goes away (`metrodr … | head -1`) ends quietly with
+/// success: no panic, no "broken pipe" message.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metrodr"))
+        .args(["topology", "plan", &example("city-egov.toml")])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run metrodr");
+    // Read nothing: close the pipe at once, as `head -0` would.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait for metrodr");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}: {err}", o.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Every metrodr process ignores SIGPIPE: a peer that closes a socket it writes to (an
+/// orchestrator node the chaos runner has just killed) is an error the command handles,
+/// never a silent death by signal — which is how a chaos run once died with no word.
+/// Checked on a client command while it is connected to a server that never answers.
+#[test]
+fn a_command_talking_to_the_cluster_ignores_sigpipe() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metrodr"))
+        .args(["--cluster", &addr, "status"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run metrodr");
+    // Once it has connected, its main has run (and set whatever it sets).
+    let (_conn, _) = listener.accept().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .expect("SigIgn in /proc/PID/status");
+    let sigpipe = 1u64 << (13 - 1);
+    assert!(
+        ignored & sigpipe != 0,
+        "metrodr status does not ignore SIGPIPE (SigIgn {ignored:#x})"
+    );
+}

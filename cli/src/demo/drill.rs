@@ -110,7 +110,7 @@ pub async fn test_drill(
             .into_inner();
     let op = r.op;
     if table {
-        println!(
+        outln!(
             "\nTest drill (op-{op}): a copy of every app at its other site, on copy-on-write snapshots of its replicas and an isolated network, while production keeps writing"
         );
     }
@@ -154,7 +154,7 @@ pub async fn test_drill(
         .collect();
     if table {
         for a in &apps {
-            println!(
+            outln!(
                 "  {:<8} copy at {:<6} healthy after {:>6}  (target {} s)  {}",
                 a.app,
                 a.site,
@@ -164,13 +164,13 @@ pub async fn test_drill(
             );
         }
         for ch in &report.checks {
-            println!(
+            outln!(
                 "  [{}] {}",
                 if ch.passed { "ok" } else { "FAILED" },
                 ch.name
             );
         }
-        println!(
+        outln!(
             "  report (signed, verified offline: {}): {}",
             if signed.verified { "yes" } else { "NO" },
             signed.html.display()

@@ -110,8 +110,8 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
     let capacity_ok = plan.unplaced.is_empty() && plan.failover.iter().all(|f| f.ok);
     let table = out == Output::Table;
     if table {
-        println!("metrodr demo — {name}");
-        println!(
+        outln!("metrodr demo — {name}");
+        outln!(
             "cluster `{}`: {} apps, {} VMs, {} volumes\n",
             topo.cluster.name,
             topo.apps.len(),
@@ -143,7 +143,7 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
         if sf.is_ok() {
             let _ = std::fs::remove_dir_all(&dir);
         } else if table {
-            println!("  (process logs kept in {})", dir.display());
+            outln!("  (process logs kept in {})", dir.display());
         }
         (Some(cp), Some(st?), Some(sf?))
     };
@@ -177,11 +177,11 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
             not_built: NOT_BUILT,
         })?,
         Output::Table => {
-            println!("\nNot built yet (the demo grows as these land):");
+            outln!("\nNot built yet (the demo grows as these land):");
             for n in NOT_BUILT {
-                println!("  - {n}");
+                outln!("  - {n}");
             }
-            println!(
+            outln!(
                 "\n{}",
                 if ok {
                     "demo: OK"
@@ -254,13 +254,13 @@ fn spawn_node(dir: &Path, name: &str, certs: &CertDir) -> anyhow::Result<(Child,
     )?;
     let exe = std::env::current_exe().context("locating the metrodr binary")?;
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut child = Command::new(exe)
-        .args(["orchestrator", "--config"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["orchestrator", "--config"])
         .arg(&cfg)
         .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("starting an orchestrator process")?;
+        .stderr(log);
+    let mut child =
+        crate::lab::owned::spawn_owned(cmd).context("starting an orchestrator process")?;
     let mut line = String::new();
     let stdout = child.stdout.take().context("no stdout")?;
     BufReader::new(stdout).read_line(&mut line)?;
@@ -292,14 +292,14 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         children: Vec::new(),
     };
     if table {
-        println!(
+        outln!(
             "\nControl plane: starting {} orchestrator processes on loopback",
             topo.orchestrators.len()
         );
     }
     let (certs, dialer) = demo_certs(&dir, topo)?;
     if table {
-        println!(
+        outln!(
             "  mutual TLS on every connection: a cluster CA and a certificate per node, host and the admin in {}",
             certs.root.display()
         );
@@ -307,7 +307,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     for o in &topo.orchestrators {
         let (child, addr) = spawn_node(&dir, o.id.as_str(), &certs)?;
         if table {
-            println!(
+            outln!(
                 "  {} (site {}) pid {} listening on {addr}",
                 o.id,
                 o.site,
@@ -357,7 +357,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         .into_inner()
         .entries;
     if table {
-        println!(
+        outln!(
             "  cluster formed in {:.2} s; leader {leader}; topology applied as version {}; {} audit entries committed",
             t0.elapsed().as_secs_f64(),
             applied.version,
@@ -376,7 +376,7 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     child.kill().context("killing the leader")?;
     let _ = child.wait();
     if table {
-        println!("  kill -9 {leader} (pid {})", child.id());
+        outln!("  kill -9 {leader} (pid {})", child.id());
     }
     let survivors: Vec<String> = procs
         .children
@@ -454,8 +454,8 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
         verified &= v.ok;
     }
     if table {
-        println!("  new leader {new_leader} after {election_ms} ms (target < 2000 ms)");
-        println!(
+        outln!("  new leader {new_leader} after {election_ms} ms (target < 2000 ms)");
+        outln!(
             "  {} of {} committed entries present after the kill ({lost} lost); audit chains verified on the survivors: {}",
             before.len() as u64 - lost,
             before.len(),

@@ -140,13 +140,12 @@ fn spawn_agent(
     )?;
     let exe = std::env::current_exe().context("locating the metrodr binary")?;
     let log = std::fs::File::create(dir.join(format!("agent-{host}.log")))?;
-    let mut child = Command::new(exe)
-        .args(["agent", "--config"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["agent", "--config"])
         .arg(&cfg)
         .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("starting an agent")?;
+        .stderr(log);
+    let mut child = crate::lab::owned::spawn_owned(cmd).context("starting an agent")?;
     let mut out = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line)?;
@@ -191,7 +190,7 @@ pub async fn site_failover(
     let (text, topo): (String, Topology) = if qemu {
         let cache = std::env::temp_dir().join("metrodr-guest");
         if table {
-            println!(
+            outln!(
                 "\nBuilding the probe guest image in {} (Debian packages, once)…",
                 cache.display()
             );
@@ -206,7 +205,7 @@ pub async fn site_failover(
     let mut guests = qemu.then(|| super::guests::Guests::new(dir, &topo));
     let mut kids = Kids::default();
     if table {
-        println!(
+        outln!(
             "\nSite failover: examples/lab.toml — {} apps, {} VMs, {} hosts on {}, every group replicated {LOST} -> {SURVIVOR}",
             topo.apps.len(),
             topo.vm_count(),
@@ -271,7 +270,7 @@ pub async fn site_failover(
     let groups = topo.apps.iter().filter(|a| !a.volumes.is_empty()).count();
     start_every_vm(&client, &topo, "demo").await?;
     if table {
-        println!(
+        outln!(
             "  3 orchestrator nodes, {} agents up; {groups} consistency groups served by the agents, every replica up to date; {} VMs running where planned",
             topo.hosts.len(),
             topo.vm_count()
@@ -306,7 +305,7 @@ pub async fn site_failover(
             )
             .await?;
             if table {
-                println!("  every guest booted and is writing acknowledged records to its disk");
+                outln!("  every guest booted and is writing acknowledged records to its disk");
             }
             None
         }
@@ -362,7 +361,7 @@ pub async fn site_failover(
     };
     if table {
         match &guests {
-            Some(g) => println!(
+            Some(g) => outln!(
                 "  kill -9 of every process at {LOST}: {}, and the QEMU processes of {} (records acknowledged: {})",
                 north.join(", "),
                 qemus.len(),
@@ -372,7 +371,7 @@ pub async fn site_failover(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            None => println!(
+            None => outln!(
                 "  {} writes acknowledged on {}; kill -9 of every process at {LOST}: {}",
                 acked.len(),
                 db.id,
@@ -420,12 +419,14 @@ pub async fn site_failover(
     }
     if table {
         for o in &other_operations {
-            println!(
+            outln!(
                 "  meanwhile the cluster ran op-{} on its own ({:?}): {}",
-                o.op, o.status, o.note
+                o.op,
+                o.status,
+                o.note
             );
         }
-        println!("  {declared_s:.2} s: the leader declared {LOST} lost and began op-{op}");
+        outln!("  {declared_s:.2} s: the leader declared {LOST} lost and began op-{op}");
     }
     // Follow it; approve what waits for an operator.
     let mut approved = false;
@@ -446,7 +447,7 @@ pub async fn site_failover(
                 }
                 let at = s.ended_ms.unwrap_or(0).saturating_sub(killed_ms);
                 let app = s.app.as_ref().map_or("", |a| a.as_str());
-                println!(
+                outln!(
                     "    +{:>5.2} s  {app:<8} {:<26} {}",
                     at as f64 / 1000.0,
                     s.name,
@@ -473,7 +474,7 @@ pub async fn site_failover(
         });
         if waiting && others_done && !approved {
             if table {
-                println!("  operator (the demo): metrodr op approve {op}");
+                outln!("  operator (the demo): metrodr op approve {op}");
             }
             sc.op
                 .clone()
@@ -511,7 +512,7 @@ pub async fn site_failover(
             }
             if table {
                 for (vm, (resumed, lost)) in &found {
-                    println!(
+                    outln!(
                         "  {vm}: acknowledged {} record(s) at {LOST}; booted at {SURVIVOR} from the promoted disk, it resumes after record {resumed} ({lost} missing)",
                         g.acked.get(vm).copied().unwrap_or(0)
                     );
@@ -527,11 +528,11 @@ pub async fn site_failover(
             let missing = missing(&cb, &acked).await?;
             missing_of.insert(db.id.to_string(), missing);
             if table {
-                println!(
+                outln!(
                     "  {SURVIVOR}'s agents serve the promoted replicas ({})",
                     promoted.display()
                 );
-                println!(
+                outln!(
                     "  {}: {} of {} acknowledged writes on the promoted replica ({missing} missing)",
                     db.id,
                     acked.len() as u64 - missing,
@@ -586,12 +587,12 @@ pub async fn site_failover(
     std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
         .with_context(|| format!("writing {}", path.display()))?;
     if table {
-        println!("\n  Failover record (op-{op}, {}):", out.status);
-        println!(
+        outln!("\n  Failover record (op-{op}, {}):", out.status);
+        outln!(
             "  app      from   -> to     kill->healthy  RTO (record)  target   (record: from when the lost hosts were last known alive)"
         );
         for a in &out.apps {
-            println!(
+            outln!(
                 "  {:<8} {:<6} -> {:<6} {:>10}  {:>12}  {:>4} s",
                 a.app,
                 a.site_before,
@@ -602,8 +603,8 @@ pub async fn site_failover(
                 a.rto_target_s
             );
         }
-        println!("  record: {}", path.display());
-        println!(
+        outln!("  record: {}", path.display());
+        outln!(
             "  signed report (verified offline: {}): {}",
             if out.signed_report.verified {
                 "yes"
@@ -612,7 +613,7 @@ pub async fn site_failover(
             },
             out.signed_report.html.display()
         );
-        println!(
+        outln!(
             "  check it yourself: metrodr report verify {} --public-key {}",
             out.signed_report.html.display(),
             out.signed_report.public_key

@@ -57,17 +57,17 @@ impl Vol {
     ) -> anyhow::Result<(Vol, serde_json::Value)> {
         let exe = std::env::current_exe().context("locating the metrodr binary")?;
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let mut child = Command::new(exe)
-            .arg("volume")
+        let mut cmd = Command::new(exe);
+        cmd.arg("volume")
             .args(args)
             .arg("--certs")
             .arg(certs)
             .args(["--as", host])
             .env("METRODR_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting a metrodr volume process")?;
+            .stderr(log);
+        let mut child =
+            crate::lab::owned::spawn_owned(cmd).context("starting a metrodr volume process")?;
         let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
         let mut line = String::new();
         out.read_line(&mut line)?;
@@ -188,7 +188,7 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
     let (site_a, site_b) = (a.id.to_string(), b.id.to_string());
     let id = vol.id.to_string();
     if table {
-        println!(
+        outln!(
             "\nStorage: app {} volume {id} ({SIZE} for the demo), sync replication {site_a} -> {site_b}",
             app.id
         );
@@ -242,7 +242,7 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
     drop(primary);
     let acked = writers.finish().await;
     if table {
-        println!(
+        outln!(
             "  {} writes acknowledged by the {site_a} primary, then kill -9 of it mid-stream",
             acked.len()
         );
@@ -277,7 +277,7 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
     promoted.stop();
     let epoch = ready["epoch"].as_u64().unwrap_or(0);
     if table {
-        println!(
+        outln!(
             "  {site_b} promoted at epoch {epoch}, serving {failover_ms} ms after the kill; {} of {} acknowledged writes there ({lost} lost)",
             acked.len() as u64 - lost,
             acked.len()

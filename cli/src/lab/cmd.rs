@@ -261,18 +261,18 @@ pub fn lab(cmd: LabCmd, out: Output) -> anyhow::Result<ExitCode> {
 }
 
 fn print_record(rec: &LabRecord) {
-    println!(
+    outln!(
         "lab {} in {} (supervisor pid {})",
         rec.tag,
         rec.dir.display(),
         rec.supervisor_pid
     );
     for (site, addr) in &rec.sites {
-        println!("  site {site:<10} {addr}");
+        outln!("  site {site:<10} {addr}");
     }
-    println!("  orchestrators: {}", rec.orchestrators.join(","));
+    outln!("  orchestrators: {}", rec.orchestrators.join(","));
     for p in &rec.processes {
-        println!(
+        outln!(
             "  {:<14} {:<8} {:<8} pid {}",
             p.name,
             p.site,
@@ -281,12 +281,19 @@ fn print_record(rec: &LabRecord) {
         );
     }
     for l in &rec.links {
-        println!(
+        outln!(
             "  link {} <-> {}: {} ({} connections, {} B {}->{}, {} B back)",
-            l.a, l.b, l.shape, l.connections, l.bytes_a_to_b, l.a, l.b, l.bytes_b_to_a
+            l.a,
+            l.b,
+            l.shape,
+            l.connections,
+            l.bytes_a_to_b,
+            l.a,
+            l.b,
+            l.bytes_b_to_a
         );
     }
-    println!(
+    outln!(
         "  use it: metrodr --cluster {} --certs {} status",
         rec.orchestrators.join(","),
         rec.certs.display()
@@ -344,7 +351,7 @@ fn up(a: &LabArgs, out: Output) -> anyhow::Result<ExitCode> {
             match out {
                 Output::Json => print_json(&rec)?,
                 Output::Table => {
-                    println!("lab up in {:.1} s", t.elapsed().as_secs_f64());
+                    outln!("lab up in {:.1} s", t.elapsed().as_secs_f64());
                     print_record(&rec);
                 }
             }
@@ -538,7 +545,7 @@ fn finish(said: &[String], out: Output) -> anyhow::Result<ExitCode> {
         Output::Json => print_json(&serde_json::json!({ "down": said }))?,
         Output::Table => {
             for s in said {
-                println!("{s}");
+                outln!("{s}");
             }
         }
     }
@@ -615,7 +622,7 @@ pub fn chaos(cmd: ChaosCmd, out: Output) -> anyhow::Result<ExitCode> {
     let r = ask(&dir, &Request::Fault(fault))?;
     match out {
         Output::Json => print_json(&serde_json::json!({"ok": r.ok, "message": r.message}))?,
-        Output::Table => println!("{}", r.message),
+        Output::Table => outln!("{}", r.message),
     }
     Ok(if r.ok {
         ExitCode::SUCCESS
@@ -673,7 +680,7 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
             "runs": results,
         }))?;
     } else if results.len() > 1 {
-        println!(
+        outln!(
             "{} of {} runs passed",
             results.len() - failed,
             results.len()
@@ -687,7 +694,7 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
 }
 
 fn print_result(r: &RunResult) {
-    println!(
+    outln!(
         "{}: {} — {} writes acknowledged, {} missing, longest write {} ms, {} samples, healed {}",
         r.scenario,
         if r.passed { "PASSED" } else { "FAILED" },
@@ -699,19 +706,19 @@ fn print_result(r: &RunResult) {
             .map_or("never".to_string(), |s| format!("in {s:.1} s"))
     );
     for o in &r.operations {
-        println!("  {o}");
+        outln!("  {o}");
     }
     for v in &r.violations {
-        println!("  VIOLATED {}: {}", v.invariant, v.detail);
+        outln!("  VIOLATED {}: {}", v.invariant, v.detail);
     }
     if !r.passed {
-        println!(
+        outln!(
             "  replay: metrodr chaos run {}{}",
             r.replay.display(),
             r.seed
                 .map(|s| format!("   (or: metrodr chaos run --random --seed {s})"))
                 .unwrap_or_default()
         );
-        println!("  logs: {}", r.dir.display());
+        outln!("  logs: {}", r.dir.display());
     }
 }

@@ -16,7 +16,9 @@
 //! next lab, from their records in /run/metrodr-lab).
 
 pub mod cmd;
+pub mod journal;
 pub mod links;
+pub mod owned;
 pub mod run;
 pub mod workload;
 
@@ -285,14 +287,14 @@ impl Lab {
             Kind::Orchestrator => "orchestrator",
             Kind::Agent => "agent",
         };
-        let mut child = self
-            .net
-            .command(&p.site, &self.exe)
-            .args([sub, "--config"])
+        let mut cmd = self.net.command(&p.site, &self.exe);
+        cmd.args([sub, "--config"])
             .arg(&p.config)
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        // It dies with the lab's owner: a runner or supervisor that dies leaves no
+        // orphans behind.
+        let mut child = owned::spawn_owned(cmd)
             .with_context(|| format!("starting {} in the namespace of {}", p.name, p.site))?;
         let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
         let mut line = String::new();

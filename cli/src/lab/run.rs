@@ -20,6 +20,7 @@ use orchestrator::state::{OpStatus, Operation};
 use serde::Serialize;
 
 use super::Lab;
+use super::journal::{RunnerLog, StopSignals};
 use super::workload::Writers;
 
 /// How often the runner samples the volumes during a run.
@@ -139,23 +140,45 @@ pub async fn run(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let replay = dir.join("scenario.toml");
     std::fs::write(&replay, scenario.to_toml())?;
-    let say = |m: String| {
-        if progress {
-            eprintln!("[{}] {m}", scenario.name);
-        }
+    let log = RunnerLog::create(dir, &scenario.name, progress)
+        .with_context(|| format!("creating the runner's log in {}", dir.display()))?;
+    let mut signals = StopSignals::new().context("listening for SIGTERM, SIGINT and SIGHUP")?;
+    let interrupted = |sig: &str, log: &RunnerLog| {
+        let why = format!("interrupted by {sig} while {:?}", log.phase());
+        log.say(why.clone());
+        anyhow::anyhow!("{why}; see {}", log.path().display())
     };
+    log.say("starting the lab");
     let t_setup = Instant::now();
-    let mut lab = Lab::start(&dir.join("lab"), topology_text).await?;
-    say(format!(
+    // Dropping an unfinished start stops what it started (processes by PID,
+    // namespaces).
+    let lab_dir = dir.join("lab");
+    let mut lab = tokio::select! {
+        lab = Lab::start(&lab_dir, topology_text) => lab.map_err(|e| {
+            log.say(format!("the lab did not start: {e:#}"));
+            e
+        })?,
+        sig = signals.recv() => return Err(interrupted(sig, &log)),
+    };
+    log.say(format!(
         "lab up in {:.1} s: {} processes in {} namespaces",
         t_setup.elapsed().as_secs_f64(),
         lab.procs.len(),
         lab.topo.sites.len()
     ));
-    let result = drive(scenario, &mut lab, dir, &replay, &say).await;
+    let say = |m: String| log.say(m);
+    let result = tokio::select! {
+        r = drive(scenario, &mut lab, dir, &replay, &say) => r,
+        sig = signals.recv() => Err(interrupted(sig, &log)),
+    };
+    if let Err(e) = &result {
+        log.say(format!("the run failed: {e:#}"));
+    }
+    log.say("stopping the lab");
     let stopped = lab.stop();
     let r = result?;
     stopped?;
+    log.say("done");
     Ok(r)
 }
 
@@ -166,6 +189,7 @@ async fn drive(
     replay: &Path,
     say: &dyn Fn(String),
 ) -> anyhow::Result<RunResult> {
+    say("starting the workload".into());
     let c = lab.client().await?;
     let site_before = app_sites(&c).await;
     let ops_before: BTreeSet<u64> = operations(&c).await.iter().map(|o| o.id.0).collect();
@@ -256,6 +280,11 @@ async fn drive(
             }
             Err(_) => 0,
         };
+        say(format!(
+            "{:>5.1} s  applying: {}",
+            t0.elapsed().as_secs_f64(),
+            step.fault.describe()
+        ));
         let r = lab.apply(&step.fault).await;
         say(format!(
             "{:>5.1} s  {}{}",
@@ -301,6 +330,7 @@ async fn drive(
     }
 
     // Settle: a leader, every host up, every replica up to date, no operation running.
+    say("settling: waiting for a leader, every host up, every replica up to date".into());
     let healed_at = Instant::now();
     let settle = Duration::from_secs_f64(scenario.settle_s);
     let mut heal_s = None;
@@ -327,6 +357,7 @@ async fn drive(
     });
 
     // The end state.
+    say("checking the end state (the workload's writes, the audit log, operations)".into());
     let c = lab.client().await?;
     let vs = lab.volumes().await.unwrap_or_default();
     let writes_missing = match socket_of(&vs, true) {
