@@ -12,7 +12,8 @@
 
 pub mod diag;
 pub mod generate;
-pub mod ids;
+/// The names of things and sizes live in the `ids` crate, the one home of identities.
+pub use ::ids;
 pub mod model;
 pub mod parse;
 pub mod plan;

@@ -2,41 +2,11 @@
 //! app, volume replica and operation. Plain data; the transitions live in `apply`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, ReplicationMode, SiteId, SiteRole, VmId, VolumeId};
 
-/// Replica generation counter for a volume: bumped by every promotion. A replica
-/// refuses writes carrying a lower epoch (DESIGN §4), so the epoch only ever grows.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-#[serde(transparent)]
-pub struct Epoch(pub u64);
-
-impl Epoch {
-    pub fn next(self) -> Epoch {
-        Epoch(self.0 + 1)
-    }
-}
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// Id of an operation (failover, switchover, drill, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct OpId(pub u64);
-
-impl fmt::Display for OpId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "op-{}", self.0)
-    }
-}
+pub use ids::{CommandId, Epoch, OpId};
 
 /// A site as the leader sees it.
 ///

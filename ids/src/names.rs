@@ -1,4 +1,4 @@
-//! Identifier newtypes and units.
+//! The names of things: identifier newtypes for the model, and sizes.
 //!
 //! Every id in the model has its own type so that a `HostId` can never be passed where a
 //! `SiteId` is expected. Ids are also used as libvirt domain names, file names and
