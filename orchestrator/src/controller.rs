@@ -19,23 +19,14 @@ use std::collections::HashMap;
 use topology::spec::{GroupRole, GroupSpec};
 use topology::{AppId, HostId, VolumeService};
 
-use crate::planner::busy_apps;
-use crate::state::{AgentAction, AgentCommandRecord, ClusterState, CommandStatus, HostState};
+use crate::state::{
+    AgentAction, AgentCommandRecord, ClusterState, CommandStatus, HostState, parse_endpoint,
+};
 
 /// The actor of the controller's commands.
 pub const ACTOR: &str = "metrodr controller";
 /// A failed serve command is retried after this long.
 pub const RETRY_MS: u64 = 10_000;
-
-/// The endpoint in a serve command's result (`…; endpoint=HOST:PORT`).
-pub fn parse_endpoint(message: &str) -> Option<String> {
-    let rest = &message[message.rfind("endpoint=")? + "endpoint=".len()..];
-    let ep: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != ',')
-        .collect();
-    (!ep.is_empty()).then_some(ep)
-}
 
 /// Per (app, host): the latest serve/unserve command, and the endpoint of the latest
 /// successful serve (whenever it ran). One pass over the command table.
@@ -68,68 +59,6 @@ fn group_commands(s: &ClusterState) -> GroupCommands<'_> {
     g
 }
 
-/// Whether the agent on `host` serves `app`'s group again since it last registered:
-/// the latest group command there is a serve, issued after the registration, that
-/// succeeded. (A fenced agent stopped serving; its VMs may restart only after this.)
-pub fn serves_since_registration(s: &ClusterState, app: &AppId, host: &HostId) -> bool {
-    let since = s
-        .hosts
-        .get(host)
-        .and_then(|h| h.inventory.as_ref())
-        .map_or(u64::MAX, |i| i.registered_ms);
-    let latest = s.commands.values().rev().find(|c| {
-        &c.host == host
-            && match &c.action {
-                AgentAction::Serve { group } => &group.app == app,
-                AgentAction::Unserve { app: a, .. } => a == app,
-                _ => false,
-            }
-    });
-    latest.is_some_and(|c| {
-        matches!(c.action, AgentAction::Serve { .. })
-            && c.issued_ms >= since
-            && matches!(c.status, CommandStatus::Succeeded { .. })
-    })
-}
-
-/// The replication endpoint the agent on `host` reported for `app`'s group: from the
-/// latest successful serve command there (whenever it ran).
-pub fn endpoint(s: &ClusterState, app: &AppId, host: &HostId) -> Option<String> {
-    s.commands
-        .values()
-        .rev()
-        .find_map(|c| match (&c.action, &c.status) {
-            (AgentAction::Serve { group }, CommandStatus::Succeeded { message, .. })
-                if &group.app == app && &c.host == host =>
-            {
-                parse_endpoint(message)
-            }
-            _ => None,
-        })
-}
-
-/// The group's epoch: the highest of its volumes' (they move together).
-pub fn group_epoch(s: &ClusterState, app: &topology::App) -> Option<u64> {
-    app.volumes
-        .iter()
-        .filter_map(|v| s.volumes.get(&v.id))
-        .map(|v| v.epoch.0)
-        .max()
-}
-
-/// The host serving `app`'s replicas at `site`, if the agents serve them.
-pub fn replica_host(
-    s: &ClusterState,
-    app: &topology::App,
-    site: &topology::SiteId,
-) -> Option<HostId> {
-    app.volumes
-        .first()
-        .and_then(|v| s.volumes.get(&v.id))
-        .and_then(|v| v.replica(site))
-        .and_then(|r| r.host.clone())
-}
-
 /// The serve commands the cluster owes its agents now.
 pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
     let Some(topo) = s.topology() else {
@@ -138,7 +67,7 @@ pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
     if topo.model.cluster.volumes != VolumeService::Agents {
         return Vec::new();
     }
-    let busy = busy_apps(s);
+    let busy = s.busy_apps();
     let cmds = group_commands(s);
     let latest = &cmds.latest;
     let up = |h: &HostId| s.hosts.get(h).filter(|r| r.state == HostState::Up);
@@ -169,15 +98,15 @@ pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
         if app.volumes.is_empty() || busy.contains(&app.id) {
             continue;
         }
-        let (Some(rec), Some(epoch)) = (s.apps.get(&app.id), group_epoch(s, app)) else {
+        let (Some(rec), Some(epoch)) = (s.apps.get(&app.id), s.group_epoch(app)) else {
             continue;
         };
         let active = &rec.active_site;
         let Some(other) = topo.model.peer_site(active).map(|x| x.id.clone()) else {
             continue;
         };
-        let hp = replica_host(s, app, active);
-        let hs = replica_host(s, app, &other);
+        let hp = s.replica_host(app, active);
+        let hs = s.replica_host(app, &other);
         if let Some(h) = &hs
             && up(h).is_some()
             && !served(&app.id, h, &|g| {
@@ -341,7 +270,9 @@ mod tests {
             .app(&AppId::new("db"))
             .cloned()
             .unwrap();
-        let north = replica_host(&s, &db, &topology::SiteId::new("north")).unwrap();
+        let north = s
+            .replica_host(&db, &topology::SiteId::new("north"))
+            .unwrap();
         register(&mut s, &north, 2_000);
         let again = serves(&run(&mut s, 2_100));
         assert!(

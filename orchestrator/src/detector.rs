@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use topology::{HostId, SiteId};
 
+use crate::clock::now_ms;
 use crate::leases::site_states;
 use crate::node::Node;
-use crate::service::operator::now_ms;
 use crate::state::{Command, HostState, Request};
 
 /// How often the detector looks.

@@ -19,6 +19,7 @@
 //! as durable before it is flushed.
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod detector;
@@ -27,9 +28,11 @@ pub mod http;
 pub mod leases;
 pub mod network;
 pub mod node;
+pub mod plan;
 pub mod planner;
 pub mod raft_types;
 pub mod readiness;
+pub mod records;
 pub mod report;
 pub mod schedule;
 pub mod server;

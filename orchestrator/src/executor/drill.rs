@@ -155,7 +155,7 @@ fn snapshot_host(state: &ClusterState, m: &AppMove) -> Option<HostId> {
     if model.volumes.is_empty() {
         return None;
     }
-    crate::controller::replica_host(state, &model, &m.to)
+    state.replica_host(&model, &m.to)
 }
 
 pub(super) async fn drive(saga: &Saga, plan: &Plan) {

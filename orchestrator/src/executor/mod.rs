@@ -25,10 +25,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use topology::{AppId, HostId, SiteRole, VmId};
 
+use crate::clock::now_ms;
 use crate::detector::SYSTEM_ACTOR;
 use crate::node::Node;
-use crate::planner::{self, AppMove, Plan, Trigger, busy_apps};
-use crate::service::operator::now_ms;
+use crate::planner::{self, AppMove, Plan, Trigger};
 use crate::state::{
     AgentAction, AppState, ClusterState, Command, CommandStatus, DataState, Epoch, HostState, OpId,
     OpKind, OpStatus, Outcome, Request, SiteState, StepResult, VmState,
@@ -56,7 +56,7 @@ pub fn auto_triggers(state: &ClusterState) -> Vec<Trigger> {
     let Some(topo) = state.topology().map(|t| &t.model) else {
         return Vec::new();
     };
-    let busy = busy_apps(state);
+    let busy = state.busy_apps();
     let mut out = Vec::new();
     for site in state.sites.values() {
         if site.role != SiteRole::Production || site.state != SiteState::Down {
@@ -112,7 +112,7 @@ pub fn auto_triggers(state: &ClusterState) -> Vec<Trigger> {
         let stopped = state.apps.values().any(|a| {
             !busy.contains(&a.id)
                 && a.active_site == host.site
-                && !crate::planner::fenced_vms(state, &a.id, &host.id).is_empty()
+                && !state.fenced_vms(&a.id, &host.id).is_empty()
         });
         if site_up && stopped {
             out.push(Trigger::HostFenced {
@@ -594,8 +594,12 @@ async fn drive_app_steps(saga: &Saga, m: &AppMove) -> Result<(), String> {
     let (source, target) = {
         let a = saga.node.state.read();
         (
-            crate::controller::replica_host(&a.state, &model, &m.from).filter(|_| m.from != m.to),
-            crate::controller::replica_host(&a.state, &model, &m.to).filter(|_| m.from != m.to),
+            a.state
+                .replica_host(&model, &m.from)
+                .filter(|_| m.from != m.to),
+            a.state
+                .replica_host(&model, &m.to)
+                .filter(|_| m.from != m.to),
         )
     };
     if let Some(h) = &source {
@@ -924,8 +928,10 @@ async fn serve_promoted(
 ) -> Result<String, String> {
     let spec = {
         let a = saga.node.state.read();
-        let epoch =
-            crate::controller::group_epoch(&a.state, model).ok_or("the app's volumes are gone")?;
+        let epoch = a
+            .state
+            .group_epoch(model)
+            .ok_or("the app's volumes are gone")?;
         let mut spec = topology::spec::GroupSpec::from_model(
             model,
             &m.to,
@@ -933,7 +939,7 @@ async fn serve_promoted(
             epoch,
         );
         spec.promote = true;
-        spec.peer = source.and_then(|h| crate::controller::endpoint(&a.state, &m.app, h));
+        spec.peer = source.and_then(|h| a.state.endpoint(&m.app, h));
         spec
     };
     let ids = issue_once(
@@ -1097,7 +1103,8 @@ async fn vms_running(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
                 if all {
                     return Some(Ok(None));
                 }
-                let stopped: Vec<(VmId, HostId)> = crate::planner::stopped_in_place(s, m)
+                let stopped: Vec<(VmId, HostId)> = s
+                    .stopped_in_place(m)
                     .into_iter()
                     .filter(|x| !restarted.contains(x))
                     .collect();

@@ -14,234 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Deserialize, Serialize};
-use topology::{AppId, FailoverPolicy, HostId, SiteId, SiteRole, VmId, VolumeId};
+use topology::{AppId, FailoverPolicy, HostId, SiteId, SiteRole, VmId};
 
-use crate::state::{ClusterState, DataState, HostState, OpKind, OpStatus, SiteState, VmState};
-
-/// What asks for a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Trigger {
-    /// A production site is lost (declared `Down` by the leader, or by an operator with
-    /// `site fail`): every app active there fails over to the other site.
-    SiteLost { site: SiteId },
-    /// One host is lost: its VMs restart on other hosts of the same site (the site's
-    /// replicas are intact, so nothing is promoted).
-    HostLost { host: HostId },
-    /// A host's agent fenced its VMs (its lease ran out, e.g. during a long leader
-    /// change) and is back: the VMs it stopped restart where they were placed.
-    HostFenced { host: HostId },
-    /// An operator moves apps to `to` now, as after a loss (no graceful stop).
-    Failover { apps: Vec<AppId>, to: SiteId },
-    /// A planned move with zero loss: stop at the source, drain, promote, start.
-    Switchover { apps: Vec<AppId>, to: SiteId },
-    /// A switchover of apps back to their preferred site.
-    Failback { apps: Vec<AppId> },
-    /// A non-disruptive test drill: start a copy of each app at `to` (default: the
-    /// other production site) on copy-on-write snapshots of its replicas, on an
-    /// isolated network; production is not touched.
-    TestDrill {
-        apps: Vec<AppId>,
-        to: Option<SiteId>,
-    },
-}
-
-impl Trigger {
-    pub fn kind(&self) -> OpKind {
-        match self {
-            Trigger::SiteLost { .. }
-            | Trigger::HostLost { .. }
-            | Trigger::HostFenced { .. }
-            | Trigger::Failover { .. } => OpKind::Failover,
-            Trigger::Switchover { .. } => OpKind::Switchover,
-            Trigger::Failback { .. } => OpKind::Failback,
-            Trigger::TestDrill { .. } => OpKind::Drill,
-        }
-    }
-
-    /// One line for the operation's note and the audit log.
-    pub fn describe(&self) -> String {
-        let list = |apps: &[AppId]| {
-            apps.iter()
-                .map(AppId::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match self {
-            Trigger::SiteLost { site } => format!("site {site} lost"),
-            Trigger::HostLost { host } => format!("host {host} lost"),
-            Trigger::HostFenced { host } => {
-                format!("host {host} fenced its VMs and is back: restart them there")
-            }
-            Trigger::Failover { apps, to } => format!("failover of [{}] to {to}", list(apps)),
-            Trigger::Switchover { apps, to } => {
-                format!("switchover of [{}] to {to}", list(apps))
-            }
-            Trigger::Failback { apps } => format!("failback of [{}]", list(apps)),
-            Trigger::TestDrill { apps, to } => match to {
-                Some(to) => format!("test drill of [{}] at {to}", list(apps)),
-                None => format!("test drill of [{}]", list(apps)),
-            },
-        }
-    }
-}
-
-/// How one app moves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppMove {
-    pub app: AppId,
-    pub tier: u32,
-    pub from: SiteId,
-    pub to: SiteId,
-    /// Policy `manual-approval`: wait for `metrodr op approve` before touching anything.
-    pub needs_approval: bool,
-    /// Stop the VMs at the source and drain replication before promoting (switchover,
-    /// failback); false when the source is lost.
-    pub graceful: bool,
-    /// The consistency group to promote at `to` (empty when `from == to`: a host loss
-    /// inside a site promotes nothing).
-    pub volumes: Vec<VolumeId>,
-    /// Where the app's VMs run afterwards (every VM, including those that stay).
-    pub placement: Vec<(VmId, HostId)>,
-    /// The VMs that (re)start, with their new host.
-    pub starts: Vec<(VmId, HostId)>,
-    /// The VMs stopped first: (vm, host at the source): shut down for a graceful move,
-    /// destroyed (fenced) when the source is declared lost but its host is still up.
-    pub stops: Vec<(VmId, HostId)>,
-    pub rto_target_s: u32,
-    /// How long to wait for the health gate before the app is marked failed.
-    pub health_timeout_ms: u64,
-}
-
-/// Apps that start together: each depends only on apps of earlier waves or on apps
-/// that do not move.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Wave {
-    pub apps: Vec<AppMove>,
-}
-
-/// An app the plan leaves alone, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skip {
-    pub app: AppId,
-    pub reason: String,
-}
-
-/// What kind of drill an operation is, if it is one: a test drill (kind `Drill`), or
-/// a real switchover or declared site loss run as a drill (its report says so).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrillKind {
-    Test,
-    Switchover,
-    SiteLoss,
-}
-
-/// The immutable plan an operation executes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    pub kind: OpKind,
-    pub trigger: Trigger,
-    pub waves: Vec<Wave>,
-    pub skipped: Vec<Skip>,
-    /// Set when the operation runs as a drill (`metrodr drill run`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill: Option<DrillKind>,
-}
-
-impl Plan {
-    pub fn apps(&self) -> impl Iterator<Item = &AppMove> {
-        self.waves.iter().flat_map(|w| w.apps.iter())
-    }
-    pub fn is_empty(&self) -> bool {
-        self.waves.is_empty()
-    }
-}
-
-/// Why no plan can be made at all (per-app problems are [`Skip`]s instead).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    #[error("no topology has been applied yet (run `metrodr topology apply FILE`)")]
-    NoTopology,
-    #[error("no site \"{0}\" in the topology")]
-    UnknownSite(SiteId),
-    #[error("site {0} is the witness; it runs no applications (name a production site)")]
-    WitnessSite(SiteId),
-    #[error("no host \"{0}\" in the cluster")]
-    UnknownHost(HostId),
-    #[error("no app \"{0}\" in the topology")]
-    UnknownApp(AppId),
-    #[error("no apps named (give at least one app)")]
-    NoApps,
-}
-
-/// Apps that an operation still running is moving: never planned twice. A test
-/// drill moves nothing (a real failover of an app under test goes ahead; the drill
-/// notices and fails), so its apps are not busy: see [`drilled_apps`].
-pub fn busy_apps(state: &ClusterState) -> BTreeSet<AppId> {
-    state
-        .operations
-        .values()
-        .filter(|o| o.status == OpStatus::Running && o.kind != OpKind::Drill)
-        .flat_map(|o| o.apps.iter().cloned())
-        .collect()
-}
-
-/// Apps a running test drill has a copy of: one drill per app at a time.
-pub fn drilled_apps(state: &ClusterState) -> BTreeSet<AppId> {
-    state
-        .operations
-        .values()
-        .filter(|o| o.status == OpStatus::Running && o.kind == OpKind::Drill)
-        .flat_map(|o| o.apps.iter().cloned())
-        .collect()
-}
-
-/// VMs of `app` placed on `host` that are not running there (after a fence: what it
-/// stopped). A VM reported paused is not among them (a `pause` fence keeps its memory;
-/// resuming it is an operator's decision).
-pub fn fenced_vms(state: &ClusterState, app: &AppId, host: &HostId) -> Vec<VmId> {
-    let Some(rec) = state.apps.get(app) else {
-        return Vec::new();
-    };
-    rec.placement
-        .iter()
-        .filter(|(_, h)| *h == host)
-        .filter(|(vm, _)| {
-            !state.vms.get(*vm).is_some_and(|r| {
-                &r.host == host && matches!(r.state, VmState::Running | VmState::Paused)
-            })
-        })
-        .map(|(vm, _)| vm.clone())
-        .collect()
-}
-
-/// VMs a move leaves where they are (placed, not started by it) whose host is up and
-/// whose agent reports them stopped there: a fence stopped them after the plan was
-/// made. The health gate starts them where they are.
-pub fn stopped_in_place(state: &ClusterState, m: &AppMove) -> Vec<(VmId, HostId)> {
-    m.placement
-        .iter()
-        .filter(|(vm, h)| {
-            !m.starts.iter().any(|(s, _)| s == vm) && stopped_on_up_host(state, vm, h)
-        })
-        .cloned()
-        .collect()
-}
-
-/// `vm` is placed on `host`, which is up, and its agent reports it stopped there (not
-/// running, not paused): a fence there stopped it. The planner's host-loss rule and
-/// the health gate ([`stopped_in_place`]) restart such VMs where they are.
-fn stopped_on_up_host(state: &ClusterState, vm: &VmId, host: &HostId) -> bool {
-    state
-        .hosts
-        .get(host)
-        .is_some_and(|r| r.state == HostState::Up)
-        && state.vms.get(vm).is_some_and(|r| {
-            &r.host == host && !matches!(r.state, VmState::Running | VmState::Paused)
-        })
-}
+pub use crate::plan::{AppMove, DrillKind, Plan, PlanError, Skip, Trigger, Wave};
+use crate::state::{ClusterState, DataState, HostState, SiteState};
 
 /// Free capacity of one host: (vcpus, memory bytes).
 #[derive(Debug, Clone, Copy)]
@@ -254,9 +30,9 @@ struct Room {
 pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> {
     let topo = &state.topology().ok_or(PlanError::NoTopology)?.model;
     let drill = matches!(trigger, Trigger::TestDrill { .. });
-    let mut busy = busy_apps(state);
+    let mut busy = state.busy_apps();
     if drill {
-        busy.extend(drilled_apps(state));
+        busy.extend(state.drilled_apps());
     }
     let production = |site: &SiteId| -> Result<(), PlanError> {
         match topo.site(site) {
@@ -310,7 +86,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 .get(host)
                 .ok_or_else(|| PlanError::UnknownHost(host.clone()))?;
             for a in state.apps.values().filter(|a| a.active_site == h.site) {
-                if !fenced_vms(state, &a.id, host).is_empty() {
+                if !state.fenced_vms(&a.id, host).is_empty() {
                     wanted.push((a.id.clone(), h.site.clone(), false));
                 }
             }
@@ -556,7 +332,8 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             hosts
                 .into_iter()
                 .flat_map(|h| {
-                    fenced_vms(state, &app_id, h)
+                    state
+                        .fenced_vms(&app_id, h)
                         .into_iter()
                         .map(move |vm| (vm, h.clone()))
                 })
@@ -564,7 +341,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         } else if let Some(lost) = &host_lost {
             rec.placement
                 .iter()
-                .filter(|(vm, h)| *h != lost && stopped_on_up_host(state, vm, h))
+                .filter(|(vm, h)| *h != lost && state.stopped_on_up_host(vm, h))
                 .map(|(vm, h)| (vm.clone(), h.clone()))
                 .collect()
         } else {
@@ -578,7 +355,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         }
         // The fence stopped serving the group too: its VMs boot once it is served again.
         if let Some(h) = pinned.as_ref().filter(|p| fenced.values().any(|h| h == *p))
-            && !crate::controller::serves_since_registration(state, &app_id, h)
+            && !state.serves_since_registration(&app_id, h)
         {
             skipped.push(skip(format!(
                 "host {h} does not serve its volumes again yet (the fence stopped them)"

@@ -10,11 +10,11 @@ use topology::{HostId, VmId};
 
 use security::Access;
 
+use crate::clock::now_ms;
 use crate::node::{Node, no_leader};
 use crate::pb::agent_server::Agent;
 use crate::pb::*;
 use crate::service::auth::{admit, audit_refusal, caller};
-use crate::service::operator::now_ms;
 use crate::state::{
     self, Command, CommandResult, CommandStatus, HostInventory, HostState, VmState,
 };

@@ -13,8 +13,8 @@ use security::{Access, Principal, Refusal};
 use tokio::sync::watch;
 use tonic::{Request, Status};
 
+use crate::clock::now_ms;
 use crate::node::Node;
-use crate::service::operator::now_ms;
 use crate::state::{self, Command, MAX_REASON_LEN};
 
 /// How often refused handshakes are written to the audit log at most (the first one

@@ -4,10 +4,10 @@
 use tonic::Status;
 use topology::{AppId, SiteId};
 
+use crate::clock::now_ms;
 use crate::node::Node;
 use crate::pb::*;
 use crate::planner::{self, Trigger};
-use crate::service::operator::now_ms;
 use crate::state::{self, Command, OpId, Outcome, SiteState};
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, Status> {

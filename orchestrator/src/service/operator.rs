@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use security::Access;
 
+use crate::clock::now_ms;
 use crate::node::{Node, no_leader};
 use crate::pb::operator_server::Operator;
 use crate::pb::*;
@@ -28,12 +28,6 @@ pub fn name<T: serde::Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn actor(a: &str) -> Result<String, Status> {

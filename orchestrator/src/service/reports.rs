@@ -66,7 +66,7 @@ pub fn readiness(node: &Node, req: &ReadinessRequest) -> Result<ReadinessReply, 
             "no app {missing} in the cluster (see `metrodr app list`)"
         )));
     }
-    let list = crate::readiness::assess(&a.state, &apps, crate::service::operator::now_ms());
+    let list = crate::readiness::assess(&a.state, &apps, crate::clock::now_ms());
     Ok(ReadinessReply {
         readiness_json: serde_json::to_string(&list)
             .map_err(|e| Status::internal(format!("cannot encode: {e}")))?,

@@ -348,7 +348,7 @@ impl ClusterState {
             let stopped = self
                 .apps
                 .values()
-                .any(|a| !crate::planner::fenced_vms(self, &a.id, host).is_empty());
+                .any(|a| !self.fenced_vms(&a.id, host).is_empty());
             if !stopped && let Some(h) = self.hosts.get_mut(host) {
                 h.fenced_ms = None;
             }

@@ -14,17 +14,19 @@ mod apply_topology;
 pub mod audit;
 mod invariants;
 mod operations;
+mod queries;
 pub mod table;
-pub mod types;
 
 use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, SiteId, Topology, VmId, VolumeId};
 
+pub use crate::records::*;
 pub use agents::{CommandResult, MAX_BATCH};
 pub use audit::{AuditEntry, Verification};
 pub use invariants::Violation;
+pub use operations::Operation;
+pub use queries::parse_endpoint;
 use table::{DynTable, Table};
-pub use types::*;
 
 /// Limits on request fields; bigger values are refused (they would bloat every node's
 /// state and the audit log).
@@ -115,7 +117,7 @@ pub enum Command {
     /// Start executing a plan (the planner's output): an operation that owns the apps
     /// it moves until it finishes. Refused when another running operation owns one.
     BeginPlan {
-        plan: Box<crate::planner::Plan>,
+        plan: Box<crate::plan::Plan>,
         lost_ms: Option<u64>,
     },
     /// An operator approves the apps of an operation that wait for approval (all of

@@ -3,11 +3,42 @@
 
 use topology::{AppId, HostId, SiteId, SiteRole, VmId, VolumeId};
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus, Operation,
-    Outcome, RejectKind, Request, Role, not_found, reject,
+    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus, Outcome,
+    RejectKind, Request, Role, Step, not_found, reject,
 };
-use crate::planner::{Plan, Trigger, busy_apps, drilled_apps};
+use crate::plan::{Plan, Trigger};
+
+/// An operation: its kind, apps, status and plan; its steps are rows of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: OpId,
+    pub kind: OpKind,
+    pub apps: Vec<AppId>,
+    pub started_by: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub status: OpStatus,
+    pub note: String,
+    /// The saga log. Stored row by row in [`super::ClusterState::op_steps`] (so that a
+    /// step does not copy the whole operation); filled in by
+    /// [`super::ClusterState::operation_view`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// The plan the leader executes (failover, switchover, failback); None for
+    /// operations recorded by hand.
+    #[serde(default)]
+    pub plan: Option<Box<Plan>>,
+    /// When the loss that caused it began (the first missed lease), for the achieved
+    /// RTO; None for planned operations (they count from `started_ms`).
+    #[serde(default)]
+    pub lost_ms: Option<u64>,
+    /// Apps an operator approved (policy `manual-approval`).
+    #[serde(default)]
+    pub approved: Vec<AppId>,
+}
 
 impl ClusterState {
     pub(super) fn begin_plan(
@@ -19,9 +50,9 @@ impl ClusterState {
         if plan.is_empty() {
             return reject(RejectKind::Invalid, "the plan moves no app");
         }
-        let mut busy = busy_apps(self);
+        let mut busy = self.busy_apps();
         if plan.kind == OpKind::Drill {
-            busy.extend(drilled_apps(self));
+            busy.extend(self.drilled_apps());
         }
         let mut apps: Vec<AppId> = Vec::new();
         for m in plan.apps() {

@@ -408,34 +408,6 @@ pub struct Step {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Operation {
-    pub id: OpId,
-    pub kind: OpKind,
-    pub apps: Vec<AppId>,
-    pub started_by: String,
-    pub started_ms: u64,
-    pub ended_ms: Option<u64>,
-    pub status: OpStatus,
-    pub note: String,
-    /// The saga log. Stored row by row in [`super::ClusterState::op_steps`] (so that a
-    /// step does not copy the whole operation); filled in by
-    /// [`super::ClusterState::operation_view`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<Step>,
-    /// The plan the leader executes (failover, switchover, failback); None for
-    /// operations recorded by hand.
-    #[serde(default)]
-    pub plan: Option<Box<crate::planner::Plan>>,
-    /// When the loss that caused it began (the first missed lease), for the achieved
-    /// RTO; None for planned operations (they count from `started_ms`).
-    #[serde(default)]
-    pub lost_ms: Option<u64>,
-    /// Apps an operator approved (policy `manual-approval`).
-    #[serde(default)]
-    pub approved: Vec<AppId>,
-}
-
 /// One applied topology version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopologyRecord {

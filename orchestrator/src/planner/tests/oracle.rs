@@ -1,0 +1,403 @@
+//! The oracle: every promise a plan makes, and every reason it gives for skipping an
+//! app, checked against the state it was made from, worked out independently of the
+//! planner.
+
+use super::*;
+
+/// Every promise a plan makes, checked against the state it was made from.
+pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
+    let topo = topo(s);
+    assert_eq!(p.kind, t.kind());
+    assert_eq!(&p.trigger, t);
+    assert!(p.waves.iter().all(|w| !w.apps.is_empty()), "an empty wave");
+    assert_eq!(p.is_empty(), p.waves.is_empty());
+
+    let mut seen = BTreeSet::new();
+    for a in p
+        .apps()
+        .map(|m| &m.app)
+        .chain(p.skipped.iter().map(|k| &k.app))
+    {
+        assert!(seen.insert(a.clone()), "{a} appears twice in {p:#?}");
+    }
+    assert_eq!(
+        seen,
+        wanted(s, t),
+        "planned + skipped != the apps {t:?} is about"
+    );
+
+    let drill = matches!(t, Trigger::TestDrill { .. });
+    assert_eq!(p.drill, drill.then_some(crate::planner::DrillKind::Test));
+    let mut busy = s.busy_apps();
+    if drill {
+        busy.extend(s.drilled_apps());
+    }
+    let lost_host = match t {
+        Trigger::HostLost { host } => Some(host),
+        _ => None,
+    };
+    let fenced_host = match t {
+        Trigger::HostFenced { host } => Some(host),
+        _ => None,
+    };
+    let graceful = matches!(t, Trigger::Switchover { .. } | Trigger::Failback { .. });
+    let loss = matches!(t, Trigger::SiteLost { .. } | Trigger::HostLost { .. });
+    let site_down = |id: &SiteId| s.sites.get(id).is_some_and(|r| r.state == SiteState::Down);
+    let skipped: BTreeMap<&AppId, &str> = p
+        .skipped
+        .iter()
+        .map(|k| (&k.app, k.reason.as_str()))
+        .collect();
+    let wave_of: BTreeMap<&AppId, usize> = p
+        .waves
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| w.apps.iter().map(move |m| (&m.app, i)))
+        .collect();
+
+    for m in p.apps() {
+        let model = topo.app(&m.app).expect("a planned app is in the topology");
+        let rec = s.apps.get(&m.app).expect("a planned app is in the state");
+        let to = target(s, t, &m.app);
+        let ctx = format!("{} in {t:?}", m.app);
+        assert_eq!((&m.from, &m.to), (&rec.active_site, &to), "{ctx}");
+        assert_eq!(m.tier, model.tier, "{ctx}");
+        assert_eq!(m.graceful, graceful, "{ctx}");
+        assert_eq!(
+            m.needs_approval,
+            loss && model.failover == FailoverPolicy::ManualApproval,
+            "{ctx}"
+        );
+        assert_eq!(m.rto_target_s, model.rto_target_s, "{ctx}");
+        assert_eq!(m.health_timeout_ms, topo.timing.health_gate_timeout_ms);
+        assert!(
+            !busy.contains(&m.app),
+            "{ctx}: owned by a running operation"
+        );
+        assert!(!site_down(&to), "{ctx}: the target is down");
+        assert!(
+            !(graceful && site_down(&m.from)),
+            "{ctx}: graceful from a down site"
+        );
+
+        // Promotion: the whole consistency group, every replica at the target up to date.
+        let group: Vec<&VolumeId> = model.volumes.iter().map(|v| &v.id).collect();
+        if lost_host.is_some() || fenced_host.is_some() {
+            assert_eq!(m.from, m.to, "{ctx}");
+            assert!(m.volumes.is_empty(), "{ctx}: a host loss promotes nothing");
+        } else {
+            assert_ne!(m.from, m.to, "{ctx}");
+            assert_eq!(m.volumes.iter().collect::<Vec<_>>(), group, "{ctx}");
+            for v in &m.volumes {
+                let r = s.volumes.get(v).and_then(|r| r.replica(&to).cloned());
+                assert_eq!(
+                    r.map(|r| r.data),
+                    Some(DataState::UpToDate),
+                    "{ctx}: promotes {v}"
+                );
+            }
+        }
+
+        // Hosts: which VMs start, where, and where every VM runs afterwards.
+        let vms: BTreeSet<&VmId> = model.vms.iter().map(|v| &v.id).collect();
+        // A fenced host's restart brings back every stopped VM of the app; a host loss
+        // brings back, besides the lost host's, the app's VMs reported stopped on its
+        // other up hosts (a stall fenced them too), each where it is placed.
+        let fenced: BTreeMap<VmId, HostId> = match (lost_host, fenced_host) {
+            (_, Some(_)) => rec
+                .placement
+                .iter()
+                .filter(|(vm, h)| stopped_on(s, &m.app, h).contains(*vm))
+                .map(|(vm, h)| (vm.clone(), h.clone()))
+                .collect(),
+            (Some(l), None) => rec
+                .placement
+                .iter()
+                .filter(|(vm, h)| {
+                    *h != l
+                        && s.hosts.get(*h).is_some_and(|r| r.state == HostState::Up)
+                        && matches!(
+                            s.vms.get(*vm).map(|r| (&r.host, r.state)),
+                            Some((rh, st)) if rh == *h && !matches!(st, VmState::Running | VmState::Paused)
+                        )
+                })
+                .map(|(vm, h)| (vm.clone(), h.clone()))
+                .collect(),
+            (None, None) => BTreeMap::new(),
+        };
+        let restart: BTreeSet<&VmId> = match (lost_host, fenced_host) {
+            (Some(l), _) => rec
+                .placement
+                .iter()
+                .filter(|(_, h)| *h == l)
+                .map(|(v, _)| v)
+                .chain(fenced.keys())
+                .collect(),
+            (None, Some(_)) => fenced.keys().collect(),
+            (None, None) => vms.clone(),
+        };
+        let started: BTreeSet<&VmId> = m.starts.iter().map(|(v, _)| v).collect();
+        assert_eq!(started, restart, "{ctx}: the VMs that start");
+        assert_eq!(started.len(), m.starts.len(), "{ctx}: a VM starts twice");
+        for (vm, h) in &m.starts {
+            let host = topo.host(h).expect("a start host is in the topology");
+            assert_eq!(host.site, to, "{ctx}: {vm} starts on {h}");
+            assert_eq!(
+                s.hosts.get(h).map(|r| r.state),
+                Some(HostState::Up),
+                "{ctx}: {vm} starts on {h}"
+            );
+            assert_ne!(Some(h), lost_host, "{ctx}: {vm} restarts on the lost host");
+            if fenced_host.is_some() || fenced.contains_key(vm) {
+                assert_eq!(
+                    Some(h),
+                    fenced.get(vm),
+                    "{ctx}: {vm} restarts where the fence stopped it"
+                );
+            }
+        }
+        let placed: BTreeMap<&VmId, &HostId> = m.placement.iter().map(|(v, h)| (v, h)).collect();
+        assert_eq!(placed.len(), m.placement.len(), "{ctx}: a VM placed twice");
+        assert_eq!(
+            placed.keys().copied().collect::<BTreeSet<_>>(),
+            vms,
+            "{ctx}"
+        );
+        for (vm, h) in &placed {
+            let expect = m
+                .starts
+                .iter()
+                .find(|(v, _)| v == *vm)
+                .map(|(_, h)| h)
+                .or_else(|| rec.placement.get(*vm));
+            assert_eq!(Some(*h), expect, "{ctx}: {vm} is placed elsewhere");
+        }
+        // Stops: every VM at the source for a graceful move; otherwise the restarting
+        // VMs whose host is still up (it would not fence itself).
+        let stops: Vec<(VmId, HostId)> = rec
+            .placement
+            .iter()
+            .filter(|(v, h)| {
+                !drill
+                    && fenced_host.is_none()
+                    && !fenced.contains_key(*v)
+                    && (graceful
+                        || (restart.contains(v)
+                            && s.hosts.get(*h).is_some_and(|r| r.state == HostState::Up)))
+            })
+            .map(|(v, h)| (v.clone(), h.clone()))
+            .collect();
+        assert_eq!(m.stops, stops, "{ctx}");
+        let agent_served = model.volumes.iter().all(|v| {
+            s.volumes
+                .get(&v.id)
+                .is_some_and(|r| r.replicas.iter().all(|x| x.host.is_some()))
+        });
+        if drill {
+            assert!(
+                agent_served,
+                "{ctx}: a drill of volumes served outside the cluster (nothing can snapshot them)"
+            );
+        }
+        if graceful {
+            let agent_served = model.volumes.iter().all(|v| {
+                s.volumes
+                    .get(&v.id)
+                    .is_some_and(|r| r.replicas.iter().all(|x| x.host.is_some()))
+            });
+            assert!(
+                agent_served
+                    || model
+                        .volumes
+                        .iter()
+                        .all(|v| v.replication.mode() == topology::ReplicationMode::Sync),
+                "{ctx}: a switchover of an async volume served outside the cluster cannot drain its lag"
+            );
+        }
+
+        // Order: dependencies first, tiers never backwards; a dependency the plan cannot
+        // move must already be active at the target.
+        for d in &model.depends_on {
+            if let Some(&w) = wave_of.get(d) {
+                assert!(
+                    w < wave_of[&m.app],
+                    "{ctx}: its dependency {d} is not earlier"
+                );
+            }
+            if skipped.contains_key(d) {
+                let dep_site = &s.apps.get(d).expect("dependency").active_site;
+                assert_eq!(dep_site, &to, "{ctx}: its dependency {d} is skipped");
+            }
+        }
+    }
+    for pair in p.waves.windows(2) {
+        let max = pair[0].apps.iter().map(|m| m.tier).max();
+        let min = pair[1].apps.iter().map(|m| m.tier).min();
+        assert!(max <= min, "a higher tier before a lower one: {p:#?}");
+    }
+
+    for k in &p.skipped {
+        check_skip(s, t, k, &skipped, &busy);
+    }
+
+    // Capacity: what runs on a host now plus what the plan starts there fits the host.
+    // Counting every VM that runs now (also those of apps that move) keeps a host within
+    // its capacity at every moment of the execution, whatever order the stops happen in.
+    let size: BTreeMap<&VmId, (u64, u64)> = topo
+        .apps
+        .iter()
+        .flat_map(|a| &a.vms)
+        .map(|v| (&v.id, (u64::from(v.vcpus), v.memory.bytes())))
+        .collect();
+    let mut load: BTreeMap<&HostId, (u64, u64)> = BTreeMap::new();
+    let running = s.apps.values().flat_map(|a| &a.placement);
+    let placed_now: BTreeMap<&VmId, &HostId> = s.apps.values().flat_map(|a| &a.placement).collect();
+    // A VM restarting where it is placed (after a fence) already holds its room there.
+    let starts = p
+        .apps()
+        .flat_map(|m| m.starts.iter().map(|(v, h)| (v, h)))
+        .filter(|(v, h)| placed_now.get(v) != Some(h));
+    for (vm, h) in running.chain(starts) {
+        let (c, mem) = size[vm];
+        let l = load.entry(h).or_default();
+        *l = (l.0 + c, l.1 + mem);
+    }
+    for h in p.apps().flat_map(|m| m.starts.iter().map(|(_, h)| h)) {
+        let cap = topo.host(h).expect("host");
+        let (c, mem) = load[h];
+        assert!(
+            c <= u64::from(cap.vcpus) && mem <= cap.memory.bytes(),
+            "host {h} overcommitted: {c} vCPUs, {mem} bytes for {} and {}",
+            cap.vcpus,
+            cap.memory
+        );
+    }
+}
+
+/// A skip's reason must be true of the state.
+#[track_caller]
+/// The host serving the app's replicas at `site` (volumes served by the agents).
+pub(super) fn replica_host_of(
+    s: &ClusterState,
+    model: &topology::App,
+    site: &SiteId,
+) -> Option<HostId> {
+    let v = model.volumes.first()?;
+    s.volumes.get(&v.id)?.replica(site)?.host.clone()
+}
+
+pub(super) fn check_skip(
+    s: &ClusterState,
+    t: &Trigger,
+    k: &Skip,
+    skipped: &BTreeMap<&AppId, &str>,
+    busy: &BTreeSet<AppId>,
+) {
+    let r = k.reason.as_str();
+    let ctx = format!("{} skipped in {t:?}: {r}", k.app);
+    let rec = s.apps.get(&k.app).expect("a skipped app is in the state");
+    let model = topo(s)
+        .app(&k.app)
+        .expect("a skipped app is in the topology");
+    let to = target(s, t, &k.app);
+    let state_of = |id: &SiteId| s.sites.get(id).map(|r| r.state);
+    if r.contains("another operation is moving it") {
+        assert!(busy.contains(&k.app), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix("it depends on ") {
+        let dep = AppId::new(rest.split(',').next().expect("an id"));
+        assert!(model.depends_on.contains(&dep), "{ctx}");
+        assert!(skipped.contains_key(&dep), "{ctx}");
+        assert_ne!(s.apps.get(&dep).map(|d| &d.active_site), Some(&to), "{ctx}");
+    } else if r == format!("it is active at {to}: a test drill starts its copy at the other site") {
+        assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
+        assert_eq!(rec.active_site, to, "{ctx}");
+    } else if r.starts_with("its volumes are served outside the cluster, which cannot snapshot") {
+        assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
+        assert!(
+            model.volumes.iter().any(|v| s
+                .volumes
+                .get(&v.id)
+                .is_some_and(|r| r.replicas.iter().any(|x| x.host.is_none()))),
+            "{ctx}"
+        );
+    } else if let Some(rest) = r.strip_prefix("host ")
+        && rest.ends_with(", where its fence stopped the VMs, is not up")
+    {
+        let h = HostId::new(rest.split(',').next().expect("an id"));
+        assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+        assert!(!stopped_on(s, &k.app, &h).is_empty(), "{ctx}");
+        assert_ne!(
+            s.hosts.get(&h).map(|r| r.state),
+            Some(HostState::Up),
+            "{ctx}"
+        );
+    } else if let Some(rest) = r.strip_prefix("host ")
+        && rest.ends_with(" does not serve its volumes again yet (the fence stopped them)")
+    {
+        let h = HostId::new(rest.split(' ').next().expect("an id"));
+        assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+        assert!(!stopped_on(s, &k.app, &h).is_empty(), "{ctx}");
+        assert_eq!(replica_host_of(s, model, &to), Some(h.clone()), "{ctx}");
+        assert!(!s.serves_since_registration(&k.app, &h), "{ctx}");
+    } else if r == format!("already active at {to}") {
+        assert_eq!(rec.active_site, to, "{ctx}");
+        assert!(!matches!(t, Trigger::HostLost { .. }), "{ctx}");
+    } else if r.starts_with(&format!("site {to} is down (")) {
+        assert_eq!(state_of(&to), Some(SiteState::Down), "{ctx}");
+    } else if r.starts_with(&format!("site {} is down: a switchover", rec.active_site)) {
+        assert!(matches!(
+            t,
+            Trigger::Switchover { .. } | Trigger::Failback { .. }
+        ));
+        assert_eq!(state_of(&rec.active_site), Some(SiteState::Down), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix("the replica of volume ") {
+        let v = VolumeId::new(rest.split(' ').next().expect("an id"));
+        assert!(model.volume(&v).is_some(), "{ctx}");
+        let data = s
+            .volumes
+            .get(&v)
+            .and_then(|r| r.replica(&to))
+            .expect("replica")
+            .data;
+        assert_ne!(data, DataState::UpToDate, "{ctx}");
+        assert!(r.contains(&format!(" at {to} is {data:?}: ")), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix("volume ")
+        && rest.contains(" replicates asynchronously and is served outside the cluster")
+    {
+        let v = VolumeId::new(rest.split(' ').next().expect("an id"));
+        assert!(matches!(
+            t,
+            Trigger::Switchover { .. } | Trigger::Failback { .. }
+        ));
+        let mode = model.volume(&v).map(|v| v.replication.mode());
+        assert_eq!(mode, Some(topology::ReplicationMode::Async), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix(&format!(
+        "its volumes at {to} were served by the lost host "
+    )) {
+        let h = HostId::new(rest.split(':').next().expect("a host"));
+        assert!(
+            matches!(t, Trigger::HostLost { host } if *host == h),
+            "{ctx}"
+        );
+        assert_eq!(replica_host_of(s, model, &to), Some(h), "{ctx}");
+    } else if let Some(rest) = r.strip_prefix("host ")
+        && rest.contains(&format!(", which holds its replicas at {to}, "))
+    {
+        let h = HostId::new(rest.split(',').next().expect("a host"));
+        assert_eq!(replica_host_of(s, model, &to), Some(h.clone()), "{ctx}");
+        if rest.contains("is not up") {
+            assert_ne!(
+                s.hosts.get(&h).map(|x| x.state),
+                Some(HostState::Up),
+                "{ctx}"
+            );
+        } else {
+            assert!(rest.contains("has no room for VM"), "{ctx}");
+        }
+    } else if let Some(rest) = r.strip_prefix(&format!("no up host at {to} has room for VM ")) {
+        let vm = VmId::new(rest.split(' ').next().expect("an id"));
+        assert!(model.vms.iter().any(|v| v.id == vm), "{ctx}");
+    } else {
+        panic!("unexplained skip: {ctx}");
+    }
+}

@@ -1,0 +1,143 @@
+//! Questions about the state that more than one decision asks (which apps an
+//! operation owns, which VMs a fence stopped, which group a host serves and at which
+//! endpoint): pure reads, used by the planner, the executor, the controller and apply.
+
+use topology::{AppId, HostId, SiteId, VmId};
+
+use super::{AgentAction, ClusterState, CommandStatus, HostState, OpKind, OpStatus, VmState};
+use crate::plan::AppMove;
+use std::collections::BTreeSet;
+
+impl ClusterState {
+    /// Apps that an operation still running is moving: never planned twice. A test
+    /// drill moves nothing (a real failover of an app under test goes ahead; the drill
+    /// notices and fails), so its apps are not busy: see [`Self::drilled_apps`].
+    pub fn busy_apps(&self) -> BTreeSet<AppId> {
+        self.operations
+            .values()
+            .filter(|o| o.status == OpStatus::Running && o.kind != OpKind::Drill)
+            .flat_map(|o| o.apps.iter().cloned())
+            .collect()
+    }
+
+    /// Apps a running test drill has a copy of: one drill per app at a time.
+    pub fn drilled_apps(&self) -> BTreeSet<AppId> {
+        self.operations
+            .values()
+            .filter(|o| o.status == OpStatus::Running && o.kind == OpKind::Drill)
+            .flat_map(|o| o.apps.iter().cloned())
+            .collect()
+    }
+
+    /// VMs of `app` placed on `host` that are not running there (after a fence: what it
+    /// stopped). A VM reported paused is not among them (a `pause` fence keeps its memory;
+    /// resuming it is an operator's decision).
+    pub fn fenced_vms(&self, app: &AppId, host: &HostId) -> Vec<VmId> {
+        let Some(rec) = self.apps.get(app) else {
+            return Vec::new();
+        };
+        rec.placement
+            .iter()
+            .filter(|(_, h)| *h == host)
+            .filter(|(vm, _)| {
+                !self.vms.get(*vm).is_some_and(|r| {
+                    &r.host == host && matches!(r.state, VmState::Running | VmState::Paused)
+                })
+            })
+            .map(|(vm, _)| vm.clone())
+            .collect()
+    }
+
+    /// VMs a move leaves where they are (placed, not started by it) whose host is up and
+    /// whose agent reports them stopped there: a fence stopped them after the plan was
+    /// made. The health gate starts them where they are.
+    pub fn stopped_in_place(&self, m: &AppMove) -> Vec<(VmId, HostId)> {
+        m.placement
+            .iter()
+            .filter(|(vm, h)| {
+                !m.starts.iter().any(|(s, _)| s == vm) && self.stopped_on_up_host(vm, h)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// `vm` is placed on `host`, which is up, and its agent reports it stopped there (not
+    /// running, not paused): a fence there stopped it. The planner's host-loss rule and
+    /// the health gate ([`Self::stopped_in_place`]) restart such VMs where they are.
+    pub fn stopped_on_up_host(&self, vm: &VmId, host: &HostId) -> bool {
+        self.hosts
+            .get(host)
+            .is_some_and(|r| r.state == HostState::Up)
+            && self.vms.get(vm).is_some_and(|r| {
+                &r.host == host && !matches!(r.state, VmState::Running | VmState::Paused)
+            })
+    }
+
+    /// Whether the agent on `host` serves `app`'s group again since it last registered:
+    /// the latest group command there is a serve, issued after the registration, that
+    /// succeeded. (A fenced agent stopped serving; its VMs may restart only after this.)
+    pub fn serves_since_registration(&self, app: &AppId, host: &HostId) -> bool {
+        let since = self
+            .hosts
+            .get(host)
+            .and_then(|h| h.inventory.as_ref())
+            .map_or(u64::MAX, |i| i.registered_ms);
+        let latest = self.commands.values().rev().find(|c| {
+            &c.host == host
+                && match &c.action {
+                    AgentAction::Serve { group } => &group.app == app,
+                    AgentAction::Unserve { app: a, .. } => a == app,
+                    _ => false,
+                }
+        });
+        latest.is_some_and(|c| {
+            matches!(c.action, AgentAction::Serve { .. })
+                && c.issued_ms >= since
+                && matches!(c.status, CommandStatus::Succeeded { .. })
+        })
+    }
+
+    /// The replication endpoint the agent on `host` reported for `app`'s group: from the
+    /// latest successful serve command there (whenever it ran).
+    pub fn endpoint(&self, app: &AppId, host: &HostId) -> Option<String> {
+        self.commands
+            .values()
+            .rev()
+            .find_map(|c| match (&c.action, &c.status) {
+                (AgentAction::Serve { group }, CommandStatus::Succeeded { message, .. })
+                    if &group.app == app && &c.host == host =>
+                {
+                    parse_endpoint(message)
+                }
+                _ => None,
+            })
+    }
+
+    /// The group's epoch: the highest of its volumes' (they move together).
+    pub fn group_epoch(&self, app: &topology::App) -> Option<u64> {
+        app.volumes
+            .iter()
+            .filter_map(|v| self.volumes.get(&v.id))
+            .map(|v| v.epoch.0)
+            .max()
+    }
+
+    /// The host serving `app`'s replicas at `site`, if the agents serve them.
+    pub fn replica_host(&self, app: &topology::App, site: &SiteId) -> Option<HostId> {
+        app.volumes
+            .first()
+            .and_then(|v| self.volumes.get(&v.id))
+            .and_then(|v| v.replica(site))
+            .and_then(|r| r.host.clone())
+    }
+}
+
+/// The endpoint in a serve command's result (`…; endpoint=HOST:PORT`).
+pub fn parse_endpoint(message: &str) -> Option<String> {
+    let rest = &message[message.rfind("endpoint=")? + "endpoint=".len()..];
+    let ep: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != ',')
+        .collect();
+    (!ep.is_empty()).then_some(ep)
+}
