@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use topology::{HostId, SiteId};
 
-use crate::clock::now_ms;
 use crate::leases::site_states;
 use crate::node::Node;
 use crate::state::{Command, HostState, Request};
@@ -29,15 +28,15 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if node.halted().is_none()
-            && let Some(why) = node.health.removed()
+        if node.membership.halted().is_none()
+            && let Some(why) = node.leader.health.removed()
         {
             halt(&node, why).await;
         }
-        let now = Instant::now();
+        let now = node.clock.now();
         let leading = node.is_confirmed_leader();
         let stalled = {
-            let mut t = node.leases();
+            let mut t = node.leader.leases();
             match (leading, t.is_leader()) {
                 (true, false) => {
                     t.became_leader(now);
@@ -71,7 +70,7 @@ async fn halt(node: &Node, why: String) {
         node.name
     );
     tracing::error!(node = %node.name, "{msg}");
-    *node.halted.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+    node.membership.halt(msg);
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(node = %node.name, "raft shutdown: {e}");
     }
@@ -80,7 +79,7 @@ async fn halt(node: &Node, why: String) {
 async fn commit(node: &Node, command: Command) {
     let req = Request {
         actor: SYSTEM_ACTOR.into(),
-        at_ms: now_ms(),
+        at_ms: node.clock.now_ms(),
         command,
     };
     if let Err(e) = node.write(req).await {
@@ -92,7 +91,7 @@ async fn check(node: &Node, now: Instant) {
     // Hosts that lost their lease.
     let (lost, deadline): (Vec<(HostId, u64, Option<u64>)>, u64) = {
         let a = node.state.read();
-        let t = node.leases();
+        let t = node.leader.leases();
         let up: Vec<&HostId> = a
             .state
             .hosts
@@ -106,7 +105,9 @@ async fn check(node: &Node, now: Instant) {
             .map(|h| {
                 let ms = t.silence(&h, now).map_or(0, |d| d.as_millis() as u64);
                 let seen = t.last_alive(&h).map(|at| {
-                    now_ms().saturating_sub(now.saturating_duration_since(at).as_millis() as u64)
+                    node.clock
+                        .now_ms()
+                        .saturating_sub(now.saturating_duration_since(at).as_millis() as u64)
                 });
                 (h, ms, seen)
             })
@@ -131,13 +132,13 @@ async fn check(node: &Node, now: Instant) {
 
     // Site states, once this leader has led for a full lease (before that, nodes it
     // has not heard from yet may simply not have been asked).
-    if !node.leases().settled(now) {
+    if !node.leader.leases().settled(now) {
         return;
     }
     let changes: Vec<(SiteId, crate::state::SiteState, String)> = {
         let a = node.state.read();
         let membership = a.membership.membership().clone();
-        let limit = node.leases().deadline();
+        let limit = node.leader.leases().deadline();
         let reachable = |site: &SiteId| -> Option<bool> {
             let here: Vec<_> = membership
                 .nodes()
@@ -148,7 +149,12 @@ async fn check(node: &Node, now: Instant) {
                 return None;
             }
             Some(here.iter().any(|id| {
-                *id == node.id || node.health.silence(*id, now).is_some_and(|s| s <= limit)
+                *id == node.id
+                    || node
+                        .leader
+                        .health
+                        .silence(*id, now)
+                        .is_some_and(|s| s <= limit)
             }))
         };
         site_states(&a.state, reachable)

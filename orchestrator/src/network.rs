@@ -22,6 +22,9 @@ use crate::pb::RaftMessage;
 use crate::pb::cluster_client::ClusterClient;
 use crate::raft_types::{NodeId, NodeInfo, TypeConfig};
 
+/// Metadata on a refusal that tells a node it was removed (it halts when it hears it).
+pub const REMOVED: &str = "x-metrodr-removed";
+
 /// Version of the JSON envelope in [`RaftMessage::format`].
 pub const WIRE_FORMAT: u32 = 1;
 
@@ -161,11 +164,7 @@ impl PeerConnection {
                     ),
                 ))));
             }
-            Ok(Err(status))
-                if status
-                    .metadata()
-                    .contains_key(crate::service::cluster::REMOVED) =>
-            {
+            Ok(Err(status)) if status.metadata().contains_key(REMOVED) => {
                 if let Ok(mut r) = self.health.removed.lock() {
                     *r = Some(format!("{}: {}", self.addr, status.message()));
                 }

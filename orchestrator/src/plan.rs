@@ -1,8 +1,8 @@
 //! Plans (DESIGN §6): what a failover, switchover, failback or drill will do, as an
-//! immutable value the planner ([`crate::planner`]) makes and the executor carries out.
+//! immutable value the planner makes and the executor carries out.
 //!
 //! Plain data, below the state machine: a plan is committed through Raft inside
-//! [`crate::state::Command::BeginPlan`] and recorded with its operation, so that a new
+//! `Command::BeginPlan` and recorded with its operation, so that a new
 //! leader finishes it without re-deciding anything.
 //!
 //! Never: depend on the state machine or on anything that does I/O.

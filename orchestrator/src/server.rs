@@ -165,6 +165,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
         tls: tls.clone(),
         forced: forced.clone(),
         log: log_handle,
+        clock: Arc::new(crate::clock::SystemClock),
     }));
     if let Some(f) = forced.filter(|f| !f.audited) {
         tokio::spawn(audit_forced(node.clone(), f));
@@ -203,12 +204,7 @@ pub async fn start(config: &NodeConfig) -> Result<RunningNode, StartError> {
     let serving = match &tls {
         Some(tls) => {
             let n = node.clone();
-            let refused = Arc::new(move |r| {
-                n.refusals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record(r)
-            });
+            let refused = Arc::new(move |r| n.security.refusals().record(r));
             let (incoming, accepting) = security::grpc::incoming(listener, tls.clone(), refused);
             // Awaited on shutdown: it holds the listener (a forced restart binds again).
             tasks.push(accepting);
@@ -290,7 +286,7 @@ async fn audit_forced(node: Arc<Node>, mut f: crate::store::force::Forced) {
             match node.write(req).await {
                 Ok(_) => {
                     f.audited = true;
-                    if let Err(e) = node.log.set_forced(&f) {
+                    if let Err(e) = node.membership.log.set_forced(&f) {
                         tracing::error!(node = %node.name, "cannot mark the forced change audited: {e}");
                     }
                     return;
@@ -310,7 +306,7 @@ impl RunningNode {
     /// stops this node, applies [`crate::store::force::force_single_voter`] and starts
     /// it again ([`restart_forced`]).
     pub async fn forced(&self) -> crate::store::force::Forced {
-        let mut rx = self.node.force.subscribe();
+        let mut rx = self.node.membership.force.subscribe();
         loop {
             if let Some(f) = rx.borrow_and_update().clone() {
                 return f;

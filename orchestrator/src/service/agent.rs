@@ -3,14 +3,13 @@
 //! Every report is committed through Raft, so a new leader sees all of it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use topology::{HostId, VmId};
 
 use security::Access;
 
-use crate::clock::now_ms;
 use crate::node::{Node, no_leader};
 use crate::pb::agent_server::Agent;
 use crate::pb::*;
@@ -78,7 +77,7 @@ impl AgentService {
     async fn commit(&self, command: Command, host: &HostId) -> Result<(), Status> {
         let req = state::Request {
             actor: format!("agent:{host}"),
-            at_ms: now_ms(),
+            at_ms: self.node.clock.now_ms(),
             command,
         };
         match self.node.write(req).await {
@@ -112,7 +111,7 @@ impl Agent for AgentService {
             hypervisor: r.hypervisor,
             domain_type: r.domain_type,
             agent_version: r.agent_version,
-            registered_ms: now_ms(),
+            registered_ms: self.node.clock.now_ms(),
         };
         self.commit(
             Command::RegisterHost {
@@ -171,7 +170,11 @@ impl Agent for AgentService {
             }));
         }
         self.known_host(&host)?;
-        let granted = self.node.leases().grant(&host, Instant::now());
+        let granted = self
+            .node
+            .leader
+            .leases()
+            .grant(&host, self.node.clock.now());
         // A host that comes back (or was never seen by Raft as up) goes Up.
         let needs_up = self
             .node
@@ -187,7 +190,7 @@ impl Agent for AgentService {
             tokio::spawn(async move {
                 let req = state::Request {
                     actor: crate::detector::SYSTEM_ACTOR.into(),
-                    at_ms: now_ms(),
+                    at_ms: node.clock.now_ms(),
                     command: Command::SetHostState {
                         host: h,
                         state: HostState::Up,
@@ -351,7 +354,7 @@ impl Agent for AgentService {
             .node
             .write(state::Request {
                 actor: format!("replica {}@{}", r.app, r.site),
-                at_ms: now_ms(),
+                at_ms: self.node.clock.now_ms(),
                 command: Command::ReplicaStatus {
                     app: topology::AppId::new(r.app.as_str()),
                     site: topology::SiteId::new(r.site.as_str()),

@@ -4,12 +4,10 @@
 //! calls refused by the policy or by the state machine, and connections refused
 //! during the TLS handshake (batched, so a flood of probes cannot flood the log).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use security::{Access, Principal, Refusal};
+use security::{Access, Principal};
 use tokio::sync::watch;
 use tonic::{Request, Status};
 
@@ -17,15 +15,9 @@ use crate::clock::now_ms;
 use crate::node::Node;
 use crate::state::{self, Command, MAX_REASON_LEN};
 
-/// How often refused handshakes are written to the audit log at most (the first one
-/// after a quiet period goes in within a second).
-const REFUSALS_EVERY: Duration = Duration::from_secs(10);
-/// Addresses named per reason in one audit entry.
-const ADDRS_PER_ENTRY: usize = 5;
-
 /// The verified caller of a request: None when this node runs without TLS.
 pub fn caller<T>(node: &Node, req: &Request<T>) -> Result<Option<Principal>, Status> {
-    if node.tls.is_none() {
+    if node.security.tls.is_none() {
         return Ok(None);
     }
     security::grpc::principal(req).map(Some).map_err(|why| {
@@ -109,42 +101,6 @@ pub async fn audited<R>(
     r
 }
 
-/// Connections refused at the handshake and not yet audited, by reason.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    pending: BTreeMap<String, (u64, BTreeSet<IpAddr>)>,
-    last_flush: Option<Instant>,
-}
-
-impl Refusals {
-    pub fn record(&mut self, r: Refusal) {
-        let (count, addrs) = self.pending.entry(r.reason).or_default();
-        *count += 1;
-        if addrs.len() < ADDRS_PER_ENTRY {
-            addrs.insert(r.peer.ip());
-        }
-    }
-
-    /// The audit entries due now: (reason, how many, from where).
-    fn due(&mut self, now: Instant) -> Vec<(String, u64, String)> {
-        if self.pending.is_empty()
-            || self
-                .last_flush
-                .is_some_and(|t| now.duration_since(t) < REFUSALS_EVERY)
-        {
-            return Vec::new();
-        }
-        self.last_flush = Some(now);
-        std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(reason, (count, addrs))| {
-                let addrs: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
-                (reason, count, addrs.join(", "))
-            })
-            .collect()
-    }
-}
-
 /// Write refused handshakes to the audit log until `stop`.
 pub async fn run_refusal_audit(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -152,48 +108,10 @@ pub async fn run_refusal_audit(node: Arc<Node>, mut stop: watch::Receiver<bool>)
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let due = node
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .due(Instant::now());
+        let due = node.security.refusals().due(node.clock.now());
         for (reason, count, from) in due {
             let what = format!("connect ({count} connection(s) from {from})");
             audit_refusal(&node, "unauthenticated", &what, &reason).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refusal(ip: &str, reason: &str) -> Refusal {
-        Refusal {
-            peer: format!("{ip}:1000").parse().unwrap(),
-            reason: reason.into(),
-        }
-    }
-
-    #[test]
-    fn refusals_are_batched_by_reason_and_rate_limited() {
-        let mut r = Refusals::default();
-        let t0 = Instant::now();
-        assert!(r.due(t0).is_empty());
-        for i in 0..20 {
-            r.record(refusal(&format!("10.0.0.{i}"), "no certificate"));
-        }
-        r.record(refusal("10.0.1.1", "another CA"));
-        let due = r.due(t0);
-        assert_eq!(due.len(), 2);
-        let (reason, count, from) = &due[1];
-        assert_eq!((reason.as_str(), *count), ("no certificate", 20));
-        assert_eq!(from.split(", ").count(), ADDRS_PER_ENTRY);
-        // More within the interval wait for the next one, and are all counted then.
-        r.record(refusal("10.0.0.1", "no certificate"));
-        assert!(r.due(t0 + Duration::from_secs(5)).is_empty());
-        r.record(refusal("10.0.0.1", "no certificate"));
-        let due = r.due(t0 + REFUSALS_EVERY);
-        assert_eq!(due, vec![("no certificate".into(), 2, "10.0.0.1".into())]);
     }
 }

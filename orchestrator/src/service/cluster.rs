@@ -19,9 +19,6 @@ pub struct ClusterService {
     pub node: Arc<Node>,
 }
 
-/// Metadata on a refusal that tells a node it was removed (it halts when it hears it).
-pub const REMOVED: &str = "x-metrodr-removed";
-
 impl ClusterService {
     /// Only nodes may call (checked before a message is even decoded).
     async fn admit<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
@@ -45,15 +42,17 @@ impl ClusterService {
             None => sender,
         };
         if let Some(id) = from
-            && self.node.is_removed(id)
+            && self.node.membership.is_removed(id)
         {
             let mut s = Status::permission_denied(format!(
                 "the node with Raft id {id} was removed from this cluster by a forced membership change on {}: \
                  it must stop; wipe its data directory and add it again with `metrodr cluster add-node`",
                 self.node.name
             ));
-            s.metadata_mut()
-                .insert(REMOVED, tonic::metadata::MetadataValue::from_static("1"));
+            s.metadata_mut().insert(
+                crate::network::REMOVED,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             return Err(s);
         }
         Ok(())

@@ -123,7 +123,7 @@ impl OperatorService {
         let a = admit(&self.node, req, access, what, claimed.unwrap_or_default()).await?;
         match (access, claimed) {
             (Access::Read, _) => Ok(a),
-            _ if self.node.tls.is_some() => Ok(a),
+            _ if self.node.security.tls.is_some() => Ok(a),
             (_, None) => Ok("operator (no TLS)".into()),
             (_, Some(_)) => actor(&a),
         }
@@ -251,6 +251,7 @@ impl Operator for OperatorService {
             audit_head: s.audit_head(),
             store_warning: self
                 .node
+                .membership
                 .halted()
                 .unwrap_or_else(|| self.node.store_warning.clone()),
         };
@@ -338,7 +339,7 @@ impl Operator for OperatorService {
                     addr: n.addr,
                 };
                 // A node a forced change removed comes back wiped: stop refusing it.
-                self.node.readmit(&n.name);
+                self.node.membership.readmit(&n.name, &self.node.name);
                 self.node
                     .raft
                     .add_learner(id, info, true)
@@ -668,9 +669,9 @@ impl Operator for OperatorService {
         self.read(&req, "list hosts").await?;
 
         let now = std::time::Instant::now();
-        let from_leader = self.node.leases().is_leader();
+        let from_leader = self.node.leader.leases().is_leader();
         let a = self.node.state.read();
-        let leases = self.node.leases();
+        let leases = self.node.leader.leases();
         let hosts = a
             .state
             .hosts
@@ -1000,6 +1001,7 @@ impl Operator for OperatorService {
             me.name, names.join(", "), req.site
         );
         self.node
+            .membership
             .force
             .send_replace(Some(crate::store::force::Forced {
                 actor,

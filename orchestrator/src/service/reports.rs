@@ -8,7 +8,7 @@ use crate::pb::*;
 
 /// The signed report of one operation, or the CSV history of every operation.
 pub fn get(node: &Node, req: &GetReportRequest) -> Result<GetReportReply, Status> {
-    let key = node.signing_key.as_ref().ok_or_else(|| {
+    let key = node.security.signing_key.as_ref().ok_or_else(|| {
         Status::failed_precondition(format!(
             "{} has no cluster signing key, so it cannot sign reports: create one with \
              `metrodr report keygen --out FILE`, give every orchestrator node the same file \

@@ -1,204 +1,21 @@
-//! One running orchestrator node: its Raft instance, applied state, and the write path
-//! every mutating API call goes through (commit locally when leader, forward to the
-//! leader otherwise, with a deadline and clear errors when there is no quorum).
+//! The write path every mutating call goes through: commit on this node when it leads,
+//! forward to the leader otherwise, with a deadline, and errors that say what to do when
+//! there is no quorum. A write is forwarded at most once.
+//!
+//! Never: report a write as done before the state machine applied it, or retry a write
+//! whose outcome is unknown (it may have committed).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::Mutex;
 use tonic::Status;
-use tonic::transport::Channel;
 
-use topology::Timing;
-
-use crate::leases::LeaseTable;
-use crate::network::{self, PeerHealth, decode, encode};
-use crate::pb::cluster_client::ClusterClient;
-use crate::raft_types::{NodeId, NodeInfo, Raft};
-use crate::state::{Outcome, RejectKind, Request, Response};
-use crate::store::SharedState;
-
-/// A committed, applied write.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Written {
-    pub audit_seq: u64,
-    pub outcome: Outcome,
-    pub log_index: u64,
-}
-
-pub struct Node {
-    pub name: String,
-    pub id: NodeId,
-    pub raft: Raft,
-    pub state: SharedState,
-    pub committed: Arc<AtomicU64>,
-    pub write_timeout: Duration,
-    /// Longest Raft election timeout: a leader that has not heard from a majority for
-    /// longer than this is cut off, and says so instead of letting writes hang.
-    pub quorum_loss_ms: u64,
-    /// A problem found in this node's own store at startup (e.g. a broken audit chain).
-    pub store_warning: String,
-    /// Host leases (meaningful on the leader only).
-    pub leases: std::sync::Mutex<LeaseTable>,
-    /// Which peers answer Raft RPCs.
-    pub health: PeerHealth,
-    pub timing: Timing,
-    /// The cluster key that signs reports (the same file on every node); None: this
-    /// node cannot sign, and says so when asked for a report.
-    pub signing_key: Option<drills::SigningKey>,
-    /// This node's credentials: every connection is mutual TLS and every call is
-    /// authorized ([`crate::service::auth`]). None: plain gRPC, no authorization.
-    pub tls: Option<Arc<security::Tls>>,
-    /// Connections refused during the TLS handshake, not yet in the audit log.
-    pub refusals: std::sync::Mutex<crate::service::auth::Refusals>,
-    /// Nodes a forced membership change removed: their Raft RPCs are refused.
-    pub removed: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
-    /// Set by `ForceMembership`: the process restarts this node as the only voter.
-    pub force: tokio::sync::watch::Sender<Option<crate::store::force::Forced>>,
-    /// Why this node stopped taking part (another node said it was removed).
-    pub halted: std::sync::Mutex<Option<String>>,
-    /// The Raft log store (for the forced-change record).
-    pub log: crate::store::LogStore,
-    peers: Mutex<HashMap<String, ClusterClient<Channel>>>,
-    /// When this node last accepted an AppendEntries (heartbeat) from a leader.
-    leader_contact: std::sync::Mutex<Option<Instant>>,
-}
-
-/// Everything a [`Node`] is made of.
-pub struct NodeParts {
-    pub name: String,
-    pub raft: Raft,
-    pub state: SharedState,
-    pub committed: Arc<AtomicU64>,
-    pub write_timeout: Duration,
-    pub store_warning: String,
-    pub health: PeerHealth,
-    pub timing: Timing,
-    pub signing_key: Option<drills::SigningKey>,
-    pub tls: Option<Arc<security::Tls>>,
-    /// The forced membership change this node went through, if any, and the store
-    /// that keeps its record.
-    pub forced: Option<crate::store::force::Forced>,
-    pub log: crate::store::LogStore,
-}
+use super::{Node, Written};
+use crate::network::{self, decode, encode};
+use crate::raft_types::{NodeId, NodeInfo};
+use crate::state::{RejectKind, Request, Response};
 
 impl Node {
-    pub fn new(p: NodeParts) -> Self {
-        let t = &p.timing;
-        Node {
-            id: crate::raft_types::node_id_of(&p.name),
-            leases: std::sync::Mutex::new(LeaseTable::new(
-                Duration::from_millis(t.lease_ms),
-                Duration::from_millis(t.lease_margin_ms),
-            )),
-            quorum_loss_ms: t.raft_election_max_ms,
-            name: p.name,
-            raft: p.raft,
-            state: p.state,
-            committed: p.committed,
-            write_timeout: p.write_timeout,
-            store_warning: p.store_warning,
-            health: p.health,
-            timing: p.timing,
-            signing_key: p.signing_key,
-            tls: p.tls,
-            refusals: Default::default(),
-            removed: std::sync::Mutex::new(
-                p.forced
-                    .iter()
-                    .flat_map(|f| {
-                        f.removed
-                            .iter()
-                            .map(|n| crate::raft_types::node_id_of(&n.name))
-                    })
-                    .collect(),
-            ),
-            log: p.log,
-            force: tokio::sync::watch::channel(None).0,
-            halted: std::sync::Mutex::new(None),
-            peers: Mutex::new(HashMap::new()),
-            leader_contact: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Was `id` removed from the cluster by a forced membership change here?
-    pub fn is_removed(&self, id: NodeId) -> bool {
-        self.removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
-    }
-
-    /// `name` is added to the cluster again (wiped, fresh): stop refusing it, here and
-    /// in the stored record.
-    pub fn readmit(&self, name: &str) {
-        let id = crate::raft_types::node_id_of(name);
-        let was = self
-            .removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if was && let Ok(Some(mut f)) = self.log.forced() {
-            f.removed.retain(|n| n.name != name);
-            if let Err(e) = self.log.set_forced(&f) {
-                tracing::error!(node = %self.name, "cannot record that {name} is readmitted: {e}");
-            }
-        }
-    }
-
-    /// Why this node halted, if it did.
-    pub fn halted(&self) -> Option<String> {
-        self.halted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// A leader's AppendEntries was handled at `at`.
-    pub fn heard_from_leader(&self, at: Instant) {
-        *self
-            .leader_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(at);
-    }
-
-    /// When this node last heard from a leader (before becoming one itself).
-    pub fn previous_leader_contact(&self) -> Option<Instant> {
-        *self
-            .leader_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The lease table (a poisoned lock is still usable: it holds plain data).
-    pub fn leases(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// True when this node is leader and a majority acknowledged it recently: only then
-    /// may it grant leases (DESIGN §4).
-    pub fn is_confirmed_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.id)
-            && m.millis_since_quorum_ack
-                .is_some_and(|ms| ms <= self.quorum_loss_ms)
-    }
-
-    pub fn committed_index(&self) -> u64 {
-        self.committed.load(Ordering::Relaxed)
-    }
-
-    /// The leader as this node knows it.
-    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        let info = m.membership_config.membership().get_node(&id).cloned()?;
-        Some((id, info))
-    }
-
     /// Commit a request through Raft: locally when this node leads, else at the
     /// leader. Rejections become gRPC errors with the state machine's reason.
     pub async fn write(&self, req: Request) -> Result<Written, Status> {
