@@ -1,8 +1,13 @@
 //! Compiles metrodr.proto with protoc (Debian's protobuf-compiler, installed
 //! by scripts/install-deps.sh).
 
+/// Every .proto file of package metrodr.v1.
+const PROTOS: &[&str] = &["metrodr.proto", "agent.proto", "spec.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=metrodr.proto");
+    for f in PROTOS {
+        println!("cargo:rerun-if-changed={f}");
+    }
     if std::process::Command::new(std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into()))
         .arg("--version")
         .output()
@@ -10,6 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         return Err("protoc not found: install protobuf-compiler (run scripts/install-deps.sh) or set PROTOC".into());
     }
-    tonic_prost_build::configure().compile_protos(&["metrodr.proto"], &["."])?;
+    tonic_prost_build::configure().compile_protos(PROTOS, &["."])?;
     Ok(())
 }

@@ -1,11 +1,15 @@
 //! # proto — metrodr's gRPC contract
 //!
-//! Generated code for `metrodr.proto` (services Cluster, Operator, Agent). The
-//! orchestrator serves it; agents and the CLI are its clients. This crate holds no
-//! logic: the contract is the only thing orchestrator and agents share.
+//! Generated code for `metrodr.proto`, `agent.proto` and `spec.proto` (services
+//! Cluster, Operator, Agent), and the typed Rust forms of the agent protocol
+//! ([`agent`]) with their conversions. The orchestrator serves the services; agents and
+//! the CLI are its clients. The contract is the only thing orchestrator and agents
+//! share: neither reads the other's prose.
 
 /// Generated messages, clients and servers (package `metrodr.v1`).
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("metrodr.v1");
 }
+
+pub mod agent;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AppId, ByteSize, SiteId, VmId, VolumeId};
+use crate::ids::{AppId, ByteSize, Epoch, OpId, SiteId, VmId, VolumeId};
 use crate::model::{App, Boot, Probe, Replication, ReplicationMode, Vm};
 
 /// One disk of a VM: the replicated volume behind it.
@@ -59,7 +59,7 @@ pub struct VmSpec {
     /// agent names the domain apart from production (`drill-<op>-<vm>`), gives it the
     /// drill's snapshot of the disks, and never reports it as the production VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill: Option<u64>,
+    pub drill: Option<OpId>,
 }
 
 impl VmSpec {
@@ -73,14 +73,14 @@ impl VmSpec {
 }
 
 /// The domain name of drill `op`'s copy of `vm`.
-pub fn drill_domain_name(op: u64, vm: &VmId) -> String {
-    format!("drill-{op}-{vm}")
+pub fn drill_domain_name(op: OpId, vm: &VmId) -> String {
+    format!("drill-{}-{vm}", op.0)
 }
 
 /// The isolated libvirt network of drill `op` (no forward mode, no host address: the
 /// copies reach nothing but each other).
-pub fn drill_network_name(op: u64) -> String {
-    format!("mdr-drill-{op}")
+pub fn drill_network_name(op: OpId) -> String {
+    format!("mdr-drill-{}", op.0)
 }
 
 impl VmSpec {
@@ -152,7 +152,7 @@ pub struct GroupSpec {
     pub site: SiteId,
     pub role: GroupRole,
     /// The epoch the orchestrator committed for the group.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Primary only: this replica was a secondary and becomes primary at `epoch` (a
     /// failover or switchover the orchestrator committed).
     pub promote: bool,
@@ -169,7 +169,7 @@ pub struct GroupSpec {
 
 impl GroupSpec {
     /// The group of `app` as served at `site` (role, epoch and peer set by the caller).
-    pub fn from_model(app: &App, site: &SiteId, role: GroupRole, epoch: u64) -> GroupSpec {
+    pub fn from_model(app: &App, site: &SiteId, role: GroupRole, epoch: Epoch) -> GroupSpec {
         let (mut lag_s, mut lag_b) = (0, 0);
         for v in &app.volumes {
             if let Replication::Async {
