@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use topology::ids::{AppId, VmId, VolumeId, check_id};
+use topology::ids::{AppId, OpId, VmId, VolumeId, check_id};
 use topology::model::Boot;
 use topology::spec::{NetworkSpec, PortForward, VmSpec};
 
@@ -88,7 +88,7 @@ pub struct ManagedBy {
     pub host: Option<String>,
     /// Set on the copy a test drill started (the drill's operation id): never the
     /// production VM, never reported as it.
-    pub drill: Option<u64>,
+    pub drill: Option<OpId>,
 }
 
 impl ManagedBy {
@@ -124,8 +124,8 @@ pub fn console_of(paths: &HostPaths, spec: &VmSpec) -> PathBuf {
 
 /// `<sockets_dir>/d<op>-<app>.sock`: the NBD exports of drill `op`'s snapshot of the
 /// app's group (one export per volume, with a private writable overlay).
-pub fn drill_socket_path(paths: &HostPaths, op: u64, app: &AppId) -> PathBuf {
-    paths.sockets_dir.join(format!("d{op}-{app}.sock"))
+pub fn drill_socket_path(paths: &HostPaths, op: OpId, app: &AppId) -> PathBuf {
+    paths.sockets_dir.join(format!("d{}-{app}.sock", op.0))
 }
 
 /// The libvirt XML of drill `op`'s isolated network `name`: a bridge with no
@@ -178,7 +178,7 @@ pub fn domain_xml(
     let _ = writeln!(x, "  <name>{}</name>", esc(&spec.domain_name()));
     let drill = spec
         .drill
-        .map(|op| format!(" drill=\"{op}\""))
+        .map(|op| format!(" drill=\"{}\"", op.0))
         .unwrap_or_default();
     let _ = writeln!(
         x,
@@ -350,7 +350,7 @@ pub fn managed_by(domain_xml: &str) -> Option<ManagedBy> {
     check_id(vm).ok()?;
     let host = mark.attribute("host").filter(|h| check_id(h).is_ok());
     let drill = match mark.attribute("drill") {
-        Some(d) => Some(d.parse::<u64>().ok()?),
+        Some(d) => Some(OpId(d.parse::<u64>().ok()?)),
         None => None,
     };
     Some(ManagedBy {

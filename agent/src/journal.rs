@@ -3,10 +3,16 @@
 //! orchestrator delivers it again after a leader change or an agent restart.
 //!
 //! One JSON object per line, appended and fsynced before the action it describes is
-//! taken (`begin`) or reported (`done`). On redelivery: `done` → report the stored
-//! result; `begin` without `done` (the agent died while executing) → report that the
-//! outcome is unknown, never run it again. The file is compacted when it grows past
-//! [`COMPACT_AT`] lines, keeping the newest [`KEEP`] commands.
+//! taken (`begin`) or reported (`finished`, with the typed result). On redelivery:
+//! `finished` → report the stored result; `begin` without one (the agent died while
+//! executing) → report that the outcome is unknown, never run it again. The file is
+//! compacted when it grows past [`COMPACT_AT`] lines, keeping the newest [`KEEP`]
+//! commands.
+//!
+//! Lines written by agent protocol 1 (results and events as text: `done`, `event`) are
+//! still read, so that no command runs twice across an upgrade: a command such an
+//! agent finished is reported as interrupted (its typed result is unknown), and its
+//! unreported text events are dropped with a warning.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -14,6 +20,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use ids::CommandId;
+use proto::agent::{AgentEvent, Executed, FailureKind};
 use serde::{Deserialize, Serialize};
 
 pub const COMPACT_AT: usize = 20_000;
@@ -23,14 +31,25 @@ pub const KEEP: usize = 10_000;
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Line {
     Begin {
-        id: u64,
+        id: CommandId,
     },
+    /// How the command went.
+    Finished {
+        id: CommandId,
+        executed: Executed,
+    },
+    /// Protocol 1's result line (text only): read, never written.
     Done {
-        id: u64,
+        id: CommandId,
         ok: bool,
         message: String,
     },
     /// Something the agent did on its own, reported to the orchestrator later.
+    AgentEvent {
+        seq: u64,
+        event: AgentEvent,
+    },
+    /// Protocol 1's event line (text only): read, never written.
     Event {
         seq: u64,
         text: String,
@@ -46,16 +65,13 @@ pub enum Seen {
     New,
     /// Started, never finished: the agent stopped while running it.
     Interrupted,
-    Done {
-        ok: bool,
-        message: String,
-    },
+    Done(Executed),
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    commands: BTreeMap<u64, Seen>,
-    events: BTreeMap<u64, (String, bool)>,
+    commands: BTreeMap<CommandId, Seen>,
+    events: BTreeMap<u64, (AgentEvent, bool)>,
     lines: usize,
 }
 
@@ -120,18 +136,18 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn seen(&self, id: u64) -> Seen {
+    pub fn seen(&self, id: CommandId) -> Seen {
         self.lock().commands.get(&id).cloned().unwrap_or(Seen::New)
     }
 
     /// The highest command id this agent has ever seen.
-    pub fn last_id(&self) -> u64 {
+    pub fn last_id(&self) -> CommandId {
         self.lock()
             .commands
             .keys()
             .next_back()
             .copied()
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// Durably record a line, then update the in-memory view.
@@ -160,19 +176,19 @@ impl Journal {
     }
 
     /// Events not yet reported to the orchestrator.
-    pub fn unreported_events(&self) -> Vec<(u64, String)> {
+    pub fn unreported_events(&self) -> Vec<(u64, AgentEvent)> {
         self.lock()
             .events
             .iter()
             .filter(|(_, (_, reported))| !reported)
-            .map(|(seq, (text, _))| (*seq, text.clone()))
+            .map(|(seq, (event, _))| (*seq, event.clone()))
             .collect()
     }
 
     /// Record an event (durably) and return its sequence number.
-    pub fn event(&self, text: String) -> Result<u64, JournalError> {
+    pub fn event(&self, event: AgentEvent) -> Result<u64, JournalError> {
         let seq = self.lock().events.keys().next_back().map_or(1, |s| s + 1);
-        self.record(Line::Event { seq, text })?;
+        self.record(Line::AgentEvent { seq, event })?;
         Ok(seq)
     }
 
@@ -187,7 +203,7 @@ impl Journal {
             .rev()
             .nth(self.keep)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or_default();
         inner.commands.retain(|id, _| *id > keep_from);
         inner.events.retain(|_, (_, reported)| !*reported);
         let tmp = self.path.with_extension("compact");
@@ -203,18 +219,17 @@ impl Journal {
         };
         for (id, seen) in &inner.commands {
             match seen {
-                Seen::Done { ok, message } => put(&Line::Done {
+                Seen::Done(executed) => put(&Line::Finished {
                     id: *id,
-                    ok: *ok,
-                    message: message.clone(),
+                    executed: executed.clone(),
                 })?,
                 Seen::Interrupted | Seen::New => put(&Line::Begin { id: *id })?,
             }
         }
-        for (seq, (text, _)) in &inner.events {
-            put(&Line::Event {
+        for (seq, (event, _)) in &inner.events {
+            put(&Line::AgentEvent {
                 seq: *seq,
-                text: text.clone(),
+                event: event.clone(),
             })?;
         }
         f.sync_all().map_err(|e| err(format!("fsync: {e}")))?;
@@ -229,11 +244,29 @@ fn apply(inner: &mut Inner, line: Line) {
         Line::Begin { id } => {
             inner.commands.entry(id).or_insert(Seen::Interrupted);
         }
+        Line::Finished { id, executed } => {
+            inner.commands.insert(id, Seen::Done(executed));
+        }
         Line::Done { id, ok, message } => {
-            inner.commands.insert(id, Seen::Done { ok, message });
+            let how = if ok { "succeeded" } else { "failed" };
+            inner.commands.insert(
+                id,
+                Seen::Done(Executed::failed(
+                    FailureKind::Interrupted,
+                    format!(
+                        "an agent of protocol 1 ran this command ({how}: {message}); its typed result is unknown"
+                    ),
+                )),
+            );
+        }
+        Line::AgentEvent { seq, event } => {
+            inner.events.insert(seq, (event, false));
         }
         Line::Event { seq, text } => {
-            inner.events.insert(seq, (text, false));
+            tracing::warn!(
+                seq,
+                "dropping an event of agent protocol 1 that was never reported: {text}"
+            );
         }
         Line::EventReported { seq } => {
             if let Some(e) = inner.events.get_mut(&seq) {
@@ -247,33 +280,36 @@ fn apply(inner: &mut Inner, line: Line) {
 mod tests {
     use super::*;
 
+    fn started() -> Executed {
+        Executed::done(proto::agent::CommandOutcome::Started {
+            domain: "web-1".into(),
+            state: proto::agent::VmState::Running,
+        })
+    }
+
     #[test]
     fn commands_are_remembered_across_reopen_and_interruptions_are_visible() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("journal.jsonl");
         let j = Journal::open(&p).unwrap();
-        assert_eq!(j.seen(1), Seen::New);
-        j.record(Line::Begin { id: 1 }).unwrap();
-        j.record(Line::Done {
-            id: 1,
-            ok: true,
-            message: "started".into(),
+        assert_eq!(j.seen(CommandId(1)), Seen::New);
+        j.record(Line::Begin { id: CommandId(1) }).unwrap();
+        j.record(Line::Finished {
+            id: CommandId(1),
+            executed: started(),
         })
         .unwrap();
-        j.record(Line::Begin { id: 2 }).unwrap();
-        let seq = j.event("fenced".into()).unwrap();
+        j.record(Line::Begin { id: CommandId(2) }).unwrap();
+        let seq = j.event(AgentEvent::LeaseRegained).unwrap();
         drop(j);
         let j = Journal::open(&p).unwrap();
+        assert_eq!(j.seen(CommandId(1)), Seen::Done(started()));
+        assert_eq!(j.seen(CommandId(2)), Seen::Interrupted);
+        assert_eq!(j.last_id(), CommandId(2));
         assert_eq!(
-            j.seen(1),
-            Seen::Done {
-                ok: true,
-                message: "started".into()
-            }
+            j.unreported_events(),
+            vec![(seq, AgentEvent::LeaseRegained)]
         );
-        assert_eq!(j.seen(2), Seen::Interrupted);
-        assert_eq!(j.last_id(), 2);
-        assert_eq!(j.unreported_events(), vec![(seq, "fenced".to_string())]);
         j.record(Line::EventReported { seq }).unwrap();
         assert!(Journal::open(&p).unwrap().unreported_events().is_empty());
     }
@@ -288,7 +324,33 @@ mod tests {
         )
         .unwrap();
         let j = Journal::open(&p).unwrap();
-        assert_eq!(j.seen(7), Seen::Interrupted);
+        assert_eq!(j.seen(CommandId(7)), Seen::Interrupted);
+    }
+
+    /// A journal of agent protocol 1 (results and events as text): no command it ran
+    /// runs again, and what it said is kept for people.
+    #[test]
+    fn a_protocol_1_journal_runs_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal.jsonl");
+        std::fs::write(
+            &p,
+            "{\"kind\":\"begin\",\"id\":7}\n{\"kind\":\"done\",\"id\":7,\"ok\":true,\"message\":\"web-1: running\"}\n\
+             {\"kind\":\"begin\",\"id\":8}\n{\"kind\":\"event\",\"seq\":1,\"text\":\"lease regained\"}\n",
+        )
+        .unwrap();
+        let j = Journal::open(&p).unwrap();
+        let Seen::Done(Executed::Failed { failure }) = j.seen(CommandId(7)) else {
+            panic!("{:?}", j.seen(CommandId(7)))
+        };
+        assert_eq!(failure.kind, FailureKind::Interrupted);
+        assert!(
+            failure.message.contains("web-1: running"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(j.seen(CommandId(8)), Seen::Interrupted);
+        assert!(j.unreported_events().is_empty());
     }
 
     #[test]
@@ -297,18 +359,18 @@ mod tests {
         let p = dir.path().join("journal.jsonl");
         let j = Journal::with_limits(&p, 40, 10).unwrap();
         for id in 1..=30 {
+            let id = CommandId(id);
             j.record(Line::Begin { id }).unwrap();
-            j.record(Line::Done {
+            j.record(Line::Finished {
                 id,
-                ok: true,
-                message: String::new(),
+                executed: started(),
             })
             .unwrap();
         }
         let lines = std::fs::read_to_string(&p).unwrap().lines().count();
         assert!(lines <= 40, "{lines} lines");
         let j = Journal::open(&p).unwrap();
-        assert!(matches!(j.seen(30), Seen::Done { .. }));
-        assert_eq!(j.seen(1), Seen::New, "the oldest were dropped");
+        assert!(matches!(j.seen(CommandId(30)), Seen::Done(_)));
+        assert_eq!(j.seen(CommandId(1)), Seen::New, "the oldest were dropped");
     }
 }

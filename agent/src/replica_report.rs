@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use proto::agent::LinkReport;
+use proto::agent::wire::link_to_wire;
 use proto::pb;
 use proto::pb::agent_client::AgentClient;
 use replication::primary::{DegradePermission, GroupStatus};
@@ -13,17 +15,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What to report for a status, if anything (pure).
-pub fn link_of(st: &GroupStatus) -> Option<&'static str> {
+pub fn link_of(st: &GroupStatus) -> Option<LinkReport> {
     if st.fenced {
         return None;
     }
     if st.degraded {
-        return Some("alone");
+        return Some(LinkReport::Alone);
     }
     match st.link.as_str() {
-        "streaming" => Some("in-sync"),
-        "resyncing" => Some("resyncing"),
-        l if l.starts_with("down") => Some("down"),
+        "streaming" => Some(LinkReport::InSync),
+        "resyncing" => Some(LinkReport::Resyncing),
+        l if l.starts_with("down") => Some(LinkReport::Down),
         _ => None,
     }
 }
@@ -56,7 +58,7 @@ impl Reporter {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut sent: Option<(&'static str, u64)> = None;
+            let mut sent: Option<(LinkReport, u64)> = None;
             let mut next = 0usize;
             loop {
                 let (link, epoch, detail) = {
@@ -89,7 +91,7 @@ impl Reporter {
     pub async fn send(
         &self,
         next: &mut usize,
-        link: &str,
+        link: LinkReport,
         epoch: u64,
         detail: &str,
     ) -> Result<(), String> {
@@ -101,22 +103,32 @@ impl Reporter {
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(10));
                 let mut c = AgentClient::new(ep.connect().await.map_err(|e| e.to_string())?);
-                c.report_replica(pb::ReplicaReportRequest {
-                    app: self.app.clone(),
-                    site: self.site.clone(),
-                    epoch,
-                    link: link.into(),
-                    detail: detail.into(),
-                })
-                .await
-                .map_err(|s| {
-                    if s.code() == tonic::Code::FailedPrecondition
-                        && s.message().contains("stale report")
-                    {
-                        tracing::error!(app = %self.app, "{}", s.message());
+                let reply = c
+                    .report_replica(pb::ReplicaReportRequest {
+                        app: self.app.clone(),
+                        site: self.site.clone(),
+                        epoch,
+                        link: link_to_wire(link).into(),
+                        detail: detail.into(),
+                    })
+                    .await
+                    .map_err(|s| format!("{addr}: {}", s.message()))?
+                    .into_inner();
+                match pb::ReplicaReportResult::try_from(reply.result) {
+                    Ok(pb::ReplicaReportResult::Changed | pb::ReplicaReportResult::Unchanged) => {
+                        Ok(())
                     }
-                    format!("{addr}: {}", s.message())
-                })
+                    // The cluster has moved on from this primary: it gets no permission
+                    // (its writes stay held) and says so loudly until it is stopped.
+                    Ok(pb::ReplicaReportResult::Stale) => {
+                        tracing::error!(app = %self.app, "{}", reply.detail);
+                        Err(format!("{addr}: {}", reply.detail))
+                    }
+                    Ok(pb::ReplicaReportResult::Unspecified) | Err(_) => Err(format!(
+                        "{addr}: an answer this agent does not know ({}): is the node of another metrodr release?",
+                        reply.result
+                    )),
+                }
             }
             .await;
             match r {
@@ -150,7 +162,7 @@ impl DegradePermission for ClusterPermission {
             self.reporter
                 .send(
                     &mut next,
-                    "alone",
+                    LinkReport::Alone,
                     epoch,
                     "the peer is unreachable: asking to continue without it",
                 )
@@ -189,14 +201,26 @@ mod tests {
 
     #[test]
     fn only_a_streaming_link_makes_the_peer_promotable() {
-        assert_eq!(link_of(&st("streaming", false, false)), Some("in-sync"));
-        assert_eq!(link_of(&st("resyncing", false, false)), Some("resyncing"));
-        assert_eq!(link_of(&st("down: refused", false, false)), Some("down"));
+        assert_eq!(
+            link_of(&st("streaming", false, false)),
+            Some(LinkReport::InSync)
+        );
+        assert_eq!(
+            link_of(&st("resyncing", false, false)),
+            Some(LinkReport::Resyncing)
+        );
+        assert_eq!(
+            link_of(&st("down: refused", false, false)),
+            Some(LinkReport::Down)
+        );
         assert_eq!(
             link_of(&st("down, holding writes: x", false, false)),
-            Some("down")
+            Some(LinkReport::Down)
         );
-        assert_eq!(link_of(&st("streaming", true, false)), Some("alone"));
+        assert_eq!(
+            link_of(&st("streaming", true, false)),
+            Some(LinkReport::Alone)
+        );
         assert_eq!(link_of(&st("starting", false, false)), None);
         assert_eq!(link_of(&st("not replicated", false, false)), None);
         // A fenced primary reports nothing: it is stale.

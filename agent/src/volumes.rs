@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use proto::agent::{AgentEvent, CommandOutcome, PeerConfirmation, StoppedGroup};
 use replication::meta::{ReplicaMeta, Role};
 use replication::primary::PrimaryGroup;
 use replication::replica::Mode;
@@ -22,7 +23,7 @@ use replication::service::{
 };
 use tokio_util::sync::CancellationToken;
 use topology::ReplicationMode;
-use topology::ids::AppId;
+use topology::ids::{AppId, Epoch, GroupSeq, OpId, VolumeId};
 use topology::spec::{GroupRole, GroupSpec};
 
 use crate::replica_report::{ClusterPermission, Reporter};
@@ -49,45 +50,44 @@ impl Served {
         }
     }
 
-    /// Stop it (a primary waits up to `grace` for its peer); what happened, for the
-    /// command's result, with the sequence numbers that prove it.
-    async fn stop(self, grace: Duration) -> String {
+    /// Stop it (a primary waits up to `grace` for its peer); what it had when it
+    /// stopped, with the sequence numbers that prove it.
+    async fn stop(self, grace: Duration) -> StoppedGroup {
         match self {
             Served::Primary {
                 mut served,
                 reporter_stop,
-                spec,
+                ..
             } => {
                 reporter_stop.cancel();
                 served.set_stop_grace(grace);
                 let fenced = served.group.is_fenced();
                 let st = served.group.status().borrow().clone();
-                match served.stop().await {
-                    Ok(true) => format!(
-                        "stopped the primary of {} at epoch {} (the peer confirmed every write up to seq {})",
-                        spec.app,
-                        st.epoch,
-                        st.next_seq.saturating_sub(1)
-                    ),
-                    Ok(false) if fenced => format!(
-                        "stopped the fenced primary of {} at epoch {}",
-                        spec.app, st.epoch
-                    ),
-                    Ok(false) => format!(
-                        "stopped the primary of {} at epoch {} (the peer did NOT confirm every write: {})",
-                        spec.app, st.epoch, st.link
-                    ),
-                    Err(e) => format!("stopped the primary of {}: {e}", spec.app),
+                let confirmation = match served.stop().await {
+                    Ok(true) => PeerConfirmation::Confirmed {
+                        up_to: GroupSeq(st.next_seq.saturating_sub(1)),
+                    },
+                    Ok(false) if fenced => PeerConfirmation::Fenced,
+                    Ok(false) => PeerConfirmation::NotConfirmed {
+                        link: st.link.to_string(),
+                    },
+                    Err(e) => PeerConfirmation::StopFailed {
+                        error: e.to_string(),
+                    },
+                };
+                StoppedGroup::Primary {
+                    epoch: Epoch(st.epoch),
+                    confirmation,
                 }
             }
-            Served::Secondary { served, spec } => {
+            Served::Secondary { served, .. } => {
                 let group = served.group.clone();
                 served.stop().await;
                 let st = group.status().borrow().clone();
-                format!(
-                    "stopped the secondary of {} (epoch {}, last applied seq {})",
-                    spec.app, st.epoch, st.last_seq
-                )
+                StoppedGroup::Secondary {
+                    epoch: Epoch(st.epoch),
+                    last_applied: GroupSeq(st.last_seq),
+                }
             }
         }
     }
@@ -106,7 +106,7 @@ pub struct Volumes {
     /// The primaries, reachable without awaiting (fencing runs from a lease check).
     primaries: Mutex<BTreeMap<AppId, Arc<PrimaryGroup>>>,
     /// Test drills' snapshots of the secondaries served here, per (drill, app).
-    drills: tokio::sync::Mutex<BTreeMap<(u64, AppId), ServedSnapshot>>,
+    drills: tokio::sync::Mutex<BTreeMap<(OpId, AppId), ServedSnapshot>>,
 }
 
 /// The lab fails the disk under volume V served by an agent by creating the file
@@ -144,10 +144,10 @@ impl Volumes {
     /// Taking it again returns the snapshot already taken.
     pub async fn drill_snapshot(
         &self,
-        op: u64,
+        op: OpId,
         app: &AppId,
         socket: PathBuf,
-    ) -> Result<String, String> {
+    ) -> Result<CommandOutcome, String> {
         // Lock order: groups before drills (as `serve` does).
         let group = match self.groups.lock().await.get(app) {
             Some(Served::Secondary { served, .. }) => served.group.clone(),
@@ -158,31 +158,36 @@ impl Volumes {
             }
             None => return Err(format!("this host serves no replica of {app}")),
         };
+        let volumes = u32::try_from(group.volumes.len()).unwrap_or(u32::MAX);
         let mut drills = self.drills.lock().await;
         let key = (op, app.clone());
         if let Some(s) = drills.get(&key) {
-            return Ok(format!(
-                "snapshot of {app} at sequence {} already exported on {}",
-                s.seq(),
-                socket.display()
-            ));
+            return Ok(CommandOutcome::DrillSnapshotTaken {
+                app: app.clone(),
+                seq: GroupSeq(s.seq()),
+                volumes,
+                already: true,
+            });
         }
-        let dir = self.volumes_dir.join("drills").join(format!("{op}-{app}"));
+        let dir = self
+            .volumes_dir
+            .join("drills")
+            .join(format!("{}-{app}", op.0));
         let snap = ServedSnapshot::start(&group, &dir, &socket).await?;
-        let msg = format!(
-            "snapshot of {app} at sequence {} ({} volume(s)) exported on {} with a private overlay; replication goes on",
-            snap.seq(),
-            group.volumes.len(),
-            socket.display()
-        );
+        let outcome = CommandOutcome::DrillSnapshotTaken {
+            app: app.clone(),
+            seq: GroupSeq(snap.seq()),
+            volumes,
+            already: false,
+        };
         drills.insert(key, snap);
-        Ok(msg)
+        Ok(outcome)
     }
 
     /// Drop drill `op`'s snapshots here (their overlays are deleted); what was done,
     /// with how far replication went on meanwhile.
-    pub async fn drill_cleanup(&self, op: u64) -> Vec<String> {
-        let mine: Vec<(u64, AppId)> = self
+    pub async fn drill_cleanup(&self, op: OpId) -> Vec<String> {
+        let mine: Vec<(OpId, AppId)> = self
             .drills
             .lock()
             .await
@@ -217,7 +222,7 @@ impl Volumes {
     /// Drop every drill snapshot of `app` (its group is replaced or stopped: a
     /// snapshot only lives on the secondary it was taken of).
     async fn drop_snapshots_of(&self, app: &AppId) -> Vec<String> {
-        let keys: Vec<(u64, AppId)> = self
+        let keys: Vec<(OpId, AppId)> = self
             .drills
             .lock()
             .await
@@ -229,7 +234,7 @@ impl Volumes {
         for k in keys {
             if let Some(s) = self.drills.lock().await.remove(&k) {
                 s.stop().await;
-                out.push(format!("drill {}'s snapshot of {app} dropped", k.0));
+                out.push(format!("drill {}'s snapshot of {app} dropped", k.0.0));
             }
         }
         out
@@ -250,7 +255,7 @@ impl Volumes {
                 })
                 .collect(),
             size: None,
-            epoch: spec.epoch,
+            epoch: spec.epoch.0,
         }
     }
 
@@ -280,7 +285,7 @@ impl Volumes {
 
     /// Serve `spec`, replacing what this host served of the group. Serving the same
     /// role at the same epoch again changes nothing.
-    pub async fn serve(&self, spec: GroupSpec) -> Result<String, String> {
+    pub async fn serve(&self, spec: GroupSpec) -> Result<proto::agent::Served, String> {
         if spec.volumes.is_empty() {
             return Err(format!("app {} has no volumes to serve", spec.app));
         }
@@ -289,34 +294,42 @@ impl Volumes {
         if let Some(cur) = groups.get(&spec.app) {
             let c = cur.spec();
             if c.role == spec.role && c.epoch == spec.epoch && c.peer == spec.peer {
-                return Ok(format!(
-                    "already serving {} as {} at epoch {}; endpoint={endpoint}",
-                    spec.app,
-                    role_name(spec.role),
-                    spec.epoch
-                ));
+                return Ok(proto::agent::Served {
+                    app: spec.app.clone(),
+                    role: spec.role,
+                    epoch: spec.epoch,
+                    endpoint,
+                    already: true,
+                    promoted: false,
+                    peer: spec.peer.clone(),
+                    replaced: None,
+                });
             }
         }
-        let mut replaced = String::new();
         for d in self.drop_snapshots_of(&spec.app).await {
-            replaced.push_str(&format!(" ({d})"));
+            tracing::info!(app = %spec.app, "{d}");
         }
+        let mut replaced = None;
         if let Some(old) = groups.remove(&spec.app) {
             lock(&self.primaries).remove(&spec.app);
-            replaced = format!(" (replaced: {})", old.stop(STOP_GRACE).await);
+            replaced = Some(old.stop(STOP_GRACE).await);
         }
         let files = self.files(&spec);
-        let (served, msg) = match spec.role {
+        let (served, outcome) = match spec.role {
             GroupRole::Secondary => {
                 let served = ServedSecondary::start(&files, &endpoint, self.tls.clone()).await?;
                 let m = served.group.meta();
-                let msg = format!(
-                    "serving {} as secondary (files: {} at epoch {}){replaced}; endpoint={endpoint}",
-                    spec.app,
-                    role_name_meta(&m),
-                    m.epoch
-                );
-                (Served::Secondary { served, spec }, msg)
+                let outcome = proto::agent::Served {
+                    app: spec.app.clone(),
+                    role: spec.role,
+                    epoch: Epoch(m.epoch),
+                    endpoint,
+                    already: false,
+                    promoted: false,
+                    peer: None,
+                    replaced,
+                };
+                (Served::Secondary { served, spec }, outcome)
             }
             GroupRole::Primary => {
                 let first = files.volumes.first().map(|v| v.1.clone());
@@ -326,7 +339,7 @@ impl Volumes {
                 let promote = spec.promote
                     && meta
                         .as_ref()
-                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch);
+                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch.0);
                 let reporter = || Reporter {
                     addrs: self.cluster.clone(),
                     tls: self.tls.clone(),
@@ -362,33 +375,33 @@ impl Volumes {
                 reporter().spawn(served.group.status(), reporter_stop.clone());
                 lock(&self.primaries).insert(spec.app.clone(), served.group.clone());
                 let m = served.group.meta();
-                let msg = format!(
-                    "serving {} as primary at epoch {}{} on {}; peer {}{replaced}; endpoint={endpoint}",
-                    spec.app,
-                    m.epoch,
-                    if promote { " (promoted)" } else { "" },
-                    socket.display(),
-                    spec.peer
-                        .as_deref()
-                        .unwrap_or("none (the other site is lost)"),
-                );
+                let outcome = proto::agent::Served {
+                    app: spec.app.clone(),
+                    role: spec.role,
+                    epoch: Epoch(m.epoch),
+                    endpoint,
+                    already: false,
+                    promoted: promote,
+                    peer: spec.peer.clone(),
+                    replaced,
+                };
                 (
                     Served::Primary {
                         served,
                         spec,
                         reporter_stop,
                     },
-                    msg,
+                    outcome,
                 )
             }
         };
         groups.insert(served.spec().app.clone(), served);
-        Ok(msg)
+        Ok(outcome)
     }
 
     /// Stop serving the app's group; a primary waits up to `grace_s` (0: 5 s) for its
     /// peer to confirm every write.
-    pub async fn unserve(&self, app: &AppId, grace_s: u32) -> Result<String, String> {
+    pub async fn unserve(&self, app: &AppId, grace_s: u32) -> Option<StoppedGroup> {
         self.drop_snapshots_of(app).await;
         lock(&self.primaries).remove(app);
         let old = self.groups.lock().await.remove(app);
@@ -397,10 +410,10 @@ impl Volumes {
         } else {
             Duration::from_secs(u64::from(grace_s))
         };
-        Ok(match old {
-            Some(s) => s.stop(grace).await,
-            None => format!("{app}: nothing served here"),
-        })
+        match old {
+            Some(s) => Some(s.stop(grace).await),
+            None => None,
+        }
     }
 
     /// Stop acknowledging guest writes on every primary (the lease ran out).
@@ -421,7 +434,10 @@ impl Volumes {
     /// `failed` are failed (the lab's disk fault: see [`DISK_FAULT_PREFIX`]). Skipped
     /// while a serve or stop holds the groups (the next check applies it). Returns
     /// what changed.
-    pub fn apply_disk_faults(&self, failed: &std::collections::BTreeSet<String>) -> Vec<String> {
+    pub fn apply_disk_faults(
+        &self,
+        failed: &std::collections::BTreeSet<String>,
+    ) -> Vec<AgentEvent> {
         let Ok(groups) = self.groups.try_lock() else {
             return Vec::new();
         };
@@ -435,15 +451,15 @@ impl Volumes {
                 let want = failed.contains(&v.id);
                 if v.is_failed() != want {
                     v.set_failed(want);
-                    out.push(format!(
-                        "the disk under volume {} {}",
-                        v.id,
-                        if want {
-                            "FAILED (every I/O to it fails)"
+                    out.push(AgentEvent::DiskFault {
+                        volume: VolumeId::new(v.id.as_str()),
+                        failed: want,
+                        detail: if want {
+                            "every I/O to it fails (lab disk fault)".into()
                         } else {
-                            "was repaired"
-                        }
-                    ));
+                            "I/O works again".into()
+                        },
+                    });
                 }
             }
         }
@@ -467,22 +483,8 @@ impl Volumes {
         let mut out = Vec::new();
         let grace = if fenced { Duration::ZERO } else { STOP_GRACE };
         for s in all {
-            out.push(s.stop(grace).await);
+            out.push(s.stop(grace).await.to_string());
         }
         out
-    }
-}
-
-fn role_name(r: GroupRole) -> &'static str {
-    match r {
-        GroupRole::Primary => "primary",
-        GroupRole::Secondary => "secondary",
-    }
-}
-
-fn role_name_meta(m: &ReplicaMeta) -> &'static str {
-    match m.role {
-        Role::Primary => "primary",
-        Role::Secondary => "secondary",
     }
 }

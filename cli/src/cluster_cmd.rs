@@ -341,7 +341,7 @@ pub async fn apply(
 }
 
 fn ms_to_age(since_ms: u64) -> String {
-    let now = orchestrator::service::operator::now_ms();
+    let now = orchestrator::clock::now_ms();
     let s = now.saturating_sub(since_ms) / 1000;
     match s {
         0..=119 => format!("{s}s"),

@@ -335,20 +335,55 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             host: "a-h1".into(),
             results: vec![pb::CommandOutcome {
                 id: 999,
-                ok: true,
-                message: String::new(),
+                result: Some(pb::command_outcome::Result::Destroyed(pb::VmTarget {
+                    vm: "web-1".into(),
+                })),
             }],
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    // A result that says nothing is malformed, not a success.
+    let e = agent
+        .report(pb::ReportRequest {
+            host: "a-h1".into(),
+            results: vec![pb::CommandOutcome {
+                id: 999,
+                result: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("result is missing"), "{}", e.message());
+    // An agent of another protocol version is refused at registration, and told which
+    // version each side speaks.
+    let e = agent
+        .register(pb::AgentRegisterRequest {
+            host: "a-h1".into(),
+            protocol_version: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("agent protocol 1")
+            && e.message().contains(&format!(
+                "this node speaks {}",
+                proto::agent::PROTOCOL_VERSION
+            )),
+        "{}",
+        e.message()
+    );
 
     // Garbage on the node-to-node service: refused, and the node keeps serving.
     let mut cl = orchestrator::network::cluster_client(ch);
     for msg in [
         pb::RaftMessage {
-            format: 1,
+            format: orchestrator::network::WIRE_FORMAT,
             json: b"{not json".to_vec(),
         },
         pb::RaftMessage {
@@ -356,7 +391,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             json: b"{}".to_vec(),
         },
         pb::RaftMessage {
-            format: 1,
+            format: orchestrator::network::WIRE_FORMAT,
             json: vec![0xff; 1000],
         },
     ] {

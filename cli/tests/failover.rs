@@ -602,7 +602,7 @@ async fn a_control_plane_stalled_past_the_lease_fences_every_host_then_restarts_
     let live = lab.live();
     let sites_before = lab.sites_of_apps();
     let pids: Vec<i32> = lab.c.nodes.iter().filter_map(|n| n.pid()).collect();
-    let stalled_ms = orchestrator::service::operator::now_ms();
+    let stalled_ms = orchestrator::clock::now_ms();
     for p in &pids {
         kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
     }

@@ -20,7 +20,7 @@ use topology::spec::{GroupRole, GroupSpec};
 use topology::{AppId, HostId, VolumeService};
 
 use crate::state::{
-    AgentAction, AgentCommandRecord, ClusterState, CommandStatus, HostState, parse_endpoint,
+    AgentAction, AgentCommandRecord, ClusterState, CommandStatus, HostState, served_endpoint,
 };
 
 /// The actor of the controller's commands.
@@ -48,10 +48,7 @@ fn group_commands(s: &ClusterState) -> GroupCommands<'_> {
         };
         let key = (app.clone(), c.host.clone());
         // Ids grow: a later command replaces an earlier one.
-        if let (AgentAction::Serve { .. }, CommandStatus::Succeeded { message, .. }) =
-            (&c.action, &c.status)
-            && let Some(ep) = parse_endpoint(message)
-        {
+        if let Some(ep) = served_endpoint(c, app) {
             g.endpoints.insert(key.clone(), ep);
         }
         g.latest.insert(key, c);
@@ -136,7 +133,10 @@ pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Command, CommandResult, HostInventory, Request, Response};
+    use crate::state::{
+        Command, CommandOutcome, CommandResult, Executed, HostInventory, Request, Response,
+    };
+    use proto::agent::Served;
 
     fn lab() -> ClusterState {
         // The lab topology's volumes are served by the agents.
@@ -191,13 +191,17 @@ mod tests {
             s,
             at_ms,
             Command::IssueAgentCommands {
+                issuer: crate::state::Issuer::Controller,
                 commands: cmds.clone(),
             },
         ) {
             crate::state::Outcome::Commands(ids) => ids,
             o => panic!("{o:?}"),
         };
-        for ((host, _), id) in cmds.iter().zip(ids) {
+        for ((host, action), id) in cmds.iter().zip(ids) {
+            let AgentAction::Serve { group } = action else {
+                panic!("the controller only serves: {action:?}")
+            };
             apply(
                 s,
                 at_ms,
@@ -205,8 +209,16 @@ mod tests {
                     host: host.clone(),
                     results: vec![CommandResult {
                         id,
-                        ok: true,
-                        message: format!("serving; endpoint=10.0.0.1:{}", 7000 + id),
+                        executed: Executed::done(CommandOutcome::Served(Served {
+                            app: group.app.clone(),
+                            role: group.role,
+                            epoch: group.epoch,
+                            endpoint: format!("10.0.0.1:{}", 7000 + id.0),
+                            already: false,
+                            promoted: false,
+                            peer: group.peer.clone(),
+                            replaced: None,
+                        })),
                     }],
                 },
             );
@@ -312,6 +324,7 @@ mod tests {
             &mut s,
             1_000,
             Command::IssueAgentCommands {
+                issuer: crate::state::Issuer::Controller,
                 commands: cmds.clone(),
             },
         ) {
@@ -326,8 +339,7 @@ mod tests {
                 host: host.clone(),
                 results: vec![CommandResult {
                     id: ids[0],
-                    ok: false,
-                    message: "disk full".into(),
+                    executed: Executed::failed(proto::agent::FailureKind::Failed, "disk full"),
                 }],
             },
         );
@@ -346,21 +358,5 @@ mod tests {
                 .all(|v| v.replicas.iter().all(|r| r.host.is_none()))
         );
         assert!(reconcile(&s, 1_000).is_empty());
-    }
-
-    #[test]
-    fn the_endpoint_is_read_from_the_result_text() {
-        assert_eq!(
-            parse_endpoint(
-                "serving db as secondary (files: secondary at epoch 1); endpoint=127.0.0.1:4100"
-            ),
-            Some("127.0.0.1:4100".into())
-        );
-        assert_eq!(
-            parse_endpoint("serving db as primary at epoch 2; endpoint=10.0.0.1:7; (replaced: x)"),
-            Some("10.0.0.1:7".into())
-        );
-        assert_eq!(parse_endpoint("serving db"), None);
-        assert_eq!(parse_endpoint("endpoint="), None);
     }
 }

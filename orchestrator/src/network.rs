@@ -25,8 +25,9 @@ use crate::raft_types::{NodeId, NodeInfo, TypeConfig};
 /// Metadata on a refusal that tells a node it was removed (it halts when it hears it).
 pub const REMOVED: &str = "x-metrodr-removed";
 
-/// Version of the JSON envelope in [`RaftMessage::format`].
-pub const WIRE_FORMAT: u32 = 1;
+/// Version of the JSON envelope in [`RaftMessage::format`] (and of the requests it
+/// carries). 2: agent commands carry their issuer, typed results and events.
+pub const WIRE_FORMAT: u32 = 2;
 
 /// Largest gRPC message accepted or sent (snapshot chunks are 1 MiB, JSON-encoded).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

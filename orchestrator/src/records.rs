@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, ReplicationMode, SiteId, SiteRole, VmId, VolumeId};
 
 pub use ids::{CommandId, Epoch, OpId};
+pub use proto::agent::{
+    AgentAction, AgentEvent, CommandFailure, CommandOutcome, CommandTarget, Executed, LinkReport,
+    VmState,
+};
 
 /// A site as the leader sees it.
 ///
@@ -77,192 +81,90 @@ pub struct HostInventory {
     pub registered_ms: u64,
 }
 
-/// What an agent is asked to do with one VM. Each command has an id; the agent
-/// executes it at most once (it journals the ids it has run).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "kebab-case")]
-pub enum AgentAction {
-    /// Define (or redefine) the domain from the spec.
-    Define {
-        spec: topology::spec::VmSpec,
-    },
-    Start {
-        vm: VmId,
-    },
-    /// Ask the guest to shut down; destroy it if it is still running after `timeout_s`.
-    Shutdown {
-        vm: VmId,
-        timeout_s: u32,
-    },
-    Destroy {
-        vm: VmId,
-    },
-    Undefine {
-        vm: VmId,
-    },
-    Suspend {
-        vm: VmId,
-    },
-    Resume {
-        vm: VmId,
-    },
-    /// Wait until `marker` appears on the VM's serial console (since its latest
-    /// start); fails after `timeout_s`. The app's serial probe (health gate).
-    Probe {
-        vm: VmId,
-        marker: String,
-        timeout_s: u32,
-    },
-    /// Connect to `port` of the VM until a connection is accepted; fails after
-    /// `timeout_s`. At `address` when the probe names one, else at the VM's own
-    /// address as its host's agent knows it. The app's tcp probe (health gate).
-    TcpProbe {
-        vm: VmId,
-        port: u16,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        address: Option<String>,
-        timeout_s: u32,
-    },
-    /// Serve an app's consistency group (as primary or secondary); replaces whatever
-    /// this host served of the group before.
-    Serve {
-        group: topology::spec::GroupSpec,
-    },
-    /// Stop serving an app's group. A primary first waits up to `grace_s` (0: the
-    /// agent's default, 5 s) for its peer to confirm every write — the drain of a
-    /// switchover.
-    Unserve {
-        app: AppId,
-        #[serde(default)]
-        grace_s: u32,
-    },
-    /// Test drill `op`: take a copy-on-write snapshot of the app's replicas (the
-    /// secondary this host serves) at one sequence point and export it, with a
-    /// private writable overlay, for the drill's VMs. Replication goes on.
-    DrillSnapshot {
-        op: u64,
-        app: AppId,
-    },
-    /// Test drill `op`: define and start the drill copy of a VM (`spec.drill` set) on
-    /// the drill's snapshot and an isolated network. Never touches production.
-    DrillStart {
-        op: u64,
-        spec: topology::spec::VmSpec,
-    },
-    /// Test drill `op`: the serial probe of a drill VM.
-    DrillProbe {
-        op: u64,
-        vm: VmId,
-        marker: String,
-        timeout_s: u32,
-    },
-    /// Remove whatever test drill `op` made on this host (VMs, snapshots, its
-    /// isolated network); idempotent. Reports what is left of the host's production.
-    DrillCleanup {
-        op: u64,
-    },
-}
-
-impl AgentAction {
-    /// The VM the command is about; None for the commands about a volume group.
-    pub fn vm(&self) -> Option<&VmId> {
-        match self {
-            AgentAction::Define { spec } => Some(&spec.vm),
-            AgentAction::Start { vm }
-            | AgentAction::Shutdown { vm, .. }
-            | AgentAction::Destroy { vm }
-            | AgentAction::Undefine { vm }
-            | AgentAction::Suspend { vm }
-            | AgentAction::Resume { vm }
-            | AgentAction::Probe { vm, .. }
-            | AgentAction::TcpProbe { vm, .. } => Some(vm),
-            // Drill commands are about drill copies, never the production VM.
-            AgentAction::Serve { .. }
-            | AgentAction::Unserve { .. }
-            | AgentAction::DrillSnapshot { .. }
-            | AgentAction::DrillStart { .. }
-            | AgentAction::DrillProbe { .. }
-            | AgentAction::DrillCleanup { .. } => None,
-        }
-    }
-
-    /// What the command is about: a VM's id, or `group:APP`. An agent runs the
-    /// commands of one target in order.
-    pub fn target(&self) -> String {
-        match self {
-            AgentAction::Serve { group } => format!("group:{}", group.app),
-            AgentAction::Unserve { app, .. } => format!("group:{app}"),
-            // Its own queue: a long wait must not hold up the VM's other commands.
-            AgentAction::Probe { vm, .. } => format!("probe:{vm}"),
-            AgentAction::TcpProbe { vm, port, .. } => format!("probe:{vm}:tcp:{port}"),
-            // One queue per drill and host: the cleanup runs after every start.
-            AgentAction::DrillSnapshot { op, .. }
-            | AgentAction::DrillStart { op, .. }
-            | AgentAction::DrillCleanup { op } => format!("drill:{op}"),
-            AgentAction::DrillProbe { op, vm, .. } => format!("drill:{op}:probe:{vm}"),
-            other => other.vm().map(ToString::to_string).unwrap_or_default(),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            AgentAction::Define { .. } => "define",
-            AgentAction::Start { .. } => "start",
-            AgentAction::Shutdown { .. } => "shutdown",
-            AgentAction::Destroy { .. } => "destroy",
-            AgentAction::Undefine { .. } => "undefine",
-            AgentAction::Suspend { .. } => "suspend",
-            AgentAction::Resume { .. } => "resume",
-            AgentAction::Probe { .. } => "probe",
-            AgentAction::TcpProbe { .. } => "tcp-probe",
-            AgentAction::Serve { .. } => "serve",
-            AgentAction::Unserve { .. } => "unserve",
-            AgentAction::DrillSnapshot { .. } => "drill-snapshot",
-            AgentAction::DrillStart { .. } => "drill-start",
-            AgentAction::DrillProbe { .. } => "drill-probe",
-            AgentAction::DrillCleanup { .. } => "drill-cleanup",
-        }
-    }
-}
-
+/// Where a command is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum CommandStatus {
     /// Waiting for the host's agent.
     Pending,
     Succeeded {
-        message: String,
+        outcome: CommandOutcome,
         at_ms: u64,
     },
     Failed {
-        message: String,
+        failure: CommandFailure,
         at_ms: u64,
     },
+}
+
+impl CommandStatus {
+    /// The status an agent's report gives a command.
+    pub fn reported(e: Executed, at_ms: u64) -> CommandStatus {
+        match e {
+            Executed::Done { outcome } => CommandStatus::Succeeded { outcome, at_ms },
+            Executed::Failed { failure } => CommandStatus::Failed { failure, at_ms },
+        }
+    }
+
+    /// The outcome, when the command succeeded.
+    pub fn outcome(&self) -> Option<&CommandOutcome> {
+        match self {
+            CommandStatus::Succeeded { outcome, .. } => Some(outcome),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandStatus::Pending => "pending",
+            CommandStatus::Succeeded { .. } => "succeeded",
+            CommandStatus::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for CommandStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandStatus::Pending => f.write_str("pending"),
+            CommandStatus::Succeeded { outcome, .. } => write!(f, "{outcome}"),
+            CommandStatus::Failed { failure, .. } => write!(f, "{failure}"),
+        }
+    }
+}
+
+/// Who queued a command for an agent: how a resumed step finds the commands its
+/// operation issued before, and what the audit log names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "kebab-case")]
+pub enum Issuer {
+    /// A step of an operation.
+    Operation { op: OpId },
+    /// The data-path controller (volume groups served where the state says).
+    Controller,
+    /// An operator's VM action.
+    Operator { actor: String },
+}
+
+impl std::fmt::Display for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Issuer::Operation { op } => write!(f, "{op}"),
+            Issuer::Controller => f.write_str("the controller"),
+            Issuer::Operator { actor } => f.write_str(actor),
+        }
+    }
 }
 
 /// One command in a host's queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentCommandRecord {
-    pub id: u64,
+    pub id: CommandId,
     pub host: HostId,
     pub action: AgentAction,
-    pub issued_by: String,
+    pub issuer: Issuer,
     pub issued_ms: u64,
     pub status: CommandStatus,
-}
-
-/// A VM's runtime state, as its agent last reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VmState {
-    Running,
-    Paused,
-    ShuttingDown,
-    ShutOff,
-    Crashed,
-    /// Not defined on its host (never defined, or undefined).
-    Undefined,
-    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,20 +321,4 @@ pub struct TopologyRecord {
     pub applied_by: String,
     pub applied_ms: u64,
     pub model: topology::Topology,
-}
-
-/// What the primary of a consistency group says about its replication link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LinkReport {
-    /// Streaming with nothing outstanding to resync: the peer holds every acknowledged
-    /// write (sync) or follows within its bound (async). The peer is `UpToDate`.
-    InSync,
-    /// Connected and copying what the peer missed: the peer is `Syncing`.
-    Resyncing,
-    /// Not connected; sync writes are held, so the peer misses nothing acknowledged
-    /// yet: its data state does not change.
-    Down,
-    /// Running alone (the peer was given up on): the peer is `Outdated`.
-    Alone,
 }

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use ids::OpId;
+use proto::agent::{CommandOutcome, Executed, FailureKind};
 use topology::spec::{NetworkSpec, VmSpec, drill_network_name};
 
 use super::{Shared, hv, lock};
@@ -36,50 +38,47 @@ pub fn not_isolated(network_xml: &str) -> Option<String> {
 }
 
 /// Define and start the drill copy `spec` (which must belong to drill `op`).
-pub async fn start(s: &Arc<Shared>, op: u64, spec: VmSpec) -> (bool, String) {
+pub async fn start(s: &Arc<Shared>, op: OpId, spec: VmSpec) -> Executed {
+    let refuse = |why: String| Executed::failed(FailureKind::Failed, why);
     if spec.drill != Some(op) {
-        return (
-            false,
-            format!("the spec of {} is not drill {op}'s copy; refusing", spec.vm),
-        );
+        return refuse(format!(
+            "the spec of {} is not drill {}'s copy; refusing",
+            spec.vm, op.0
+        ));
     }
     let name = spec.domain_name();
-    let mut isolation = "no network interface".to_string();
+    let mut network = None;
     if let NetworkSpec::Network { name: net } = &spec.network {
-        return (
-            false,
-            format!("a drill copy may not join the production network {net}"),
-        );
+        return refuse(format!(
+            "a drill copy may not join the production network {net}"
+        ));
     }
     if let NetworkSpec::User { .. } = &spec.network {
-        return (
-            false,
+        return refuse(
             "a drill copy gets its drill's isolated network, not user-mode networking".into(),
         );
     }
     if let NetworkSpec::Isolated { name: net } = &spec.network {
         if *net != drill_network_name(op) {
-            return (
-                false,
-                format!(
-                    "drill {op}'s copies join only {}, not {net}",
-                    drill_network_name(op)
-                ),
-            );
+            return refuse(format!(
+                "drill {}'s copies join only {}, not {net}",
+                op.0,
+                drill_network_name(op)
+            ));
         }
-        let xml = domain_xml::isolated_network_xml(net, op);
+        let xml = domain_xml::isolated_network_xml(net, op.0);
         let n = net.clone();
         let desc = match hv(s, move |h| h.ensure_network(&n, &xml)).await {
             Ok(d) => d,
-            Err(e) => return (false, format!("cannot set up network {net}: {e}")),
+            Err(e) => return refuse(format!("cannot set up network {net}: {e}")),
         };
         if let Some(why) = not_isolated(&desc) {
-            return (
-                false,
-                format!("network {net} is not isolated: {why}; not starting {name}"),
-            );
+            return refuse(format!(
+                "network {net} is not isolated: {why}; not starting {name}"
+            ));
         }
-        isolation = format!("isolated network {net} (no forward, no host address)");
+        // Verified just now: no forward, no host address.
+        network = Some(net.clone());
     }
     let ty = *lock(&s.domain_type);
     let xml = domain_xml::domain_xml(&spec, ty, &s.paths, DiskBackend::Nbd);
@@ -87,7 +86,7 @@ pub async fn start(s: &Arc<Shared>, op: u64, spec: VmSpec) -> (bool, String) {
     let mark = std::fs::metadata(&console).map_or(0, |m| m.len());
     lock(&s.console_marks).insert(name.clone(), mark);
     let n = name.clone();
-    let disks = spec.disks.len();
+    let disks = u32::try_from(spec.disks.len()).unwrap_or(u32::MAX);
     let r = hv(s, move |h| {
         h.define(&xml)?;
         h.start(&n)?;
@@ -95,20 +94,26 @@ pub async fn start(s: &Arc<Shared>, op: u64, spec: VmSpec) -> (bool, String) {
     })
     .await;
     match r {
-        Ok(state) => (
-            true,
-            format!("{name} {state} ({ty}, {disks} disk(s) on the drill snapshot; {isolation})"),
-        ),
-        Err(e) => (false, format!("cannot start {name}: {e}")),
+        Ok(state) => Executed::done(CommandOutcome::DrillStarted {
+            domain: name,
+            state: state.reported(),
+            domain_type: ty.to_string(),
+            disks,
+            isolated: network.is_some(),
+            network,
+        }),
+        Err(e) => refuse(format!("cannot start {name}: {e}")),
     }
 }
 
 /// Remove every domain, snapshot and network of drill `op` on this host.
-pub async fn cleanup(s: &Arc<Shared>, op: u64) -> (bool, String) {
+pub async fn cleanup(s: &Arc<Shared>, op: OpId) -> Executed {
     let host = s.cfg.host.clone();
     let domains = match hv(s, move |h| h.list().map(|d| only_ours(d, &host))).await {
         Ok(d) => d,
-        Err(e) => return (false, format!("cannot list domains: {e}")),
+        Err(e) => {
+            return Executed::failed(FailureKind::Failed, format!("cannot list domains: {e}"));
+        }
     };
     let mut done = Vec::new();
     let mut failed = Vec::new();
@@ -139,10 +144,10 @@ pub async fn cleanup(s: &Arc<Shared>, op: u64) -> (bool, String) {
         Err(e) => failed.push(format!("network {net}: {e}")),
     }
     if failed.is_empty() {
-        (true, done.join("; "))
+        Executed::done(CommandOutcome::DrillCleaned { removed: done })
     } else {
-        (
-            false,
+        Executed::failed(
+            FailureKind::Failed,
             format!(
                 "could not remove: {} (removed: {})",
                 failed.join("; "),

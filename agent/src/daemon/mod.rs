@@ -23,6 +23,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ids::CommandId;
+use proto::agent::wire::{command_from_wire, event_to_wire, outcome_to_wire, vm_state_to_wire};
+use proto::agent::{
+    AgentAction, AgentEvent, CommandOutcome, CommandTarget, Executed, FailureKind, FenceReport,
+    VmState,
+};
 use proto::pb;
 use proto::pb::agent_client::AgentClient;
 use tokio::sync::{Notify, watch};
@@ -132,9 +138,9 @@ impl Conn {
 
 #[derive(Default)]
 struct Outbox {
-    results: Vec<pb::CommandOutcome>,
-    domains: BTreeMap<String, String>,
-    events: Vec<(u64, String)>,
+    results: Vec<(CommandId, Executed)>,
+    domains: BTreeMap<VmId, VmState>,
+    events: Vec<(u64, AgentEvent)>,
 }
 
 struct Shared {
@@ -155,7 +161,7 @@ struct Shared {
     /// One queue per VM with a worker draining it: commands of one VM run one at a
     /// time in the order the cluster issued them (define before start); different VMs
     /// run concurrently.
-    vm_queues: Mutex<HashMap<VmId, tokio::sync::mpsc::UnboundedSender<pb::AgentCommand>>>,
+    vm_queues: Mutex<HashMap<CommandTarget, tokio::sync::mpsc::UnboundedSender<Queued>>>,
     /// The volume groups served here.
     volumes: Arc<Volumes>,
     /// Per domain name: the console log's length when this agent last started it.
@@ -173,6 +179,9 @@ struct Shared {
     /// registration never lands after it with older VM states.
     report_gate: tokio::sync::Mutex<()>,
 }
+
+/// A command waiting in its target's queue.
+type Queued = (CommandId, AgentAction);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -428,11 +437,12 @@ async fn register(s: &Arc<Shared>, mut rx: watch::Receiver<bool>) -> bool {
                         domains: states
                             .iter()
                             .map(|(vm, state)| pb::DomainReport {
-                                vm: vm.clone(),
-                                state: state.clone(),
+                                vm: vm.to_string(),
+                                state: vm_state_to_wire(*state).into(),
                             })
                             .collect(),
                         fenced: s.fenced_unreported.load(Ordering::SeqCst),
+                        protocol_version: proto::agent::PROTOCOL_VERSION,
                     };
                     let fenced = req.fenced;
                     let client = s.conn.lock().await.client();
@@ -504,9 +514,12 @@ fn poll_clock_fault(s: &Arc<Shared>, complained: &mut Option<String>) {
     };
     *complained = None;
     if lock(&s.clock).set_rate(rate, mono_now()) {
-        let said = format!("the lease clock runs at {rate} x real time (lab clock fault)");
-        tracing::warn!(host = %s.cfg.host, "{said}");
-        queue_event(s, said);
+        let event = AgentEvent::ClockRate {
+            // The rate is within crate::clock's bounds (0.1 to 10).
+            rate_permille: (rate * 1000.0).round() as u32,
+        };
+        tracing::warn!(host = %s.cfg.host, "{event}");
+        queue_event(s, event);
     }
 }
 
@@ -536,10 +549,7 @@ async fn renew_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
                         };
                         if regained {
                             tracing::warn!(host = %s.cfg.host, "lease regained; restarting nothing (the orchestrator decides)");
-                            queue_event(
-                                &s,
-                                "lease regained; nothing restarted by the agent".into(),
-                            );
+                            queue_event(&s, AgentEvent::LeaseRegained);
                             // What it served was stopped at the fence: registering
                             // again tells the cluster to place it anew.
                             if !register(&s, rx.clone()).await {
@@ -573,18 +583,18 @@ async fn renew_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     }
 }
 
-fn queue_event(s: &Arc<Shared>, text: String) {
-    match s.journal.event(text.clone()) {
-        Ok(seq) => lock(&s.outbox).events.push((seq, text)),
-        Err(e) => tracing::error!(host = %s.cfg.host, "cannot journal an event ({text}): {e}"),
+fn queue_event(s: &Arc<Shared>, event: AgentEvent) {
+    match s.journal.event(event.clone()) {
+        Ok(seq) => lock(&s.outbox).events.push((seq, event)),
+        Err(e) => tracing::error!(host = %s.cfg.host, "cannot journal an event ({event}): {e}"),
     }
     s.wake_reporter.notify_one();
 }
 
 async fn fence_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     // Events from an earlier run that never reached the cluster.
-    for (seq, text) in s.journal.unreported_events() {
-        lock(&s.outbox).events.push((seq, text));
+    for (seq, event) in s.journal.unreported_events() {
+        lock(&s.outbox).events.push((seq, event));
     }
     loop {
         let event = lock(&s.lease).check(lease_now(&s));
@@ -639,10 +649,6 @@ async fn fence(s: &Arc<Shared>) {
         Ok((done, failed))
     })
     .await;
-    let verb = match action {
-        FenceAction::Destroy => "destroyed",
-        FenceAction::Pause => "paused",
-    };
     // The fenced primaries acknowledge nothing any more: stop serving every group
     // (the cluster serves them again once this host registers after a new lease).
     if action == FenceAction::Destroy {
@@ -651,47 +657,69 @@ async fn fence(s: &Arc<Shared>) {
     if !groups.is_empty() {
         tracing::warn!(host = %s.cfg.host, "fence: {}", groups.join("; "));
     }
-    let took = mono_now().ms_since(started);
-    let text = match (io, outcome) {
-        (io, Ok((done, failed))) => format!(
-            "lease expired: fenced in {took} ms; {verb} [{}]{}; guest I/O: {}",
-            done.join(", "),
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!("; FAILED to stop [{}]", failed.join("; "))
-            },
-            io.unwrap_or_else(|e| format!("FAILED to stop: {e}"))
-        ),
-        (_, Err(e)) => format!("lease expired: could not list or stop the VMs to fence them: {e}"),
+    let took_ms = mono_now().ms_since(started);
+    let (io_failed, io) = match io {
+        Ok(t) => (false, t),
+        Err(e) => (true, e),
     };
-    tracing::error!(host = %s.cfg.host, "FENCED: {text}");
-    queue_event(s, text);
+    let report = match outcome {
+        Ok((stopped, not_stopped)) => FenceReport {
+            took_ms,
+            paused: action == FenceAction::Pause,
+            stopped,
+            not_stopped,
+            io,
+            io_failed,
+            error: None,
+        },
+        Err(e) => FenceReport {
+            took_ms,
+            paused: action == FenceAction::Pause,
+            stopped: Vec::new(),
+            not_stopped: Vec::new(),
+            io,
+            io_failed,
+            error: Some(e.to_string()),
+        },
+    };
+    tracing::error!(host = %s.cfg.host, "FENCED: {report}");
+    queue_event(s, AgentEvent::Fenced(report));
 }
 
-/// Queue `cmd` behind the VM's earlier commands, starting the VM's worker if idle.
+/// Queue a command behind the earlier commands of its target, starting the target's
+/// worker if idle. A command this agent cannot decode fails at once, with why.
 fn dispatch(s: &Arc<Shared>, cmd: pb::AgentCommand) {
-    let vm = VmId::new(cmd.vm.as_str());
+    let id = CommandId(cmd.id);
+    let (id, action) = match command_from_wire(cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("this agent cannot read the command: {e}");
+            tracing::error!(host = %s.cfg.host, %id, "{why}");
+            finish(s, id, Executed::failed(FailureKind::Unsupported, why));
+            return;
+        }
+    };
+    let target = action.target();
     let mut queues = lock(&s.vm_queues);
     // A worker removes its queue only under this lock, after finding it empty: a
     // sender found here is still drained.
-    let cmd = match queues.get(&vm) {
-        Some(tx) => match tx.send(cmd) {
+    let cmd = match queues.get(&target) {
+        Some(tx) => match tx.send((id, action)) {
             Ok(()) => return,
             Err(e) => e.0,
         },
-        None => cmd,
+        None => (id, action),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let _ = tx.send(cmd);
-    queues.insert(vm.clone(), tx);
-    tokio::spawn(vm_worker(s.clone(), vm, rx));
+    queues.insert(target.clone(), tx);
+    tokio::spawn(vm_worker(s.clone(), target, rx));
 }
 
 async fn vm_worker(
     s: Arc<Shared>,
-    vm: VmId,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<pb::AgentCommand>,
+    target: CommandTarget,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>,
 ) {
     loop {
         let next = match rx.try_recv() {
@@ -701,14 +729,14 @@ async fn vm_worker(
                 match rx.try_recv() {
                     Ok(c) => Some(c),
                     Err(_) => {
-                        queues.remove(&vm);
+                        queues.remove(&target);
                         None
                     }
                 }
             }
         };
         match next {
-            Some(cmd) => run_command(s.clone(), cmd).await,
+            Some((id, action)) => run_command(s.clone(), id, action).await,
             None => return,
         }
     }
@@ -765,101 +793,38 @@ async fn command_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// The orchestrator's command, as it sends it (`AgentAction` JSON).
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "action", rename_all = "kebab-case")]
-enum Action {
-    Define {
-        spec: topology::spec::VmSpec,
-    },
-    Start {
-        vm: VmId,
-    },
-    Shutdown {
-        vm: VmId,
-        timeout_s: u32,
-    },
-    Destroy {
-        vm: VmId,
-    },
-    Undefine {
-        vm: VmId,
-    },
-    Suspend {
-        vm: VmId,
-    },
-    Resume {
-        vm: VmId,
-    },
-    Probe {
-        vm: VmId,
-        marker: String,
-        timeout_s: u32,
-    },
-    TcpProbe {
-        vm: VmId,
-        port: u16,
-        #[serde(default)]
-        address: Option<String>,
-        timeout_s: u32,
-    },
-    Serve {
-        group: topology::spec::GroupSpec,
-    },
-    Unserve {
-        app: topology::ids::AppId,
-        #[serde(default)]
-        grace_s: u32,
-    },
-    DrillSnapshot {
-        op: u64,
-        app: topology::ids::AppId,
-    },
-    DrillStart {
-        op: u64,
-        spec: topology::spec::VmSpec,
-    },
-    DrillProbe {
-        op: u64,
-        vm: VmId,
-        marker: String,
-        timeout_s: u32,
-    },
-    DrillCleanup {
-        op: u64,
-    },
-}
-
-async fn run_command(s: Arc<Shared>, cmd: pb::AgentCommand) {
-    let id = cmd.id;
-    let (ok, message) = match s.journal.seen(id) {
-        Seen::Done { ok, message } => (ok, message),
-        Seen::Interrupted => (
-            false,
-            "the agent stopped while running this command; its outcome is unknown and it is not run again (see the VM's state)".into(),
+async fn run_command(s: Arc<Shared>, id: CommandId, action: AgentAction) {
+    let executed = match s.journal.seen(id) {
+        Seen::Done(executed) => executed,
+        Seen::Interrupted => Executed::failed(
+            FailureKind::Interrupted,
+            "the agent stopped while running this command; its outcome is unknown and it is not run again (see the VM's state)",
         ),
         Seen::New => {
             if !lock(&s.lease).valid(lease_now(&s)) {
                 return; // comes again once the lease is back
             }
             if let Err(e) = s.journal.record(Line::Begin { id }) {
-                tracing::error!(host = %s.cfg.host, id, "cannot journal a command, not running it: {e}");
+                tracing::error!(host = %s.cfg.host, %id, "cannot journal a command, not running it: {e}");
                 return;
             }
-            let (ok, message) = match serde_json::from_slice::<Action>(&cmd.action_json) {
-                Ok(a) => execute(&s, a).await,
-                Err(e) => (false, format!("this agent does not understand the command: {e}")),
-            };
-            if let Err(e) = s.journal.record(Line::Done { id, ok, message: message.clone() }) {
-                tracing::error!(host = %s.cfg.host, id, "cannot journal a result: {e}");
+            let executed = execute(&s, &action).await;
+            if let Err(e) = s.journal.record(Line::Finished {
+                id,
+                executed: executed.clone(),
+            }) {
+                tracing::error!(host = %s.cfg.host, %id, "cannot journal a result: {e}");
             }
-            (ok, message)
+            executed
         }
     };
-    tracing::info!(host = %s.cfg.host, id, action = %cmd.action, vm = %cmd.vm, ok, "{message}");
-    lock(&s.outbox)
-        .results
-        .push(pb::CommandOutcome { id, ok, message });
+    tracing::info!(host = %s.cfg.host, %id, action = action.name(), target = %action.target(), ok = executed.is_ok(), "{executed}");
+    finish(&s, id, executed);
+}
+
+/// Queue a command's result for the cluster.
+fn finish(s: &Arc<Shared>, id: CommandId, executed: Executed) {
+    lock(&s.outbox).results.push((id, executed));
     s.wake_reporter.notify_one();
 }
 
@@ -902,19 +867,28 @@ async fn connect_to_guest_network(
     Ok(spec)
 }
 
-fn result(r: Result<String, HvError>) -> (bool, String) {
+/// A command's result from a hypervisor call and what it made of the call's value.
+fn result<T>(r: Result<T, HvError>, outcome: impl FnOnce(T) -> CommandOutcome) -> Executed {
     match r {
-        Ok(m) => (true, m),
-        Err(e) => (false, e.to_string()),
+        Ok(v) => Executed::done(outcome(v)),
+        Err(e) => Executed::failed(FailureKind::Failed, e.to_string()),
     }
 }
 
-async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
-    match action {
-        Action::Define { spec } => {
+fn failed(message: impl Into<String>) -> Executed {
+    Executed::failed(FailureKind::Failed, message)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+async fn execute(s: &Arc<Shared>, action: &AgentAction) -> Executed {
+    match action.clone() {
+        AgentAction::Define { spec } => {
             let spec = match connect_to_guest_network(s, spec).await {
                 Ok(spec) => spec,
-                Err(e) => return (false, e),
+                Err(e) => return failed(e),
             };
             let backend = match s.cfg.disk_backend {
                 DiskBackendSetting::File => DiskBackend::File,
@@ -936,58 +910,61 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
                             Ok(())
                         });
                     if let Err(e) = made {
-                        return (
-                            false,
-                            format!("cannot create the disk {}: {e}", path.display()),
-                        );
+                        return failed(format!("cannot create the disk {}: {e}", path.display()));
                     }
                 }
             }
             let ty = *lock(&s.domain_type);
             let xml = domain_xml::domain_xml(&spec, ty, &s.paths, backend);
-            let name = spec.vm.to_string();
-            result(
-                hv(s, move |h| {
-                    h.define(&xml)
-                        .map(|()| format!("defined {name} ({ty}, {} disk(s))", spec.disks.len()))
-                })
-                .await,
-            )
+            let domain = spec.domain_name();
+            let disks = count(spec.disks.len());
+            result(hv(s, move |h| h.define(&xml)).await, |()| {
+                CommandOutcome::Defined {
+                    domain,
+                    domain_type: ty.to_string(),
+                    disks,
+                }
+            })
         }
-        Action::Start { vm } => {
+        AgentAction::Start { vm } => {
             // Probes look at what the console shows from this start on (the log is
             // appended across boots).
             let console = domain_xml::console_path(&s.paths, &vm);
             let mark = std::fs::metadata(&console).map_or(0, |m| m.len());
             lock(&s.console_marks).insert(vm.to_string(), mark);
+            let name = vm.to_string();
             result(
                 hv(s, move |h| {
-                    h.start(vm.as_str())?;
-                    Ok(format!("{vm}: {}", h.state(vm.as_str())?))
+                    h.start(&name)?;
+                    h.state(&name)
                 })
                 .await,
+                |state| CommandOutcome::Started {
+                    domain: vm.to_string(),
+                    state: state.reported(),
+                },
             )
         }
-        Action::Probe {
+        AgentAction::Probe {
             vm,
             marker,
             timeout_s,
         } => probe::console(s, vm.as_str(), &marker, timeout_s).await,
-        Action::TcpProbe {
+        AgentAction::TcpProbe {
             vm,
             port,
             address,
             timeout_s,
-        } => probe::tcp(s, vm.as_str(), port, address.as_deref(), timeout_s).await,
-        Action::DrillSnapshot { op, app } => {
+        } => probe::tcp(s, &vm, port, address.as_deref(), timeout_s).await,
+        AgentAction::DrillSnapshot { op, app } => {
             let socket = domain_xml::drill_socket_path(&s.paths, op, &app);
             match s.volumes.drill_snapshot(op, &app, socket).await {
-                Ok(m) => (true, m),
-                Err(e) => (false, e),
+                Ok(o) => Executed::done(o),
+                Err(e) => failed(e),
             }
         }
-        Action::DrillStart { op, spec } => drill::start(s, op, spec).await,
-        Action::DrillProbe {
+        AgentAction::DrillStart { op, spec } => drill::start(s, op, spec).await,
+        AgentAction::DrillProbe {
             op,
             vm,
             marker,
@@ -996,50 +973,53 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
             let name = topology::spec::drill_domain_name(op, &vm);
             probe::console(s, &name, &marker, timeout_s).await
         }
-        Action::DrillCleanup { op } => drill::cleanup(s, op).await,
-        Action::Destroy { vm } => result(
-            hv(s, move |h| {
-                h.destroy(vm.as_str()).map(|()| format!("{vm} destroyed"))
+        AgentAction::DrillCleanup { op } => drill::cleanup(s, op).await,
+        AgentAction::Destroy { vm } => {
+            let name = vm.to_string();
+            result(hv(s, move |h| h.destroy(&name)).await, |()| {
+                CommandOutcome::Destroyed { vm }
             })
-            .await,
-        ),
-        Action::Undefine { vm } => result(
-            hv(s, move |h| {
-                h.undefine(vm.as_str()).map(|()| format!("{vm} undefined"))
+        }
+        AgentAction::Undefine { vm } => {
+            let name = vm.to_string();
+            result(hv(s, move |h| h.undefine(&name)).await, |()| {
+                CommandOutcome::Undefined { vm }
             })
-            .await,
-        ),
-        Action::Suspend { vm } => result(
-            hv(s, move |h| {
-                h.suspend(vm.as_str()).map(|()| format!("{vm} paused"))
+        }
+        AgentAction::Suspend { vm } => {
+            let name = vm.to_string();
+            result(hv(s, move |h| h.suspend(&name)).await, |()| {
+                CommandOutcome::Suspended { vm }
             })
-            .await,
-        ),
-        Action::Serve { group } => match s.volumes.serve(group).await {
-            Ok(m) => (true, m),
-            Err(e) => (false, e),
+        }
+        AgentAction::Resume { vm } => {
+            let name = vm.to_string();
+            result(hv(s, move |h| h.resume(&name)).await, |()| {
+                CommandOutcome::Resumed { vm }
+            })
+        }
+        AgentAction::Serve { group } => match s.volumes.serve(group).await {
+            Ok(served) => Executed::done(CommandOutcome::Served(served)),
+            Err(e) => failed(e),
         },
-        Action::Unserve { app, grace_s } => match s.volumes.unserve(&app, grace_s).await {
-            Ok(m) => (true, m),
-            Err(e) => (false, e),
-        },
-        Action::Resume { vm } => result(
-            hv(s, move |h| {
-                h.resume(vm.as_str()).map(|()| format!("{vm} resumed"))
-            })
-            .await,
-        ),
-        Action::Shutdown { vm, timeout_s } => {
+        AgentAction::Unserve { app, grace_s } => {
+            let stopped = s.volumes.unserve(&app, grace_s).await;
+            Executed::done(CommandOutcome::Unserved { app, stopped })
+        }
+        AgentAction::Shutdown { vm, timeout_s } => {
             let name = vm.to_string();
             if let Err(e) = hv(s, move |h| h.shutdown(&name)).await {
-                return (false, e.to_string());
+                return failed(e.to_string());
             }
             let deadline = mono_now().plus_ms(u64::from(timeout_s) * 1000);
             loop {
                 let name = vm.to_string();
                 match hv(s, move |h| h.state(&name)).await {
                     Ok(DomainState::ShutOff) => {
-                        return (true, format!("{vm} shut down gracefully"));
+                        return Executed::done(CommandOutcome::ShutDown {
+                            vm,
+                            destroyed_after_s: None,
+                        });
                     }
                     Ok(_) if mono_now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(200)).await
@@ -1047,19 +1027,16 @@ async fn execute(s: &Arc<Shared>, action: Action) -> (bool, String) {
                     Ok(_) => {
                         let name = vm.to_string();
                         return match hv(s, move |h| h.destroy(&name)).await {
-                            Ok(()) => (
-                                true,
-                                format!("{vm} did not stop within {timeout_s} s; destroyed"),
-                            ),
-                            Err(e) => (
-                                false,
-                                format!(
-                                    "{vm} did not stop within {timeout_s} s and could not be destroyed: {e}"
-                                ),
-                            ),
+                            Ok(()) => Executed::done(CommandOutcome::ShutDown {
+                                vm,
+                                destroyed_after_s: Some(timeout_s),
+                            }),
+                            Err(e) => failed(format!(
+                                "{vm} did not stop within {timeout_s} s and could not be destroyed: {e}"
+                            )),
                         };
                     }
-                    Err(e) => return (false, e.to_string()),
+                    Err(e) => return failed(e.to_string()),
                 }
             }
         }
@@ -1078,7 +1055,12 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
             Ok(domains) => {
                 if libvirt_down {
                     tracing::warn!(host = %s.cfg.host, "libvirt is reachable again");
-                    queue_event(&s, format!("libvirt at {} is reachable again", s.hv.uri()));
+                    queue_event(
+                        &s,
+                        AgentEvent::LibvirtReachable {
+                            uri: s.hv.uri().to_string(),
+                        },
+                    );
                     libvirt_down = false;
                 }
                 let changed = {
@@ -1115,7 +1097,12 @@ async fn watch_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
             Err(e) => {
                 if !libvirt_down {
                     tracing::error!(host = %s.cfg.host, "libvirt is unreachable: {e}");
-                    queue_event(&s, format!("libvirt unreachable: {e}"));
+                    queue_event(
+                        &s,
+                        AgentEvent::LibvirtUnreachable {
+                            error: e.to_string(),
+                        },
+                    );
                     libvirt_down = true;
                 }
             }
@@ -1136,16 +1123,24 @@ async fn report_loop(s: Arc<Shared>, mut rx: watch::Receiver<bool>) {
         if !batch.results.is_empty() || !batch.domains.is_empty() || !batch.events.is_empty() {
             let req = pb::ReportRequest {
                 host: s.cfg.host.clone(),
-                results: batch.results.clone(),
+                results: batch
+                    .results
+                    .iter()
+                    .map(|(id, e)| outcome_to_wire(*id, e))
+                    .collect(),
                 domains: batch
                     .domains
                     .iter()
                     .map(|(vm, state)| pb::DomainReport {
-                        vm: vm.clone(),
-                        state: state.clone(),
+                        vm: vm.to_string(),
+                        state: vm_state_to_wire(*state).into(),
                     })
                     .collect(),
-                events: batch.events.iter().map(|(_, t)| t.clone()).collect(),
+                events: batch
+                    .events
+                    .iter()
+                    .map(|(seq, e)| event_to_wire(*seq, e))
+                    .collect(),
             };
             let client = s.conn.lock().await.client();
             let sent = match client {

@@ -10,9 +10,11 @@
 //! once QEMU's network stack shows the guest completed the handshake (the monitor's
 //! `info usernet`).
 
+use proto::agent::{CommandOutcome, Executed, FailureKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use topology::VmId;
 
 use tokio::net::TcpStream;
 use topology::spec::PortForward;
@@ -31,12 +33,7 @@ const GUEST_HANDSHAKE: Duration = Duration::from_millis(1500);
 
 /// Wait for `marker` on the VM's serial console since its latest start here (the
 /// whole log when this agent did not start it).
-pub(super) async fn console(
-    s: &Arc<Shared>,
-    vm: &str,
-    marker: &str,
-    timeout_s: u32,
-) -> (bool, String) {
+pub(super) async fn console(s: &Arc<Shared>, vm: &str, marker: &str, timeout_s: u32) -> Executed {
     let path = s.paths.consoles_dir.join(format!("{vm}.log"));
     let mark = lock(&s.console_marks).get(vm).copied().unwrap_or(0);
     let started = Instant::now();
@@ -48,13 +45,11 @@ pub(super) async fn console(
             .unwrap_or(&[]);
         let since = String::from_utf8_lossy(since);
         if since.contains(marker) {
-            return (
-                true,
-                format!(
-                    "{vm}: {marker:?} on the serial console {} ms after the probe began",
-                    started.elapsed().as_millis()
-                ),
-            );
+            return Executed::done(CommandOutcome::Probed {
+                domain: vm.to_string(),
+                marker: marker.to_string(),
+                after_ms: ms(started),
+            });
         }
         if started.elapsed() >= deadline {
             let last = since
@@ -62,8 +57,8 @@ pub(super) async fn console(
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("");
-            return (
-                false,
+            return Executed::failed(
+                FailureKind::Failed,
                 format!(
                     "{vm}: {marker:?} did not appear on the serial console within {timeout_s} s (last line: {:?}); see {}",
                     last.chars().take(200).collect::<String>(),
@@ -94,35 +89,37 @@ enum NoTarget {
 /// Connect to `port` of `vm` until a connection is accepted or `timeout_s` passes.
 pub(super) async fn tcp(
     s: &Arc<Shared>,
-    vm: &str,
+    vm_id: &VmId,
     port: u16,
     address: Option<&str>,
     timeout_s: u32,
-) -> (bool, String) {
+) -> Executed {
+    let vm = vm_id.as_str();
     let started = Instant::now();
     let deadline = Duration::from_secs(u64::from(timeout_s));
     loop {
         let last = match target(s, vm, port, address).await {
             Err(NoTarget::Never(why)) => {
-                return (false, format!("{vm}: tcp probe of port {port}: {why}"));
+                return Executed::failed(
+                    FailureKind::Failed,
+                    format!("{vm}: tcp probe of port {port}: {why}"),
+                );
             }
             Err(NoTarget::Retry(why)) => why,
             Ok(t) => match attempt(s, vm, &t).await {
                 Ok(how) => {
-                    return (
-                        true,
-                        format!(
-                            "{vm}: tcp {how} accepted a connection {} ms after the probe began",
-                            started.elapsed().as_millis()
-                        ),
-                    );
+                    return Executed::done(CommandOutcome::TcpProbed {
+                        vm: vm_id.clone(),
+                        target: how,
+                        after_ms: ms(started),
+                    });
                 }
                 Err(why) => why,
             },
         };
         if started.elapsed() >= deadline {
-            return (
-                false,
+            return Executed::failed(
+                FailureKind::Failed,
                 format!(
                     "{vm}: tcp port {port} did not accept a connection within {timeout_s} s (last: {last})"
                 ),
@@ -270,6 +267,10 @@ fn guest_established(info: &str, guest_port: u16) -> usize {
                 && cols[5].parse::<u16>() == Ok(guest_port)
         })
         .count()
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -11,63 +11,60 @@
 
 use std::collections::BTreeMap;
 
+use proto::agent::VmState;
+use topology::VmId;
+
 use crate::hypervisor::DomainInfo;
-
-/// The state reported for a domain that is gone from libvirt.
-pub const UNDEFINED: &str = "undefined";
-
-/// Never a libvirt state: what a forgotten VM was "told", so any state differs.
-const NOT_TOLD: &str = "(not told)";
 
 /// The production VMs among `domains`, by VM id, with their libvirt state: drill
 /// copies are never reported as their production VM, and domains of other hosts or
 /// none are not reported at all (run the list through `only_ours` first).
-pub fn reportable(domains: &[DomainInfo]) -> BTreeMap<String, String> {
+pub fn reportable(domains: &[DomainInfo]) -> BTreeMap<VmId, VmState> {
     domains
         .iter()
         .filter_map(|d| {
             d.managed
                 .as_ref()
                 .filter(|m| m.drill.is_none())
-                .map(|m| (m.vm.to_string(), d.state.to_string()))
+                .map(|m| (m.vm.clone(), d.state.reported()))
         })
         .collect()
 }
 
-/// Per VM, the state the cluster was last told.
+/// Per VM, the state the cluster was last told (None: forgotten, so any state differs).
 #[derive(Debug, Default)]
 pub struct Told {
-    states: BTreeMap<String, String>,
+    states: BTreeMap<VmId, Option<VmState>>,
 }
 
 impl Told {
     /// A registration told the cluster exactly `states`: it replaces what the watch
     /// loop reported before.
-    pub fn registered(&mut self, states: BTreeMap<String, String>) {
-        self.states = states;
+    pub fn registered(&mut self, states: BTreeMap<VmId, VmState>) {
+        self.states = states.into_iter().map(|(vm, s)| (vm, Some(s))).collect();
     }
 
     /// A report of these VMs failed: the cluster may not know their states, so the
     /// next poll reports them again as they are then (or `undefined` if gone), fresh
     /// rather than the failed report's older states.
-    pub fn forget<'a>(&mut self, vms: impl IntoIterator<Item = &'a String>) {
+    pub fn forget<'a>(&mut self, vms: impl IntoIterator<Item = &'a VmId>) {
         for vm in vms {
-            self.states.insert(vm.clone(), NOT_TOLD.to_string());
+            self.states.insert(vm.clone(), None);
         }
     }
 
     /// The watch loop sees `now`: returns what the cluster must be told (a changed
     /// state, a new VM, or `undefined` for one that is gone) and takes it as told.
-    pub fn observe(&mut self, now: BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut changed: BTreeMap<String, String> = now
+    pub fn observe(&mut self, now: BTreeMap<VmId, VmState>) -> BTreeMap<VmId, VmState> {
+        let mut changed: BTreeMap<VmId, VmState> = now
             .iter()
-            .filter(|(vm, st)| self.states.get(*vm) != Some(st))
-            .map(|(vm, st)| (vm.clone(), st.clone()))
+            .filter(|(vm, st)| self.states.get(*vm) != Some(&Some(**st)))
+            .map(|(vm, st)| (vm.clone(), *st))
             .collect();
         for vm in self.states.keys().filter(|vm| !now.contains_key(*vm)) {
-            changed.insert(vm.clone(), UNDEFINED.to_string());
+            changed.insert(vm.clone(), VmState::Undefined);
         }
-        self.states = now;
+        self.states = now.into_iter().map(|(vm, s)| (vm, Some(s))).collect();
         changed
     }
 }
@@ -76,10 +73,19 @@ impl Told {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    const UNDEFINED: &str = "undefined";
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<VmId, VmState> {
+        let state = |s: &str| match s {
+            "running" => VmState::Running,
+            "paused" => VmState::Paused,
+            "shutoff" => VmState::ShutOff,
+            UNDEFINED => VmState::Undefined,
+            other => panic!("no state {other} in these tests"),
+        };
         pairs
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, b)| (VmId::new(*a), state(b)))
             .collect()
     }
 

@@ -56,6 +56,21 @@ impl DomainState {
     }
 }
 
+impl DomainState {
+    /// The state as the agent protocol reports it.
+    pub fn reported(&self) -> proto::agent::VmState {
+        use proto::agent::VmState;
+        match self {
+            DomainState::Running => VmState::Running,
+            DomainState::Paused => VmState::Paused,
+            DomainState::ShuttingDown => VmState::ShuttingDown,
+            DomainState::ShutOff => VmState::ShutOff,
+            DomainState::Crashed => VmState::Crashed,
+            DomainState::Other(_) => VmState::Other,
+        }
+    }
+}
+
 impl std::fmt::Display for DomainState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -23,7 +23,7 @@ use topology::{AppId, HostId, SiteId, VmId};
 use super::{Saga, await_commands, failed_dependency, issue_once};
 use crate::planner::{AppMove, Plan};
 use crate::state::{
-    AgentAction, ClusterState, Command, CommandStatus, DataState, OpId, OpStatus, VmState,
+    AgentAction, ClusterState, Command, CommandId, DataState, OpId, OpStatus, VmState,
 };
 
 /// How long the agents get to remove a drill.
@@ -31,7 +31,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The isolated libvirt network of drill `op`.
 pub fn drill_network(op: OpId) -> String {
-    topology::spec::drill_network_name(op.0)
+    topology::spec::drill_network_name(op)
 }
 
 /// Production as one app's drill must leave it (pure data, compared before and after).
@@ -295,7 +295,7 @@ async fn drill_app(saga: &Saga, m: &AppMove, base: &Production) -> Result<(), St
                 vec![(
                     h.clone(),
                     AgentAction::DrillSnapshot {
-                        op: op.0,
+                        op,
                         app: app.clone(),
                     },
                 )],
@@ -326,8 +326,8 @@ async fn drill_app(saga: &Saga, m: &AppMove, base: &Production) -> Result<(), St
                     name: drill_network(op),
                 },
             );
-            spec.drill = Some(op.0);
-            batch.push((host.clone(), AgentAction::DrillStart { op: op.0, spec }));
+            spec.drill = Some(op);
+            batch.push((host.clone(), AgentAction::DrillStart { op, spec }));
         }
         let ids = issue_once(saga, batch).await?;
         await_commands(saga, &ids, timeout).await?;
@@ -348,7 +348,7 @@ async fn drill_app(saga: &Saga, m: &AppMove, base: &Production) -> Result<(), St
                         batch.push((
                             host.clone(),
                             AgentAction::DrillProbe {
-                                op: op.0,
+                                op,
                                 vm: vm.clone(),
                                 marker: marker.clone(),
                                 timeout_s: (*timeout_s).clamp(1, 3600),
@@ -404,7 +404,7 @@ async fn cleanup(saga: &Saga, plan: &Plan) -> Result<String, String> {
     }
     let batch = hosts
         .iter()
-        .map(|h| (h.clone(), AgentAction::DrillCleanup { op: saga.op.0 }))
+        .map(|h| (h.clone(), AgentAction::DrillCleanup { op: saga.op }))
         .collect();
     let ids = issue_once(saga, batch).await?;
     await_commands(saga, &ids, CLEANUP_TIMEOUT).await?;
@@ -412,15 +412,12 @@ async fn cleanup(saga: &Saga, plan: &Plan) -> Result<String, String> {
 }
 
 /// The agents' messages of finished commands, in order.
-fn messages(saga: &Saga, ids: &[u64]) -> Vec<String> {
+fn messages(saga: &Saga, ids: &[CommandId]) -> Vec<String> {
     let a = saga.node.state.read();
     ids.iter()
         .filter_map(|id| {
-            let c = a.state.commands.get(id)?;
-            match &c.status {
-                CommandStatus::Succeeded { message, .. } => Some(format!("{}: {message}", c.host)),
-                _ => None,
-            }
+            let c = a.state.commands.get(&id.0)?;
+            c.status.outcome().map(|o| format!("{}: {o}", c.host))
         })
         .collect()
 }

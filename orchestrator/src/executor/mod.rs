@@ -30,9 +30,11 @@ use crate::detector::SYSTEM_ACTOR;
 use crate::node::Node;
 use crate::planner::{self, AppMove, Plan, Trigger};
 use crate::state::{
-    AgentAction, AppState, ClusterState, Command, CommandStatus, DataState, Epoch, HostState, OpId,
-    OpKind, OpStatus, Outcome, Request, SiteState, StepResult, VmState,
+    AgentAction, AppState, ClusterState, Command, CommandId, CommandOutcome, CommandStatus,
+    DataState, Epoch, HostState, Issuer, OpId, OpKind, OpStatus, Outcome, Request, SiteState,
+    StepResult, VmState,
 };
+use proto::agent::StoppedGroup;
 
 /// How often the executor looks.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -285,6 +287,7 @@ async fn serve_volumes(node: &Node) {
             actor: crate::controller::ACTOR.into(),
             at_ms: now_ms(),
             command: Command::IssueAgentCommands {
+                issuer: Issuer::Controller,
                 commands: chunk.to_vec(),
             },
         };
@@ -626,42 +629,32 @@ async fn drive_app_steps(saga: &Saga, m: &AppMove) -> Result<(), String> {
         .await
 }
 
-/// Commands this operation already issued for `vm` on `host` with action `name`.
-fn issued(s: &ClusterState, actor: &str, host: &HostId, vm: &VmId, name: &str) -> Vec<u64> {
+/// Commands this operation already issued on `host` for the same VM and action (a VM
+/// command), or exactly this action (a volume group command).
+fn issued_same(s: &ClusterState, op: OpId, host: &HostId, action: &AgentAction) -> Vec<CommandId> {
+    let by = Issuer::Operation { op };
     s.commands
         .values()
-        .filter(|c| {
-            c.issued_by == actor
-                && &c.host == host
-                && c.action.vm() == Some(vm)
-                && c.action.name() == name
+        .filter(|c| c.issuer == by && &c.host == host)
+        .filter(|c| match action.vm() {
+            Some(vm) => c.action.vm() == Some(vm) && c.action.name() == action.name(),
+            None => &c.action == action,
         })
         .map(|c| c.id)
         .collect()
 }
 
-/// Commands `actor` already issued on `host` for the same VM and action (a VM
-/// command), or exactly this action (a volume group command).
-fn issued_same(s: &ClusterState, actor: &str, host: &HostId, action: &AgentAction) -> Vec<u64> {
-    match action.vm() {
-        Some(vm) => issued(s, actor, host, vm, action.name()),
-        None => s
-            .commands
-            .values()
-            .filter(|c| c.issued_by == actor && &c.host == host && &c.action == action)
-            .map(|c| c.id)
-            .collect(),
-    }
-}
-
 /// Issue `batch` unless this operation issued each already; returns the command ids.
-async fn issue_once(saga: &Saga, batch: Vec<(HostId, AgentAction)>) -> Result<Vec<u64>, String> {
+async fn issue_once(
+    saga: &Saga,
+    batch: Vec<(HostId, AgentAction)>,
+) -> Result<Vec<CommandId>, String> {
     let mut ids = Vec::new();
     let mut missing = Vec::new();
     {
         let a = saga.node.state.read();
         for (host, action) in batch {
-            let done = issued_same(&a.state, &saga.actor, &host, &action);
+            let done = issued_same(&a.state, saga.op, &host, &action);
             match done.last() {
                 Some(id) => ids.push(*id),
                 None => missing.push((host, action)),
@@ -670,7 +663,10 @@ async fn issue_once(saga: &Saga, batch: Vec<(HostId, AgentAction)>) -> Result<Ve
     }
     if !missing.is_empty() {
         match saga
-            .commit(Command::IssueAgentCommands { commands: missing })
+            .commit(Command::IssueAgentCommands {
+                issuer: Issuer::Operation { op: saga.op },
+                commands: missing,
+            })
             .await?
         {
             Outcome::Commands(new) => ids.extend(new),
@@ -681,7 +677,7 @@ async fn issue_once(saga: &Saga, batch: Vec<(HostId, AgentAction)>) -> Result<Ve
 }
 
 /// Wait for commands to succeed; the first failure fails the step with its message.
-async fn await_commands(saga: &Saga, ids: &[u64], timeout: Duration) -> Result<(), String> {
+async fn await_commands(saga: &Saga, ids: &[CommandId], timeout: Duration) -> Result<(), String> {
     await_results(saga, ids, timeout, false).await
 }
 
@@ -690,23 +686,23 @@ async fn await_commands(saga: &Saga, ids: &[u64], timeout: Duration) -> Result<(
 /// (DESIGN §4) — what a stop or destroy asked for.
 async fn await_results(
     saga: &Saga,
-    ids: &[u64],
+    ids: &[CommandId],
     timeout: Duration,
     down_stops: bool,
 ) -> Result<(), String> {
     saga.wait(timeout, "the agents' command results", |s| {
         let mut done = true;
         for id in ids {
-            match s.commands.get(id).map(|c| (&c.status, c)) {
+            match s.commands.get(&id.0).map(|c| (&c.status, c)) {
                 Some((CommandStatus::Succeeded { .. }, _)) => {}
                 Some((CommandStatus::Pending, c))
                     if down_stops
                         && s.hosts
                             .get(&c.host)
                             .is_some_and(|h| h.state == HostState::Down) => {}
-                Some((CommandStatus::Failed { message, .. }, c)) => {
+                Some((CommandStatus::Failed { failure, .. }, c)) => {
                     return Some(Err(format!(
-                        "{} of {} on {} failed: {message}",
+                        "{} of {} on {} failed: {failure}",
                         c.action.name(),
                         c.action.target(),
                         c.host
@@ -872,7 +868,7 @@ async fn unserve_source(
                     &app,
                     &m.from,
                     topology::spec::GroupRole::Primary,
-                    0,
+                    Epoch(0),
                 )
                 .lag_max_s
             });
@@ -897,23 +893,31 @@ async fn unserve_source(
         timeout + Duration::from_secs(u64::from(grace_s)),
     )
     .await?;
-    let msg = {
+    let outcome = {
         let a = saga.node.state.read();
-        match ids
-            .first()
-            .and_then(|id| a.state.commands.get(id))
-            .map(|c| &c.status)
-        {
-            Some(CommandStatus::Succeeded { message, .. }) => message.clone(),
-            _ => String::new(),
-        }
+        ids.first()
+            .and_then(|id| a.state.commands.get(&id.0))
+            .and_then(|c| c.status.outcome().cloned())
     };
-    if m.graceful && msg.contains("did NOT confirm") {
+    let Some(CommandOutcome::Unserved { stopped, .. }) = outcome else {
         return Err(format!(
-            "{msg}: not promoting (a switchover loses nothing; let the link recover and retry, or fail over)"
+            "the agent of {host} reported no unserve outcome ({outcome:?}); not promoting"
+        ));
+    };
+    let text = match &stopped {
+        Some(g) => g.to_string(),
+        None => "nothing was served there".to_string(),
+    };
+    if m.graceful
+        && !stopped
+            .as_ref()
+            .is_none_or(StoppedGroup::peer_has_everything)
+    {
+        return Err(format!(
+            "{text}: not promoting (a switchover loses nothing; let the link recover and retry, or fail over)"
         ));
     }
-    Ok(msg)
+    Ok(text)
 }
 
 /// Serve the group as primary on the target's replica host at the committed epoch
@@ -952,11 +956,11 @@ async fn serve_promoted(
     Ok(
         match ids
             .first()
-            .and_then(|id| a.state.commands.get(id))
-            .map(|c| &c.status)
+            .and_then(|id| a.state.commands.get(&id.0))
+            .and_then(|c| c.status.outcome())
         {
-            Some(CommandStatus::Succeeded { message, .. }) => message.clone(),
-            _ => format!("served at {host}"),
+            Some(o) => o.to_string(),
+            None => format!("served at {host}"),
         },
     )
 }
@@ -1076,10 +1080,8 @@ async fn health_gate(saga: &Saga, m: &AppMove, timeout: Duration) -> Result<Stri
     let seen: Vec<String> = {
         let a = saga.node.state.read();
         ids.iter()
-            .filter_map(|id| match a.state.commands.get(id).map(|c| &c.status) {
-                Some(CommandStatus::Succeeded { message, .. }) => Some(message.clone()),
-                _ => None,
-            })
+            .filter_map(|id| a.state.commands.get(&id.0))
+            .filter_map(|c| c.status.outcome().map(ToString::to_string))
             .collect()
     };
     Ok(format!("{running}; probes: {}", seen.join("; ")))

@@ -28,7 +28,7 @@ use crate::state::Outcome;
 use crate::store::SharedState;
 
 pub use duties::{LeaderDuties, Membership, NodeSecurity, Refusals};
-pub use write::no_leader;
+pub use write::{no_leader, reject_kind};
 
 /// A committed, applied write.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

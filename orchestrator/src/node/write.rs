@@ -163,16 +163,39 @@ fn applied(resp: Response, log_index: u64) -> Result<Written, Status> {
             outcome,
             log_index,
         }),
-        Response::Rejected(r) => Err(match r.kind {
-            RejectKind::Invalid => Status::invalid_argument(r.reason),
-            RejectKind::NotFound => Status::not_found(r.reason),
-            RejectKind::Conflict => Status::failed_precondition(r.reason),
-            RejectKind::Invariant => Status::failed_precondition(format!("refused: {}", r.reason)),
-        }),
+        Response::Rejected(r) => {
+            let mut s = match r.kind {
+                RejectKind::Invalid => Status::invalid_argument(r.reason),
+                RejectKind::NotFound => Status::not_found(r.reason),
+                RejectKind::Conflict | RejectKind::Unchanged | RejectKind::Stale => {
+                    Status::failed_precondition(r.reason)
+                }
+                RejectKind::Invariant => {
+                    Status::failed_precondition(format!("refused: {}", r.reason))
+                }
+            };
+            s.metadata_mut().insert(
+                REJECT,
+                tonic::metadata::MetadataValue::from_static(r.kind.as_str()),
+            );
+            Err(s)
+        }
         Response::Internal => Err(Status::internal(
             "the state machine gave no answer to a write",
         )),
     }
+}
+
+/// Metadata key carrying the state machine's [`RejectKind`] of a refused write (it
+/// travels with the status when a follower relays the leader's answer).
+const REJECT: &str = "x-metrodr-reject";
+
+/// Why the state machine refused a write, when `s` is such a refusal.
+pub fn reject_kind(s: &Status) -> Option<RejectKind> {
+    s.metadata()
+        .get(REJECT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RejectKind::from_name)
 }
 
 pub fn no_leader(name: &str) -> Status {

@@ -10,12 +10,17 @@ use topology::{HostId, VmId};
 
 use security::Access;
 
-use crate::node::{Node, no_leader};
+use proto::agent::wire::{
+    WireError, command_to_wire, event_from_wire, link_from_wire, outcome_from_wire,
+    vm_state_from_wire,
+};
+
+use crate::node::{Node, no_leader, reject_kind};
 use crate::pb::agent_server::Agent;
 use crate::pb::*;
 use crate::service::auth::{admit, audit_refusal, caller};
 use crate::state::{
-    self, Command, CommandResult, CommandStatus, HostInventory, HostState, VmState,
+    self, Command, CommandResult, CommandStatus, HostInventory, HostState, RejectKind, VmState,
 };
 
 pub struct AgentService {
@@ -30,17 +35,24 @@ fn host_id(h: &str) -> Result<HostId, Status> {
     Ok(HostId::new(h))
 }
 
-/// Parse a reported VM state (the agent's DomainState names).
-pub fn vm_state(s: &str) -> VmState {
-    match s {
-        "running" => VmState::Running,
-        "paused" => VmState::Paused,
-        "shutting-down" => VmState::ShuttingDown,
-        "shut-off" => VmState::ShutOff,
-        "crashed" => VmState::Crashed,
-        "undefined" => VmState::Undefined,
-        _ => VmState::Other,
-    }
+/// A message the agent sent that does not make a typed value.
+fn bad(e: WireError) -> Status {
+    Status::invalid_argument(format!("the agent's report is malformed: {e}"))
+}
+
+/// The VM states an agent reports, checked.
+fn domain_states(domains: &[DomainReport]) -> Result<Vec<(VmId, VmState)>, Status> {
+    domains
+        .iter()
+        .map(|d| {
+            topology::ids::check_id(&d.vm)
+                .map_err(|e| Status::invalid_argument(format!("VM {:?}: {e}", d.vm)))?;
+            Ok((
+                VmId::new(d.vm.as_str()),
+                vm_state_from_wire(d.state).map_err(bad)?,
+            ))
+        })
+        .collect()
 }
 
 impl AgentService {
@@ -83,12 +95,7 @@ impl AgentService {
         match self.node.write(req).await {
             Ok(_) => Ok(()),
             // "Nothing changed" is not an error for a reporter.
-            Err(s)
-                if s.code() == tonic::Code::FailedPrecondition
-                    && s.message().contains("no VM state changed") =>
-            {
-                Ok(())
-            }
+            Err(s) if reject_kind(&s) == Some(RejectKind::Unchanged) => Ok(()),
             Err(s) => Err(s),
         }
     }
@@ -105,6 +112,19 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let host = host_id(&r.host)?;
         let site = self.known_host(&host)?;
+        if r.protocol_version != proto::agent::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the agent of {host} speaks agent protocol {} and this node speaks {}: run agents and orchestrator nodes of the same metrodr release (agent {}, node {})",
+                r.protocol_version,
+                proto::agent::PROTOCOL_VERSION,
+                if r.agent_version.is_empty() {
+                    "unknown"
+                } else {
+                    r.agent_version.as_str()
+                },
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
         let inventory = HostInventory {
             vcpus: r.vcpus,
             memory_bytes: r.memory_bytes,
@@ -122,11 +142,7 @@ impl Agent for AgentService {
             &host,
         )
         .await?;
-        let states: Vec<(VmId, VmState)> = r
-            .domains
-            .iter()
-            .map(|d| (VmId::new(d.vm.as_str()), vm_state(&d.state)))
-            .collect();
+        let states = domain_states(&r.domains)?;
         if !states.is_empty() {
             self.commit(
                 Command::SetVmStates {
@@ -144,6 +160,7 @@ impl Agent for AgentService {
             renew_ms: t.lease_renew_ms,
             leader_addr: self.leader_addr(),
             site,
+            protocol_version: proto::agent::PROTOCOL_VERSION,
         }))
     }
 
@@ -227,12 +244,7 @@ impl Agent for AgentService {
                     .filter(|(id, c)| {
                         **id > r.after_id && c.host == host && c.status == CommandStatus::Pending
                     })
-                    .map(|(id, c)| AgentCommand {
-                        id: *id,
-                        action: c.action.name().into(),
-                        vm: c.action.target(),
-                        action_json: serde_json::to_vec(&c.action).unwrap_or_default(),
-                    })
+                    .map(|(_, c)| command_to_wire(c.id, &c.action))
                     .collect()
             };
             if !commands.is_empty() {
@@ -267,13 +279,12 @@ impl Agent for AgentService {
         if !r.results.is_empty() {
             let results = r
                 .results
-                .iter()
-                .map(|o| CommandResult {
-                    id: o.id,
-                    ok: o.ok,
-                    message: o.message.clone(),
+                .into_iter()
+                .map(|o| {
+                    let (id, executed) = outcome_from_wire(o).map_err(bad)?;
+                    Ok(CommandResult { id, executed })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, Status>>()?;
             self.commit(
                 Command::RecordCommandResults {
                     host: host.clone(),
@@ -284,11 +295,7 @@ impl Agent for AgentService {
             .await?;
         }
         if !r.domains.is_empty() {
-            let states = r
-                .domains
-                .iter()
-                .map(|d| (VmId::new(d.vm.as_str()), vm_state(&d.state)))
-                .collect();
+            let states = domain_states(&r.domains)?;
             self.commit(
                 Command::SetVmStates {
                     host: host.clone(),
@@ -299,11 +306,12 @@ impl Agent for AgentService {
             )
             .await?;
         }
-        for text in r.events {
+        for e in r.events {
+            let (_, event) = event_from_wire(e).map_err(bad)?;
             self.commit(
                 Command::AgentEvent {
                     host: host.clone(),
-                    text,
+                    event,
                 },
                 &host,
             )
@@ -336,17 +344,7 @@ impl Agent for AgentService {
             }
         }
         let r = req.into_inner();
-        let link = match r.link.as_str() {
-            "in-sync" => state::LinkReport::InSync,
-            "resyncing" => state::LinkReport::Resyncing,
-            "down" => state::LinkReport::Down,
-            "alone" => state::LinkReport::Alone,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown link state {other:?}: use in-sync, resyncing, down or alone"
-                )));
-            }
-        };
+        let link = link_from_wire(r.link).map_err(bad)?;
         if r.app.trim().is_empty() || r.site.trim().is_empty() {
             return Err(Status::invalid_argument("name the app and the site"));
         }
@@ -364,15 +362,21 @@ impl Agent for AgentService {
                 },
             })
             .await;
+        let reply = |result: ReplicaReportResult, detail: String| {
+            Ok(Response::new(ReplicaReportReply {
+                result: result.into(),
+                detail,
+            }))
+        };
         match res {
-            Ok(_) => Ok(Response::new(ReplicaReportReply { changed: true })),
-            Err(e)
-                if e.code() == tonic::Code::FailedPrecondition
-                    && e.message().contains("no replica state changed") =>
-            {
-                Ok(Response::new(ReplicaReportReply { changed: false }))
-            }
-            Err(e) => Err(e),
+            Ok(_) => reply(ReplicaReportResult::Changed, String::new()),
+            Err(e) => match reject_kind(&e) {
+                Some(RejectKind::Unchanged) => reply(ReplicaReportResult::Unchanged, String::new()),
+                Some(RejectKind::Stale) => {
+                    reply(ReplicaReportResult::Stale, e.message().to_string())
+                }
+                _ => Err(e),
+            },
         }
     }
 }

@@ -815,53 +815,61 @@ impl Operator for OperatorService {
                 (host, action)
             };
             let mut changes = self.node.state.subscribe();
+            let issuer = state::Issuer::Operator {
+                actor: actor.clone(),
+            };
             let w = self
                 .node
                 .write(state::Request {
                     actor,
                     at_ms: now_ms(),
                     command: Command::IssueAgentCommands {
+                        issuer,
                         commands: vec![(host.clone(), action)],
                     },
                 })
                 .await?;
-            let id = match w.outcome {
-                state::Outcome::Commands(ids) => ids.first().copied().unwrap_or(0),
-                _ => 0,
+            let state::Outcome::Commands(ids) = w.outcome else {
+                return Err(Status::internal("the command was queued without an id"));
             };
-            let status_of = |node: &Node| -> (String, String) {
+            let id = ids
+                .first()
+                .copied()
+                .ok_or_else(|| Status::internal("the command was queued without an id"))?;
+            let status_of = |node: &Node| -> state::CommandStatus {
                 let a = node.state.read();
-                match a.state.commands.get(&id).map(|c| &c.status) {
-                    Some(state::CommandStatus::Succeeded { message, .. }) => {
-                        ("succeeded".into(), message.clone())
-                    }
-                    Some(state::CommandStatus::Failed { message, .. }) => {
-                        ("failed".into(), message.clone())
-                    }
-                    _ => ("pending".into(), String::new()),
-                }
+                a.state
+                    .commands
+                    .get(&id.0)
+                    .map_or(state::CommandStatus::Pending, |c| c.status.clone())
             };
             let mut status = status_of(&self.node);
+            let mut message = None;
             if req.wait {
                 let deadline = tokio::time::Instant::now()
                     + std::time::Duration::from_secs(u64::from(timeout_s) + 30);
-                while status.0 == "pending" {
+                while status == state::CommandStatus::Pending {
                     match tokio::time::timeout_at(deadline, changes.changed()).await {
                         Ok(Ok(())) => status = status_of(&self.node),
                         _ => {
-                            status.1 = format!(
+                            message = Some(format!(
                                 "no result yet: the agent of {host} has not reported (is it running and holding its lease? see `metrodr host list`)"
-                            );
+                            ));
                             break;
                         }
                     }
                 }
             }
+            let message = match (&status, message) {
+                (_, Some(m)) => m,
+                (state::CommandStatus::Pending, None) => String::new(),
+                (s, None) => s.to_string(),
+            };
             Ok(Response::new(VmActionReply {
-                command_id: id,
+                command_id: id.0,
                 host: host.to_string(),
-                status: status.0,
-                message: status.1,
+                status: status.name().into(),
+                message,
             }))
         })
         .await

@@ -13,10 +13,13 @@ pub const MAX_BATCH: usize = 10_000;
 /// Result of one agent command, as reported by the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
-    pub id: u64,
-    pub ok: bool,
-    pub message: String,
+    pub id: CommandId,
+    pub executed: Executed,
 }
+
+/// Largest result (as JSON) recorded as reported; a larger one is recorded as a
+/// failure that says so (it would bloat every node's state).
+pub const MAX_RESULT_BYTES: usize = 16 * 1024;
 
 impl ClusterState {
     fn vm_app(&self, vm: &VmId) -> Option<AppId> {
@@ -74,6 +77,7 @@ impl ClusterState {
     pub(super) fn issue_commands(
         &mut self,
         req: &Request,
+        issuer: &Issuer,
         commands: &[(HostId, AgentAction)],
     ) -> Applied {
         if commands.is_empty() || commands.len() > MAX_BATCH {
@@ -81,6 +85,20 @@ impl ClusterState {
                 RejectKind::Invalid,
                 format!("send 1 to {MAX_BATCH} commands at a time"),
             );
+        }
+        match issuer {
+            Issuer::Operation { op } => {
+                self.running_op_ref(*op)?;
+            }
+            Issuer::Operator { actor }
+                if actor.trim().is_empty() || actor.len() > MAX_ACTOR_LEN =>
+            {
+                return reject(
+                    RejectKind::Invalid,
+                    "name the operator who issues the command",
+                );
+            }
+            Issuer::Operator { .. } | Issuer::Controller => {}
         }
         let mut ids = Vec::with_capacity(commands.len());
         let first = self.commands.last().map_or(1, |(k, _)| k + 1);
@@ -181,26 +199,26 @@ impl ClusterState {
             self.commands.insert(
                 next,
                 AgentCommandRecord {
-                    id: next,
+                    id: CommandId(next),
                     host: host.clone(),
                     action: action.clone(),
-                    issued_by: req.actor.clone(),
+                    issuer: issuer.clone(),
                     issued_ms: req.at_ms,
                     status: CommandStatus::Pending,
                 },
             );
-            ids.push(next);
+            ids.push(CommandId(next));
         }
         let summary: Vec<String> = commands
             .iter()
             .zip(&ids)
             .take(10)
-            .map(|((h, a), id)| format!("#{id} {} {} on {h}", a.name(), a.target()))
+            .map(|((h, a), id)| format!("{id} {} {} on {h}", a.name(), a.target()))
             .collect();
         Ok((
             "agent.command",
             format!(
-                "{} command(s): {}{}",
+                "{} command(s) by {issuer}: {}{}",
                 ids.len(),
                 summary.join(", "),
                 if ids.len() > 10 { ", …" } else { "" }
@@ -227,38 +245,38 @@ impl ClusterState {
         for r in results {
             let rec = self
                 .commands
-                .get(&r.id)
+                .get(&r.id.0)
                 .ok_or_else(|| not_found("command", &r.id.to_string()))?;
             if &rec.host != host {
                 return reject(
                     RejectKind::Conflict,
-                    format!("command #{} belongs to host {}, not {host}", r.id, rec.host),
+                    format!("command {} belongs to host {}, not {host}", r.id, rec.host),
                 );
             }
             if rec.status != CommandStatus::Pending {
                 continue;
             }
-            let message = r.message.chars().take(MAX_REASON_LEN).collect();
-            let status = if r.ok {
-                CommandStatus::Succeeded {
-                    message,
-                    at_ms: req.at_ms,
-                }
+            let size = serde_json::to_vec(&r.executed).map_or(usize::MAX, |v| v.len());
+            let executed = if size > MAX_RESULT_BYTES {
+                Executed::failed(
+                    proto::agent::FailureKind::Failed,
+                    format!(
+                        "the agent's report of this command was {size} bytes, more than {MAX_RESULT_BYTES}"
+                    ),
+                )
             } else {
-                CommandStatus::Failed {
-                    message,
-                    at_ms: req.at_ms,
-                }
+                r.executed.clone()
             };
-            if let Some(rec) = self.commands.get_mut(&r.id) {
+            let ok = executed.is_ok();
+            if let Some(rec) = self.commands.get_mut(&r.id.0) {
                 recorded.push(format!(
-                    "#{} {} {}: {}",
+                    "{} {} {}: {}",
                     r.id,
                     rec.action.name(),
                     rec.action.target(),
-                    if r.ok { "ok" } else { "FAILED" }
+                    if ok { "ok" } else { "FAILED" }
                 ));
-                rec.status = status;
+                rec.status = CommandStatus::reported(executed, req.at_ms);
             }
         }
         if recorded.is_empty() {
@@ -341,7 +359,7 @@ impl ClusterState {
             );
         }
         if changes.is_empty() {
-            return reject(RejectKind::Conflict, "no VM state changed");
+            return reject(RejectKind::Unchanged, "no VM state changed");
         }
         // A fenced host whose placed VMs all run again is owed nothing any more.
         if self.hosts.get(host).is_some_and(|h| h.fenced_ms.is_some()) {
@@ -360,12 +378,16 @@ impl ClusterState {
         ))
     }
 
-    pub(super) fn agent_event(&mut self, host: &HostId, text: &str) -> Applied {
+    pub(super) fn agent_event(&mut self, host: &HostId, event: &AgentEvent) -> Applied {
         if !self.hosts.contains(host) {
             return Err(not_found("host", host.as_str()));
         }
-        if text.trim().is_empty() {
-            return reject(RejectKind::Invalid, "the event text is empty");
+        let text = event.to_string();
+        if text.len() > MAX_REASON_LEN {
+            return reject(
+                RejectKind::Invalid,
+                format!("the event is longer than {MAX_REASON_LEN} bytes"),
+            );
         }
         Ok(("agent.event", format!("host {host}: {text}"), Outcome::Done))
     }

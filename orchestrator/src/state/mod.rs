@@ -25,7 +25,7 @@ pub use agents::{CommandResult, MAX_BATCH};
 pub use audit::{AuditEntry, Verification};
 pub use invariants::Violation;
 pub use operations::Operation;
-pub use queries::parse_endpoint;
+pub use queries::served_endpoint;
 use table::{DynTable, Table};
 
 /// Limits on request fields; bigger values are refused (they would bloat every node's
@@ -182,6 +182,7 @@ pub enum Command {
     },
     /// Queue commands for agents; the outcome lists their ids.
     IssueAgentCommands {
+        issuer: Issuer,
         commands: Vec<(HostId, AgentAction)>,
     },
     /// An agent reports how commands went.
@@ -198,7 +199,7 @@ pub enum Command {
     /// Something an agent did on its own (self-fencing), for the audit log.
     AgentEvent {
         host: HostId,
-        text: String,
+        event: AgentEvent,
     },
 }
 
@@ -214,6 +215,39 @@ pub enum RejectKind {
     Conflict,
     /// Applying it would break a safety invariant.
     Invariant,
+    /// It would change nothing (a report of what the cluster already knows): not an
+    /// error for a reporter.
+    Unchanged,
+    /// It comes from a party the cluster has moved on from (a primary that is not the
+    /// group's primary any more): the party must stop.
+    Stale,
+}
+
+impl RejectKind {
+    const ALL: [RejectKind; 6] = [
+        RejectKind::Invalid,
+        RejectKind::NotFound,
+        RejectKind::Conflict,
+        RejectKind::Invariant,
+        RejectKind::Unchanged,
+        RejectKind::Stale,
+    ];
+
+    /// The kebab-case name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Invalid => "invalid",
+            RejectKind::NotFound => "not-found",
+            RejectKind::Conflict => "conflict",
+            RejectKind::Invariant => "invariant",
+            RejectKind::Unchanged => "unchanged",
+            RejectKind::Stale => "stale",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RejectKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,7 +275,7 @@ pub enum Outcome {
     Operation(OpId),
     Step(u32),
     Epoch(Epoch),
-    Commands(Vec<u64>),
+    Commands(Vec<CommandId>),
 }
 
 /// The reply to a committed request (Raft's `R`).
@@ -705,7 +739,9 @@ impl ClusterState {
                 inventory,
                 fenced,
             } => self.register_host(req, host, inventory, *fenced),
-            Command::IssueAgentCommands { commands } => self.issue_commands(req, commands),
+            Command::IssueAgentCommands { issuer, commands } => {
+                self.issue_commands(req, issuer, commands)
+            }
             Command::RecordCommandResults { host, results } => {
                 self.record_results(req, host, results)
             }
@@ -714,7 +750,7 @@ impl ClusterState {
                 states,
                 reason,
             } => self.set_vm_states(req, host, states, reason),
-            Command::AgentEvent { host, text } => self.agent_event(host, text),
+            Command::AgentEvent { host, event } => self.agent_event(host, event),
         }
     }
 
@@ -880,7 +916,6 @@ fn check_request(req: &Request) -> Result<(), Rejection> {
         Command::Refused { reason, .. } => Some(reason),
         Command::Membership { change } => Some(change),
         Command::SetVmStates { reason, .. } => Some(reason),
-        Command::AgentEvent { text, .. } => Some(text),
         _ => None,
     };
     if text.is_some_and(|t| t.len() > MAX_REASON_LEN) {

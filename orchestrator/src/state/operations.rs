@@ -315,7 +315,7 @@ impl ClusterState {
                         (p.site.to_string(), vol.epoch)
                     });
                 return reject(
-                    RejectKind::Conflict,
+                    RejectKind::Stale,
                     format!(
                         "stale report: the primary of volume {} is at {at} at epoch {e}, not at {site} at epoch {epoch} (this primary must stop)",
                         v.id
@@ -338,7 +338,7 @@ impl ClusterState {
             }
         }
         if changes.is_empty() {
-            return reject(RejectKind::Conflict, "no replica state changed");
+            return reject(RejectKind::Unchanged, "no replica state changed");
         }
         Ok((
             "replica.link",

@@ -4,7 +4,10 @@
 
 use topology::{AppId, HostId, SiteId, VmId};
 
-use super::{AgentAction, ClusterState, CommandStatus, HostState, OpKind, OpStatus, VmState};
+use super::{
+    AgentAction, AgentCommandRecord, ClusterState, CommandOutcome, CommandStatus, Epoch, HostState,
+    OpKind, OpStatus, VmState,
+};
 use crate::plan::AppMove;
 use std::collections::BTreeSet;
 
@@ -103,22 +106,16 @@ impl ClusterState {
         self.commands
             .values()
             .rev()
-            .find_map(|c| match (&c.action, &c.status) {
-                (AgentAction::Serve { group }, CommandStatus::Succeeded { message, .. })
-                    if &group.app == app && &c.host == host =>
-                {
-                    parse_endpoint(message)
-                }
-                _ => None,
-            })
+            .filter(|c| &c.host == host)
+            .find_map(|c| served_endpoint(c, app))
     }
 
     /// The group's epoch: the highest of its volumes' (they move together).
-    pub fn group_epoch(&self, app: &topology::App) -> Option<u64> {
+    pub fn group_epoch(&self, app: &topology::App) -> Option<Epoch> {
         app.volumes
             .iter()
             .filter_map(|v| self.volumes.get(&v.id))
-            .map(|v| v.epoch.0)
+            .map(|v| v.epoch)
             .max()
     }
 
@@ -132,12 +129,12 @@ impl ClusterState {
     }
 }
 
-/// The endpoint in a serve command's result (`…; endpoint=HOST:PORT`).
-pub fn parse_endpoint(message: &str) -> Option<String> {
-    let rest = &message[message.rfind("endpoint=")? + "endpoint=".len()..];
-    let ep: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != ',')
-        .collect();
-    (!ep.is_empty()).then_some(ep)
+/// The endpoint a successful serve of `app`'s group reported (its typed outcome).
+pub fn served_endpoint(c: &AgentCommandRecord, app: &AppId) -> Option<String> {
+    match (&c.action, c.status.outcome()) {
+        (AgentAction::Serve { group }, Some(CommandOutcome::Served(s))) if &group.app == app => {
+            Some(s.endpoint.clone())
+        }
+        _ => None,
+    }
 }

@@ -418,6 +418,7 @@ fn agent_commands_are_queued_per_host_and_take_one_result() {
         .map(|(v, h)| (v.clone(), h.clone()))
         .expect("placed VM");
     let r = s.apply(&req(Command::IssueAgentCommands {
+        issuer: Issuer::Controller,
         commands: vec![
             (host.clone(), AgentAction::Start { vm: vm.clone() }),
             (host.clone(), AgentAction::Destroy { vm: vm.clone() }),
@@ -433,13 +434,19 @@ fn agent_commands_are_queued_per_host_and_take_one_result() {
     assert_eq!(ids.len(), 2);
     assert!(ids.iter().all(|id| {
         s.commands
-            .get(id)
+            .get(&id.0)
             .is_some_and(|c| c.status == CommandStatus::Pending)
     }));
     let result = |ok| CommandResult {
         id: ids[0],
-        ok,
-        message: "done".into(),
+        executed: if ok {
+            Executed::done(CommandOutcome::Started {
+                domain: vm.to_string(),
+                state: VmState::Running,
+            })
+        } else {
+            Executed::failed(proto::agent::FailureKind::Failed, "no")
+        },
     };
     let r = s.apply(&req(Command::RecordCommandResults {
         host: host.clone(),
@@ -452,7 +459,7 @@ fn agent_commands_are_queued_per_host_and_take_one_result() {
         results: vec![result(false)],
     }));
     assert!(matches!(
-        s.commands.get(&ids[0]).map(|c| &c.status),
+        s.commands.get(&ids[0].0).map(|c| &c.status),
         Some(CommandStatus::Succeeded { .. })
     ));
     // Another host cannot answer for this one.
@@ -466,8 +473,7 @@ fn agent_commands_are_queued_per_host_and_take_one_result() {
         host: other,
         results: vec![CommandResult {
             id: ids[1],
-            ok: true,
-            message: String::new(),
+            executed: Executed::done(CommandOutcome::Destroyed { vm: vm.clone() }),
         }],
     }));
     assert!(
@@ -482,6 +488,7 @@ fn agent_commands_are_queued_per_host_and_take_one_result() {
     );
     // Unknown VMs and hosts are refused.
     let r = s.apply(&req(Command::IssueAgentCommands {
+        issuer: Issuer::Controller,
         commands: vec![(
             host.clone(),
             AgentAction::Start {
@@ -592,12 +599,19 @@ fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
         1 => (1u64..4, prop_oneof![Just(OpStatus::Running), Just(OpStatus::Succeeded), Just(OpStatus::Failed)])
             .prop_map(|(op, status)| Command::FinishOperation { op: OpId(op), status }),
         1 => "[a-z ]{0,8}".prop_map(|text| Command::Note { text }),
-        2 => (host.clone(), vm.clone(), 0u32..3).prop_map(|(host, vm, k)| Command::IssueAgentCommands { commands: vec![(
+        2 => (host.clone(), vm.clone(), 0u32..3).prop_map(|(host, vm, k)| Command::IssueAgentCommands { issuer: Issuer::Controller, commands: vec![(
             HostId::new(host),
             match k { 0 => AgentAction::Start { vm: VmId::new(vm) }, 1 => AgentAction::Destroy { vm: VmId::new(vm) }, _ => AgentAction::Shutdown { vm: VmId::new(vm), timeout_s: k * 10 } },
         )] }),
         2 => (host.clone(), 0u64..6, any::<bool>()).prop_map(|(host, id, ok)| Command::RecordCommandResults {
-            host: HostId::new(host), results: vec![CommandResult { id, ok, message: String::new() }] }),
+            host: HostId::new(host), results: vec![CommandResult {
+                id: CommandId(id),
+                executed: if ok {
+                    Executed::done(CommandOutcome::Destroyed { vm: VmId::new("v") })
+                } else {
+                    Executed::failed(proto::agent::FailureKind::Failed, "no")
+                },
+            }] }),
         1 => (host.clone(), vm.clone(), prop_oneof![Just(VmState::Running), Just(VmState::ShutOff)]).prop_map(|(host, vm, st)| Command::SetVmStates {
             host: HostId::new(host), states: vec![(VmId::new(vm), st)], reason: "prop".into() }),
         1 => (any::<u64>(), any::<bool>()).prop_map(move |(seed, bogus)| {

@@ -33,7 +33,8 @@ pub use sm::{SharedState, StateMachineStore};
 
 /// Version of the on-disk format. Bump it (and write a migration) when keys or value
 /// encodings change; a node refuses to open a store of another version.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: agent commands carry their issuer, typed results and events (2026-12).
+pub const FORMAT_VERSION: u64 = 2;
 
 pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";

@@ -23,6 +23,12 @@ fn openraft_storage_suite() -> Result<(), StorageError> {
 }
 
 #[test]
+fn the_formats_are_pinned() {
+    assert_eq!(super::FORMAT_VERSION, 2);
+    assert_eq!(crate::network::WIRE_FORMAT, 2);
+}
+
+#[test]
 fn a_store_of_another_format_version_is_refused() {
     let dir = TempDir::new().expect("tempdir");
     drop(open(dir.path()).expect("create"));

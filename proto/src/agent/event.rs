@@ -58,7 +58,9 @@ impl fmt::Display for AgentEvent {
                 write!(f, "lease regained; nothing restarted by the agent")
             }
             AgentEvent::LibvirtUnreachable { error } => write!(f, "libvirt unreachable: {error}"),
-            AgentEvent::LibvirtReachable { uri } => write!(f, "libvirt at {uri} is reachable again"),
+            AgentEvent::LibvirtReachable { uri } => {
+                write!(f, "libvirt at {uri} is reachable again")
+            }
             AgentEvent::ClockRate { rate_permille } => write!(
                 f,
                 "the lease clock runs at {} x real time (lab clock fault)",

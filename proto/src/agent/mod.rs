@@ -38,14 +38,29 @@ pub const PROTOCOL_VERSION: u32 = 2;
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum AgentAction {
     /// Define (or redefine) the domain from the spec.
-    Define { spec: VmSpec },
-    Start { vm: VmId },
+    Define {
+        spec: VmSpec,
+    },
+    Start {
+        vm: VmId,
+    },
     /// Ask the guest to shut down; destroy it if it is still running after `timeout_s`.
-    Shutdown { vm: VmId, timeout_s: u32 },
-    Destroy { vm: VmId },
-    Undefine { vm: VmId },
-    Suspend { vm: VmId },
-    Resume { vm: VmId },
+    Shutdown {
+        vm: VmId,
+        timeout_s: u32,
+    },
+    Destroy {
+        vm: VmId,
+    },
+    Undefine {
+        vm: VmId,
+    },
+    Suspend {
+        vm: VmId,
+    },
+    Resume {
+        vm: VmId,
+    },
     /// Wait until `marker` appears on the VM's serial console (since its latest
     /// start); fails after `timeout_s`. The app's serial probe (health gate).
     Probe {
@@ -65,7 +80,9 @@ pub enum AgentAction {
     },
     /// Serve an app's consistency group (as primary or secondary); replaces whatever
     /// this host served of the group before.
-    Serve { group: GroupSpec },
+    Serve {
+        group: GroupSpec,
+    },
     /// Stop serving an app's group. A primary first waits up to `grace_s` (0: the
     /// agent's default, 5 s) for its peer to confirm every write — the drain of a
     /// switchover.
@@ -77,10 +94,16 @@ pub enum AgentAction {
     /// Test drill `op`: take a copy-on-write snapshot of the app's replicas (the
     /// secondary this host serves) at one sequence point and export it, with a
     /// private writable overlay, for the drill's VMs. Replication goes on.
-    DrillSnapshot { op: OpId, app: AppId },
+    DrillSnapshot {
+        op: OpId,
+        app: AppId,
+    },
     /// Test drill `op`: define and start the drill copy of a VM (`spec.drill` set) on
     /// the drill's snapshot and an isolated network. Never touches production.
-    DrillStart { op: OpId, spec: VmSpec },
+    DrillStart {
+        op: OpId,
+        spec: VmSpec,
+    },
     /// Test drill `op`: the serial probe of a drill VM.
     DrillProbe {
         op: OpId,
@@ -90,7 +113,9 @@ pub enum AgentAction {
     },
     /// Remove whatever test drill `op` made on this host (VMs, snapshots, its
     /// isolated network); idempotent.
-    DrillCleanup { op: OpId },
+    DrillCleanup {
+        op: OpId,
+    },
 }
 
 /// What a command is about. An agent runs the commands of one target in order, and

@@ -153,7 +153,9 @@ fn every_action_crosses_the_wire_unchanged() {
 fn every_outcome() -> Vec<Executed> {
     let primary_stop = StoppedGroup::Primary {
         epoch: Epoch(3),
-        confirmation: PeerConfirmation::Confirmed { up_to: GroupSeq(812) },
+        confirmation: PeerConfirmation::Confirmed {
+            up_to: GroupSeq(812),
+        },
     };
     let outcomes = vec![
         CommandOutcome::Defined {
@@ -234,9 +236,7 @@ fn every_outcome() -> Vec<Executed> {
             app: AppId::new("web"),
             stopped: Some(StoppedGroup::Primary {
                 epoch: Epoch(3),
-                confirmation: PeerConfirmation::StopFailed {
-                    error: "io".into(),
-                },
+                confirmation: PeerConfirmation::StopFailed { error: "io".into() },
             }),
         },
         CommandOutcome::Unserved {
@@ -309,7 +309,9 @@ fn every_event_crosses_the_wire_unchanged() {
         AgentEvent::LibvirtReachable {
             uri: "qemu:///system".into(),
         },
-        AgentEvent::ClockRate { rate_permille: 1050 },
+        AgentEvent::ClockRate {
+            rate_permille: 1050,
+        },
         AgentEvent::DiskFault {
             volume: VolumeId::new("web-data"),
             failed: true,
@@ -367,7 +369,10 @@ fn bad_messages_are_errors_that_say_what_is_wrong() {
         Err(WireError::UnknownEnum { value: 99, .. })
     ));
     assert!(vm_state_from_wire(0).is_err(), "unspecified is not a state");
-    assert!(link_from_wire(0).is_err(), "unspecified is not a link state");
+    assert!(
+        link_from_wire(0).is_err(),
+        "unspecified is not a link state"
+    );
 }
 
 /// The serde forms are persisted (the replicated state, the agent's journal): pinned.
@@ -386,7 +391,10 @@ fn persisted_forms_are_pinned() {
         serde_json::to_string(&Executed::done(CommandOutcome::Destroyed { vm: vm() })).unwrap(),
         r#"{"result":"done","outcome":{"outcome":"destroyed","vm":"web-1"}}"#
     );
-    assert_eq!(serde_json::to_string(&VmState::ShutOff).unwrap(), "\"shut-off\"");
+    assert_eq!(
+        serde_json::to_string(&VmState::ShutOff).unwrap(),
+        "\"shut-off\""
+    );
     for a in every_action() {
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<AgentAction>(&json).unwrap(), a);
@@ -404,7 +412,12 @@ fn a_switchover_may_promote_only_after_a_confirmed_stop() {
         confirmation,
     };
     assert!(stop(PeerConfirmation::Confirmed { up_to: GroupSeq(9) }).peer_has_everything());
-    assert!(!stop(PeerConfirmation::NotConfirmed { link: "down".into() }).peer_has_everything());
+    assert!(
+        !stop(PeerConfirmation::NotConfirmed {
+            link: "down".into()
+        })
+        .peer_has_everything()
+    );
     assert!(!stop(PeerConfirmation::Fenced).peer_has_everything());
     assert!(!stop(PeerConfirmation::StopFailed { error: "x".into() }).peer_has_everything());
 }

@@ -126,9 +126,7 @@ pub fn command_to_wire(id: CommandId, action: &AgentAction) -> pb::AgentCommand 
             marker: marker.clone(),
             timeout_s: *timeout_s,
         }),
-        AgentAction::DrillCleanup { op } => {
-            PbAction::DrillCleanup(pb::DrillCleanup { op: op.0 })
-        }
+        AgentAction::DrillCleanup { op } => PbAction::DrillCleanup(pb::DrillCleanup { op: op.0 }),
     };
     pb::AgentCommand {
         id: id.0,
@@ -206,16 +204,18 @@ pub fn vm_state_from_wire(v: i32) -> Result<VmState, WireError> {
         what: "the domain state",
         value: v,
     };
-    Ok(match pb::DomainState::try_from(v).map_err(|_| bad.clone())? {
-        pb::DomainState::Unspecified => return Err(bad),
-        pb::DomainState::Running => VmState::Running,
-        pb::DomainState::Paused => VmState::Paused,
-        pb::DomainState::ShuttingDown => VmState::ShuttingDown,
-        pb::DomainState::ShutOff => VmState::ShutOff,
-        pb::DomainState::Crashed => VmState::Crashed,
-        pb::DomainState::Undefined => VmState::Undefined,
-        pb::DomainState::Other => VmState::Other,
-    })
+    Ok(
+        match pb::DomainState::try_from(v).map_err(|_| bad.clone())? {
+            pb::DomainState::Unspecified => return Err(bad),
+            pb::DomainState::Running => VmState::Running,
+            pb::DomainState::Paused => VmState::Paused,
+            pb::DomainState::ShuttingDown => VmState::ShuttingDown,
+            pb::DomainState::ShutOff => VmState::ShutOff,
+            pb::DomainState::Crashed => VmState::Crashed,
+            pb::DomainState::Undefined => VmState::Undefined,
+            pb::DomainState::Other => VmState::Other,
+        },
+    )
 }
 
 pub fn link_to_wire(l: LinkReport) -> pb::LinkReport {
@@ -232,11 +232,13 @@ pub fn link_from_wire(v: i32) -> Result<LinkReport, WireError> {
         what: "the link state",
         value: v,
     };
-    Ok(match pb::LinkReport::try_from(v).map_err(|_| bad.clone())? {
-        pb::LinkReport::Unspecified => return Err(bad),
-        pb::LinkReport::InSync => LinkReport::InSync,
-        pb::LinkReport::Resyncing => LinkReport::Resyncing,
-        pb::LinkReport::Down => LinkReport::Down,
-        pb::LinkReport::Alone => LinkReport::Alone,
-    })
+    Ok(
+        match pb::LinkReport::try_from(v).map_err(|_| bad.clone())? {
+            pb::LinkReport::Unspecified => return Err(bad),
+            pb::LinkReport::InSync => LinkReport::InSync,
+            pb::LinkReport::Resyncing => LinkReport::Resyncing,
+            pb::LinkReport::Down => LinkReport::Down,
+            pb::LinkReport::Alone => LinkReport::Alone,
+        },
+    )
 }

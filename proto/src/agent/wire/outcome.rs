@@ -54,20 +54,21 @@ fn stopped_from_wire(s: pb::StoppedGroup) -> Result<StoppedGroup, WireError> {
                     what: "the peer confirmation",
                     value: p.confirmation,
                 };
-                let confirmation =
-                    match pb::PeerConfirmation::try_from(p.confirmation).map_err(|_| bad.clone())? {
-                        pb::PeerConfirmation::Confirmed => PeerConfirmation::Confirmed {
-                            up_to: GroupSeq(p.confirmed_seq),
-                        },
-                        pb::PeerConfirmation::NotConfirmed => {
-                            PeerConfirmation::NotConfirmed { link: p.detail }
-                        }
-                        pb::PeerConfirmation::Fenced => PeerConfirmation::Fenced,
-                        pb::PeerConfirmation::StopFailed => {
-                            PeerConfirmation::StopFailed { error: p.detail }
-                        }
-                        pb::PeerConfirmation::Unspecified => return Err(bad),
-                    };
+                let confirmation = match pb::PeerConfirmation::try_from(p.confirmation)
+                    .map_err(|_| bad.clone())?
+                {
+                    pb::PeerConfirmation::Confirmed => PeerConfirmation::Confirmed {
+                        up_to: GroupSeq(p.confirmed_seq),
+                    },
+                    pb::PeerConfirmation::NotConfirmed => {
+                        PeerConfirmation::NotConfirmed { link: p.detail }
+                    }
+                    pb::PeerConfirmation::Fenced => PeerConfirmation::Fenced,
+                    pb::PeerConfirmation::StopFailed => {
+                        PeerConfirmation::StopFailed { error: p.detail }
+                    }
+                    pb::PeerConfirmation::Unspecified => return Err(bad),
+                };
                 StoppedGroup::Primary {
                     epoch: Epoch(p.epoch),
                     confirmation,

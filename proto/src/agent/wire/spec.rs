@@ -1,9 +1,9 @@
 //! VM and volume-group specs on the wire (`spec.proto`).
 
 use ids::{ByteSize, Epoch, OpId, SiteId, VolumeId};
+use topology::ReplicationMode;
 use topology::model::Boot;
 use topology::spec::{DiskSpec, GroupRole, GroupSpec, NetworkSpec, PortForward, VmSpec};
-use topology::ReplicationMode;
 
 use super::{WireError, app_id, checked, missing, port, vm_id};
 use crate::pb;
