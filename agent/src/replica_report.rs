@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use ids::Epoch;
 use proto::pb;
 use proto::pb::agent_client::AgentClient;
 use replication::primary::{DegradePermission, GroupStatus};
@@ -56,7 +57,7 @@ impl Reporter {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut sent: Option<(&'static str, u64)> = None;
+            let mut sent: Option<(&'static str, Epoch)> = None;
             let mut next = 0usize;
             loop {
                 let (link, epoch, detail) = {
@@ -90,7 +91,7 @@ impl Reporter {
         &self,
         next: &mut usize,
         link: &str,
-        epoch: u64,
+        epoch: Epoch,
         detail: &str,
     ) -> Result<(), String> {
         let mut last = String::from("no cluster address");
@@ -104,7 +105,7 @@ impl Reporter {
                 c.report_replica(pb::ReplicaReportRequest {
                     app: self.app.clone(),
                     site: self.site.clone(),
-                    epoch,
+                    epoch: epoch.0,
                     link: link.into(),
                     detail: detail.into(),
                 })
@@ -143,7 +144,7 @@ impl DegradePermission for ClusterPermission {
     fn request(
         &self,
         _group: &str,
-        epoch: u64,
+        epoch: Epoch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             let mut next = 0;

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ids::Epoch;
 use replication::meta::{ReplicaMeta, Role};
 use replication::primary::PrimaryGroup;
 use replication::replica::Mode;
@@ -67,7 +68,7 @@ impl Served {
                         "stopped the primary of {} at epoch {} (the peer confirmed every write up to seq {})",
                         spec.app,
                         st.epoch,
-                        st.next_seq.saturating_sub(1)
+                        st.next_seq.prev()
                     ),
                     Ok(false) if fenced => format!(
                         "stopped the fenced primary of {} at epoch {}",
@@ -250,7 +251,7 @@ impl Volumes {
                 })
                 .collect(),
             size: None,
-            epoch: spec.epoch,
+            epoch: Epoch(spec.epoch),
         }
     }
 
@@ -326,7 +327,7 @@ impl Volumes {
                 let promote = spec.promote
                     && meta
                         .as_ref()
-                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch);
+                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < Epoch(spec.epoch));
                 let reporter = || Reporter {
                     addrs: self.cluster.clone(),
                     tls: self.tls.clone(),

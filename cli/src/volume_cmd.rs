@@ -261,7 +261,7 @@ impl GroupArgs {
                 .map(|v| (v.id, v.path, None))
                 .collect(),
             size: self.size.map(|s| s.bytes()),
-            epoch: self.epoch,
+            epoch: ids::Epoch(self.epoch),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! over the first 28 header bytes and the payload. Pure: no I/O, never panics on input.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ids::{Epoch, Generation, GroupSeq};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u32 = 0x4D44_5252;
@@ -81,24 +82,24 @@ pub struct Hello {
     pub volumes: Vec<VolumeInfo>,
     /// The primary's data generation (changes at promotion and when it continues
     /// without its peer), and the generations before it (oldest first).
-    pub generation: String,
+    pub generation: Generation,
     #[serde(default)]
-    pub history: Vec<String>,
+    pub history: Vec<Generation>,
     pub mode: String,
     /// The first sequence number the primary can still resend from its buffer.
-    pub resend_from: u64,
+    pub resend_from: GroupSeq,
 }
 
 /// The secondary's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloReply {
     /// The highest epoch this replica has seen (persisted).
-    pub epoch: u64,
-    pub generation: String,
+    pub epoch: Epoch,
+    pub generation: Generation,
     /// Generations this replica's data descends from (newest last).
-    pub history: Vec<String>,
+    pub history: Vec<Generation>,
     /// Highest group sequence number written to this replica's files.
-    pub last_seq: u64,
+    pub last_seq: GroupSeq,
     /// Whether this replica's data is known to be a complete, consistent copy.
     pub consistent: bool,
     /// Regions (per volume) this replica may have written without its peer knowing:
@@ -161,8 +162,9 @@ pub enum Frame {
 /// A frame with its header fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    pub seq: u64,
-    pub epoch: u64,
+    /// The group sequence number of a data or barrier frame (0 on other frames).
+    pub seq: GroupSeq,
+    pub epoch: Epoch,
     pub frame: Frame,
 }
 
@@ -270,8 +272,8 @@ pub fn encode(env: &Envelope, out: &mut BytesMut) {
     out.put_u8(VERSION);
     out.put_u8(kind as u8);
     out.put_u16(flags);
-    out.put_u64(env.seq);
-    out.put_u64(env.epoch);
+    out.put_u64(env.seq.0);
+    out.put_u64(env.epoch.0);
     out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     let mut crc = crc32c::crc32c(&out[start..start + 28]);
     for p in &payload {
@@ -316,8 +318,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Envelope>, FrameError> {
     let mut head = buf.split_to(HEADER_LEN);
     head.advance(6);
     let flags = head.get_u16();
-    let seq = head.get_u64();
-    let epoch = head.get_u64();
+    let seq = GroupSeq(head.get_u64());
+    let epoch = Epoch(head.get_u64());
     let mut p = buf.split_to(len as usize);
     let frame = match kind {
         Kind::Hello => Frame::Hello(from_json("hello", &p)?),
@@ -439,16 +441,16 @@ mod tests {
                     id: "web-disk".into(),
                     size: 1 << 30,
                 }],
-                generation: "g1".into(),
-                history: vec!["g0".into()],
+                generation: Generation::new("g1"),
+                history: vec![Generation::new("g0")],
                 mode: "sync".into(),
-                resend_from: 7,
+                resend_from: GroupSeq(7),
             }),
             Frame::HelloReply(HelloReply {
-                epoch: 3,
-                generation: "g1".into(),
-                history: vec!["g0".into()],
-                last_seq: 9,
+                epoch: Epoch(3),
+                generation: Generation::new("g1"),
+                history: vec![Generation::new("g0")],
+                last_seq: GroupSeq(9),
                 consistent: true,
                 own_regions: vec![(0, vec![1, 5])],
             }),
@@ -496,8 +498,8 @@ mod tests {
         ];
         for (i, frame) in frames.into_iter().enumerate() {
             round_trip(Envelope {
-                seq: i as u64 * 1000,
-                epoch: 5,
+                seq: GroupSeq(i as u64 * 1000),
+                epoch: Epoch(5),
                 frame,
             });
         }
@@ -508,8 +510,8 @@ mod tests {
         let mut b = BytesMut::new();
         encode(
             &Envelope {
-                seq: 1,
-                epoch: 2,
+                seq: GroupSeq(1),
+                epoch: Epoch(2),
                 frame: Frame::Ack,
             },
             &mut b,
@@ -524,8 +526,8 @@ mod tests {
         let mut b = BytesMut::new();
         encode(
             &Envelope {
-                seq: 1,
-                epoch: 1,
+                seq: GroupSeq(1),
+                epoch: Epoch(1),
                 frame: Frame::Write {
                     volume: 0,
                     offset: 0,

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use ids::{Epoch, GroupSeq};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -168,7 +169,7 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
     };
     if let Err(e) = writer
         .send(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch,
             frame: Frame::Hello(hello),
         })
@@ -210,7 +211,7 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
     // Plan under the state lock, so no write slips between the snapshot and the stream.
     let (plans, snapshot) = {
         let mut s = lock(&group.state);
-        let snapshot = s.next_seq - 1;
+        let snapshot = s.next_seq.prev();
         let resend_from = s.buffer.front().map_or(s.next_seq, |b| b.seq);
         let mut plans = Vec::new();
         for (i, v) in group.volumes.iter().enumerate() {
@@ -234,10 +235,9 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
         }
         let replay = plans.iter().all(|p| matches!(p, ResyncPlan::Replay { .. }));
         if replay {
-            let from = reply.last_seq + 1;
-            s.sent_upto = from - 1;
+            s.sent_upto = reply.last_seq;
             group.confirm.send_modify(|c| {
-                c.snapshot = 0;
+                c.snapshot = GroupSeq(0);
                 c.acked = c.acked.max(reply.last_seq);
             });
         } else {
@@ -353,7 +353,7 @@ async fn read_loop(
 }
 
 /// The peer has every frame up to `seq`: they leave the resend buffer.
-fn drop_acknowledged(group: &PrimaryGroup, seq: u64) {
+fn drop_acknowledged(group: &PrimaryGroup, seq: GroupSeq) {
     let mut s = lock(&group.state);
     while s.buffer.front().is_some_and(|b| b.seq <= seq) {
         if let Some(b) = s.buffer.pop_front() {
@@ -366,7 +366,7 @@ async fn write_loop(
     group: Arc<PrimaryGroup>,
     mut writer: FramedWrite<crate::WriteHalf, FrameCodec>,
     mut ctl: mpsc::Receiver<Frame>,
-    epoch: u64,
+    epoch: Epoch,
 ) -> End {
     let mut ping = tokio::time::interval(group.cfg.ping_interval);
     let mut nonce = 0u64;
@@ -396,13 +396,13 @@ async fn write_loop(
         tokio::select! {
             _ = wake => {}
             Some(f) = ctl.recv() => {
-                if let Err(e) = writer.send(Envelope { seq: 0, epoch, frame: f }).await {
+                if let Err(e) = writer.send(Envelope { seq: GroupSeq(0), epoch, frame: f }).await {
                     return End::Failed(format!("sending to the peer: {e}"));
                 }
             }
             _ = ping.tick() => {
                 nonce += 1;
-                if let Err(e) = writer.send(Envelope { seq: 0, epoch, frame: Frame::Ping(nonce) }).await {
+                if let Err(e) = writer.send(Envelope { seq: GroupSeq(0), epoch, frame: Frame::Ping(nonce) }).await {
                     return End::Failed(format!("sending to the peer: {e}"));
                 }
             }
@@ -415,7 +415,7 @@ async fn write_loop(
 async fn resync(
     group: Arc<PrimaryGroup>,
     plans: Vec<ResyncPlan>,
-    snapshot: u64,
+    snapshot: GroupSeq,
     mut sums: mpsc::Receiver<(u16, Vec<(u32, u32)>)>,
     ctl: mpsc::Sender<Frame>,
 ) -> Result<(), String> {

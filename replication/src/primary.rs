@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ids::{Epoch, Generation, GroupSeq};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
@@ -35,7 +36,7 @@ pub trait DegradePermission: Send + Sync + 'static {
     fn request(
         &self,
         group: &str,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 }
 
@@ -46,7 +47,7 @@ impl DegradePermission for NeverDegrade {
     fn request(
         &self,
         _group: &str,
-        _epoch: u64,
+        _epoch: Epoch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async {
             Err("no orchestrator is configured to commit the peer outdated; holding writes until the peer is back".to_string())
@@ -62,7 +63,7 @@ impl DegradePermission for AlwaysDegrade {
     fn request(
         &self,
         _group: &str,
-        _epoch: u64,
+        _epoch: Epoch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async { Ok(()) })
     }
@@ -113,8 +114,8 @@ impl GroupConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GroupStatus {
     pub link: String,
-    pub epoch: u64,
-    pub generation: String,
+    pub epoch: Epoch,
+    pub generation: Generation,
     /// Running alone with the peer committed outdated (sync) or overflowed (async).
     pub degraded: bool,
     /// This primary learned that a newer one exists: it acknowledges nothing any more.
@@ -126,13 +127,13 @@ pub struct GroupStatus {
     pub resynced_bytes_total: u64,
     pub last_resync: Option<crate::frame::ResyncSummary>,
     pub dirty_regions: u64,
-    pub next_seq: u64,
+    pub next_seq: GroupSeq,
 }
 
 /// A frame waiting for the peer's acknowledgement.
 #[derive(Debug, Clone)]
 pub(crate) struct Buffered {
-    pub seq: u64,
+    pub seq: GroupSeq,
     pub env: Envelope,
     pub bytes: usize,
     pub at: Instant,
@@ -140,31 +141,31 @@ pub(crate) struct Buffered {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    pub next_seq: u64,
+    pub next_seq: GroupSeq,
     pub buffer: VecDeque<Buffered>,
     pub buffer_bytes: usize,
     /// Highest seq handed to the current connection's writer.
-    pub sent_upto: u64,
+    pub sent_upto: GroupSeq,
     pub meta: ReplicaMeta,
     /// Async mode: writes done locally whose regions stay "in flight" in the activity
     /// log until the peer confirms them (so a crash of this primary finds them there).
-    pub unconfirmed: VecDeque<(u64, usize, std::ops::RangeInclusive<u32>)>,
+    pub unconfirmed: VecDeque<(GroupSeq, usize, std::ops::RangeInclusive<u32>)>,
 }
 
 /// Which writes the peer confirmably has: seq > `snapshot` with seq ≤ `acked`, and every
 /// seq ≤ `resynced` (a resync covered them). See `wait_confirmed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Confirm {
-    pub acked: u64,
-    pub flushed: u64,
-    pub snapshot: u64,
-    pub resynced: u64,
+    pub acked: GroupSeq,
+    pub flushed: GroupSeq,
+    pub snapshot: GroupSeq,
+    pub resynced: GroupSeq,
     pub degraded: bool,
 }
 
 impl Confirm {
     /// Does the peer have write `seq` (`durable`: on its disk), or need it no more?
-    pub fn covers(&self, seq: u64, durable: bool) -> bool {
+    pub fn covers(&self, seq: GroupSeq, durable: bool) -> bool {
         self.degraded
             || self.resynced >= seq
             || (seq > self.snapshot
@@ -223,7 +224,7 @@ impl PrimaryGroup {
         let degraded = meta.peer_outdated;
         let g = Arc::new(PrimaryGroup {
             state: Mutex::new(State {
-                next_seq: meta.last_seq + 1,
+                next_seq: meta.last_seq.next(),
                 buffer: VecDeque::new(),
                 buffer_bytes: 0,
                 sent_upto: meta.last_seq,
@@ -337,7 +338,7 @@ impl PrimaryGroup {
     }
 
     /// Append a frame to the stream; returns its sequence number.
-    pub(crate) fn enqueue(&self, frame: Frame) -> u64 {
+    pub(crate) fn enqueue(&self, frame: Frame) -> GroupSeq {
         self.enqueue_frame(frame).0
     }
 
@@ -345,10 +346,10 @@ impl PrimaryGroup {
     /// for the peer. A frame that was not (the peer is outdated and no link streams)
     /// must have its regions in the bitmap before its write is acknowledged; deciding
     /// under the state lock closes the race with [`go_degraded`](Self::go_degraded).
-    pub(crate) fn enqueue_frame(&self, frame: Frame) -> (u64, bool) {
+    pub(crate) fn enqueue_frame(&self, frame: Frame) -> (GroupSeq, bool) {
         let mut s = lock(&self.state);
         let seq = s.next_seq;
-        s.next_seq += 1;
+        s.next_seq = seq.next();
         let bytes = match &frame {
             Frame::Write { data, .. } => data.len() + 42,
             _ => 32,
@@ -378,7 +379,7 @@ impl PrimaryGroup {
 
     /// Wait until the peer confirmably has write `seq` (or the group runs degraded).
     /// A fenced group never returns: a stale primary acknowledges nothing.
-    pub(crate) async fn wait_confirmed(&self, seq: u64, durable: bool) {
+    pub(crate) async fn wait_confirmed(&self, seq: GroupSeq, durable: bool) {
         let mut rx = self.confirm.subscribe();
         loop {
             if !self.is_fenced() && rx.borrow_and_update().covers(seq, durable) {
@@ -429,7 +430,7 @@ impl PrimaryGroup {
             s.meta = crate::replica::degrade(&s.meta);
             let frames: Vec<Buffered> = s.buffer.drain(..).collect();
             s.buffer_bytes = 0;
-            s.sent_upto = s.next_seq - 1;
+            s.sent_upto = s.next_seq.prev();
             (s.meta.clone(), frames, was_streaming)
         };
         if was_streaming {
@@ -547,7 +548,7 @@ impl PrimaryGroup {
         v: usize,
         vol: &Arc<VolumeFile>,
         regions: std::ops::RangeInclusive<u32>,
-        seq: u64,
+        seq: GroupSeq,
         buffered: bool,
         fua: bool,
         local: std::io::Result<()>,
@@ -617,7 +618,7 @@ impl PrimaryGroup {
     /// nothing is left unconfirmed, empty the activity log so the next run has nothing
     /// to resync. Then stop the link. Returns whether the peer confirmed everything.
     pub async fn close(&self, grace: Duration) -> Result<bool, String> {
-        let last = lock(&self.state).next_seq - 1;
+        let last = lock(&self.state).next_seq.prev();
         let confirmed = self.cfg.peer.is_none()
             || tokio::time::timeout(grace, self.wait_confirmed(last, false))
                 .await

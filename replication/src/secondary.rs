@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use ids::{Epoch, GroupSeq};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -41,9 +42,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct ReplicaStatus {
     pub connected: bool,
     pub primary: String,
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub consistent: bool,
-    pub last_seq: u64,
+    pub last_seq: GroupSeq,
     pub resync_bytes: u64,
     pub last_error: String,
 }
@@ -262,10 +263,10 @@ async fn secure(
     Ok((Box::new(r), Box::new(w)))
 }
 
-async fn refuse(w: &mut Writer, epoch: u64, why: String) -> Result<(), String> {
+async fn refuse(w: &mut Writer, epoch: Epoch, why: String) -> Result<(), String> {
     let _ = w
         .send(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch,
             frame: Frame::Error(why.clone()),
         })
@@ -279,7 +280,7 @@ async fn connection(
 ) -> Result<(), String> {
     let mut reader = FramedRead::new(rd, FrameCodec);
     let mut writer = FramedWrite::new(wr, FrameCodec);
-    let (hello, epoch): (Hello, u64) =
+    let (hello, epoch): (Hello, Epoch) =
         match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
             Ok(Some(Ok(Envelope {
                 frame: Frame::Hello(h),
@@ -289,7 +290,7 @@ async fn connection(
             Ok(Some(Ok(other))) => {
                 return refuse(
                     &mut writer,
-                    0,
+                    Epoch(0),
                     format!("expected a hello, got {:?}", other.frame),
                 )
                 .await;
@@ -305,7 +306,7 @@ async fn connection(
     };
     let mut meta = meta;
     if demoted {
-        tracing::warn!(group = %group.name, epoch, "a newer primary connected: this replica is now secondary");
+        tracing::warn!(group = %group.name, %epoch, "a newer primary connected: this replica is now secondary");
         meta = demote(&meta, epoch).map_err(|e| e.to_string())?;
     }
     if epoch != meta.epoch || demoted {
@@ -327,7 +328,7 @@ async fn connection(
     };
     writer
         .send(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch: meta.epoch,
             frame: Frame::HelloReply(reply),
         })
@@ -340,7 +341,7 @@ async fn connection(
         st.consistent = meta.consistent;
         st.last_error.clear();
     });
-    tracing::info!(group = %group.name, epoch, generation = %hello.generation, "primary connected");
+    tracing::info!(group = %group.name, %epoch, generation = %hello.generation, "primary connected");
 
     let mut last_seq = meta.last_seq;
     let mut resyncing = false;
@@ -414,7 +415,7 @@ async fn connection(
 }
 
 enum Reply {
-    Ack(u64),
+    Ack(GroupSeq),
     Now(Envelope),
 }
 
@@ -434,7 +435,7 @@ async fn handle(
     env: Envelope,
     writer: &mut Writer,
     resyncing: &mut bool,
-    last_seq: &mut u64,
+    last_seq: &mut GroupSeq,
 ) -> Result<Option<Reply>, String> {
     let _applying = group.applying.lock().await;
     let epoch = env.epoch;
@@ -545,7 +546,7 @@ async fn handle(
                 .await
                 .map_err(|e| format!("{}: read: {e}", v.path.display()))?;
             Ok(Some(Reply::Now(Envelope {
-                seq: 0,
+                seq: GroupSeq(0),
                 epoch,
                 frame: Frame::Sums {
                     volume: req.volume,
@@ -573,7 +574,7 @@ async fn handle(
             Ok(Some(Reply::Ack(env.seq)))
         }
         Frame::Ping(n) => Ok(Some(Reply::Now(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch,
             frame: Frame::Pong(n),
         }))),

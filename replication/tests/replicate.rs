@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ids::Epoch;
 use replication::backend::BlockBackend;
 use replication::meta::Role;
 use replication::primary::{
@@ -28,7 +29,7 @@ struct Secondary {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn secondary(path: &Path, listen: &str, epoch: u64) -> (Secondary, String) {
+async fn secondary(path: &Path, listen: &str, epoch: Epoch) -> (Secondary, String) {
     let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Secondary, epoch).unwrap();
     let group = ReplicaGroup::new("g", vec![vol], meta);
     let listener = TcpListener::bind(listen).await.unwrap();
@@ -54,7 +55,7 @@ fn primary(
     mode: Mode,
     perm: Arc<dyn DegradePermission>,
 ) -> Arc<PrimaryGroup> {
-    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Primary, 1).unwrap();
+    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Primary, Epoch(1)).unwrap();
     let mut cfg = GroupConfig::new("g", mode, Some(peer.to_string()));
     cfg.hold_before_asking = Duration::from_millis(300);
     cfg.peer_timeout = Duration::from_secs(1);
@@ -96,7 +97,7 @@ async fn streaming(g: &PrimaryGroup) {
 async fn sync_writes_are_on_the_secondary_when_acknowledged() {
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
-    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", 1).await;
+    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", Epoch(1)).await;
     let g = primary(&p_path, &addr, Mode::Sync, Arc::new(NeverDegrade));
     streaming(&g).await;
     let b = g.backend(0);
@@ -132,7 +133,7 @@ async fn sync_writes_are_on_the_secondary_when_acknowledged() {
 async fn a_secondary_that_returns_is_brought_back_by_delta_resync() {
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
-    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", 1).await;
+    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", Epoch(1)).await;
     let g = primary(&p_path, &addr, Mode::Sync, Arc::new(AlwaysDegrade));
     streaming(&g).await;
     let b = g.backend(0);
@@ -150,7 +151,7 @@ async fn a_secondary_that_returns_is_brought_back_by_delta_resync() {
     let st = g.status().borrow().clone();
     assert!(st.degraded, "{st:?}");
     assert!(st.dirty_regions > 0);
-    let (sec, _) = secondary(&s_path, &addr, 1).await;
+    let (sec, _) = secondary(&s_path, &addr, Epoch(1)).await;
     let mut st = g.status();
     wait("the resync to finish", Duration::from_secs(20), || {
         let s = st.borrow_and_update();
@@ -176,7 +177,7 @@ async fn a_secondary_that_returns_is_brought_back_by_delta_resync() {
 async fn without_permission_sync_writes_are_held_until_the_peer_is_back() {
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
-    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", 1).await;
+    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", Epoch(1)).await;
     let g = primary(&p_path, &addr, Mode::Sync, Arc::new(NeverDegrade));
     streaming(&g).await;
     sec.kill().await;
@@ -187,7 +188,7 @@ async fn without_permission_sync_writes_are_held_until_the_peer_is_back() {
         !w.is_finished(),
         "a sync write was acknowledged with no peer and no permission"
     );
-    let (sec, _) = secondary(&s_path, &addr, 1).await;
+    let (sec, _) = secondary(&s_path, &addr, Epoch(1)).await;
     tokio::time::timeout(Duration::from_secs(10), w)
         .await
         .unwrap()
@@ -202,7 +203,7 @@ async fn without_permission_sync_writes_are_held_until_the_peer_is_back() {
 async fn async_writes_are_acknowledged_locally_and_catch_up() {
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
-    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", 1).await;
+    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", Epoch(1)).await;
     let g = primary(&p_path, &addr, Mode::Async, Arc::new(NeverDegrade));
     streaming(&g).await;
     let b = g.backend(0);
@@ -229,7 +230,7 @@ async fn a_stale_primary_is_refused_and_fences_itself() {
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
     // The secondary has seen epoch 5; this primary is at epoch 1.
-    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", 5).await;
+    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", Epoch(5)).await;
     let g = primary(&p_path, &addr, Mode::Sync, Arc::new(AlwaysDegrade));
     let mut st = g.status();
     wait("the primary to be fenced", Duration::from_secs(10), || {
@@ -239,7 +240,7 @@ async fn a_stale_primary_is_refused_and_fences_itself() {
     let b = g.backend(0);
     let w = tokio::time::timeout(Duration::from_millis(500), b.write(0, block(1, 1), false)).await;
     assert!(w.is_err(), "a fenced primary acknowledged a write");
-    assert_eq!(sec.group.meta().epoch, 5);
+    assert_eq!(sec.group.meta().epoch, Epoch(5));
     g.stop();
     sec.kill().await;
 }
@@ -249,7 +250,7 @@ async fn garbage_on_the_replica_endpoint_closes_that_connection_only() {
     use tokio::io::AsyncWriteExt;
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
-    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", 1).await;
+    let (sec, addr) = secondary(&s_path, "127.0.0.1:0", Epoch(1)).await;
     for junk in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
         &[0u8; 64][..],

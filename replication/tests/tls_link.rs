@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ids::Epoch;
 use replication::backend::BlockBackend;
 use replication::meta::Role;
 use replication::primary::{GroupConfig, NeverDegrade, PrimaryGroup};
@@ -34,7 +35,7 @@ fn tls(d: &CertDir, role: security::Role, name: &str) -> Arc<Tls> {
 }
 
 async fn secondary(path: &Path, tls: Arc<Tls>) -> (Arc<ReplicaGroup>, String, watch::Sender<bool>) {
-    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Secondary, 1).unwrap();
+    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Secondary, Epoch(1)).unwrap();
     let group = ReplicaGroup::new("g", vec![vol], meta);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -44,7 +45,7 @@ async fn secondary(path: &Path, tls: Arc<Tls>) -> (Arc<ReplicaGroup>, String, wa
 }
 
 fn primary(path: &Path, peer: &str, tls: Option<Arc<Tls>>) -> Arc<PrimaryGroup> {
-    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Primary, 1).unwrap();
+    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Primary, Epoch(1)).unwrap();
     let mut cfg = GroupConfig::new("g", Mode::Sync, Some(peer.to_string()));
     cfg.peer_timeout = Duration::from_secs(1);
     cfg.tls = tls;
