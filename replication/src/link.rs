@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::frame::{
-    Envelope, Frame, FrameCodec, Hello, HelloReply, ResyncSummary, SumsRequest, VolumeInfo,
+    Envelope, Frame, FrameCodec, Hello, HelloReply, Refusal, ResyncSummary, SumsRequest, VolumeInfo,
 };
 use crate::primary::{PrimaryGroup, lock};
 use crate::replica::{Mode, PrimaryView, ResyncPlan, plan_resync};
@@ -25,11 +25,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESYNC_BUFFER_MAX: usize = 64 << 20;
 
 /// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
 enum End {
     Stopped,
     /// The peer has seen a newer epoch: this primary is stale and must fence.
     Stale(String),
     Failed(String),
+}
+
+/// What the peer's refusal means for this primary. One that says a newer primary
+/// exists, or that the peer is itself primary at this epoch, fences it: it must
+/// acknowledge nothing more. Any other ends this connection; the next one retries.
+fn refused(why: Refusal) -> End {
+    match why {
+        Refusal::StaleEpoch { .. } | Refusal::TwoPrimaries { .. } => {
+            End::Stale(format!("the peer refused this primary: {why}"))
+        }
+        Refusal::VolumesDiffer { .. }
+        | Refusal::Version { .. }
+        | Refusal::ExpectedHello { .. }
+        | Refusal::UnexpectedFrame { .. }
+        | Refusal::BadFrame { .. }
+        | Refusal::NoSuchVolume { .. }
+        | Refusal::OutOfRange { .. }
+        | Refusal::BadSumsRequest { .. } => End::Failed(format!("the peer refused: {why}")),
+    }
 }
 
 /// Run the link until the group is stopped (or fenced). Spawn it on the runtime.
@@ -184,16 +204,11 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
             ..
         }))) => r,
         Ok(Some(Ok(Envelope {
-            frame: Frame::Error(why),
+            frame: Frame::Refused(why),
             ..
-        }))) => {
-            if why.contains("stale epoch") || why.contains("two primaries") {
-                return End::Stale(format!("the peer refused this primary: {why}"));
-            }
-            return End::Failed(format!("the peer refused the connection: {why}"));
-        }
+        }))) => return refused(why),
         Ok(Some(Ok(other))) => {
-            return End::Failed(format!("unexpected first frame {:?}", other.frame));
+            return End::Failed(format!("unexpected first frame: {}", other.frame.name()));
         }
         Ok(Some(Err(e))) => return End::Failed(format!("bad frame from the peer: {e}")),
         Ok(None) => {
@@ -341,13 +356,10 @@ async fn read_loop(
                 }
             }
             Frame::Pong(_) => {}
-            Frame::Error(why) => {
-                if why.contains("stale epoch") {
-                    return End::Stale(format!("the peer refused this primary: {why}"));
-                }
-                return End::Failed(format!("the peer stopped: {why}"));
+            Frame::Refused(why) => return refused(why),
+            other => {
+                return End::Failed(format!("unexpected frame from the peer: {}", other.name()));
             }
-            other => return End::Failed(format!("unexpected frame from the peer: {other:?}")),
         }
     }
 }
@@ -531,4 +543,44 @@ async fn resync(
     });
     group.refresh_status("streaming");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ids::Epoch;
+
+    use super::*;
+
+    /// Only a refusal that says another primary is at least as new fences this one; a
+    /// refusal for any other reason leaves it running and retrying.
+    #[test]
+    fn only_a_newer_or_equal_primary_fences() {
+        let stale = refused(Refusal::StaleEpoch {
+            epoch: Epoch(3),
+            seen: Epoch(5),
+        });
+        assert_eq!(
+            stale,
+            End::Stale(
+                "the peer refused this primary: stale epoch 3: this replica has seen epoch 5; a newer primary exists"
+                    .into()
+            )
+        );
+        assert!(matches!(
+            refused(Refusal::TwoPrimaries { epoch: Epoch(4) }),
+            End::Stale(_)
+        ));
+        for why in [
+            Refusal::Version { theirs: 1, ours: 2 },
+            Refusal::BadFrame {
+                why: "stale epoch".into(),
+            },
+            Refusal::NoSuchVolume { volume: 2 },
+            Refusal::UnexpectedFrame {
+                got: "two primaries".into(),
+            },
+        ] {
+            assert!(matches!(refused(why.clone()), End::Failed(_)), "{why}");
+        }
+    }
 }

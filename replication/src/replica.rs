@@ -12,14 +12,14 @@ use std::collections::BTreeSet;
 
 use ids::{Epoch, GroupSeq};
 
-use crate::frame::{Hello, HelloReply, VolumeInfo};
+use crate::frame::{Hello, HelloReply, Refusal, VolumeInfo};
 use crate::meta::{ReplicaMeta, Role};
 
 /// What a secondary answers to a primary's hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HelloDecision {
     /// Refuse (and say why); the connection closes.
-    Reject(String),
+    Reject(Refusal),
     /// Accept at `epoch` (persist it first); `demoted` when this replica was a primary
     /// that a newer one replaces (it must stop serving writes at once).
     Accept { epoch: Epoch, demoted: bool },
@@ -35,28 +35,21 @@ pub fn accept_hello(
     hello: &Hello,
 ) -> HelloDecision {
     if hello.volumes != local {
-        let show = |v: &[VolumeInfo]| {
-            v.iter()
-                .map(|v| format!("{} ({} bytes)", v.id, v.size))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return HelloDecision::Reject(format!(
-            "the primary offers [{}] but this replica holds [{}]",
-            show(&hello.volumes),
-            show(local)
-        ));
+        return HelloDecision::Reject(Refusal::VolumesDiffer {
+            offered: hello.volumes.clone(),
+            held: local.to_vec(),
+        });
     }
     if epoch < meta.epoch {
-        return HelloDecision::Reject(format!(
-            "stale epoch {epoch}: this replica has seen epoch {}; a newer primary exists",
-            meta.epoch
-        ));
+        return HelloDecision::Reject(Refusal::StaleEpoch {
+            epoch,
+            seen: meta.epoch,
+        });
     }
     match meta.role {
-        Role::Primary if epoch == meta.epoch => HelloDecision::Reject(format!(
-            "this replica is itself primary at epoch {epoch}; two primaries in one epoch are refused"
-        )),
+        Role::Primary if epoch == meta.epoch => {
+            HelloDecision::Reject(Refusal::TwoPrimaries { epoch })
+        }
         Role::Primary => HelloDecision::Accept {
             epoch,
             demoted: true,

@@ -1,7 +1,9 @@
 //! The replication engine in one process, over real TCP on loopback and real files:
 //! sync and async streaming, a secondary that goes away and comes back (replay or
 //! delta resync), a primary held by a missing peer until permission to go on alone,
-//! a stale primary fenced by the peer's epoch, and garbage on the replica endpoint.
+//! a stale primary fenced by the peer's epoch or by a peer that is itself primary in
+//! that epoch, peers of the previous frame format refused with a clear reason, and
+//! garbage on the replica endpoint.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -266,4 +268,109 @@ async fn garbage_on_the_replica_endpoint_closes_that_connection_only() {
     g.backend(0).write(0, block(1, 1), false).await.unwrap();
     g.stop();
     sec.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_meeting_another_primary_of_its_epoch_fences_itself() {
+    let d = tempfile::tempdir().unwrap();
+    let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
+    // The "secondary" endpoint holds files that are primary at epoch 1 too.
+    let (vol, meta) = open_replica("v", &s_path, Some(SIZE), Role::Primary, Epoch(1)).unwrap();
+    let group = ReplicaGroup::new("g", vec![vol], meta);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(serve(group.clone(), listener, rx, None));
+    let sec = Secondary { group, stop, task };
+    let g = primary(&p_path, &addr, Mode::Sync, Arc::new(AlwaysDegrade));
+    let mut st = g.status();
+    wait("the primary to be fenced", Duration::from_secs(10), || {
+        st.borrow_and_update().fenced
+    })
+    .await;
+    assert_eq!(
+        sec.group.status().borrow().last_error,
+        "this replica is itself primary at epoch 1; two primaries in one epoch are refused"
+    );
+    assert_eq!(sec.group.meta().role, Role::Primary, "nothing was demoted");
+    g.stop();
+    sec.kill().await;
+}
+
+/// A primary of the previous metrodr version (its hello is bytes that version wrote)
+/// is refused at the hello with the reason, in a frame of this version, and the
+/// connection closes; the secondary's status says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_of_the_previous_frame_format_is_refused_at_the_hello() {
+    use futures_util::StreamExt;
+    use replication::frame::{Frame, FrameCodec, Refusal};
+    use tokio::io::AsyncWriteExt;
+    let d = tempfile::tempdir().unwrap();
+    let (sec, addr) = secondary(&d.path().join("s.raw"), "127.0.0.1:0", Epoch(1)).await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(include_bytes!("fixtures/frame-v1-hello.bin"))
+        .await
+        .unwrap();
+    let mut frames = tokio_util::codec::FramedRead::new(s, FrameCodec);
+    let answer = tokio::time::timeout(Duration::from_secs(10), frames.next())
+        .await
+        .expect("an answer to the hello")
+        .expect("a frame, not a closed connection")
+        .expect("a frame of this version");
+    assert_eq!(
+        answer.frame,
+        Frame::Refused(Refusal::Version { theirs: 1, ours: 2 })
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), frames.next())
+        .await
+        .expect("the connection to close");
+    assert!(end.is_none(), "a frame after the refusal: {end:?}");
+    let mut st = sec.group.status();
+    wait("the refusal in the status", Duration::from_secs(10), || {
+        !st.borrow_and_update().last_error.is_empty()
+    })
+    .await;
+    assert_eq!(
+        sec.group.status().borrow().last_error,
+        "the primary speaks replication frame format 1, this replica speaks 2: run the same metrodr version on both sites"
+    );
+    sec.kill().await;
+}
+
+/// A secondary of the previous version answers in its own frames (here its free-text
+/// "stale epoch" refusal, bytes that version wrote): this primary does not understand
+/// them, says why, keeps retrying, and is not fenced by text it cannot trust.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_in_the_previous_frame_format_leaves_the_primary_down_not_fenced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = tempfile::tempdir().unwrap();
+    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = old.local_addr().unwrap().to_string();
+    let old_secondary = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = old.accept().await.unwrap();
+            let mut hello = [0u8; 32];
+            let _ = s.read_exact(&mut hello).await;
+            let _ = s
+                .write_all(include_bytes!("fixtures/frame-v1-error.bin"))
+                .await;
+        }
+    });
+    let g = primary(
+        &d.path().join("p.raw"),
+        &addr,
+        Mode::Sync,
+        Arc::new(NeverDegrade),
+    );
+    let mut st = g.status();
+    let want = "down: bad frame from the peer: the peer speaks replication frame format 1, this side speaks 2: run the same metrodr version on both sites";
+    wait(
+        "the link to say why it is down",
+        Duration::from_secs(10),
+        || st.borrow_and_update().link == want,
+    )
+    .await;
+    assert!(!g.status().borrow().fenced, "fenced by an old text refusal");
+    g.stop();
+    old_secondary.abort();
 }

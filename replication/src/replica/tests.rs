@@ -33,8 +33,12 @@ fn hello() -> Hello {
 #[test]
 fn a_secondary_refuses_lower_epochs_and_a_second_primary() {
     let mut m = ReplicaMeta::new("v", 8 << 20, Role::Secondary, Epoch(5));
-    assert!(
-        matches!(accept_hello(&m, &vols(), Epoch(4), &hello()), HelloDecision::Reject(r) if r.contains("stale epoch 4"))
+    assert_eq!(
+        accept_hello(&m, &vols(), Epoch(4), &hello()),
+        HelloDecision::Reject(Refusal::StaleEpoch {
+            epoch: Epoch(4),
+            seen: Epoch(5)
+        })
     );
     assert_eq!(
         accept_hello(&m, &vols(), Epoch(5), &hello()),
@@ -44,8 +48,9 @@ fn a_secondary_refuses_lower_epochs_and_a_second_primary() {
         }
     );
     m.role = Role::Primary;
-    assert!(
-        matches!(accept_hello(&m, &vols(), Epoch(5), &hello()), HelloDecision::Reject(r) if r.contains("two primaries"))
+    assert_eq!(
+        accept_hello(&m, &vols(), Epoch(5), &hello()),
+        HelloDecision::Reject(Refusal::TwoPrimaries { epoch: Epoch(5) })
     );
     assert_eq!(
         accept_hello(&m, &vols(), Epoch(6), &hello()),
@@ -56,8 +61,12 @@ fn a_secondary_refuses_lower_epochs_and_a_second_primary() {
     );
     let mut h = hello();
     h.volumes[0].size += 1;
-    assert!(
-        matches!(accept_hello(&m, &vols(), Epoch(6), &h), HelloDecision::Reject(r) if r.contains("offers"))
+    assert_eq!(
+        accept_hello(&m, &vols(), Epoch(6), &h),
+        HelloDecision::Reject(Refusal::VolumesDiffer {
+            offered: h.volumes.clone(),
+            held: vols()
+        })
     );
 }
 
