@@ -9,6 +9,7 @@ use std::time::Duration;
 use ids::Epoch;
 use proto::pb;
 use proto::pb::agent_client::AgentClient;
+use replication::link::LinkState;
 use replication::primary::{DegradePermission, GroupStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,11 +22,11 @@ pub fn link_of(st: &GroupStatus) -> Option<&'static str> {
     if st.degraded {
         return Some("alone");
     }
-    match st.link.as_str() {
-        "streaming" => Some("in-sync"),
-        "resyncing" => Some("resyncing"),
-        l if l.starts_with("down") => Some("down"),
-        _ => None,
+    match st.link {
+        LinkState::Streaming => Some("in-sync"),
+        LinkState::Resyncing => Some("resyncing"),
+        LinkState::Down { .. } | LinkState::HoldingWrites { .. } => Some("down"),
+        LinkState::Starting | LinkState::NotReplicated | LinkState::Fenced { .. } => None,
     }
 }
 
@@ -38,7 +39,7 @@ pub fn detail_of(st: &GroupStatus) -> String {
             "{}; last resync copied {} bytes ({} of {} regions compared)",
             st.link, r.bytes_copied, r.regions_copied, r.regions_compared
         ),
-        None => st.link.clone(),
+        None => st.link.to_string(),
     }
 }
 
@@ -164,9 +165,9 @@ impl DegradePermission for ClusterPermission {
 mod tests {
     use super::*;
 
-    fn st(link: &str, degraded: bool, fenced: bool) -> GroupStatus {
+    fn st(link: LinkState, degraded: bool, fenced: bool) -> GroupStatus {
         GroupStatus {
-            link: link.into(),
+            link,
             degraded,
             fenced,
             ..GroupStatus::default()
@@ -175,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_detail_carries_the_last_resync() {
-        let mut s = st("streaming", false, false);
+        let mut s = st(LinkState::Streaming, false, false);
         assert_eq!(detail_of(&s), "streaming");
         s.last_resync = Some(replication::frame::ResyncSummary {
             regions_compared: 64,
@@ -190,17 +191,41 @@ mod tests {
 
     #[test]
     fn only_a_streaming_link_makes_the_peer_promotable() {
-        assert_eq!(link_of(&st("streaming", false, false)), Some("in-sync"));
-        assert_eq!(link_of(&st("resyncing", false, false)), Some("resyncing"));
-        assert_eq!(link_of(&st("down: refused", false, false)), Some("down"));
+        let down = |why: &str| LinkState::Down { why: why.into() };
         assert_eq!(
-            link_of(&st("down, holding writes: x", false, false)),
+            link_of(&st(LinkState::Streaming, false, false)),
+            Some("in-sync")
+        );
+        assert_eq!(
+            link_of(&st(LinkState::Resyncing, false, false)),
+            Some("resyncing")
+        );
+        assert_eq!(link_of(&st(down("refused"), false, false)), Some("down"));
+        assert_eq!(
+            link_of(&st(
+                LinkState::HoldingWrites { why: "x".into() },
+                false,
+                false
+            )),
             Some("down")
         );
-        assert_eq!(link_of(&st("streaming", true, false)), Some("alone"));
-        assert_eq!(link_of(&st("starting", false, false)), None);
-        assert_eq!(link_of(&st("not replicated", false, false)), None);
+        assert_eq!(
+            link_of(&st(LinkState::Streaming, true, false)),
+            Some("alone")
+        );
+        assert_eq!(link_of(&st(LinkState::Starting, false, false)), None);
+        assert_eq!(link_of(&st(LinkState::NotReplicated, false, false)), None);
         // A fenced primary reports nothing: it is stale.
-        assert_eq!(link_of(&st("streaming", false, true)), None);
+        assert_eq!(link_of(&st(LinkState::Streaming, false, true)), None);
+        assert_eq!(
+            link_of(&st(
+                LinkState::Fenced {
+                    why: "lease".into()
+                },
+                false,
+                false
+            )),
+            None
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The primary's connection to its peer: connect, hello, plan (replay or compare and
 //! copy regions), stream every enqueued frame in order, track acknowledgements, and
 //! when the link is down, hold sync writes until the peer returns or the orchestrator
-//! lets this primary continue alone ([`crate::primary::DegradePermission`]).
+//! lets this primary continue alone ([`crate::primary::DegradePermission`]). What the
+//! link is doing is a [`LinkState`] in the group's status.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +20,65 @@ use crate::frame::{
 };
 use crate::primary::{PrimaryGroup, lock};
 use crate::replica::{Mode, PrimaryView, ResyncPlan, plan_resync};
+
+/// What a primary's replication link is doing, as its status shows it.
+///
+/// ```text
+///  Starting ──► NotReplicated                  (no peer: nothing more happens)
+///     │
+///     ▼
+///   Down ◄────► Resyncing ──► Streaming        (a connection: plan, then stream)
+///   │  ▲            │             │
+///   ▼  │            └──────┬──────┘
+///  HoldingWrites           ▼
+///   (sync writes held,    Down                 (the connection ended)
+///    permission refused)
+///  any ──► Fenced                              (a newer primary exists, or the lease
+///                                               ran out: nothing is acknowledged)
+/// ```
+/// Running alone with the peer outdated is not a link state: it is the status's
+/// `degraded`, whatever the link does meanwhile. Serialized as its rendering
+/// (`"streaming"`, `"down: why"`), as the status lines always showed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkState {
+    /// The group was opened; no connection was tried yet.
+    #[default]
+    Starting,
+    /// No peer is configured: the volumes are served unreplicated.
+    NotReplicated,
+    /// Connected; comparing and copying the regions that may differ. The peer is not
+    /// a complete copy until this ends.
+    Resyncing,
+    /// Connected and in sync: every write is sent as it is made.
+    Streaming,
+    /// No connection (the last attempt or connection ended for `why`); retrying.
+    Down { why: String },
+    /// No connection, sync writes are held, and permission to go on without the peer
+    /// was refused for `why`; retrying both.
+    HoldingWrites { why: String },
+    /// This primary acknowledges nothing any more, for `why`.
+    Fenced { why: String },
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Starting => f.write_str("starting"),
+            LinkState::NotReplicated => f.write_str("not replicated"),
+            LinkState::Resyncing => f.write_str("resyncing"),
+            LinkState::Streaming => f.write_str("streaming"),
+            LinkState::Down { why } => write!(f, "down: {why}"),
+            LinkState::HoldingWrites { why } => write!(f, "down, holding writes: {why}"),
+            LinkState::Fenced { why } => write!(f, "fenced: {why}"),
+        }
+    }
+}
+
+impl serde::Serialize for LinkState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Resync reads pause while this much is buffered for the peer.
@@ -55,7 +115,7 @@ fn refused(why: Refusal) -> End {
 /// Run the link until the group is stopped (or fenced). Spawn it on the runtime.
 pub async fn run(group: Arc<PrimaryGroup>) {
     let Some(peer) = group.cfg.peer.clone() else {
-        group.refresh_status("not replicated");
+        group.refresh_status(Some(LinkState::NotReplicated));
         return;
     };
     let watch = tokio::spawn(hold_watch(group.clone()));
@@ -76,7 +136,7 @@ pub async fn run(group: Arc<PrimaryGroup>) {
                     *lock(&group.down_since) = Instant::now();
                     tracing::warn!(group = %group.cfg.name, %peer, "replication link down: {why}");
                 }
-                group.refresh_status(&format!("down: {why}"));
+                group.refresh_status(Some(LinkState::Down { why }));
             }
         }
         tokio::select! {
@@ -124,7 +184,7 @@ async fn hold_watch(group: Arc<PrimaryGroup>) {
             }
             Err(e) => {
                 tracing::warn!(group = %group.cfg.name, "holding writes: permission to continue alone refused: {e}");
-                group.refresh_status(&format!("down, holding writes: {e}"));
+                group.refresh_status(Some(LinkState::HoldingWrites { why: e }));
             }
         }
     }
@@ -271,11 +331,11 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
     };
     group.update_confirm(|_| false);
     tracing::info!(group = %group.cfg.name, %peer, resync = plans.is_some(), "replication link up");
-    group.refresh_status(if plans.is_some() {
-        "resyncing"
+    group.refresh_status(Some(if plans.is_some() {
+        LinkState::Resyncing
     } else {
-        "streaming"
-    });
+        LinkState::Streaming
+    }));
 
     let (sums_tx, sums_rx) = mpsc::channel::<(u16, Vec<(u32, u32)>)>(4);
     let (ctl_tx, ctl_rx) = mpsc::channel::<Frame>(16);
@@ -541,7 +601,7 @@ async fn resync(
         st.resynced_bytes_total += summary.bytes_copied;
         st.last_resync = Some(summary);
     });
-    group.refresh_status("streaming");
+    group.refresh_status(Some(LinkState::Streaming));
     Ok(())
 }
 
@@ -550,6 +610,33 @@ mod tests {
     use ids::Epoch;
 
     use super::*;
+
+    /// The status lines (JSON) and the people read the link as they always did.
+    #[test]
+    fn the_link_state_renders_as_the_status_showed_it() {
+        let why = || "cannot connect to b:1: refused".to_string();
+        for (state, text) in [
+            (LinkState::Starting, "starting".to_string()),
+            (LinkState::NotReplicated, "not replicated".into()),
+            (LinkState::Resyncing, "resyncing".into()),
+            (LinkState::Streaming, "streaming".into()),
+            (LinkState::Down { why: why() }, format!("down: {}", why())),
+            (
+                LinkState::HoldingWrites { why: why() },
+                format!("down, holding writes: {}", why()),
+            ),
+            (
+                LinkState::Fenced { why: why() },
+                format!("fenced: {}", why()),
+            ),
+        ] {
+            assert_eq!(state.to_string(), text);
+            assert_eq!(
+                serde_json::to_value(&state).unwrap(),
+                serde_json::Value::String(text)
+            );
+        }
+    }
 
     /// Only a refusal that says another primary is at least as new fences this one; a
     /// refusal for any other reason leaves it running and retrying.

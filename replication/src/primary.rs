@@ -26,6 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::backend::{BackendError, BlockBackend};
 use crate::frame::{Envelope, Frame};
+use crate::link::LinkState;
 use crate::meta::ReplicaMeta;
 use crate::replica::Mode;
 use crate::volume::VolumeFile;
@@ -113,7 +114,7 @@ impl GroupConfig {
 /// What the group reports (status lines, metrics, the agent).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GroupStatus {
-    pub link: String,
+    pub link: LinkState,
     pub epoch: Epoch,
     pub generation: Generation,
     /// Running alone with the peer committed outdated (sync) or overflowed (async).
@@ -248,7 +249,7 @@ impl PrimaryGroup {
             volumes,
         });
         g.save_meta(&meta)?;
-        g.refresh_status("starting");
+        g.refresh_status(Some(LinkState::Starting));
         Ok(g)
     }
 
@@ -281,7 +282,7 @@ impl PrimaryGroup {
     /// Recompute the lag and counters in the status now (they are otherwise refreshed
     /// on link events).
     pub fn refresh(&self) {
-        self.refresh_status("");
+        self.refresh_status(None);
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -293,7 +294,9 @@ impl PrimaryGroup {
         if !self.fenced.swap(true, Ordering::SeqCst) {
             tracing::error!(group = %self.cfg.name, "FENCED: no write is acknowledged any more: {why}");
         }
-        self.refresh_status(&format!("fenced: {why}"));
+        self.refresh_status(Some(LinkState::Fenced {
+            why: why.to_string(),
+        }));
     }
 
     pub fn meta(&self) -> ReplicaMeta {
@@ -311,7 +314,8 @@ impl PrimaryGroup {
         Ok(())
     }
 
-    pub(crate) fn refresh_status(&self, link: &str) {
+    /// Recompute the status (the link's state too, when `link` says it changed).
+    pub(crate) fn refresh_status(&self, link: Option<LinkState>) {
         let (meta, lag_bytes, lag_seconds, next_seq) = {
             let s = lock(&self.state);
             let lag_s = s
@@ -323,8 +327,8 @@ impl PrimaryGroup {
         let c = *self.confirm.borrow();
         let dirty = self.volumes.iter().map(|v| v.dirty_count()).sum();
         self.status.send_modify(|st| {
-            if !link.is_empty() {
-                st.link = link.to_string();
+            if let Some(link) = link {
+                st.link = link;
             }
             st.epoch = meta.epoch;
             st.generation.clone_from(&meta.generation);
@@ -474,7 +478,7 @@ impl PrimaryGroup {
             c.degraded = true;
             true
         });
-        self.refresh_status("");
+        self.refresh_status(None);
     }
 
     fn volume(&self, v: usize) -> &Arc<VolumeFile> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ids::Epoch;
 use replication::backend::BlockBackend;
+use replication::link::LinkState;
 use replication::meta::Role;
 use replication::primary::{
     AlwaysDegrade, DegradePermission, GroupConfig, NeverDegrade, PrimaryGroup,
@@ -90,7 +91,7 @@ fn same(a: &Path, b: &Path) -> bool {
 async fn streaming(g: &PrimaryGroup) {
     let mut st = g.status();
     wait("the link to stream", Duration::from_secs(10), || {
-        st.borrow_and_update().link == "streaming"
+        st.borrow_and_update().link == LinkState::Streaming
     })
     .await;
 }
@@ -157,7 +158,7 @@ async fn a_secondary_that_returns_is_brought_back_by_delta_resync() {
     let mut st = g.status();
     wait("the resync to finish", Duration::from_secs(20), || {
         let s = st.borrow_and_update();
-        s.link == "streaming" && !s.degraded
+        s.link == LinkState::Streaming && !s.degraded
     })
     .await;
     let s = g.status().borrow().clone();
@@ -363,7 +364,9 @@ async fn an_answer_in_the_previous_frame_format_leaves_the_primary_down_not_fenc
         Arc::new(NeverDegrade),
     );
     let mut st = g.status();
-    let want = "down: bad frame from the peer: the peer speaks replication frame format 1, this side speaks 2: run the same metrodr version on both sites";
+    let want = LinkState::Down {
+        why: "bad frame from the peer: the peer speaks replication frame format 1, this side speaks 2: run the same metrodr version on both sites".into(),
+    };
     wait(
         "the link to say why it is down",
         Duration::from_secs(10),

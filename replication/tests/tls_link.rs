@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ids::Epoch;
 use replication::backend::BlockBackend;
+use replication::link::LinkState;
 use replication::meta::Role;
 use replication::primary::{GroupConfig, NeverDegrade, PrimaryGroup};
 use replication::replica::Mode;
@@ -83,7 +84,7 @@ async fn two_agents_of_one_ca_replicate_over_tls() {
     let mut st = g.status();
     tokio::time::timeout(
         Duration::from_secs(10),
-        st.wait_for(|s| s.link == "streaming"),
+        st.wait_for(|s| s.link == LinkState::Streaming),
     )
     .await
     .expect("the TLS link streams")
@@ -120,7 +121,7 @@ async fn refused(who: impl FnOnce(&CertDir, &Path) -> Option<Arc<Tls>>, says: &s
     .clone();
     assert!(why.contains(says), "{why}");
     assert!(!sec.status().borrow().connected);
-    assert_ne!(g.status().borrow().link, "streaming");
+    assert_ne!(g.status().borrow().link, LinkState::Streaming);
     g.stop();
     let _ = stop.send(true);
 }
