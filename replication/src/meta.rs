@@ -77,6 +77,9 @@ pub enum MetaError {
     },
     #[error("{path}: {why}")]
     Corrupt { path: PathBuf, why: String },
+    /// Metadata of another format version (written by another metrodr version).
+    #[error("{path}: metadata format {found} (this metrodr reads {META_VERSION})")]
+    Version { path: PathBuf, found: u32 },
 }
 
 fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> MetaError {
@@ -154,12 +157,9 @@ impl ReplicaMeta {
             why: format!("not valid replica metadata: {e}"),
         })?;
         if m.version != META_VERSION {
-            return Err(MetaError::Corrupt {
+            return Err(MetaError::Version {
                 path,
-                why: format!(
-                    "metadata format {} (this metrodr reads {META_VERSION})",
-                    m.version
-                ),
+                found: m.version,
             });
         }
         Ok(Some(m))
@@ -478,12 +478,10 @@ mod tests {
         assert_eq!(m.regions(), 10);
         m.version = 99;
         std::fs::write(meta_path(&data), serde_json::to_vec(&m).unwrap()).unwrap();
-        assert!(
-            ReplicaMeta::load(&data)
-                .unwrap_err()
-                .to_string()
-                .contains("format 99")
-        );
+        assert!(matches!(
+            ReplicaMeta::load(&data),
+            Err(MetaError::Version { found: 99, .. })
+        ));
         std::fs::write(meta_path(&data), b"{garbage").unwrap();
         assert!(ReplicaMeta::load(&data).is_err());
     }
