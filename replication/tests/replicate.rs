@@ -33,7 +33,17 @@ struct Secondary {
 }
 
 async fn secondary(path: &Path, listen: &str, epoch: Epoch) -> (Secondary, String) {
-    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Secondary, epoch).unwrap();
+    replica_endpoint(path, listen, Role::Secondary, epoch).await
+}
+
+/// A replica endpoint over files of `role` (a new file starts at `epoch`).
+async fn replica_endpoint(
+    path: &Path,
+    listen: &str,
+    role: Role,
+    epoch: Epoch,
+) -> (Secondary, String) {
+    let (vol, meta) = open_replica("v", path, Some(SIZE), role, epoch).unwrap();
     let group = ReplicaGroup::new("g", vec![vol], meta);
     let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -275,14 +285,8 @@ async fn garbage_on_the_replica_endpoint_closes_that_connection_only() {
 async fn a_primary_meeting_another_primary_of_its_epoch_fences_itself() {
     let d = tempfile::tempdir().unwrap();
     let (p_path, s_path) = (d.path().join("p.raw"), d.path().join("s.raw"));
-    // The "secondary" endpoint holds files that are primary at epoch 1 too.
-    let (vol, meta) = open_replica("v", &s_path, Some(SIZE), Role::Primary, Epoch(1)).unwrap();
-    let group = ReplicaGroup::new("g", vec![vol], meta);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(group.clone(), listener, rx, None));
-    let sec = Secondary { group, stop, task };
+    // The replica endpoint holds files that are primary at epoch 1 too.
+    let (sec, addr) = replica_endpoint(&s_path, "127.0.0.1:0", Role::Primary, Epoch(1)).await;
     let g = primary(&p_path, &addr, Mode::Sync, Arc::new(AlwaysDegrade));
     let mut st = g.status();
     wait("the primary to be fenced", Duration::from_secs(10), || {
