@@ -6,10 +6,12 @@
 
 use std::time::Duration;
 
+use ids::Epoch;
 use proto::agent::LinkReport;
 use proto::agent::wire::link_to_wire;
 use proto::pb;
 use proto::pb::agent_client::AgentClient;
+use replication::link::LinkState;
 use replication::primary::{DegradePermission, GroupStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,11 +24,11 @@ pub fn link_of(st: &GroupStatus) -> Option<LinkReport> {
     if st.degraded {
         return Some(LinkReport::Alone);
     }
-    match st.link.as_str() {
-        "streaming" => Some(LinkReport::InSync),
-        "resyncing" => Some(LinkReport::Resyncing),
-        l if l.starts_with("down") => Some(LinkReport::Down),
-        _ => None,
+    match st.link {
+        LinkState::Streaming => Some(LinkReport::InSync),
+        LinkState::Resyncing => Some(LinkReport::Resyncing),
+        LinkState::Down { .. } | LinkState::HoldingWrites { .. } => Some(LinkReport::Down),
+        LinkState::Starting | LinkState::NotReplicated | LinkState::Fenced { .. } => None,
     }
 }
 
@@ -39,7 +41,7 @@ pub fn detail_of(st: &GroupStatus) -> String {
             "{}; last resync copied {} bytes ({} of {} regions compared)",
             st.link, r.bytes_copied, r.regions_copied, r.regions_compared
         ),
-        None => st.link.clone(),
+        None => st.link.to_string(),
     }
 }
 
@@ -58,7 +60,7 @@ impl Reporter {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut sent: Option<(LinkReport, u64)> = None;
+            let mut sent: Option<(LinkReport, Epoch)> = None;
             let mut next = 0usize;
             loop {
                 let (link, epoch, detail) = {
@@ -92,7 +94,7 @@ impl Reporter {
         &self,
         next: &mut usize,
         link: LinkReport,
-        epoch: u64,
+        epoch: Epoch,
         detail: &str,
     ) -> Result<(), String> {
         let mut last = String::from("no cluster address");
@@ -107,7 +109,7 @@ impl Reporter {
                     .report_replica(pb::ReplicaReportRequest {
                         app: self.app.clone(),
                         site: self.site.clone(),
-                        epoch,
+                        epoch: epoch.0,
                         link: link_to_wire(link).into(),
                         detail: detail.into(),
                     })
@@ -155,7 +157,7 @@ impl DegradePermission for ClusterPermission {
     fn request(
         &self,
         _group: &str,
-        epoch: u64,
+        epoch: Epoch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             let mut next = 0;
@@ -175,9 +177,9 @@ impl DegradePermission for ClusterPermission {
 mod tests {
     use super::*;
 
-    fn st(link: &str, degraded: bool, fenced: bool) -> GroupStatus {
+    fn st(link: LinkState, degraded: bool, fenced: bool) -> GroupStatus {
         GroupStatus {
-            link: link.into(),
+            link,
             degraded,
             fenced,
             ..GroupStatus::default()
@@ -186,7 +188,7 @@ mod tests {
 
     #[test]
     fn the_detail_carries_the_last_resync() {
-        let mut s = st("streaming", false, false);
+        let mut s = st(LinkState::Streaming, false, false);
         assert_eq!(detail_of(&s), "streaming");
         s.last_resync = Some(replication::frame::ResyncSummary {
             regions_compared: 64,
@@ -201,29 +203,41 @@ mod tests {
 
     #[test]
     fn only_a_streaming_link_makes_the_peer_promotable() {
+        let down = |why: &str| LinkState::Down { why: why.into() };
         assert_eq!(
-            link_of(&st("streaming", false, false)),
+            link_of(&st(LinkState::Streaming, false, false)),
             Some(LinkReport::InSync)
         );
         assert_eq!(
-            link_of(&st("resyncing", false, false)),
+            link_of(&st(LinkState::Resyncing, false, false)),
             Some(LinkReport::Resyncing)
         );
+        assert_eq!(link_of(&st(down("refused"), false, false)), Some(LinkReport::Down));
         assert_eq!(
-            link_of(&st("down: refused", false, false)),
+            link_of(&st(
+                LinkState::HoldingWrites { why: "x".into() },
+                false,
+                false
+            )),
             Some(LinkReport::Down)
         );
         assert_eq!(
-            link_of(&st("down, holding writes: x", false, false)),
-            Some(LinkReport::Down)
-        );
-        assert_eq!(
-            link_of(&st("streaming", true, false)),
+            link_of(&st(LinkState::Streaming, true, false)),
             Some(LinkReport::Alone)
         );
-        assert_eq!(link_of(&st("starting", false, false)), None);
-        assert_eq!(link_of(&st("not replicated", false, false)), None);
+        assert_eq!(link_of(&st(LinkState::Starting, false, false)), None);
+        assert_eq!(link_of(&st(LinkState::NotReplicated, false, false)), None);
         // A fenced primary reports nothing: it is stale.
-        assert_eq!(link_of(&st("streaming", false, true)), None);
+        assert_eq!(link_of(&st(LinkState::Streaming, false, true)), None);
+        assert_eq!(
+            link_of(&st(
+                LinkState::Fenced {
+                    why: "lease".into()
+                },
+                false,
+                false
+            )),
+            None
+        );
     }
 }

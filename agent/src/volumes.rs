@@ -23,7 +23,7 @@ use replication::service::{
 };
 use tokio_util::sync::CancellationToken;
 use topology::ReplicationMode;
-use topology::ids::{AppId, Epoch, GroupSeq, OpId, VolumeId};
+use topology::ids::{AppId, OpId, VolumeId};
 use topology::spec::{GroupRole, GroupSpec};
 
 use crate::replica_report::{ClusterPermission, Reporter};
@@ -65,7 +65,7 @@ impl Served {
                 let st = served.group.status().borrow().clone();
                 let confirmation = match served.stop().await {
                     Ok(true) => PeerConfirmation::Confirmed {
-                        up_to: GroupSeq(st.next_seq.saturating_sub(1)),
+                        up_to: st.next_seq.prev(),
                     },
                     Ok(false) if fenced => PeerConfirmation::Fenced,
                     Ok(false) => PeerConfirmation::NotConfirmed {
@@ -76,7 +76,7 @@ impl Served {
                     },
                 };
                 StoppedGroup::Primary {
-                    epoch: Epoch(st.epoch),
+                    epoch: st.epoch,
                     confirmation,
                 }
             }
@@ -85,8 +85,8 @@ impl Served {
                 served.stop().await;
                 let st = group.status().borrow().clone();
                 StoppedGroup::Secondary {
-                    epoch: Epoch(st.epoch),
-                    last_applied: GroupSeq(st.last_seq),
+                    epoch: st.epoch,
+                    last_applied: st.last_seq,
                 }
             }
         }
@@ -164,7 +164,7 @@ impl Volumes {
         if let Some(s) = drills.get(&key) {
             return Ok(CommandOutcome::DrillSnapshotTaken {
                 app: app.clone(),
-                seq: GroupSeq(s.seq()),
+                seq: s.seq(),
                 volumes,
                 already: true,
             });
@@ -176,7 +176,7 @@ impl Volumes {
         let snap = ServedSnapshot::start(&group, &dir, &socket).await?;
         let outcome = CommandOutcome::DrillSnapshotTaken {
             app: app.clone(),
-            seq: GroupSeq(snap.seq()),
+            seq: snap.seq(),
             volumes,
             already: false,
         };
@@ -255,7 +255,7 @@ impl Volumes {
                 })
                 .collect(),
             size: None,
-            epoch: spec.epoch.0,
+            epoch: spec.epoch,
         }
     }
 
@@ -322,7 +322,7 @@ impl Volumes {
                 let outcome = proto::agent::Served {
                     app: spec.app.clone(),
                     role: spec.role,
-                    epoch: Epoch(m.epoch),
+                    epoch: m.epoch,
                     endpoint,
                     already: false,
                     promoted: false,
@@ -339,7 +339,7 @@ impl Volumes {
                 let promote = spec.promote
                     && meta
                         .as_ref()
-                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch.0);
+                        .is_some_and(|m| m.role == Role::Secondary || m.epoch < spec.epoch);
                 let reporter = || Reporter {
                     addrs: self.cluster.clone(),
                     tls: self.tls.clone(),
@@ -378,7 +378,7 @@ impl Volumes {
                 let outcome = proto::agent::Served {
                     app: spec.app.clone(),
                     role: spec.role,
-                    epoch: Epoch(m.epoch),
+                    epoch: m.epoch,
                     endpoint,
                     already: false,
                     promoted: promote,

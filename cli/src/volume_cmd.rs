@@ -261,7 +261,7 @@ impl GroupArgs {
                 .map(|v| (v.id, v.path, None))
                 .collect(),
             size: self.size.map(|s| s.bytes()),
-            epoch: self.epoch,
+            epoch: ids::Epoch(self.epoch),
         }
     }
 }
@@ -542,7 +542,10 @@ pub async fn import(a: ImportArgs, tls: Tls) -> anyhow::Result<ExitCode> {
         loop {
             p.served.group.refresh();
             let st = rx.borrow_and_update().clone();
-            if st.link == "streaming" && !st.degraded && st.lag_bytes == 0 {
+            if st.link == replication::link::LinkState::Streaming
+                && !st.degraded
+                && st.lag_bytes == 0
+            {
                 break;
             }
             line(

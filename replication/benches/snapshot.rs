@@ -62,8 +62,13 @@ async fn main() {
     let offs = offsets(n, 0x9e37_79b9_7f4a_7c15);
 
     let t = Instant::now();
-    let snap =
-        GroupSnapshot::attach("bench", std::slice::from_ref(&v), 1, &dir.path().join("s")).unwrap();
+    let snap = GroupSnapshot::attach(
+        "bench",
+        std::slice::from_ref(&v),
+        ids::GroupSeq(1),
+        &dir.path().join("s"),
+    )
+    .unwrap();
     let take_ms = t.elapsed().as_secs_f64() * 1000.0;
     let first = writes(&v, &offs).await;
     let chunks = snap.preserved_chunks().await;

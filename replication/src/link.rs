@@ -1,7 +1,8 @@
 //! The primary's connection to its peer: connect, hello, plan (replay or compare and
 //! copy regions), stream every enqueued frame in order, track acknowledgements, and
 //! when the link is down, hold sync writes until the peer returns or the orchestrator
-//! lets this primary continue alone ([`crate::primary::DegradePermission`]).
+//! lets this primary continue alone ([`crate::primary::DegradePermission`]). What the
+//! link is doing is a [`LinkState`] in the group's status.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,21 +10,82 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use ids::{Epoch, GroupSeq};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::frame::{
-    Envelope, Frame, FrameCodec, Hello, HelloReply, ResyncSummary, SumsRequest, VolumeInfo,
+    Envelope, Frame, FrameCodec, Hello, HelloReply, Refusal, ResyncSummary, SumsRequest, VolumeInfo,
 };
 use crate::primary::{PrimaryGroup, lock};
 use crate::replica::{Mode, PrimaryView, ResyncPlan, plan_resync};
+
+/// What a primary's replication link is doing, as its status shows it.
+///
+/// ```text
+///  Starting ──► NotReplicated                  (no peer: nothing more happens)
+///     │
+///     ▼
+///   Down ◄────► Resyncing ──► Streaming        (a connection: plan, then stream)
+///   │  ▲            │             │
+///   ▼  │            └──────┬──────┘
+///  HoldingWrites           ▼
+///   (sync writes held,    Down                 (the connection ended)
+///    permission refused)
+///  any ──► Fenced                              (a newer primary exists, or the lease
+///                                               ran out: nothing is acknowledged)
+/// ```
+/// Running alone with the peer outdated is not a link state: it is the status's
+/// `degraded`, whatever the link does meanwhile. Serialized as its rendering
+/// (`"streaming"`, `"down: why"`), as the status lines always showed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkState {
+    /// The group was opened; no connection was tried yet.
+    #[default]
+    Starting,
+    /// No peer is configured: the volumes are served unreplicated.
+    NotReplicated,
+    /// Connected; comparing and copying the regions that may differ. The peer is not
+    /// a complete copy until this ends.
+    Resyncing,
+    /// Connected and in sync: every write is sent as it is made.
+    Streaming,
+    /// No connection (the last attempt or connection ended for `why`); retrying.
+    Down { why: String },
+    /// No connection, sync writes are held, and permission to go on without the peer
+    /// was refused for `why`; retrying both.
+    HoldingWrites { why: String },
+    /// This primary acknowledges nothing any more, for `why`.
+    Fenced { why: String },
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Starting => f.write_str("starting"),
+            LinkState::NotReplicated => f.write_str("not replicated"),
+            LinkState::Resyncing => f.write_str("resyncing"),
+            LinkState::Streaming => f.write_str("streaming"),
+            LinkState::Down { why } => write!(f, "down: {why}"),
+            LinkState::HoldingWrites { why } => write!(f, "down, holding writes: {why}"),
+            LinkState::Fenced { why } => write!(f, "fenced: {why}"),
+        }
+    }
+}
+
+impl serde::Serialize for LinkState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Resync reads pause while this much is buffered for the peer.
 const RESYNC_BUFFER_MAX: usize = 64 << 20;
 
 /// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
 enum End {
     Stopped,
     /// The peer has seen a newer epoch: this primary is stale and must fence.
@@ -31,10 +93,29 @@ enum End {
     Failed(String),
 }
 
+/// What the peer's refusal means for this primary. One that says a newer primary
+/// exists, or that the peer is itself primary at this epoch, fences it: it must
+/// acknowledge nothing more. Any other ends this connection; the next one retries.
+fn refused(why: Refusal) -> End {
+    match why {
+        Refusal::StaleEpoch { .. } | Refusal::TwoPrimaries { .. } => {
+            End::Stale(format!("the peer refused this primary: {why}"))
+        }
+        Refusal::VolumesDiffer { .. }
+        | Refusal::Version { .. }
+        | Refusal::ExpectedHello { .. }
+        | Refusal::UnexpectedFrame { .. }
+        | Refusal::BadFrame { .. }
+        | Refusal::NoSuchVolume { .. }
+        | Refusal::OutOfRange { .. }
+        | Refusal::BadSumsRequest { .. } => End::Failed(format!("the peer refused: {why}")),
+    }
+}
+
 /// Run the link until the group is stopped (or fenced). Spawn it on the runtime.
 pub async fn run(group: Arc<PrimaryGroup>) {
     let Some(peer) = group.cfg.peer.clone() else {
-        group.refresh_status("not replicated");
+        group.refresh_status(Some(LinkState::NotReplicated));
         return;
     };
     let watch = tokio::spawn(hold_watch(group.clone()));
@@ -55,7 +136,7 @@ pub async fn run(group: Arc<PrimaryGroup>) {
                     *lock(&group.down_since) = Instant::now();
                     tracing::warn!(group = %group.cfg.name, %peer, "replication link down: {why}");
                 }
-                group.refresh_status(&format!("down: {why}"));
+                group.refresh_status(Some(LinkState::Down { why }));
             }
         }
         tokio::select! {
@@ -103,7 +184,7 @@ async fn hold_watch(group: Arc<PrimaryGroup>) {
             }
             Err(e) => {
                 tracing::warn!(group = %group.cfg.name, "holding writes: permission to continue alone refused: {e}");
-                group.refresh_status(&format!("down, holding writes: {e}"));
+                group.refresh_status(Some(LinkState::HoldingWrites { why: e }));
             }
         }
     }
@@ -168,7 +249,7 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
     };
     if let Err(e) = writer
         .send(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch,
             frame: Frame::Hello(hello),
         })
@@ -183,16 +264,11 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
             ..
         }))) => r,
         Ok(Some(Ok(Envelope {
-            frame: Frame::Error(why),
+            frame: Frame::Refused(why),
             ..
-        }))) => {
-            if why.contains("stale epoch") || why.contains("two primaries") {
-                return End::Stale(format!("the peer refused this primary: {why}"));
-            }
-            return End::Failed(format!("the peer refused the connection: {why}"));
-        }
+        }))) => return refused(why),
         Ok(Some(Ok(other))) => {
-            return End::Failed(format!("unexpected first frame {:?}", other.frame));
+            return End::Failed(format!("unexpected first frame: {}", other.frame.name()));
         }
         Ok(Some(Err(e))) => return End::Failed(format!("bad frame from the peer: {e}")),
         Ok(None) => {
@@ -210,7 +286,7 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
     // Plan under the state lock, so no write slips between the snapshot and the stream.
     let (plans, snapshot) = {
         let mut s = lock(&group.state);
-        let snapshot = s.next_seq - 1;
+        let snapshot = s.next_seq.prev();
         let resend_from = s.buffer.front().map_or(s.next_seq, |b| b.seq);
         let mut plans = Vec::new();
         for (i, v) in group.volumes.iter().enumerate() {
@@ -234,10 +310,9 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
         }
         let replay = plans.iter().all(|p| matches!(p, ResyncPlan::Replay { .. }));
         if replay {
-            let from = reply.last_seq + 1;
-            s.sent_upto = from - 1;
+            s.sent_upto = reply.last_seq;
             group.confirm.send_modify(|c| {
-                c.snapshot = 0;
+                c.snapshot = GroupSeq(0);
                 c.acked = c.acked.max(reply.last_seq);
             });
         } else {
@@ -256,11 +331,11 @@ async fn connect_and_stream(group: &Arc<PrimaryGroup>, peer: &str) -> End {
     };
     group.update_confirm(|_| false);
     tracing::info!(group = %group.cfg.name, %peer, resync = plans.is_some(), "replication link up");
-    group.refresh_status(if plans.is_some() {
-        "resyncing"
+    group.refresh_status(Some(if plans.is_some() {
+        LinkState::Resyncing
     } else {
-        "streaming"
-    });
+        LinkState::Streaming
+    }));
 
     let (sums_tx, sums_rx) = mpsc::channel::<(u16, Vec<(u32, u32)>)>(4);
     let (ctl_tx, ctl_rx) = mpsc::channel::<Frame>(16);
@@ -341,19 +416,16 @@ async fn read_loop(
                 }
             }
             Frame::Pong(_) => {}
-            Frame::Error(why) => {
-                if why.contains("stale epoch") {
-                    return End::Stale(format!("the peer refused this primary: {why}"));
-                }
-                return End::Failed(format!("the peer stopped: {why}"));
+            Frame::Refused(why) => return refused(why),
+            other => {
+                return End::Failed(format!("unexpected frame from the peer: {}", other.name()));
             }
-            other => return End::Failed(format!("unexpected frame from the peer: {other:?}")),
         }
     }
 }
 
 /// The peer has every frame up to `seq`: they leave the resend buffer.
-fn drop_acknowledged(group: &PrimaryGroup, seq: u64) {
+fn drop_acknowledged(group: &PrimaryGroup, seq: GroupSeq) {
     let mut s = lock(&group.state);
     while s.buffer.front().is_some_and(|b| b.seq <= seq) {
         if let Some(b) = s.buffer.pop_front() {
@@ -366,7 +438,7 @@ async fn write_loop(
     group: Arc<PrimaryGroup>,
     mut writer: FramedWrite<crate::WriteHalf, FrameCodec>,
     mut ctl: mpsc::Receiver<Frame>,
-    epoch: u64,
+    epoch: Epoch,
 ) -> End {
     let mut ping = tokio::time::interval(group.cfg.ping_interval);
     let mut nonce = 0u64;
@@ -396,13 +468,13 @@ async fn write_loop(
         tokio::select! {
             _ = wake => {}
             Some(f) = ctl.recv() => {
-                if let Err(e) = writer.send(Envelope { seq: 0, epoch, frame: f }).await {
+                if let Err(e) = writer.send(Envelope { seq: GroupSeq(0), epoch, frame: f }).await {
                     return End::Failed(format!("sending to the peer: {e}"));
                 }
             }
             _ = ping.tick() => {
                 nonce += 1;
-                if let Err(e) = writer.send(Envelope { seq: 0, epoch, frame: Frame::Ping(nonce) }).await {
+                if let Err(e) = writer.send(Envelope { seq: GroupSeq(0), epoch, frame: Frame::Ping(nonce) }).await {
                     return End::Failed(format!("sending to the peer: {e}"));
                 }
             }
@@ -415,7 +487,7 @@ async fn write_loop(
 async fn resync(
     group: Arc<PrimaryGroup>,
     plans: Vec<ResyncPlan>,
-    snapshot: u64,
+    snapshot: GroupSeq,
     mut sums: mpsc::Receiver<(u16, Vec<(u32, u32)>)>,
     ctl: mpsc::Sender<Frame>,
 ) -> Result<(), String> {
@@ -529,6 +601,73 @@ async fn resync(
         st.resynced_bytes_total += summary.bytes_copied;
         st.last_resync = Some(summary);
     });
-    group.refresh_status("streaming");
+    group.refresh_status(Some(LinkState::Streaming));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ids::Epoch;
+
+    use super::*;
+
+    /// The status lines (JSON) and the people read the link as they always did.
+    #[test]
+    fn the_link_state_renders_as_the_status_showed_it() {
+        let why = || "cannot connect to b:1: refused".to_string();
+        for (state, text) in [
+            (LinkState::Starting, "starting".to_string()),
+            (LinkState::NotReplicated, "not replicated".into()),
+            (LinkState::Resyncing, "resyncing".into()),
+            (LinkState::Streaming, "streaming".into()),
+            (LinkState::Down { why: why() }, format!("down: {}", why())),
+            (
+                LinkState::HoldingWrites { why: why() },
+                format!("down, holding writes: {}", why()),
+            ),
+            (
+                LinkState::Fenced { why: why() },
+                format!("fenced: {}", why()),
+            ),
+        ] {
+            assert_eq!(state.to_string(), text);
+            assert_eq!(
+                serde_json::to_value(&state).unwrap(),
+                serde_json::Value::String(text)
+            );
+        }
+    }
+
+    /// Only a refusal that says another primary is at least as new fences this one; a
+    /// refusal for any other reason leaves it running and retrying.
+    #[test]
+    fn only_a_newer_or_equal_primary_fences() {
+        let stale = refused(Refusal::StaleEpoch {
+            epoch: Epoch(3),
+            seen: Epoch(5),
+        });
+        assert_eq!(
+            stale,
+            End::Stale(
+                "the peer refused this primary: stale epoch 3: this replica has seen epoch 5; a newer primary exists"
+                    .into()
+            )
+        );
+        assert!(matches!(
+            refused(Refusal::TwoPrimaries { epoch: Epoch(4) }),
+            End::Stale(_)
+        ));
+        for why in [
+            Refusal::Version { theirs: 1, ours: 2 },
+            Refusal::BadFrame {
+                why: "stale epoch".into(),
+            },
+            Refusal::NoSuchVolume { volume: 2 },
+            Refusal::UnexpectedFrame {
+                got: "two primaries".into(),
+            },
+        ] {
+            assert!(matches!(refused(why.clone()), End::Failed(_)), "{why}");
+        }
+    }
 }

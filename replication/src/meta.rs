@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use ids::{Epoch, Generation, GroupSeq};
 use serde::{Deserialize, Serialize};
 
 pub const META_VERSION: u32 = 1;
@@ -45,16 +46,16 @@ pub struct ReplicaMeta {
     pub region_size: u32,
     pub role: Role,
     /// Highest epoch this replica has seen; frames from a lower epoch are refused.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Current data generation.
-    pub generation: String,
+    pub generation: Generation,
     /// Earlier generations, oldest first.
-    pub history: Vec<String>,
+    pub history: Vec<Generation>,
     /// The data is a complete copy as of `last_seq` (false while resyncing, or for a
     /// secondary that has never been synced).
     pub consistent: bool,
     /// Highest group sequence number written to this replica.
-    pub last_seq: u64,
+    pub last_seq: GroupSeq,
     /// Primary only: the orchestrator committed the peer as outdated; this replica
     /// runs alone and records what the peer misses in the bitmap.
     pub peer_outdated: bool,
@@ -62,7 +63,7 @@ pub struct ReplicaMeta {
     /// the peer may lack (a peer at that generation, or the one just before it, can be
     /// brought back by copying the bitmap's regions). None: no tracking in force.
     #[serde(default)]
-    pub tracked_since: Option<String>,
+    pub tracked_since: Option<Generation>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,9 @@ pub enum MetaError {
     },
     #[error("{path}: {why}")]
     Corrupt { path: PathBuf, why: String },
+    /// Metadata of another format version (written by another metrodr version).
+    #[error("{path}: metadata format {found} (this metrodr reads {META_VERSION})")]
+    Version { path: PathBuf, found: u32 },
 }
 
 fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> MetaError {
@@ -102,15 +106,15 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 }
 
 /// A fresh generation id: time and pid make it unique enough across sites.
-pub fn new_generation() -> String {
+pub fn new_generation() -> Generation {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{now:x}-{:x}", std::process::id())
+    Generation(format!("{now:x}-{:x}", std::process::id()))
 }
 
 impl ReplicaMeta {
-    pub fn new(volume: &str, size: u64, role: Role, epoch: u64) -> Self {
+    pub fn new(volume: &str, size: u64, role: Role, epoch: Epoch) -> Self {
         ReplicaMeta {
             version: META_VERSION,
             volume: volume.to_string(),
@@ -122,7 +126,7 @@ impl ReplicaMeta {
             history: Vec::new(),
             // A new primary's data is what it is; a new secondary knows nothing yet.
             consistent: role == Role::Primary,
-            last_seq: 0,
+            last_seq: GroupSeq(0),
             peer_outdated: false,
             tracked_since: None,
         }
@@ -153,12 +157,9 @@ impl ReplicaMeta {
             why: format!("not valid replica metadata: {e}"),
         })?;
         if m.version != META_VERSION {
-            return Err(MetaError::Corrupt {
+            return Err(MetaError::Version {
                 path,
-                why: format!(
-                    "metadata format {} (this metrodr reads {META_VERSION})",
-                    m.version
-                ),
+                found: m.version,
             });
         }
         Ok(Some(m))
@@ -470,21 +471,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("v.raw");
         assert!(ReplicaMeta::load(&data).unwrap().is_none());
-        let mut m = ReplicaMeta::new("v", 10 << 20, Role::Primary, 1);
+        let mut m = ReplicaMeta::new("v", 10 << 20, Role::Primary, Epoch(1));
         m.bump_generation();
         m.save(&data).unwrap();
         assert_eq!(ReplicaMeta::load(&data).unwrap(), Some(m.clone()));
         assert_eq!(m.regions(), 10);
         m.version = 99;
         std::fs::write(meta_path(&data), serde_json::to_vec(&m).unwrap()).unwrap();
-        assert!(
-            ReplicaMeta::load(&data)
-                .unwrap_err()
-                .to_string()
-                .contains("format 99")
-        );
+        assert!(matches!(
+            ReplicaMeta::load(&data),
+            Err(MetaError::Version { found: 99, .. })
+        ));
         std::fs::write(meta_path(&data), b"{garbage").unwrap();
         assert!(ReplicaMeta::load(&data).is_err());
+    }
+
+    /// Metadata written before the counters were typed (the fixtures are files the
+    /// code of then wrote) reads with every field, and is written back byte for byte:
+    /// the typed epoch, sequence number and generations persist as the bare values.
+    #[test]
+    fn metadata_written_before_the_typed_counters_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fixture, bytes) in [
+            (
+                "meta-v1-primary",
+                &include_bytes!("../tests/fixtures/meta-v1-primary.mdr.json")[..],
+            ),
+            (
+                "meta-v1-secondary",
+                &include_bytes!("../tests/fixtures/meta-v1-secondary.mdr.json")[..],
+            ),
+        ] {
+            let data = dir.path().join(format!("{fixture}.raw"));
+            std::fs::write(meta_path(&data), bytes).unwrap();
+            let m = ReplicaMeta::load(&data).unwrap().unwrap();
+            assert_eq!(m.version, META_VERSION, "{fixture}");
+            m.save(&data).unwrap();
+            assert_eq!(
+                std::fs::read(meta_path(&data)).unwrap(),
+                bytes,
+                "{fixture}: saved differently from the format of before"
+            );
+        }
+        let data = dir.path().join("meta-v1-primary.raw");
+        let m = ReplicaMeta::load(&data).unwrap().unwrap();
+        assert_eq!(
+            (m.role, m.epoch, m.last_seq, m.peer_outdated),
+            (Role::Primary, Epoch(4), GroupSeq(812), true)
+        );
+        assert_eq!(m.generation, Generation::new("18c4a1f2b3d4e5f6-3039"));
+        assert_eq!(
+            m.history,
+            vec![
+                Generation::new("18c4a1f000000000-3038"),
+                Generation::new("18c4a1f100000000-3038")
+            ]
+        );
+        assert_eq!(
+            m.tracked_since,
+            Some(Generation::new("18c4a1f100000000-3038"))
+        );
+        let s = ReplicaMeta::load(&dir.path().join("meta-v1-secondary.raw"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.role, s.epoch, s.last_seq, s.consistent, s.tracked_since),
+            (Role::Secondary, Epoch(2), GroupSeq(77), false, None)
+        );
     }
 
     #[test]

@@ -20,11 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ids::{Epoch, Generation, GroupSeq};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::backend::{BackendError, BlockBackend};
 use crate::frame::{Envelope, Frame};
+use crate::link::LinkState;
 use crate::meta::ReplicaMeta;
 use crate::replica::Mode;
 use crate::volume::VolumeFile;
@@ -35,7 +37,7 @@ pub trait DegradePermission: Send + Sync + 'static {
     fn request(
         &self,
         group: &str,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 }
 
@@ -46,7 +48,7 @@ impl DegradePermission for NeverDegrade {
     fn request(
         &self,
         _group: &str,
-        _epoch: u64,
+        _epoch: Epoch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async {
             Err("no orchestrator is configured to commit the peer outdated; holding writes until the peer is back".to_string())
@@ -62,7 +64,7 @@ impl DegradePermission for AlwaysDegrade {
     fn request(
         &self,
         _group: &str,
-        _epoch: u64,
+        _epoch: Epoch,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async { Ok(()) })
     }
@@ -112,9 +114,9 @@ impl GroupConfig {
 /// What the group reports (status lines, metrics, the agent).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GroupStatus {
-    pub link: String,
-    pub epoch: u64,
-    pub generation: String,
+    pub link: LinkState,
+    pub epoch: Epoch,
+    pub generation: Generation,
     /// Running alone with the peer committed outdated (sync) or overflowed (async).
     pub degraded: bool,
     /// This primary learned that a newer one exists: it acknowledges nothing any more.
@@ -126,13 +128,13 @@ pub struct GroupStatus {
     pub resynced_bytes_total: u64,
     pub last_resync: Option<crate::frame::ResyncSummary>,
     pub dirty_regions: u64,
-    pub next_seq: u64,
+    pub next_seq: GroupSeq,
 }
 
 /// A frame waiting for the peer's acknowledgement.
 #[derive(Debug, Clone)]
 pub(crate) struct Buffered {
-    pub seq: u64,
+    pub seq: GroupSeq,
     pub env: Envelope,
     pub bytes: usize,
     pub at: Instant,
@@ -140,31 +142,31 @@ pub(crate) struct Buffered {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    pub next_seq: u64,
+    pub next_seq: GroupSeq,
     pub buffer: VecDeque<Buffered>,
     pub buffer_bytes: usize,
     /// Highest seq handed to the current connection's writer.
-    pub sent_upto: u64,
+    pub sent_upto: GroupSeq,
     pub meta: ReplicaMeta,
     /// Async mode: writes done locally whose regions stay "in flight" in the activity
     /// log until the peer confirms them (so a crash of this primary finds them there).
-    pub unconfirmed: VecDeque<(u64, usize, std::ops::RangeInclusive<u32>)>,
+    pub unconfirmed: VecDeque<(GroupSeq, usize, std::ops::RangeInclusive<u32>)>,
 }
 
 /// Which writes the peer confirmably has: seq > `snapshot` with seq ≤ `acked`, and every
 /// seq ≤ `resynced` (a resync covered them). See `wait_confirmed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Confirm {
-    pub acked: u64,
-    pub flushed: u64,
-    pub snapshot: u64,
-    pub resynced: u64,
+    pub acked: GroupSeq,
+    pub flushed: GroupSeq,
+    pub snapshot: GroupSeq,
+    pub resynced: GroupSeq,
     pub degraded: bool,
 }
 
 impl Confirm {
     /// Does the peer have write `seq` (`durable`: on its disk), or need it no more?
-    pub fn covers(&self, seq: u64, durable: bool) -> bool {
+    pub fn covers(&self, seq: GroupSeq, durable: bool) -> bool {
         self.degraded
             || self.resynced >= seq
             || (seq > self.snapshot
@@ -223,7 +225,7 @@ impl PrimaryGroup {
         let degraded = meta.peer_outdated;
         let g = Arc::new(PrimaryGroup {
             state: Mutex::new(State {
-                next_seq: meta.last_seq + 1,
+                next_seq: meta.last_seq.next(),
                 buffer: VecDeque::new(),
                 buffer_bytes: 0,
                 sent_upto: meta.last_seq,
@@ -247,7 +249,7 @@ impl PrimaryGroup {
             volumes,
         });
         g.save_meta(&meta)?;
-        g.refresh_status("starting");
+        g.refresh_status(Some(LinkState::Starting));
         Ok(g)
     }
 
@@ -280,7 +282,7 @@ impl PrimaryGroup {
     /// Recompute the lag and counters in the status now (they are otherwise refreshed
     /// on link events).
     pub fn refresh(&self) {
-        self.refresh_status("");
+        self.refresh_status(None);
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -292,7 +294,9 @@ impl PrimaryGroup {
         if !self.fenced.swap(true, Ordering::SeqCst) {
             tracing::error!(group = %self.cfg.name, "FENCED: no write is acknowledged any more: {why}");
         }
-        self.refresh_status(&format!("fenced: {why}"));
+        self.refresh_status(Some(LinkState::Fenced {
+            why: why.to_string(),
+        }));
     }
 
     pub fn meta(&self) -> ReplicaMeta {
@@ -310,7 +314,8 @@ impl PrimaryGroup {
         Ok(())
     }
 
-    pub(crate) fn refresh_status(&self, link: &str) {
+    /// Recompute the status (the link's state too, when `link` says it changed).
+    pub(crate) fn refresh_status(&self, link: Option<LinkState>) {
         let (meta, lag_bytes, lag_seconds, next_seq) = {
             let s = lock(&self.state);
             let lag_s = s
@@ -322,8 +327,8 @@ impl PrimaryGroup {
         let c = *self.confirm.borrow();
         let dirty = self.volumes.iter().map(|v| v.dirty_count()).sum();
         self.status.send_modify(|st| {
-            if !link.is_empty() {
-                st.link = link.to_string();
+            if let Some(link) = link {
+                st.link = link;
             }
             st.epoch = meta.epoch;
             st.generation.clone_from(&meta.generation);
@@ -337,7 +342,7 @@ impl PrimaryGroup {
     }
 
     /// Append a frame to the stream; returns its sequence number.
-    pub(crate) fn enqueue(&self, frame: Frame) -> u64 {
+    pub(crate) fn enqueue(&self, frame: Frame) -> GroupSeq {
         self.enqueue_frame(frame).0
     }
 
@@ -345,10 +350,10 @@ impl PrimaryGroup {
     /// for the peer. A frame that was not (the peer is outdated and no link streams)
     /// must have its regions in the bitmap before its write is acknowledged; deciding
     /// under the state lock closes the race with [`go_degraded`](Self::go_degraded).
-    pub(crate) fn enqueue_frame(&self, frame: Frame) -> (u64, bool) {
+    pub(crate) fn enqueue_frame(&self, frame: Frame) -> (GroupSeq, bool) {
         let mut s = lock(&self.state);
         let seq = s.next_seq;
-        s.next_seq += 1;
+        s.next_seq = seq.next();
         let bytes = match &frame {
             Frame::Write { data, .. } => data.len() + 42,
             _ => 32,
@@ -378,7 +383,7 @@ impl PrimaryGroup {
 
     /// Wait until the peer confirmably has write `seq` (or the group runs degraded).
     /// A fenced group never returns: a stale primary acknowledges nothing.
-    pub(crate) async fn wait_confirmed(&self, seq: u64, durable: bool) {
+    pub(crate) async fn wait_confirmed(&self, seq: GroupSeq, durable: bool) {
         let mut rx = self.confirm.subscribe();
         loop {
             if !self.is_fenced() && rx.borrow_and_update().covers(seq, durable) {
@@ -429,7 +434,7 @@ impl PrimaryGroup {
             s.meta = crate::replica::degrade(&s.meta);
             let frames: Vec<Buffered> = s.buffer.drain(..).collect();
             s.buffer_bytes = 0;
-            s.sent_upto = s.next_seq - 1;
+            s.sent_upto = s.next_seq.prev();
             (s.meta.clone(), frames, was_streaming)
         };
         if was_streaming {
@@ -473,7 +478,7 @@ impl PrimaryGroup {
             c.degraded = true;
             true
         });
-        self.refresh_status("");
+        self.refresh_status(None);
     }
 
     fn volume(&self, v: usize) -> &Arc<VolumeFile> {
@@ -547,7 +552,7 @@ impl PrimaryGroup {
         v: usize,
         vol: &Arc<VolumeFile>,
         regions: std::ops::RangeInclusive<u32>,
-        seq: u64,
+        seq: GroupSeq,
         buffered: bool,
         fua: bool,
         local: std::io::Result<()>,
@@ -617,7 +622,7 @@ impl PrimaryGroup {
     /// nothing is left unconfirmed, empty the activity log so the next run has nothing
     /// to resync. Then stop the link. Returns whether the peer confirmed everything.
     pub async fn close(&self, grace: Duration) -> Result<bool, String> {
-        let last = lock(&self.state).next_seq - 1;
+        let last = lock(&self.state).next_seq.prev();
         let confirmed = self.cfg.peer.is_none()
             || tokio::time::timeout(grace, self.wait_confirmed(last, false))
                 .await

@@ -10,17 +10,19 @@
 
 use std::collections::BTreeSet;
 
-use crate::frame::{Hello, HelloReply, VolumeInfo};
+use ids::{Epoch, GroupSeq};
+
+use crate::frame::{Hello, HelloReply, Refusal, VolumeInfo};
 use crate::meta::{ReplicaMeta, Role};
 
 /// What a secondary answers to a primary's hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HelloDecision {
     /// Refuse (and say why); the connection closes.
-    Reject(String),
+    Reject(Refusal),
     /// Accept at `epoch` (persist it first); `demoted` when this replica was a primary
     /// that a newer one replaces (it must stop serving writes at once).
-    Accept { epoch: u64, demoted: bool },
+    Accept { epoch: Epoch, demoted: bool },
 }
 
 /// The secondary's rule for an incoming primary at `epoch`. `meta` stands for the
@@ -29,32 +31,25 @@ pub enum HelloDecision {
 pub fn accept_hello(
     meta: &ReplicaMeta,
     local: &[VolumeInfo],
-    epoch: u64,
+    epoch: Epoch,
     hello: &Hello,
 ) -> HelloDecision {
     if hello.volumes != local {
-        let show = |v: &[VolumeInfo]| {
-            v.iter()
-                .map(|v| format!("{} ({} bytes)", v.id, v.size))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return HelloDecision::Reject(format!(
-            "the primary offers [{}] but this replica holds [{}]",
-            show(&hello.volumes),
-            show(local)
-        ));
+        return HelloDecision::Reject(Refusal::VolumesDiffer {
+            offered: hello.volumes.clone(),
+            held: local.to_vec(),
+        });
     }
     if epoch < meta.epoch {
-        return HelloDecision::Reject(format!(
-            "stale epoch {epoch}: this replica has seen epoch {}; a newer primary exists",
-            meta.epoch
-        ));
+        return HelloDecision::Reject(Refusal::StaleEpoch {
+            epoch,
+            seen: meta.epoch,
+        });
     }
     match meta.role {
-        Role::Primary if epoch == meta.epoch => HelloDecision::Reject(format!(
-            "this replica is itself primary at epoch {epoch}; two primaries in one epoch are refused"
-        )),
+        Role::Primary if epoch == meta.epoch => {
+            HelloDecision::Reject(Refusal::TwoPrimaries { epoch })
+        }
         Role::Primary => HelloDecision::Accept {
             epoch,
             demoted: true,
@@ -70,7 +65,7 @@ pub fn accept_hello(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResyncPlan {
     /// The secondary has everything up to `from - 1`: resend buffered frames from `from`.
-    Replay { from: u64 },
+    Replay { from: GroupSeq },
     /// Compare these regions by checksum and copy the ones that differ.
     Regions(BTreeSet<u32>),
     /// Compare every region (the copies diverged, or the secondary is incomplete).
@@ -84,7 +79,7 @@ pub struct PrimaryView<'a> {
     /// Regions that may hold writes the peer lacks: activity log ∪ dirty bitmap.
     pub changed: &'a BTreeSet<u32>,
     /// Oldest sequence number still in the resend buffer.
-    pub resend_from: u64,
+    pub resend_from: GroupSeq,
 }
 
 pub fn plan_resync(p: &PrimaryView<'_>, reply: &HelloReply) -> ResyncPlan {
@@ -104,12 +99,9 @@ pub fn plan_resync(p: &PrimaryView<'_>, reply: &HelloReply) -> ResyncPlan {
         // first) left the bitmap dirty and the group degraded, and only a resync's end
         // clears them (a compare of the dirty regions, which copies nothing if the
         // peer has them).
-        if own.is_empty()
-            && !p.meta.peer_outdated
-            && reply.last_seq.saturating_add(1) >= p.resend_from
-        {
+        if own.is_empty() && !p.meta.peer_outdated && reply.last_seq.next() >= p.resend_from {
             return ResyncPlan::Replay {
-                from: reply.last_seq + 1,
+                from: reply.last_seq.next(),
             };
         }
         return ResyncPlan::Regions(with_own());
@@ -117,12 +109,12 @@ pub fn plan_resync(p: &PrimaryView<'_>, reply: &HelloReply) -> ResyncPlan {
     // The secondary is behind an older generation of ours: the bitmap covers the gap
     // only if tracking started at (or before) that generation.
     let gen_pos = p.meta.history.iter().position(|g| *g == reply.generation);
-    let tracked_pos = p.meta.tracked_since.as_deref().and_then(|t| {
+    let tracked_pos = p.meta.tracked_since.as_ref().and_then(|t| {
         p.meta
             .history
             .iter()
             .position(|g| g == t)
-            .or((t == p.meta.generation).then_some(p.meta.history.len()))
+            .or((*t == p.meta.generation).then_some(p.meta.history.len()))
     });
     match (gen_pos, tracked_pos) {
         (Some(g), Some(t)) if t <= g + 1 => ResyncPlan::Regions(with_own()),
@@ -135,7 +127,7 @@ pub enum RoleError {
     #[error(
         "epoch {given} is not above this replica's epoch {current}; promotions need a newly committed epoch"
     )]
-    StaleEpoch { given: u64, current: u64 },
+    StaleEpoch { given: Epoch, current: Epoch },
     #[error(
         "this replica is not consistent (never synced, or a resync was interrupted); it cannot become primary"
     )]
@@ -145,7 +137,7 @@ pub enum RoleError {
 /// Become primary at `epoch` (committed by the orchestrator as the volume's epoch + 1).
 /// The peer is treated as outdated from here on: every write is tracked in the bitmap
 /// until the peer is resynced.
-pub fn promote(meta: &ReplicaMeta, epoch: u64) -> Result<ReplicaMeta, RoleError> {
+pub fn promote(meta: &ReplicaMeta, epoch: Epoch) -> Result<ReplicaMeta, RoleError> {
     if epoch <= meta.epoch {
         return Err(RoleError::StaleEpoch {
             given: epoch,
@@ -201,7 +193,7 @@ pub fn resynced(meta: &ReplicaMeta) -> ReplicaMeta {
 }
 
 /// Become secondary at `epoch` (at least the current one).
-pub fn demote(meta: &ReplicaMeta, epoch: u64) -> Result<ReplicaMeta, RoleError> {
+pub fn demote(meta: &ReplicaMeta, epoch: Epoch) -> Result<ReplicaMeta, RoleError> {
     if epoch < meta.epoch {
         return Err(RoleError::StaleEpoch {
             given: epoch,
@@ -229,8 +221,8 @@ pub enum Mode {
 pub fn may_ack(
     mode: Mode,
     local_done: bool,
-    peer_acked_upto: u64,
-    seq: u64,
+    peer_acked_upto: GroupSeq,
+    seq: GroupSeq,
     peer_outdated: bool,
 ) -> bool {
     local_done

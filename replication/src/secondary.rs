@@ -17,12 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use ids::{Epoch, GroupSeq};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::frame::{Envelope, Frame, FrameCodec, Hello, HelloReply, VolumeInfo};
+use crate::frame::{
+    CodecError, Envelope, Frame, FrameCodec, FrameError, Hello, HelloReply, Refusal, VERSION,
+    VolumeInfo,
+};
 use crate::meta::ReplicaMeta;
 use crate::replica::{HelloDecision, accept_hello, demote};
 use crate::volume::VolumeFile;
@@ -41,9 +45,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct ReplicaStatus {
     pub connected: bool,
     pub primary: String,
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub consistent: bool,
-    pub last_seq: u64,
+    pub last_seq: GroupSeq,
     pub resync_bytes: u64,
     pub last_error: String,
 }
@@ -262,15 +266,18 @@ async fn secure(
     Ok((Box::new(r), Box::new(w)))
 }
 
-async fn refuse(w: &mut Writer, epoch: u64, why: String) -> Result<(), String> {
+/// Tell the primary why this replica will not go on, then end the connection (the
+/// error is what the replica's status shows).
+async fn refuse(w: &mut Writer, epoch: Epoch, why: Refusal) -> Result<(), String> {
+    let text = why.to_string();
     let _ = w
         .send(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch,
-            frame: Frame::Error(why.clone()),
+            frame: Frame::Refused(why),
         })
         .await;
-    Err(why)
+    Err(text)
 }
 
 async fn connection(
@@ -279,7 +286,7 @@ async fn connection(
 ) -> Result<(), String> {
     let mut reader = FramedRead::new(rd, FrameCodec);
     let mut writer = FramedWrite::new(wr, FrameCodec);
-    let (hello, epoch): (Hello, u64) =
+    let (hello, epoch): (Hello, Epoch) =
         match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
             Ok(Some(Ok(Envelope {
                 frame: Frame::Hello(h),
@@ -287,12 +294,17 @@ async fn connection(
                 ..
             }))) => (h, epoch),
             Ok(Some(Ok(other))) => {
-                return refuse(
-                    &mut writer,
-                    0,
-                    format!("expected a hello, got {:?}", other.frame),
-                )
-                .await;
+                let got = other.frame.name().to_string();
+                return refuse(&mut writer, Epoch(0), Refusal::ExpectedHello { got }).await;
+            }
+            // A primary of another metrodr version: say so in this version's words (its
+            // decoder reports the version of the refusal frame, which is as clear).
+            Ok(Some(Err(CodecError::Frame(FrameError::Version(theirs))))) => {
+                let why = Refusal::Version {
+                    theirs,
+                    ours: VERSION,
+                };
+                return refuse(&mut writer, group.meta().epoch, why).await;
             }
             Ok(Some(Err(e))) => return Err(format!("bad frame: {e}")),
             Ok(None) => return Err("closed before the hello".into()),
@@ -305,7 +317,7 @@ async fn connection(
     };
     let mut meta = meta;
     if demoted {
-        tracing::warn!(group = %group.name, epoch, "a newer primary connected: this replica is now secondary");
+        tracing::warn!(group = %group.name, %epoch, "a newer primary connected: this replica is now secondary");
         meta = demote(&meta, epoch).map_err(|e| e.to_string())?;
     }
     if epoch != meta.epoch || demoted {
@@ -327,7 +339,7 @@ async fn connection(
     };
     writer
         .send(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch: meta.epoch,
             frame: Frame::HelloReply(reply),
         })
@@ -340,7 +352,7 @@ async fn connection(
         st.consistent = meta.consistent;
         st.last_error.clear();
     });
-    tracing::info!(group = %group.name, epoch, generation = %hello.generation, "primary connected");
+    tracing::info!(group = %group.name, %epoch, generation = %hello.generation, "primary connected");
 
     let mut last_seq = meta.last_seq;
     let mut resyncing = false;
@@ -353,22 +365,21 @@ async fn connection(
         let mut env = match first {
             Err(_) => return Err("the primary went silent".into()),
             Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return refuse(&mut writer, epoch, format!("bad frame: {e}")).await,
+            Ok(Some(Err(e))) => {
+                let why = Refusal::BadFrame { why: e.to_string() };
+                return refuse(&mut writer, epoch, why).await;
+            }
             Ok(Some(Ok(e))) => e,
         };
         // Handle this frame and every one already buffered, then acknowledge once.
         let mut ack = None;
         loop {
             if env.epoch < epoch {
-                return refuse(
-                    &mut writer,
-                    epoch,
-                    format!(
-                        "stale epoch {}: this replica has seen epoch {epoch}",
-                        env.epoch
-                    ),
-                )
-                .await;
+                let why = Refusal::StaleEpoch {
+                    epoch: env.epoch,
+                    seen: epoch,
+                };
+                return refuse(&mut writer, epoch, why).await;
             }
             match handle(
                 group,
@@ -387,7 +398,8 @@ async fn connection(
             match reader.next().now_or_never() {
                 Some(Some(Ok(e))) => env = e,
                 Some(Some(Err(e))) => {
-                    return refuse(&mut writer, epoch, format!("bad frame: {e}")).await;
+                    let why = Refusal::BadFrame { why: e.to_string() };
+                    return refuse(&mut writer, epoch, why).await;
                 }
                 Some(None) => return Ok(()),
                 None => break,
@@ -414,16 +426,18 @@ async fn connection(
 }
 
 enum Reply {
-    Ack(u64),
+    Ack(GroupSeq),
     Now(Envelope),
 }
 
-fn check_range(v: &VolumeFile, offset: u64, len: u64) -> Result<(), String> {
+fn check_range(v: &VolumeFile, offset: u64, len: u64) -> Result<(), Refusal> {
     if offset.checked_add(len).is_none_or(|end| end > v.size) {
-        return Err(format!(
-            "write of {len} bytes at {offset} is outside volume {} ({} bytes)",
-            v.id, v.size
-        ));
+        return Err(Refusal::OutOfRange {
+            volume: v.id.clone(),
+            offset,
+            len,
+            size: v.size,
+        });
     }
     Ok(())
 }
@@ -434,7 +448,7 @@ async fn handle(
     env: Envelope,
     writer: &mut Writer,
     resyncing: &mut bool,
-    last_seq: &mut u64,
+    last_seq: &mut GroupSeq,
 ) -> Result<Option<Reply>, String> {
     let _applying = group.applying.lock().await;
     let epoch = env.epoch;
@@ -443,7 +457,7 @@ async fn handle(
             .volumes
             .get(i as usize)
             .cloned()
-            .ok_or(format!("no volume {i} in this group"))
+            .ok_or(Refusal::NoSuchVolume { volume: i })
     };
     match env.frame {
         Frame::Write {
@@ -532,20 +546,15 @@ async fn handle(
                 || req.regions.iter().any(|r| *r >= v.regions())
                 || req.regions.len() > 65_536
             {
-                return refuse(
-                    writer,
-                    epoch,
-                    "checksum request for regions this volume does not have".into(),
-                )
-                .await
-                .map(|()| None);
+                let why = Refusal::BadSumsRequest { volume: req.volume };
+                return refuse(writer, epoch, why).await.map(|()| None);
             }
             let sums = v
                 .region_sums(req.regions)
                 .await
                 .map_err(|e| format!("{}: read: {e}", v.path.display()))?;
             Ok(Some(Reply::Now(Envelope {
-                seq: 0,
+                seq: GroupSeq(0),
                 epoch,
                 frame: Frame::Sums {
                     volume: req.volume,
@@ -573,12 +582,15 @@ async fn handle(
             Ok(Some(Reply::Ack(env.seq)))
         }
         Frame::Ping(n) => Ok(Some(Reply::Now(Envelope {
-            seq: 0,
+            seq: GroupSeq(0),
             epoch,
             frame: Frame::Pong(n),
         }))),
-        other => refuse(writer, epoch, format!("unexpected frame {other:?}"))
-            .await
-            .map(|()| None),
+        other => {
+            let got = other.name().to_string();
+            refuse(writer, epoch, Refusal::UnexpectedFrame { got })
+                .await
+                .map(|()| None)
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ids::{Epoch, GroupSeq};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,7 @@ pub struct GroupFiles {
     pub volumes: Vec<(String, PathBuf, Option<u64>)>,
     /// Create missing data files with this many bytes (existing files keep theirs).
     pub size: Option<u64>,
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 /// Open every volume of the group and check their metadata agree.
@@ -330,7 +331,7 @@ impl ServedSnapshot {
     }
 
     /// The last sequence number of the primary's stream the snapshot holds.
-    pub fn seq(&self) -> u64 {
+    pub fn seq(&self) -> GroupSeq {
         self.snapshot.seq
     }
 

@@ -250,7 +250,7 @@ impl BlockBackend for SnapshotVolume {
 pub struct GroupSnapshot {
     pub group: String,
     /// The last sequence number of the primary's stream the snapshot holds.
-    pub seq: u64,
+    pub seq: ids::GroupSeq,
     pub volumes: Vec<Arc<SnapshotVolume>>,
     preservers: Vec<Arc<Preserver>>,
     dir: PathBuf,
@@ -264,7 +264,7 @@ impl GroupSnapshot {
     pub fn attach(
         group: &str,
         live: &[Arc<VolumeFile>],
-        seq: u64,
+        seq: ids::GroupSeq,
         dir: &Path,
     ) -> Result<GroupSnapshot, String> {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -360,8 +360,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = volume(dir.path(), 1 << 20);
         v.write(0, fill(b'A', 1 << 20)).await.unwrap();
-        let snap =
-            GroupSnapshot::attach("g", std::slice::from_ref(&v), 7, &dir.path().join("s")).unwrap();
+        let snap = GroupSnapshot::attach(
+            "g",
+            std::slice::from_ref(&v),
+            ids::GroupSeq(7),
+            &dir.path().join("s"),
+        )
+        .unwrap();
         // Replication goes on: a partial chunk, a whole chunk, a zeroed range.
         v.write(100, fill(b'B', 10)).await.unwrap();
         v.write(CHUNK * 3, fill(b'C', CHUNK as usize))
@@ -388,8 +393,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = volume(dir.path(), 256 * 1024);
         v.write(0, fill(b'A', 256 * 1024)).await.unwrap();
-        let snap =
-            GroupSnapshot::attach("g", std::slice::from_ref(&v), 1, &dir.path().join("s")).unwrap();
+        let snap = GroupSnapshot::attach(
+            "g",
+            std::slice::from_ref(&v),
+            ids::GroupSeq(1),
+            &dir.path().join("s"),
+        )
+        .unwrap();
         let s = &snap.volumes[0];
         // Unaligned: read-modify-write of two partial blocks.
         s.write(4000, fill(b'X', 200), false).await.unwrap();

@@ -402,7 +402,7 @@ pub fn open_replica(
     path: &Path,
     size: Option<u64>,
     role: crate::meta::Role,
-    epoch: u64,
+    epoch: ids::Epoch,
 ) -> Result<(Arc<VolumeFile>, crate::meta::ReplicaMeta), VolumeError> {
     let existing = crate::meta::ReplicaMeta::load(path)?;
     let region_size = existing

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ids::Epoch;
 use replication::backend::BlockBackend;
+use replication::link::LinkState;
 use replication::meta::Role;
 use replication::primary::{GroupConfig, NeverDegrade, PrimaryGroup};
 use replication::replica::Mode;
@@ -34,7 +36,7 @@ fn tls(d: &CertDir, role: security::Role, name: &str) -> Arc<Tls> {
 }
 
 async fn secondary(path: &Path, tls: Arc<Tls>) -> (Arc<ReplicaGroup>, String, watch::Sender<bool>) {
-    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Secondary, 1).unwrap();
+    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Secondary, Epoch(1)).unwrap();
     let group = ReplicaGroup::new("g", vec![vol], meta);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -44,7 +46,7 @@ async fn secondary(path: &Path, tls: Arc<Tls>) -> (Arc<ReplicaGroup>, String, wa
 }
 
 fn primary(path: &Path, peer: &str, tls: Option<Arc<Tls>>) -> Arc<PrimaryGroup> {
-    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Primary, 1).unwrap();
+    let (vol, meta) = open_replica("v", path, Some(SIZE), Role::Primary, Epoch(1)).unwrap();
     let mut cfg = GroupConfig::new("g", Mode::Sync, Some(peer.to_string()));
     cfg.peer_timeout = Duration::from_secs(1);
     cfg.tls = tls;
@@ -82,7 +84,7 @@ async fn two_agents_of_one_ca_replicate_over_tls() {
     let mut st = g.status();
     tokio::time::timeout(
         Duration::from_secs(10),
-        st.wait_for(|s| s.link == "streaming"),
+        st.wait_for(|s| s.link == LinkState::Streaming),
     )
     .await
     .expect("the TLS link streams")
@@ -119,7 +121,7 @@ async fn refused(who: impl FnOnce(&CertDir, &Path) -> Option<Arc<Tls>>, says: &s
     .clone();
     assert!(why.contains(says), "{why}");
     assert!(!sec.status().borrow().connected);
-    assert_ne!(g.status().borrow().link, "streaming");
+    assert_ne!(g.status().borrow().link, LinkState::Streaming);
     g.stop();
     let _ = stop.send(true);
 }

@@ -28,7 +28,7 @@ pub struct Storage {
     pub secondary_site: String,
     pub writes_acknowledged: u64,
     pub writes_lost: u64,
-    pub promoted_epoch: u64,
+    pub promoted_epoch: ids::Epoch,
     /// From the SIGKILL of the primary to the promoted replica answering reads.
     pub failover_ms: u64,
 }
@@ -275,7 +275,7 @@ pub async fn storage_failover(topo: &Topology, dir: &Path, table: bool) -> anyho
     let lost = missing(&cb, &acked).await?;
     drop(cb);
     promoted.stop();
-    let epoch = ready["epoch"].as_u64().unwrap_or(0);
+    let epoch = ids::Epoch(ready["epoch"].as_u64().unwrap_or(0));
     if table {
         outln!(
             "  {site_b} promoted at epoch {epoch}, serving {failover_ms} ms after the kill; {} of {} acknowledged writes there ({lost} lost)",

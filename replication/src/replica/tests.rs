@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ids::Generation;
 use proptest::prelude::*;
 
 use super::*;
@@ -22,84 +23,99 @@ fn hello() -> Hello {
     Hello {
         group: "g".into(),
         volumes: vols(),
-        generation: "x".into(),
+        generation: Generation::new("x"),
         history: vec![],
         mode: "sync".into(),
-        resend_from: 1,
+        resend_from: GroupSeq(1),
     }
 }
 
 #[test]
 fn a_secondary_refuses_lower_epochs_and_a_second_primary() {
-    let mut m = ReplicaMeta::new("v", 8 << 20, Role::Secondary, 5);
-    assert!(
-        matches!(accept_hello(&m, &vols(), 4, &hello()), HelloDecision::Reject(r) if r.contains("stale epoch 4"))
+    let mut m = ReplicaMeta::new("v", 8 << 20, Role::Secondary, Epoch(5));
+    assert_eq!(
+        accept_hello(&m, &vols(), Epoch(4), &hello()),
+        HelloDecision::Reject(Refusal::StaleEpoch {
+            epoch: Epoch(4),
+            seen: Epoch(5)
+        })
     );
     assert_eq!(
-        accept_hello(&m, &vols(), 5, &hello()),
+        accept_hello(&m, &vols(), Epoch(5), &hello()),
         HelloDecision::Accept {
-            epoch: 5,
+            epoch: Epoch(5),
             demoted: false
         }
     );
     m.role = Role::Primary;
-    assert!(
-        matches!(accept_hello(&m, &vols(), 5, &hello()), HelloDecision::Reject(r) if r.contains("two primaries"))
+    assert_eq!(
+        accept_hello(&m, &vols(), Epoch(5), &hello()),
+        HelloDecision::Reject(Refusal::TwoPrimaries { epoch: Epoch(5) })
     );
     assert_eq!(
-        accept_hello(&m, &vols(), 6, &hello()),
+        accept_hello(&m, &vols(), Epoch(6), &hello()),
         HelloDecision::Accept {
-            epoch: 6,
+            epoch: Epoch(6),
             demoted: true
         }
     );
     let mut h = hello();
     h.volumes[0].size += 1;
-    assert!(
-        matches!(accept_hello(&m, &vols(), 6, &h), HelloDecision::Reject(r) if r.contains("offers"))
+    assert_eq!(
+        accept_hello(&m, &vols(), Epoch(6), &h),
+        HelloDecision::Reject(Refusal::VolumesDiffer {
+            offered: h.volumes.clone(),
+            held: vols()
+        })
     );
 }
 
 #[test]
 fn promotion_needs_a_higher_epoch_and_consistent_data() {
-    let m = ReplicaMeta::new("v", 8 << 20, Role::Secondary, 3);
+    let m = ReplicaMeta::new("v", 8 << 20, Role::Secondary, Epoch(3));
     assert_eq!(
-        promote(&m, 4),
+        promote(&m, Epoch(4)),
         Err(RoleError::Inconsistent),
         "a never-synced secondary"
     );
     let mut m = m;
     m.consistent = true;
-    assert!(matches!(promote(&m, 3), Err(RoleError::StaleEpoch { .. })));
-    let p = promote(&m, 4).unwrap();
-    assert_eq!((p.role, p.epoch, p.peer_outdated), (Role::Primary, 4, true));
+    assert!(matches!(
+        promote(&m, Epoch(3)),
+        Err(RoleError::StaleEpoch { .. })
+    ));
+    let p = promote(&m, Epoch(4)).unwrap();
+    assert_eq!(
+        (p.role, p.epoch, p.peer_outdated),
+        (Role::Primary, Epoch(4), true)
+    );
     assert_eq!(
         p.history.last(),
         Some(&m.generation),
         "a new generation starts"
     );
-    assert!(demote(&p, 3).is_err());
-    assert_eq!(demote(&p, 4).unwrap().role, Role::Secondary);
+    assert!(demote(&p, Epoch(3)).is_err());
+    assert_eq!(demote(&p, Epoch(4)).unwrap().role, Role::Secondary);
 }
 
 #[test]
 fn resync_plans_follow_the_generations() {
-    let mut m = ReplicaMeta::new("v", 8 << 20, Role::Primary, 1);
+    let mut m = ReplicaMeta::new("v", 8 << 20, Role::Primary, Epoch(1));
     let changed: BTreeSet<u32> = [2, 5].into();
-    let reply = |generation: &str, last_seq, consistent| HelloReply {
-        epoch: 1,
-        generation: generation.into(),
+    let reply = |generation: &Generation, last_seq, consistent| HelloReply {
+        epoch: Epoch(1),
+        generation: generation.clone(),
         history: vec![],
-        last_seq,
+        last_seq: GroupSeq(last_seq),
         consistent,
         own_regions: vec![],
     };
-    let view = |m: &ReplicaMeta, tracked: Option<String>, resend_from| {
+    let view = |m: &ReplicaMeta, tracked: Option<Generation>, resend_from| {
         let mut m = m.clone();
         m.tracked_since = tracked;
-        (m, resend_from)
+        (m, GroupSeq(resend_from))
     };
-    let plan = |v: &(ReplicaMeta, u64), r: &HelloReply| {
+    let plan = |v: &(ReplicaMeta, GroupSeq), r: &HelloReply| {
         plan_resync(
             &PrimaryView {
                 meta: &v.0,
@@ -113,7 +129,7 @@ fn resync_plans_follow_the_generations() {
     // Same generation, buffer reaches back: replay.
     assert_eq!(
         plan(&view(&m, None, 10), &reply(&g0, 9, true)),
-        ResyncPlan::Replay { from: 10 }
+        ResyncPlan::Replay { from: GroupSeq(10) }
     );
     // Same generation and the buffer reaches back, but this primary still holds the
     // peer outdated (the end of a resync the peer finished was never confirmed here):
@@ -157,7 +173,10 @@ fn resync_plans_follow_the_generations() {
     );
     // A generation the primary never had: diverged.
     assert_eq!(
-        plan(&view(&m, None, 1), &reply("alien", 9, true)),
+        plan(
+            &view(&m, None, 1),
+            &reply(&Generation::new("alien"), 9, true)
+        ),
         ResyncPlan::Full
     );
     // The secondary's own in-flight regions (an old primary) are added.
@@ -171,14 +190,15 @@ fn resync_plans_follow_the_generations() {
 
 #[test]
 fn sync_writes_wait_for_the_peer_unless_it_was_outdated() {
-    assert!(!may_ack(Mode::Sync, true, 4, 5, false));
-    assert!(may_ack(Mode::Sync, true, 5, 5, false));
-    assert!(may_ack(Mode::Sync, true, 0, 5, true));
+    let s = GroupSeq;
+    assert!(!may_ack(Mode::Sync, true, s(4), s(5), false));
+    assert!(may_ack(Mode::Sync, true, s(5), s(5), false));
+    assert!(may_ack(Mode::Sync, true, s(0), s(5), true));
     assert!(
-        !may_ack(Mode::Sync, false, 9, 5, true),
+        !may_ack(Mode::Sync, false, s(9), s(5), true),
         "never before the local write"
     );
-    assert!(may_ack(Mode::Async, true, 0, 5, false));
+    assert!(may_ack(Mode::Async, true, s(0), s(5), false));
 }
 
 // ---- the model -------------------------------------------------------------------
@@ -198,7 +218,7 @@ struct Node {
     up: bool,
     /// A primary's last sequence number in its current run (runs restart from the
     /// persisted `last_seq`, as the engine's do).
-    seq: u64,
+    seq: GroupSeq,
     /// Writes applied locally but not acknowledged (waiting for the peer).
     pending: Vec<(u32, u64)>,
 }
@@ -226,7 +246,7 @@ struct World {
     connected: bool,
     /// The orchestrator's view: which node is primary at which epoch.
     committed_primary: usize,
-    committed_epoch: u64,
+    committed_epoch: Epoch,
     /// Latest acknowledged value per region (what RPO = 0 must preserve).
     acked: BTreeMap<u32, u64>,
     next_value: u64,
@@ -259,7 +279,7 @@ fn ev() -> impl Strategy<Value = Ev> {
 
 impl World {
     fn new() -> World {
-        let mut p = ReplicaMeta::new("v", 8 << 20, Role::Primary, 1);
+        let mut p = ReplicaMeta::new("v", 8 << 20, Role::Primary, Epoch(1));
         p.region_size = 2 << 20;
         let mut s = p.clone();
         s.role = Role::Secondary;
@@ -269,7 +289,7 @@ impl World {
             al: Vec::new(),
             bitmap: BTreeSet::new(),
             up: true,
-            seq: 0,
+            seq: GroupSeq(0),
             pending: Vec::new(),
         };
         World {
@@ -277,7 +297,7 @@ impl World {
             partitioned: false,
             connected: true,
             committed_primary: 0,
-            committed_epoch: 1,
+            committed_epoch: Epoch(1),
             acked: BTreeMap::new(),
             next_value: 1,
         }
@@ -295,7 +315,7 @@ impl World {
                     let v = self.next_value;
                     self.next_value += 1;
                     let n = &mut self.nodes[i];
-                    n.seq += 1;
+                    n.seq = n.seq.next();
                     let seq = n.seq;
                     n.touch(r);
                     if n.meta.peer_outdated {
@@ -311,7 +331,7 @@ impl World {
                     if may_ack(
                         Mode::Sync,
                         true,
-                        if peer_has_it { seq } else { 0 },
+                        if peer_has_it { seq } else { GroupSeq(0) },
                         seq,
                         n.meta.peer_outdated,
                     ) {
@@ -363,7 +383,7 @@ impl World {
                 if !unreachable || !self.nodes[new].up || self.nodes[old].meta.peer_outdated {
                     return;
                 }
-                let epoch = self.committed_epoch + 1;
+                let epoch = self.committed_epoch.next();
                 let Ok(m) = promote(&self.nodes[new].meta, epoch) else {
                     return;
                 };
@@ -410,7 +430,7 @@ impl World {
             generation: self.nodes[p].meta.generation.clone(),
             history: self.nodes[p].meta.history.clone(),
             mode: "sync".into(),
-            resend_from: self.nodes[p].seq + 1,
+            resend_from: self.nodes[p].seq.next(),
         };
         match accept_hello(
             &self.nodes[s].meta,
@@ -444,7 +464,7 @@ impl World {
             &PrimaryView {
                 meta: &pr.meta,
                 changed: &changed,
-                resend_from: pr.seq + 1,
+                resend_from: pr.seq.next(),
             },
             &reply,
         );
@@ -466,7 +486,7 @@ impl World {
         );
         // The resync's closing marker (or the replayed stream) leaves the secondary at
         // the primary's latest sequence number.
-        self.nodes[p].seq += 1;
+        self.nodes[p].seq = self.nodes[p].seq.next();
         let last = self.nodes[p].seq;
         let sec = &mut self.nodes[s];
         sec.meta.last_seq = last;
