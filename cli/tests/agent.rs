@@ -166,7 +166,7 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
         let id = v["id"].as_u64().unwrap_or(0);
         match v["kind"].as_str() {
             Some("begin") => *begins.entry(id).or_default() += 1,
-            Some("done") => *dones.entry(id).or_default() += 1,
+            Some("finished") => *dones.entry(id).or_default() += 1,
             _ => {}
         }
     }

@@ -319,7 +319,10 @@ impl fmt::Display for CommandOutcome {
                 vm,
                 target,
                 after_ms,
-            } => write!(f, "{vm}: {target} accepted after {after_ms} ms"),
+            } => write!(
+                f,
+                "{vm}: tcp {target} accepted a connection {after_ms} ms after the probe began"
+            ),
             CommandOutcome::Served(s) => write!(f, "{s}"),
             CommandOutcome::Unserved { app, stopped: None } => {
                 write!(f, "{app}: nothing served here")
