@@ -578,11 +578,23 @@ pub async fn audit(cmd: AuditCmd, c: &ClusterArgs, out: Output) -> anyhow::Resul
                 .map_err(|e| orchestrator::client::ClientError::from_status(&client.addr, e))?
                 .into_inner();
             match out {
-                Output::Json => print_json(&serde_json::json!({
-                    "total": r.total,
-                    "entries": r.entries.iter().map(|e| serde_json::json!({"seq": e.seq, "at_ms": e.at_ms, "actor": e.actor,
-                        "action": e.action, "detail": e.detail, "prev": e.prev, "digest": e.digest})).collect::<Vec<_>>(),
-                }))?,
+                Output::Json => {
+                    let mut entries = Vec::new();
+                    for e in &r.entries {
+                        // The typed event, as the orchestrator's records serialize it.
+                        let event = match e.event.clone() {
+                            Some(ev) => serde_json::to_value(
+                                orchestrator::wire::audit_event_from_wire(ev).with_context(
+                                    || format!("audit entry {} does not decode", e.seq),
+                                )?,
+                            )?,
+                            None => serde_json::Value::Null,
+                        };
+                        entries.push(serde_json::json!({"seq": e.seq, "at_ms": e.at_ms, "actor": e.actor,
+                            "action": e.action, "detail": e.detail, "event": event, "prev": e.prev, "digest": e.digest}));
+                    }
+                    print_json(&serde_json::json!({ "total": r.total, "entries": entries }))?
+                }
                 Output::Table => {
                     let mut t = table(&["seq", "age", "actor", "action", "detail", "digest"]);
                     for e in &r.entries {

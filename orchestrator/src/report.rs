@@ -9,7 +9,7 @@ use drills::{AppResult, AuditSlice, Check, ReplicationSample, Report, StepTiming
 use topology::AppId;
 
 use crate::planner::{DrillKind, Plan};
-use crate::state::{ClusterState, OpKind, OpStatus, Operation, Step, StepResult};
+use crate::state::{AuditEvent, ClusterState, OpKind, OpStatus, Operation, Step, StepResult};
 
 /// The report's name for the kind of `o`.
 pub fn kind(o: &Operation) -> &'static str {
@@ -37,18 +37,16 @@ pub fn status(s: OpStatus) -> &'static str {
 /// while it runs); the digest is the chain's digest at the slice's last entry, which
 /// covers it and everything before it.
 pub fn audit_slice(state: &ClusterState, o: &Operation) -> AuditSlice {
-    let start = format!("{} ", o.id);
-    let end = format!("{} finished", o.id);
     let from = state
         .audit
         .values()
-        .find(|e| e.action == "op.start" && e.detail.starts_with(&start))
+        .find(|e| matches!(e.event, AuditEvent::OpStarted { op, .. } if op == o.id))
         .map(|e| e.seq);
     let to = state
         .audit
         .values()
         .rev()
-        .find(|e| e.action == "op.finish" && e.detail.starts_with(&end))
+        .find(|e| matches!(e.event, AuditEvent::OpFinished { op, .. } if op == o.id))
         .map(|e| e.seq)
         .or_else(|| state.audit.last().map(|(k, _)| *k));
     match (from, to) {

@@ -72,6 +72,7 @@ fn audit_pb(e: &state::AuditEntry) -> AuditEntry {
         detail: e.detail.clone(),
         prev: e.prev.clone(),
         digest: e.digest.clone(),
+        event: Some(crate::wire::audit_event_to_wire(&e.event)),
     }
 }
 

@@ -12,6 +12,7 @@
 mod agents;
 mod apply_topology;
 pub mod audit;
+mod event;
 mod invariants;
 mod operations;
 mod queries;
@@ -23,6 +24,7 @@ use topology::{AppId, HostId, SiteId, Topology, VmId, VolumeId};
 pub use crate::records::*;
 pub use agents::{CommandResult, MAX_BATCH};
 pub use audit::{AuditEntry, Verification};
+pub use event::{AuditEvent, MAX_LISTED, VmStateChange};
 pub use invariants::Violation;
 pub use operations::Operation;
 pub use queries::served_endpoint;
@@ -256,8 +258,8 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// What applying a command yields: (audit action, audit detail, outcome), or why not.
-type Applied = Result<(&'static str, String, Outcome), Rejection>;
+/// What applying a command yields: its audit event and outcome, or why not.
+type Applied = Result<(AuditEvent, Outcome), Rejection>;
 
 fn reject<T>(kind: RejectKind, reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection {
@@ -374,8 +376,8 @@ impl ClusterState {
                 Err(v) => reject(RejectKind::Invariant, v.to_string()),
             });
         match result {
-            Ok((action, detail, outcome)) => {
-                let seq = self.append_audit(req, action, &detail);
+            Ok((event, outcome)) => {
+                let seq = self.append_audit(req, event);
                 self.seal();
                 Response::Applied {
                     audit_seq: seq,
@@ -389,16 +391,9 @@ impl ClusterState {
         }
     }
 
-    fn append_audit(&mut self, req: &Request, action: &str, detail: &str) -> u64 {
+    fn append_audit(&mut self, req: &Request, event: AuditEvent) -> u64 {
         let seq = self.audit.last().map_or(1, |(s, _)| s + 1);
-        let entry = AuditEntry::new(
-            seq,
-            req.at_ms,
-            &req.actor,
-            action,
-            detail,
-            &self.audit_head(),
-        );
+        let entry = AuditEntry::new(seq, req.at_ms, &req.actor, event, &self.audit_head());
         self.audit.insert(seq, entry);
         seq
     }
@@ -511,8 +506,12 @@ impl ClusterState {
                     rec.downs_ms.drain(..n.saturating_sub(MAX_SITE_DOWNS));
                 }
                 Ok((
-                    "site.state",
-                    format!("site {site}: {old:?} -> {state:?} ({reason})"),
+                    AuditEvent::SiteState {
+                        site: site.clone(),
+                        from: old,
+                        to: *state,
+                        reason: reason.clone(),
+                    },
                     Outcome::Done,
                 ))
             }
@@ -532,8 +531,12 @@ impl ClusterState {
                 rec.reason.clone_from(reason);
                 rec.last_seen_ms = *last_seen_ms;
                 Ok((
-                    "host.state",
-                    format!("host {host}: {old:?} -> {state:?} ({reason})"),
+                    AuditEvent::HostState {
+                        host: host.clone(),
+                        from: old,
+                        to: *state,
+                        reason: reason.clone(),
+                    },
                     Outcome::Done,
                 ))
             }
@@ -545,8 +548,12 @@ impl ClusterState {
                 let old = rec.state;
                 rec.state = *state;
                 Ok((
-                    "app.state",
-                    format!("app {app}: {old:?} -> {state:?} ({reason})"),
+                    AuditEvent::AppState {
+                        app: app.clone(),
+                        from: old,
+                        to: *state,
+                        reason: reason.clone(),
+                    },
                     Outcome::Done,
                 ))
             }
@@ -578,8 +585,12 @@ impl ClusterState {
                 let old = rep.data;
                 rep.data = *data;
                 Ok((
-                    "replica.data",
-                    format!("volume {volume} at {site}: {old:?} -> {data:?}"),
+                    AuditEvent::ReplicaData {
+                        volume: volume.clone(),
+                        site: site.clone(),
+                        from: old,
+                        to: *data,
+                    },
                     Outcome::Done,
                 ))
             }
@@ -607,14 +618,15 @@ impl ClusterState {
                         approved: Vec::new(),
                     },
                 );
-                let names = apps
-                    .iter()
-                    .map(AppId::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 Ok((
-                    "op.start",
-                    format!("{} {kind:?} of [{names}]: {note}", OpId(id)),
+                    AuditEvent::OpStarted {
+                        op: OpId(id),
+                        kind: *kind,
+                        apps: apps.clone(),
+                        note: note.clone(),
+                        waves: 0,
+                        skipped: Vec::new(),
+                    },
                     Outcome::Operation(OpId(id)),
                 ))
             }
@@ -647,8 +659,11 @@ impl ClusterState {
                     },
                 );
                 Ok((
-                    "op.step",
-                    format!("{op} step {index} started: {name}"),
+                    AuditEvent::StepStarted {
+                        op: *op,
+                        index,
+                        step: name.clone(),
+                    },
                     Outcome::Step(index),
                 ))
             }
@@ -673,8 +688,15 @@ impl ClusterState {
                 step.result = Some(result.clone());
                 step.detail.clone_from(detail);
                 Ok((
-                    "op.step",
-                    format!("{op} step {index} finished: {result:?}"),
+                    AuditEvent::StepFinished {
+                        op: *op,
+                        index: *index,
+                        ok: *result == StepResult::Ok,
+                        detail: match result {
+                            StepResult::Ok => detail.clone(),
+                            StepResult::Failed(why) => why.clone(),
+                        },
+                    },
                     Outcome::Done,
                 ))
             }
@@ -689,8 +711,10 @@ impl ClusterState {
                 rec.status = *status;
                 rec.ended_ms = Some(at);
                 Ok((
-                    "op.finish",
-                    format!("{op} finished: {status:?}"),
+                    AuditEvent::OpFinished {
+                        op: *op,
+                        status: *status,
+                    },
                     Outcome::Done,
                 ))
             }
@@ -716,22 +740,24 @@ impl ClusterState {
                 if text.trim().is_empty() {
                     return reject(RejectKind::Invalid, "the note is empty");
                 }
-                Ok(("note", text.clone(), Outcome::Done))
+                Ok((AuditEvent::Note { text: text.clone() }, Outcome::Done))
             }
-            Command::Membership { change } => {
-                Ok(("cluster.membership", change.clone(), Outcome::Done))
-            }
+            Command::Membership { change } => Ok((
+                AuditEvent::Membership {
+                    change: change.clone(),
+                },
+                Outcome::Done,
+            )),
             Command::Refused {
                 call,
                 reason,
                 security,
             } => Ok((
-                if *security {
-                    "security.refused"
-                } else {
-                    "call.refused"
+                AuditEvent::Refused {
+                    call: call.clone(),
+                    reason: reason.clone(),
+                    security: *security,
                 },
-                format!("{call}: {reason}"),
                 Outcome::Done,
             )),
             Command::RegisterHost {
@@ -818,8 +844,11 @@ impl ClusterState {
         }
         rec.placement.insert(vm.clone(), host.clone());
         Ok((
-            "vm.place",
-            format!("VM {vm} of {app} on host {host}"),
+            AuditEvent::VmPlaced {
+                app: app.clone(),
+                vm: vm.clone(),
+                host: host.clone(),
+            },
             Outcome::Done,
         ))
     }
@@ -872,16 +901,14 @@ impl ClusterState {
             }
         }
         vol.epoch = epoch;
-        let prev = match previous.as_slice() {
-            [] => String::new(),
-            p => format!(
-                " (previous primary {} now secondary, {demoted:?})",
-                p.iter().map(SiteId::as_str).collect::<Vec<_>>().join(", ")
-            ),
-        };
         Ok((
-            "replica.promote",
-            format!("volume {volume}: {site} primary at epoch {epoch}{prev}"),
+            AuditEvent::ReplicaPromoted {
+                volume: volume.clone(),
+                site: site.clone(),
+                epoch,
+                demoted_sites: previous,
+                demoted,
+            },
             Outcome::Epoch(epoch),
         ))
     }

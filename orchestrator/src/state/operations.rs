@@ -6,8 +6,8 @@ use topology::{AppId, HostId, SiteId, SiteRole, VmId, VolumeId};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus, Outcome,
-    RejectKind, Request, Role, Step, not_found, reject,
+    Applied, AuditEvent, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus,
+    Outcome, RejectKind, Request, Role, Step, not_found, reject,
 };
 use crate::plan::{Plan, Trigger};
 
@@ -86,22 +86,12 @@ impl ClusterState {
             h.fenced_ms = None;
         }
         let note = plan.trigger.describe();
-        let names = apps
-            .iter()
-            .map(AppId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let skipped = plan
-            .skipped
-            .iter()
-            .map(|s| format!("; {} skipped: {}", s.app, s.reason))
-            .collect::<String>();
         self.operations.insert(
             id,
             Operation {
                 id: OpId(id),
                 kind: plan.kind,
-                apps,
+                apps: apps.clone(),
                 started_by: req.actor.clone(),
                 started_ms: req.at_ms,
                 ended_ms: None,
@@ -114,13 +104,18 @@ impl ClusterState {
             },
         );
         Ok((
-            "op.start",
-            format!(
-                "{} {:?} ({note}) of [{names}] in {} wave(s){skipped}",
-                OpId(id),
-                plan.kind,
-                plan.waves.len()
-            ),
+            AuditEvent::OpStarted {
+                op: OpId(id),
+                kind: plan.kind,
+                apps,
+                note,
+                waves: u32::try_from(plan.waves.len()).unwrap_or(u32::MAX),
+                skipped: plan
+                    .skipped
+                    .iter()
+                    .map(|s| (s.app.clone(), s.reason.clone()))
+                    .collect(),
+            },
             Outcome::Operation(OpId(id)),
         ))
     }
@@ -157,16 +152,7 @@ impl ClusterState {
                 rec.approved.push(a.clone());
             }
         }
-        let names = chosen
-            .iter()
-            .map(AppId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        Ok((
-            "op.approve",
-            format!("{op}: approved [{names}]"),
-            Outcome::Done,
-        ))
+        Ok((AuditEvent::OpApproved { op, apps: chosen }, Outcome::Done))
     }
 
     pub(super) fn move_app(
@@ -253,7 +239,7 @@ impl ClusterState {
                 }
                 (false, Some(e)) => {
                     self.promote(&v.id, to, e, demoted)?;
-                    promoted.push(format!("{}@{e}", v.id));
+                    promoted.push((v.id.clone(), e));
                 }
             }
         }
@@ -267,17 +253,16 @@ impl ClusterState {
         let from = rec.active_site.clone();
         rec.active_site = to.clone();
         rec.placement = placement.iter().cloned().collect();
-        let hosts = placement
-            .iter()
-            .map(|(v, h)| format!("{v}@{h}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         Ok((
-            "app.move",
-            format!(
-                "{op}: app {app} {from} -> {to}; promoted [{}] (old primary {demoted:?}); VMs [{hosts}]",
-                promoted.join(", ")
-            ),
+            AuditEvent::AppMoved {
+                op,
+                app: app.clone(),
+                from,
+                to: to.clone(),
+                promoted,
+                demoted,
+                placement: placement.to_vec(),
+            },
             Outcome::Done,
         ))
     }
@@ -329,10 +314,7 @@ impl ClusterState {
                 .filter(|r| r.role == Role::Secondary)
             {
                 if r.data != target {
-                    changes.push(format!(
-                        "{} at {}: {:?} -> {target:?}",
-                        v.id, r.site, r.data
-                    ));
+                    changes.push((v.id.clone(), r.site.clone(), r.data, target));
                     r.data = target;
                 }
             }
@@ -341,11 +323,14 @@ impl ClusterState {
             return reject(RejectKind::Unchanged, "no replica state changed");
         }
         Ok((
-            "replica.link",
-            format!(
-                "app {app}: primary at {site} epoch {epoch} reports {link:?} ({detail}): {}",
-                changes.join(", ")
-            ),
+            AuditEvent::ReplicaLink {
+                app: app.clone(),
+                site: site.clone(),
+                epoch,
+                link,
+                detail: detail.to_string(),
+                changes,
+            },
             Outcome::Done,
         ))
     }
@@ -376,23 +361,23 @@ impl ClusterState {
             r.downs_ms.clear();
         }
         Ok((
-            "site.recover",
-            format!(
-                "site {site} recovered: {held} past loss(es) forgotten; replicas still to resync: [{}]",
-                behind.join(", ")
-            ),
+            AuditEvent::SiteRecovered {
+                site: site.clone(),
+                losses_forgotten: u32::try_from(held).unwrap_or(u32::MAX),
+                behind,
+            },
             Outcome::Done,
         ))
     }
 
     /// The replicas at `site` that may not be promoted yet: "volume (state)".
-    pub fn replicas_behind(&self, site: &SiteId) -> Vec<String> {
+    pub fn replicas_behind(&self, site: &SiteId) -> Vec<(VolumeId, DataState)> {
         self.volumes
             .values()
             .filter_map(|v| {
                 v.replica(site)
                     .filter(|r| r.data != DataState::UpToDate)
-                    .map(|r| format!("{} ({:?})", v.id, r.data))
+                    .map(|r| (v.id.clone(), r.data))
             })
             .collect()
     }
