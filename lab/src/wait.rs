@@ -59,6 +59,16 @@ where
 pub fn wait_blocking<T>(
     within: Duration,
     what: &str,
+    f: impl FnMut() -> Option<T>,
+) -> Result<T, TimedOut> {
+    wait_blocking_every(POLL, within, what, f)
+}
+
+/// [`wait_blocking`], asking every `every` (an ask that runs a command is costly).
+pub fn wait_blocking_every<T>(
+    every: Duration,
+    within: Duration,
+    what: &str,
     mut f: impl FnMut() -> Option<T>,
 ) -> Result<T, TimedOut> {
     let deadline = Instant::now() + within;
@@ -72,7 +82,7 @@ pub fn wait_blocking<T>(
                 within,
             });
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(every);
     }
 }
 

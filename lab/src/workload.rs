@@ -70,6 +70,17 @@ impl Acked {
     pub fn blocks(&self) -> usize {
         self.latest.len()
     }
+
+    /// Per block, the latest write acknowledged there: (block, sequence number).
+    pub fn latest(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.latest.iter().map(|(b, s)| (*b, *s))
+    }
+}
+
+/// Whether `data`, read back from `block`, holds the acknowledged write `seq` or a
+/// later one to that block.
+pub fn holds(block: u64, seq: u64, data: &[u8]) -> bool {
+    read_record(block, data).is_some_and(|found| found >= seq)
 }
 
 /// How the writers write.
@@ -180,6 +191,11 @@ impl Writers {
         self.max_wait_ms.load(Ordering::SeqCst).max(pending)
     }
 
+    /// How many writers still write (not ended by a failed write, nor done).
+    pub fn running(&self) -> usize {
+        self.tasks.iter().filter(|t| !t.is_finished()).count()
+    }
+
     /// Why writers stopped by themselves (their write failed), so far.
     pub fn errors(&self) -> Vec<String> {
         self.errors
@@ -227,12 +243,12 @@ pub async fn connect(socket: &Path, export: &str) -> Result<NbdClient, LabError>
 /// a later one) when read back through `c`.
 pub async fn missing(c: &NbdClient, acked: &Acked) -> Result<u64, LabError> {
     let mut n = 0u64;
-    for (block, seq) in &acked.latest {
+    for (block, seq) in acked.latest() {
         let data = c
             .read(block * BLOCK, BLOCK as u32)
             .await
             .with_ctx(|| format!("reading block {block} back"))?;
-        if read_record(*block, &data).is_none_or(|found| found < *seq) {
+        if !holds(block, seq, &data) {
             n += 1;
         }
     }

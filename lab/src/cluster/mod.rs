@@ -80,6 +80,22 @@ impl Member {
         self.proc.as_ref().is_some_and(Proc::is_paused)
     }
 
+    /// SIGSTOP: it hangs where it is (a stalled process).
+    pub fn pause(&mut self) -> Result<(), LabError> {
+        match &mut self.proc {
+            Some(p) => p.pause(),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGCONT what [`Member::pause`] stopped.
+    pub fn resume(&mut self) -> Result<(), LabError> {
+        match &mut self.proc {
+            Some(p) => p.resume(),
+            None => Ok(()),
+        }
+    }
+
     /// SIGKILL it now and reap it.
     pub fn kill(&mut self) {
         self.proc = None;
@@ -361,6 +377,20 @@ impl Lab {
             if self.members[i].kind == Kind::Orchestrator {
                 self.spawn(i)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Start the process `name` again (on its data directory and address) if the lab
+    /// has stopped it.
+    pub fn restart(&mut self, name: &str) -> Result<(), LabError> {
+        let i = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| LabError::refused(format!("no process {name:?} in the lab")))?;
+        if !self.members[i].is_running() {
+            self.spawn(i)?;
         }
         Ok(())
     }
