@@ -337,13 +337,7 @@ fn qemu_mirror(dir: &Path) -> Path_ {
 
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based) of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    i32::try_from(pid).map_or(0.0, lab::procs::cpu_seconds)
 }
 
 #[derive(Debug, Clone, Copy, Default)]

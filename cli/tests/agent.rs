@@ -98,10 +98,7 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
     let agent = start_agent(c.dir.path(), "a-h1", &addrs, "test:///private", None);
     let any = c.nodes[0].grpc.clone();
     wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
-    assert_eq!(
-        outcome(&vm_do(&any, "define", "web-1").await),
-        Some(CommandOutcome::Succeeded)
-    );
+    vm_do_ok(&any, "define", "web-1").await;
 
     // Queue 30 commands without waiting, killing the leader halfway.
     let leader = leader_seen_by(&any, Duration::from_secs(5)).await;
@@ -209,14 +206,8 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
     let _a = start_agent(c.dir.path(), "a-h1", &c.addrs(), &libvirtd.uri(), None);
     let any = c.nodes[0].grpc.clone();
     wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
-    assert_eq!(
-        outcome(&vm_do(&any, "define", "web-1").await),
-        Some(CommandOutcome::Succeeded)
-    );
-    assert_eq!(
-        outcome(&vm_do(&any, "start", "web-1").await),
-        Some(CommandOutcome::Succeeded)
-    );
+    vm_do_ok(&any, "define", "web-1").await;
+    vm_do_ok(&any, "start", "web-1").await;
 
     libvirtd.stop();
     let r = vm_do(&any, "destroy", "web-1").await;
@@ -262,10 +253,7 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
         },
     )
     .await;
-    assert_eq!(
-        outcome(&vm_do(&any, "define", "web-1").await),
-        Some(CommandOutcome::Succeeded)
-    );
+    vm_do_ok(&any, "define", "web-1").await;
     let r = vm_do(&any, "start", "web-1").await;
     assert_eq!(
         outcome(&r),
@@ -316,14 +304,8 @@ async fn a_cut_off_agent_fences_and_its_host_goes_down_only_after_lease_plus_mar
     );
     let any = addrs[0].clone();
     wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
-    assert_eq!(
-        outcome(&vm_do(&any, "define", "web-1").await),
-        Some(CommandOutcome::Succeeded)
-    );
-    assert_eq!(
-        outcome(&vm_do(&any, "start", "web-1").await),
-        Some(CommandOutcome::Succeeded)
-    );
+    vm_do_ok(&any, "define", "web-1").await;
+    vm_do_ok(&any, "start", "web-1").await;
 
     let cut = Instant::now();
     lab.isolate("agent-a").unwrap();

@@ -142,17 +142,22 @@ async fn run_size(n: usize, guest: Option<&chaos::guest::GuestImage>) -> Row {
     row
 }
 
-fn main() {
-    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
-        .unwrap_or_else(|_| "1,10,100,1000".into())
+/// The numbers in the environment variable `name` (comma-separated; unset: `default`).
+fn env_sizes(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
             s.trim()
                 .parse()
-                .unwrap_or_else(|_| panic!("BENCH_SIZES: {s:?} is not a number"))
+                .unwrap_or_else(|_| panic!("{name}: {s:?} is not a number"))
         })
-        .collect();
+        .collect()
+}
+
+fn main() {
+    let sizes = env_sizes("BENCH_SIZES", "1,10,100,1000");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,16 +170,7 @@ fn main() {
         .iter()
         .map(|n| rt.block_on(run_size(*n, None)))
         .collect();
-    let guests: Vec<usize> = std::env::var("BENCH_QEMU_GUESTS")
-        .unwrap_or_else(|_| "2,4".into())
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("BENCH_QEMU_GUESTS: {s:?} is not a number"))
-        })
-        .collect();
+    let guests = env_sizes("BENCH_QEMU_GUESTS", "2,4");
     if !guests.is_empty() {
         let image = if chaos::guest::virsh(&["version"]).0 {
             chaos::guest::build(&chaos::guest::BuildOptions::new(

@@ -5,16 +5,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::setup::{Lab, SURVIVORS};
+use lab::procs::cpu_seconds as cpu_secs;
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
+use crate::setup::{Lab, SURVIVORS};
 
 /// `metrodr_apply_seconds` (sum, count) from a node's /metrics.
 fn apply_seconds(http: &str) -> Option<(f64, f64)> {

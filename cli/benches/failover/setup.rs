@@ -90,13 +90,8 @@ impl Lab {
             user_network: guest.is_some(),
             actor: ACTOR.into(),
         };
-        let mut inner =
-            lab::Lab::new(&dir, &text, Binary::at(BIN), opts).unwrap_or_else(|e| fail(e));
-        inner.start_nodes().unwrap_or_else(|e| fail(e));
-        inner.form().await.unwrap_or_else(|e| fail(e));
-        inner.start_agents().unwrap_or_else(|e| fail(e));
-        inner
-            .wait_agents(Duration::from_secs(30))
+        let within = Duration::from_secs(30);
+        let inner = lab::Lab::with_agents(&dir, &text, Binary::at(BIN), opts, within)
             .await
             .unwrap_or_else(|e| fail(e));
         if guest.is_some() {

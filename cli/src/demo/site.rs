@@ -126,12 +126,10 @@ pub async fn site_failover(
     // loopback forward).
     let mut opts = lab::Options::loopback("demo");
     opts.user_network = qemu;
-    let mut lab = Lab::new(dir, &text, Binary::this()?, opts)?;
-    lab.start_nodes()?;
-    lab.form().await?;
-    // Agents, then every VM where the topology placed it.
-    lab.start_agents()?;
-    lab.wait_agents(Duration::from_secs(20)).await?;
+    // The nodes, the cluster formed, the agents registered; then every VM where the
+    // topology placed it.
+    let within = Duration::from_secs(20);
+    let mut lab = Lab::with_agents(dir, &text, Binary::this()?, opts, within).await?;
     // The agents serve every group: secondaries first, then the primaries towards
     // them; the initial syncs make the other site's replicas promotable.
     lab.wait_replicas(Duration::from_secs(60)).await?;

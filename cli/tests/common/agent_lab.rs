@@ -67,16 +67,10 @@ impl Lab {
     /// started yet.
     pub async fn nodes_and_agents(text: &str) -> Lab {
         let tmp = tempfile::tempdir().unwrap();
-        let fail = |e: lab::LabError| -> ! { panic!("{}", lab::error::chain(&e)) };
-        let mut inner =
-            lab::Lab::new(tmp.path(), text, bin(), options()).unwrap_or_else(|e| fail(e));
-        inner.start_nodes().unwrap_or_else(|e| fail(e));
-        inner.form().await.unwrap_or_else(|e| fail(e));
-        inner.start_agents().unwrap_or_else(|e| fail(e));
-        inner
-            .wait_agents(Duration::from_secs(15))
+        let within = Duration::from_secs(15);
+        let inner = lab::Lab::with_agents(tmp.path(), text, bin(), options(), within)
             .await
-            .unwrap_or_else(|e| fail(e));
+            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
         let addrs = inner.addrs().join(",");
         Lab { inner, addrs, tmp }
     }
@@ -134,32 +128,27 @@ impl Lab {
             .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
     }
 
-    /// SIGKILL the process `name` (a node or an agent).
-    pub fn kill(&mut self, name: &str) {
+    fn member(&mut self, name: &str) -> &mut lab::cluster::Member {
         self.inner
             .member_mut(name)
             .unwrap_or_else(|| panic!("no {name} in the lab"))
-            .kill();
+    }
+
+    /// SIGKILL the process `name` (a node or an agent).
+    pub fn kill(&mut self, name: &str) {
+        self.member(name).kill();
     }
 
     /// SIGSTOP the process `name`: it hangs where it is.
     pub fn pause(&mut self, name: &str) {
-        let m = self
-            .inner
-            .member_mut(name)
-            .unwrap_or_else(|| panic!("no {name} in the lab"));
-        m.pause()
-            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+        let paused = self.member(name).pause();
+        paused.unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
     }
 
     /// SIGCONT what [`Lab::pause`] stopped.
     pub fn resume(&mut self, name: &str) {
-        let m = self
-            .inner
-            .member_mut(name)
-            .unwrap_or_else(|| panic!("no {name} in the lab"));
-        m.resume()
-            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+        let resumed = self.member(name).resume();
+        resumed.unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
     }
 
     /// The address of a node still running.

@@ -161,6 +161,17 @@ pub async fn vm_do(addr: &str, action: &str, vm: &str) -> pb::VmActionReply {
         .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)))
 }
 
+/// Run a VM action, which must succeed.
+pub async fn vm_do_ok(addr: &str, action: &str, vm: &str) {
+    let r = vm_do(addr, action, vm).await;
+    assert_eq!(
+        outcome(&r),
+        Some(CommandOutcome::Succeeded),
+        "{action} {vm}: {}",
+        r.message
+    );
+}
+
 /// Where a VM action stands.
 pub fn outcome(r: &pb::VmActionReply) -> Option<CommandOutcome> {
     states::command_outcome(r)

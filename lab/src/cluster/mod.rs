@@ -197,13 +197,28 @@ impl Lab {
                 "the lab runs valid topologies whose volumes the agents serve: set `volumes = \"agents\"` in [cluster] (check it with `metrodr topology validate`)",
             ));
         }
-        let mut lab = Lab::new(dir, text, Binary::this()?, Options::namespaces())?;
+        let bin = Binary::this()?;
+        let opts = Options::namespaces();
+        let lab = Lab::with_agents(dir, text, bin, opts, Duration::from_secs(30)).await?;
+        lab.wait_replicas(Duration::from_secs(90)).await?;
+        lab.start_every_vm().await?;
+        Ok(lab)
+    }
+
+    /// [`Lab::new`], then every node started, the cluster formed and every agent
+    /// registered within `within` (no VM started yet).
+    pub async fn with_agents(
+        dir: &Path,
+        text: &str,
+        bin: Binary,
+        opts: Options,
+        within: Duration,
+    ) -> Result<Lab, LabError> {
+        let mut lab = Lab::new(dir, text, bin, opts)?;
         lab.start_nodes()?;
         lab.form().await?;
         lab.start_agents()?;
-        lab.wait_agents(Duration::from_secs(30)).await?;
-        lab.wait_replicas(Duration::from_secs(90)).await?;
-        lab.start_every_vm().await?;
+        lab.wait_agents(within).await?;
         Ok(lab)
     }
 

@@ -246,6 +246,21 @@ impl Proc {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used so far (0 when it is gone).
+pub fn cpu_seconds(pid: i32) -> f64 {
+    cpu_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds (USER_HZ is 100 on Linux).
+/// Fields are counted after the command name, which may contain spaces and ')'.
+fn cpu_from_stat(stat: &str) -> f64 {
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based) of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         match self.on_drop {
@@ -287,6 +302,14 @@ mod tests {
         assert_eq!(v["listen"], "127.0.0.1:9");
         assert!(serde_json::from_str::<Announce>(r#"{"event":"crashed"}"#).is_err());
         assert!(serde_json::from_str::<Announce>("Error: no config").is_err());
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 1 0 98";
+        assert_eq!(cpu_from_stat(stat), 4.0);
+        assert_eq!(cpu_from_stat(""), 0.0);
+        assert!(cpu_seconds(i32::try_from(std::process::id()).unwrap()) >= 0.0);
     }
 
     #[test]
