@@ -7,6 +7,10 @@
 //! `lab down` asks it to stop everything; if the supervisor is gone (crashed, killed),
 //! `lab down` stops the processes `lab.json` lists, by PID, and removes the
 //! namespaces of labs whose creator died.
+//!
+//! Argument parsing and printing only: the lab, its faults and the runner are the
+//! `lab` crate's. Never signal a recorded PID that no longer runs one of this lab's
+//! metrodr daemons (a PID may have been reused).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -1,4 +1,4 @@
-//! The scenario files, their problems and the random schedules, tested.
+//! The scenario files, their problems and the random schedules, tested (pure: no lab).
 
 use super::*;
 

@@ -14,6 +14,10 @@
 //! leases cross the bridge directly, unshaped. The proxies are in the path from the
 //! start, shaped or not, so connections made before a `shape` feel it too. Partitions
 //! still apply: the proxies' own connections are filtered by the fault chains.
+//!
+//! Never: redirect the control plane's port (Raft and leases are not shaped), or
+//! leave a proxy thread in a namespace that is being removed (the lab drops the links
+//! before the namespaces).
 
 use std::net::{Ipv4Addr, SocketAddr};
 

@@ -2,7 +2,8 @@
 //! sites, its processes (running, paused, killed, by PID) and its WAN links.
 //!
 //! A persisted format: `lab down` reads a crashed supervisor's `lab.json` to stop its
-//! processes by PID. Fields are only ever added (with defaults).
+//! processes by PID. Fields are only ever added (with defaults); never renamed or
+//! removed, or a supervisor's record could no longer be read by `lab down`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
