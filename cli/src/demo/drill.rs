@@ -26,6 +26,9 @@ pub struct DrillApp {
 pub struct DrillOutcome {
     pub op: u64,
     pub status: String,
+    /// The drill succeeded (what `status` says, as a value to decide on).
+    #[serde(skip)]
+    pub succeeded: bool,
     pub apps: Vec<DrillApp>,
     /// The drill's safety checks: production untouched (hosts, states, replicas within
     /// their bound, during and after), the copies isolated, everything removed.
@@ -170,6 +173,7 @@ pub async fn test_drill(
     Ok(DrillOutcome {
         op,
         status: orchestrator::report::status(done.status).to_string(),
+        succeeded: done.status == OpStatus::Succeeded,
         apps,
         safe: report
             .checks

@@ -152,12 +152,12 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
         .as_ref()
         .is_none_or(|s| s.writes_lost == 0 && s.writes_acknowledged > 0);
     let site_ok = site_failover.as_ref().is_none_or(|s| {
-        s.status == "succeeded"
+        s.succeeded
             && s.writes_missing == 0
             && s.writes_acknowledged > 0
             && s.apps.iter().all(|a| a.site_after != s.lost_site)
             && s.signed_report.verified
-            && s.drill.status == "succeeded"
+            && s.drill.succeeded
             && s.drill.safe
             && s.drill.verified
     });

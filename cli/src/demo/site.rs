@@ -57,6 +57,9 @@ pub struct SiteFailover {
     pub lost_site: &'static str,
     pub op: u64,
     pub status: String,
+    /// The operation succeeded (what `status` says, as a value to decide on).
+    #[serde(skip)]
+    pub succeeded: bool,
     pub apps: Vec<AppOutcome>,
     pub writes_acknowledged: u64,
     pub writes_missing: u64,
@@ -426,6 +429,7 @@ pub async fn site_failover(
         lost_site: LOST,
         op,
         status: rec.status.clone(),
+        succeeded: done.status == OpStatus::Succeeded,
         apps,
         writes_acknowledged: acknowledged,
         writes_missing: missing,
