@@ -3,6 +3,9 @@
 //! checking), flushed at once. A runner that dies — killed by a signal, a panic, an
 //! abort — leaves its last phase there; a signal it can catch (SIGTERM, SIGINT,
 //! SIGHUP) and a panic are written there too, with the phase they interrupted.
+//!
+//! Never: buffer a line (a runner killed a moment later would lose it), or block a
+//! panic on the log's lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,10 @@
 //! `lab down` asks it to stop everything; if the supervisor is gone (crashed, killed),
 //! `lab down` stops the processes `lab.json` lists, by PID, and removes the
 //! namespaces of labs whose creator died.
+//!
+//! Argument parsing and printing only: the lab, its faults and the runner are the
+//! `lab` crate's. Never signal a recorded PID that no longer runs one of this lab's
+//! metrodr daemons (a PID may have been reused).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -21,8 +25,10 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::run::RunResult;
-use super::{LAB_TOPOLOGY, Lab, LabRecord};
+use lab::runner::{AppOutcome, OpSummary, RunResult};
+use lab::{LAB_TOPOLOGY, Lab, LabRecord};
+use orchestrator::state::Operation;
+
 use crate::output::{Output, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -380,7 +386,7 @@ async fn serve(a: LabArgs) -> anyhow::Result<ExitCode> {
         Ok(l) => l,
         Err(e) => {
             let _ = std::fs::remove_file(&sock_path);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let pid = std::process::id();
@@ -391,7 +397,7 @@ async fn serve(a: LabArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     };
     write_record(&lab)?;
-    eprintln!("lab {} up", lab.net.tag());
+    eprintln!("lab {} up", lab.net.as_ref().map_or("", |n| n.tag()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let conn = tokio::select! {
@@ -442,7 +448,7 @@ async fn serve(a: LabArgs) -> anyhow::Result<ExitCode> {
                         ok: r.is_ok(),
                         message: match r {
                             Ok(_) => format!("done: {}", f.describe()),
-                            Err(e) => format!("{}: {e:#}", f.describe()),
+                            Err(e) => format!("{}: {}", f.describe(), lab::error::chain(&e)),
                         },
                         record: Some(lab.record(pid)),
                     },
@@ -515,13 +521,10 @@ fn down(dir: &Path, out: Output) -> anyhow::Result<ExitCode> {
                 }
                 return finish(&said, out);
             };
+            let lab_dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
             for p in rec.processes.iter() {
                 let Some(pid) = p.pid else { continue };
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                let ours =
-                    cmdline.contains("metrodr") && cmdline.contains(&dir.display().to_string());
-                if ours {
+                if runs_in(pid, &lab_dir) {
                     let pid = nix::unistd::Pid::from_raw(pid);
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -538,6 +541,26 @@ fn down(dir: &Path, out: Output) -> anyhow::Result<ExitCode> {
         }
     }
     finish(&said, out)
+}
+
+/// Whether `pid` runs a metrodr daemon of the lab in `dir` (and not another process
+/// that reused the PID): its arguments (/proc/PID/cmdline, NUL-separated) start with
+/// a `metrodr` binary and name a config file in `dir`.
+fn runs_in(pid: i32, dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&Path> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)))
+        .collect();
+    let metrodr = args
+        .first()
+        .and_then(|a| a.file_name())
+        .is_some_and(|n| n == "metrodr");
+    metrodr && args.iter().skip(1).any(|a| a.parent() == Some(dir))
 }
 
 fn finish(said: &[String], out: Output) -> anyhow::Result<ExitCode> {
@@ -667,7 +690,7 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
     let mut results: Vec<RunResult> = Vec::new();
     for s in &scenarios {
         let dir = base.join(&s.name);
-        let r = super::run::run(s, &dir, &text, out == Output::Table).await?;
+        let r = lab::runner::run(s, &dir, &text, out == Output::Table, summarize).await?;
         if out == Output::Table {
             print_result(&r);
         }
@@ -691,6 +714,26 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How a run reads an operation: as `metrodr op show` does.
+fn summarize(o: &Operation) -> OpSummary {
+    let rec = crate::op_cmd::record(o);
+    OpSummary {
+        kind: rec.kind,
+        status: rec.status,
+        apps: rec
+            .apps
+            .into_iter()
+            .map(|a| AppOutcome {
+                moved: a.from != a.to,
+                app: a.app,
+                rto_s: a.rto_s,
+                rto_target_s: a.rto_target_s,
+                rto_met: a.rto_met,
+            })
+            .collect(),
+    }
 }
 
 fn print_result(r: &RunResult) {

@@ -14,11 +14,19 @@
 //! leases cross the bridge directly, unshaped. The proxies are in the path from the
 //! start, shaped or not, so connections made before a `shape` feel it too. Partitions
 //! still apply: the proxies' own connections are filtered by the fault chains.
+//!
+//! Never: redirect the control plane's port (Raft and leases are not shaped), or
+//! leave a proxy thread in a namespace that is being removed (the lab drops the links
+//! before the namespaces).
+
+use std::net::{Ipv4Addr, SocketAddr};
 
 use chaos::netns::NetLab;
 use chaos::proxy::{LinkProps, LinkProxy, Target, Wire, WireSide};
 use chaos::scenario::LinkShape;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, LabError};
 
 /// `SO_MARK` of the proxies' own connections, which the redirect rules let through.
 const PROXY_MARK: u32 = 0x4d44;
@@ -47,20 +55,25 @@ pub struct LinkRecord {
 impl SiteLink {
     /// Puts proxies in the path between `a` and `b`; `except_port` (the control
     /// plane's) is not redirected.
-    pub fn start(net: &NetLab, a: &str, b: &str, except_port: u16) -> anyhow::Result<SiteLink> {
+    pub fn start(net: &NetLab, a: &str, b: &str, except_port: u16) -> Result<SiteLink, LabError> {
         let wire = Wire::default();
-        let proxy = |from: &str, to: &str, side: WireSide| -> anyhow::Result<LinkProxy> {
+        let proxy = |from: &str, to: &str, side: WireSide| -> Result<LinkProxy, LabError> {
             let wire = wire.clone();
-            let p = net.in_ns(from, move || {
-                LinkProxy::start_with(
-                    "127.0.0.1:0".parse().expect("a socket address"),
-                    Target::Original { mark: PROXY_MARK },
-                    LinkProps::default(),
-                    wire,
-                    side,
-                )
-            })??;
-            net.redirect(from, to, except_port, PROXY_MARK, p.local_addr().port())?;
+            let what = || format!("starting the link proxy in {from} towards {to}");
+            let p = net
+                .in_ns(from, move || {
+                    LinkProxy::start_with(
+                        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                        Target::Original { mark: PROXY_MARK },
+                        LinkProps::default(),
+                        wire,
+                        side,
+                    )
+                })
+                .with_ctx(what)?
+                .with_ctx(what)?;
+            net.redirect(from, to, except_port, PROXY_MARK, p.local_addr().port())
+                .with_ctx(|| format!("redirecting {from}'s connections to {to}"))?;
             Ok(p)
         };
         Ok(SiteLink {
@@ -78,15 +91,16 @@ impl SiteLink {
     }
 
     /// Gives both directions of the link `shape` (all zero: full speed).
-    pub fn shape(&mut self, shape: LinkShape) -> anyhow::Result<()> {
+    pub fn shape(&mut self, shape: LinkShape) -> Result<(), LabError> {
         let dir = shape.props();
         let props = LinkProps {
             to_target: dir,
             to_client: dir,
             ..LinkProps::default()
         };
-        self.from_a.set(props)?;
-        self.from_b.set(props)?;
+        let what = || format!("shaping the link {} <-> {}", self.a, self.b);
+        self.from_a.set(props).with_ctx(what)?;
+        self.from_b.set(props).with_ctx(what)?;
         self.shape = shape;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Processes that die with their owner.
 //!
-//! The lab, the demo and the chaos runner start orchestrator nodes, agents and volume
-//! processes. If the owner dies without stopping them (killed, aborted, a signal it did
+//! The lab, the demo, the chaos runner, the tests and the benchmarks start
+//! orchestrator nodes, agents and volume processes. If the owner dies without stopping them (killed, aborted, a signal it did
 //! not expect) they must not live on as orphans that hold ports, sockets and namespaces
 //! and poison every later run on the machine. Each child asks the kernel to SIGKILL it
 //! when its parent dies (`PR_SET_PDEATHSIG`).
@@ -89,7 +89,7 @@ mod tests {
         let mut owner = Command::new(exe)
             .args([
                 "--exact",
-                "lab::owned::tests::owner_helper",
+                "procs::owned::tests::owner_helper",
                 "--ignored",
                 "--nocapture",
             ])
