@@ -401,8 +401,12 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
             apps: s
                 .apps
                 .iter()
-                .map(|a| serde_json::json!({"id": a.id, "tier": a.tier, "active_site": a.active_site, "state": a.state}))
-                .collect(),
+                .map(|a| {
+                    let st = app_health(a)?;
+                    Ok(serde_json::json!({"id": a.id, "tier": a.tier, "active_site": a.active_site,
+                        "state": st.health, "reasons": st.reasons, "why": a.summary}))
+                })
+                .collect::<anyhow::Result<_>>()?,
         })?,
         Output::Table => {
             if !s.initialized {
@@ -449,15 +453,31 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An app's health and its reasons, as the cluster sent them.
+fn app_health(a: &pb::AppStatus) -> anyhow::Result<orchestrator::state::AppStatus> {
+    orchestrator::wire::app_status_from_wire(a)
+        .with_context(|| format!("the cluster's status of app {} does not decode", a.id))
+}
+
 fn print_apps(apps: &[pb::AppStatus]) {
-    let mut t = table(&["app", "tier", "active site", "preferred", "state", "VMs"]);
+    let mut t = table(&[
+        "app",
+        "tier",
+        "active site",
+        "preferred",
+        "state",
+        "why",
+        "VMs",
+    ]);
     for a in apps {
+        let health = app_health(a).map_or_else(|e| format!("{e:#}"), |st| st.health.to_string());
         t.add_row(vec![
             a.id.clone(),
             a.tier.to_string(),
             a.active_site.clone(),
             a.preferred_site.clone(),
-            a.state.clone(),
+            health,
+            a.summary.clone(),
             a.placement
                 .iter()
                 .map(|p| format!("{}@{}", p.vm, p.host))
@@ -481,11 +501,13 @@ pub async fn app_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> 
             &r.apps
                 .iter()
                 .map(|a| {
-                    serde_json::json!({"id": a.id, "name": a.name, "tier": a.tier, "active_site": a.active_site,
-                    "preferred_site": a.preferred_site, "state": a.state, "desired": a.desired,
-                    "placement": a.placement.iter().map(|p| (p.vm.clone(), p.host.clone())).collect::<BTreeMap<_, _>>()})
+                    let st = app_health(a)?;
+                    Ok(serde_json::json!({"id": a.id, "name": a.name, "tier": a.tier, "active_site": a.active_site,
+                    "preferred_site": a.preferred_site, "state": st.health, "reasons": st.reasons, "why": a.summary,
+                    "desired": a.desired,
+                    "placement": a.placement.iter().map(|p| (p.vm.clone(), p.host.clone())).collect::<BTreeMap<_, _>>()}))
                 })
-                .collect::<Vec<_>>(),
+                .collect::<anyhow::Result<Vec<_>>>()?,
         )?,
         Output::Table => print_apps(&r.apps),
     }

@@ -128,9 +128,17 @@ async fn the_agents_serve_every_group_and_a_site_loss_promotes_it_where_the_apps
         .into_iter()
         .rev()
         .find(|e| {
-            e.action == "replica.link"
-                && e.detail.contains("app db: primary at south")
-                && e.detail.contains("InSync")
+            let event = e
+                .event
+                .clone()
+                .map(orchestrator::wire::audit_event_from_wire);
+            matches!(
+                event,
+                Some(Ok(orchestrator::state::AuditEvent::ReplicaLink { app, site, link, .. }))
+                    if app.as_str() == "db"
+                        && site.as_str() == "south"
+                        && link == orchestrator::state::LinkReport::InSync
+            )
         })
         .expect("the south primary reported north in sync");
     let copied: u64 = report

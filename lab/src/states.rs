@@ -13,7 +13,7 @@ use orchestrator::pb;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-pub use orchestrator::state::{AppState, DataState, HostState, Role, SiteState, VmState};
+pub use orchestrator::state::{AppHealth, DataState, HostState, Role, SiteState, VmState};
 
 /// A wire value (a kebab-case name) as the enum it renders.
 fn decode<T: DeserializeOwned>(wire: &str) -> Option<T> {
@@ -61,8 +61,10 @@ pub fn site_state(s: &pb::SiteStatus) -> Option<SiteState> {
     decode(&s.state)
 }
 
-pub fn app_state(a: &pb::AppStatus) -> Option<AppState> {
-    decode(&a.state)
+/// What an app is now (its health, typed in the API); None for a value this lab does
+/// not know.
+pub fn app_health(a: &pb::AppStatus) -> Option<AppHealth> {
+    orchestrator::wire::app_health_from_wire(a.health).ok()
 }
 
 /// A VM as the cluster reports it.
@@ -199,11 +201,12 @@ mod tests {
             Some(SiteState::Suspect)
         );
         assert_eq!(
-            app_state(&pb::AppStatus {
-                state: "failing-over".into(),
+            app_health(&pb::AppStatus {
+                health: pb::AppHealth::Moving.into(),
                 ..Default::default()
             }),
-            Some(AppState::FailingOver)
+            Some(AppHealth::Moving)
         );
+        assert_eq!(app_health(&pb::AppStatus::default()), None);
     }
 }

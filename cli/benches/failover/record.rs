@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use lab::states::{self, AppState, HostState, SiteState};
+use lab::states::{self, AppHealth, HostState, SiteState};
 use orchestrator::client::Client;
 use orchestrator::pb;
 use orchestrator::state::{OpStatus, Operation, Step};
@@ -318,8 +318,8 @@ pub async fn check_south(addrs: &[String], host_site: &BTreeMap<String, String>,
     let apps = apps.unwrap().into_inner().apps;
     let wrong: Vec<String> = apps
         .iter()
-        .filter(|a| a.active_site != "south" || states::app_state(a) != Some(AppState::Running))
-        .map(|a| format!("{} {} at {}", a.id, a.state, a.active_site))
+        .filter(|a| a.active_site != "south" || states::app_health(a) != Some(AppHealth::Running))
+        .map(|a| format!("{} {} at {}", a.id, a.summary, a.active_site))
         .collect();
     if apps.len() != n || !wrong.is_empty() {
         row.why.push(format!(

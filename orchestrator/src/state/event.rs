@@ -365,7 +365,7 @@ impl fmt::Display for AuditEvent {
                 changes,
             } => write!(
                 f,
-                "app {app}: primary at {site} epoch {epoch} reports {link} ({detail}): {}",
+                "app {app}: primary at {site} epoch {epoch} reports {link:?} ({detail}): {}",
                 changes
                     .iter()
                     .map(|(v, s, from, to)| format!("{v} at {s}: {from:?} -> {to:?}"))

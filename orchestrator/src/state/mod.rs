@@ -10,6 +10,7 @@
 //! down, a second primary appear, or a non-UpToDate replica become primary.
 
 mod agents;
+mod app_status;
 mod apply_topology;
 pub mod audit;
 mod event;
@@ -23,6 +24,7 @@ use topology::{AppId, HostId, SiteId, Topology, VmId, VolumeId};
 
 pub use crate::records::*;
 pub use agents::{CommandResult, MAX_BATCH};
+pub use app_status::{AppHealth, AppReason, AppStatus, VmSeen};
 pub use audit::{AuditEntry, Verification};
 pub use event::{AuditEvent, MAX_LISTED, VmStateChange};
 pub use invariants::Violation;
