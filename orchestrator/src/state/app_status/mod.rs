@@ -4,7 +4,7 @@
 //! same value.
 //!
 //! ```text
-//!   an operation moves it ─────────────────────────────► Moving
+//!   an operation is moving it now ─────────────────────► Moving
 //!   every VM runs where placed ────────────────────────► Running
 //!   some VMs run ──────────────────────────────────────► Degraded
 //!   none run ── the operator stopped it ───────────────► Stopped
@@ -147,8 +147,15 @@ impl ClusterState {
     pub fn app_status(&self, app: &AppId) -> Option<AppStatus> {
         let rec = self.apps.get(app)?;
         let model = self.topology().and_then(|t| t.model.app(app));
+        // Moving only between the operation's move starting for this app and ending:
+        // an app the operation already brought up (or has not reached, e.g. one waiting
+        // for approval) is what its VMs say.
+        let in_move = matches!(rec.state, AppState::FailingOver | AppState::Migrating);
         if let Some(o) = self.operations.values().rev().find(|o| {
-            o.status == OpStatus::Running && o.kind != OpKind::Drill && o.apps.contains(app)
+            in_move
+                && o.status == OpStatus::Running
+                && o.kind != OpKind::Drill
+                && o.apps.contains(app)
         }) {
             return Some(AppStatus {
                 health: AppHealth::Moving,

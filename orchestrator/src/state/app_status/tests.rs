@@ -151,6 +151,20 @@ fn an_operation_moving_it_makes_it_moving_and_a_stop_makes_it_stopped() {
     ) else {
         panic!()
     };
+    // Not reached yet (e.g. waiting for approval): what its VMs say.
+    assert_eq!(status(&s).health, AppHealth::Running);
+    let set = |s: &mut ClusterState, state| {
+        apply(
+            s,
+            40,
+            Command::SetAppState {
+                app: db(),
+                state,
+                reason: "test".into(),
+            },
+        );
+    };
+    set(&mut s, AppState::Migrating);
     assert_eq!(
         status(&s).reasons,
         vec![AppReason::Moving {
@@ -158,6 +172,10 @@ fn an_operation_moving_it_makes_it_moving_and_a_stop_makes_it_stopped() {
             kind: OpKind::Switchover
         }]
     );
+    // Its move done while the operation goes on with other apps: running again.
+    set(&mut s, AppState::Running);
+    assert_eq!(status(&s).health, AppHealth::Running);
+    set(&mut s, AppState::Migrating);
     apply(
         &mut s,
         41,
