@@ -1,7 +1,8 @@
 //! The agent's commands as the core sees them: what the journal says ran (so nothing
 //! runs twice), one queue per [`CommandTarget`] (commands of one target run one at a
 //! time in the order the cluster issued them, different targets concurrently) and
-//! what runs now. Pure.
+//! what runs now. A command waits in its queue while the lease is gone (the core does
+//! not pick then): it stays pending in the cluster, which waits for its result. Pure.
 //!
 //! Never: start a command whose id the journal knows, start two commands of one
 //! target at once, or let a probe read a VM's console while that VM's start runs
@@ -104,12 +105,10 @@ impl Commands {
         self.after = self.after.max(id);
     }
 
-    /// The commands to start now (the head of each idle target's queue) when `may_run`,
-    /// else the commands to drop: without a lease a command is not run and stays
-    /// pending in the cluster. A probe waits while its VM's start runs.
-    pub fn pick(&mut self, may_run: bool) -> (Vec<Picked>, Vec<Picked>) {
+    /// The commands to start now: the head of each idle target's queue (a probe waits
+    /// while its VM's start runs). The caller asks only while they may run.
+    pub fn pick(&mut self) -> Vec<Picked> {
         let mut start = Vec::new();
-        let mut dropped = Vec::new();
         let idle: Vec<CommandTarget> = self
             .queues
             .keys()
@@ -117,15 +116,6 @@ impl Commands {
             .cloned()
             .collect();
         for target in idle {
-            if !may_run {
-                if let Some(q) = self.queues.remove(&target) {
-                    for p in q {
-                        self.in_hand.remove(&p.id);
-                        dropped.push(p);
-                    }
-                }
-                continue;
-            }
             let waits = self
                 .queues
                 .get(&target)
@@ -144,7 +134,7 @@ impl Commands {
             self.running.insert(target, p.clone());
             start.push(p);
         }
-        (start, dropped)
+        start
     }
 
     /// Whether `probe` is a console probe of a domain whose start runs now.

@@ -415,18 +415,12 @@ impl Core {
         obs
     }
 
-    /// Start the commands that may run, drop those that may not (no lease: they stay
-    /// pending in the cluster), and poll for more while the lease is held.
+    /// Start the commands that may run (a valid lease, on disk, no fence under way:
+    /// else they wait in their queues), and poll for more while the lease is held.
     fn drive_commands(&mut self, now: Mono, fx: &mut Vec<Effect>) {
         let valid = self.lease_valid(now);
-        if !valid {
-            let (_, dropped) = self.cmds.pick(false);
-            for p in dropped {
-                tracing::warn!(host = %self.cfg.host, id = %p.id, action = p.action.name(), "not run: this host holds no lease (the command stays pending in the cluster)");
-            }
-        } else if self.fence == FencePhase::Idle && self.lease_on_disk {
-            let (start, _) = self.cmds.pick(true);
-            for p in start {
+        if valid && self.fence == FencePhase::Idle && self.lease_on_disk {
+            for p in self.cmds.pick() {
                 let ctx = self.run_ctx(&p.action);
                 fx.push(Effect::Run {
                     id: p.id,

@@ -24,7 +24,8 @@
 //!
 //! What holds, and where:
 //! - a command runs only while the lease is valid, no fence runs, and some lease of
-//!   this boot is on disk (a restart then fences rather than trusts nothing); it is
+//!   this boot is on disk (a restart then fences rather than trusts nothing; until
+//!   then commands wait in their queues, pending in the cluster); it is
 //!   journaled `begin` before it runs and `finished` after (the shell's command task),
 //!   and never runs twice ([`commands`]: the journal's answer, or the one in hand);
 //! - one fence per loss of the lease; commands that started something and ended

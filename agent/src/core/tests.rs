@@ -583,7 +583,7 @@ fn a_command_the_journal_knows_is_answered_never_run() {
 }
 
 #[test]
-fn without_a_lease_queued_commands_are_dropped_and_a_start_that_ends_after_the_fence_is_stopped() {
+fn without_a_lease_commands_wait_and_a_start_that_ends_after_the_fence_is_stopped() {
     let mut t = T::ready();
     let fx = t.deliver(&[
         (1, start("a")),
@@ -608,7 +608,7 @@ fn without_a_lease_queued_commands_are_dropped_and_a_start_that_ends_after_the_f
         executed: Some(started("a")),
         marks: Vec::new(),
     });
-    assert!(runs(&fx).is_empty(), "a's destroy is dropped: no lease");
+    assert!(runs(&fx).is_empty(), "a's destroy waits: no lease");
     let fx = t.apply(Input::FenceDone { report: report() });
     assert!(
         fx.contains(&Effect::StopStragglers {
@@ -626,10 +626,24 @@ fn without_a_lease_queued_commands_are_dropped_and_a_start_that_ends_after_the_f
         domains: Vec::new(),
         groups: true
     }));
-    assert!(
-        t.core.cmds.is_idle(),
-        "nothing left: the destroy stays pending in the cluster"
-    );
+    // The destroy waits for the lease (the cluster waits for its result), and runs
+    // once the lease is back.
+    assert_eq!(t.core.cmds.queued(), 1);
+    let seq = t
+        .core
+        .renew
+        .in_flight
+        .as_ref()
+        .map(|f| f.0)
+        .expect("renews");
+    let fx = t.apply(Input::Renewed {
+        seq,
+        answer: RenewAnswer::Granted {
+            lease_ms: LEASE,
+            leader: String::new(),
+        },
+    });
+    assert_eq!(runs(&fx), vec![2], "{fx:?}");
 }
 
 #[test]
