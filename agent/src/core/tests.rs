@@ -104,26 +104,10 @@ impl T {
         let obs = register_obs(&fx).expect("registers at once");
         let fx = t.registered(obs, BTreeMap::new());
         let seq = renew_seq(&fx).expect("renews once registered");
-        let Some(Effect::Observe { obs }) = fx
-            .iter()
-            .find(|e| matches!(e, Effect::Observe { .. }))
-            .cloned()
-        else {
-            panic!("looks at the host once registered: {fx:?}")
-        };
-        t.apply(Input::Observed {
-            obs,
-            clock: ClockFile::Absent,
-            domains: Ok(Vec::new()),
-            disk: Vec::new(),
-        });
-        let fx = t.apply(Input::Renewed {
-            seq,
-            answer: RenewAnswer::Granted {
-                lease_ms: LEASE,
-                leader: "n1:1".into(),
-            },
-        });
+        let obs =
+            observe_obs(&fx).unwrap_or_else(|| panic!("looks at the host once registered: {fx:?}"));
+        t.observed(obs, Vec::new());
+        let fx = t.granted(seq);
         let Some(Effect::PersistLease { until }) = fx.first().cloned() else {
             panic!("the lease is persisted first: {fx:?}")
         };
@@ -151,6 +135,27 @@ impl T {
         t
     }
 
+    /// A look at the host found these domains (the clock fault file absent).
+    fn observed(&mut self, obs: ObsSeq, domains: Vec<DomainInfo>) -> Vec<Effect> {
+        self.apply(Input::Observed {
+            obs,
+            clock: ClockFile::Absent,
+            domains: Ok(domains),
+            disk: Vec::new(),
+        })
+    }
+
+    /// Renewal `seq` was granted a full lease by the leader at n1.
+    fn granted(&mut self, seq: u64) -> Vec<Effect> {
+        self.apply(Input::Renewed {
+            seq,
+            answer: RenewAnswer::Granted {
+                lease_ms: LEASE,
+                leader: "n1:1".into(),
+            },
+        })
+    }
+
     fn deliver(&mut self, cmds: &[(u64, AgentAction)]) -> Vec<Effect> {
         self.apply(Input::Polled {
             commands: cmds
@@ -164,9 +169,21 @@ impl T {
     }
 }
 
-fn register_obs(fx: &[Effect]) -> Option<ObsSeq> {
+/// The registration among `fx`: its observation and whether it says it fenced.
+fn registration(fx: &[Effect]) -> Option<(ObsSeq, bool)> {
     fx.iter().find_map(|e| match e {
-        Effect::Register { obs, .. } => Some(*obs),
+        Effect::Register { obs, fenced, .. } => Some((*obs, *fenced)),
+        _ => None,
+    })
+}
+
+fn register_obs(fx: &[Effect]) -> Option<ObsSeq> {
+    registration(fx).map(|(obs, _)| obs)
+}
+
+fn observe_obs(fx: &[Effect]) -> Option<ObsSeq> {
+    fx.iter().find_map(|e| match e {
+        Effect::Observe { obs } => Some(*obs),
         _ => None,
     })
 }
@@ -248,13 +265,7 @@ fn the_lease_running_out_fences_once_registration_waits_and_then_says_fenced_onc
     // registration waits for the fence.
     let fx = t.wait(500);
     let seq = renew_seq(&fx).expect("renewals go on");
-    let fx = t.apply(Input::Renewed {
-        seq,
-        answer: RenewAnswer::Granted {
-            lease_ms: LEASE,
-            leader: String::new(),
-        },
-    });
+    let fx = t.granted(seq);
     assert!(
         fx.iter().any(|e| matches!(
             e,
@@ -277,15 +288,9 @@ fn the_lease_running_out_fences_once_registration_waits_and_then_says_fenced_onc
     // The regained-lease event went out during the fence; the registration follows it.
     assert!(register_obs(&fx).is_none(), "not beside a report in flight");
     let fx = t.apply(Input::ReportSent);
-    let Some(Effect::Register {
-        obs, fenced: true, ..
-    }) = fx
-        .iter()
-        .find(|e| matches!(e, Effect::Register { .. }))
-        .cloned()
-    else {
-        panic!("registers, saying it fenced: {fx:?}")
-    };
+    let (obs, fenced) =
+        registration(&fx).unwrap_or_else(|| panic!("registers, saying it fenced: {fx:?}"));
+    assert!(fenced, "it says it fenced");
     // A lost reply: it says so again; once it landed, never again.
     let fx = t.apply(Input::RegisterFailed {
         obs,
@@ -300,15 +305,8 @@ fn the_lease_running_out_fences_once_registration_waits_and_then_says_fenced_onc
     ));
     t.apply(Input::ReportSent);
     let fx = t.wait(500);
-    let Some(Effect::Register {
-        obs, fenced: true, ..
-    }) = fx
-        .iter()
-        .find(|e| matches!(e, Effect::Register { .. }))
-        .cloned()
-    else {
-        panic!("{fx:?}")
-    };
+    let (obs, fenced) = registration(&fx).unwrap_or_else(|| panic!("{fx:?}"));
+    assert!(fenced, "it says it fenced");
     t.registered(obs, BTreeMap::new());
     assert!(!t.core.fenced_unreported);
 }
@@ -372,13 +370,7 @@ fn a_report_and_a_registration_go_out_one_at_a_time() {
 fn what_an_observation_saw_before_a_registration_is_not_reported_after_it() {
     let mut t = T::ready();
     let fx = t.wait(600);
-    let Some(Effect::Observe { obs: old }) = fx
-        .iter()
-        .find(|e| matches!(e, Effect::Observe { .. }))
-        .cloned()
-    else {
-        panic!("{fx:?}")
-    };
+    let old = observe_obs(&fx).unwrap_or_else(|| panic!("{fx:?}"));
     t.core.want_registration(t.now);
     let fx = t.wait(1);
     let reg = register_obs(&fx).expect("registers");
@@ -388,31 +380,15 @@ fn what_an_observation_saw_before_a_registration_is_not_reported_after_it() {
         reg,
         BTreeMap::from([(vm("a"), proto::agent::VmState::Running)]),
     );
-    let fx = t.apply(Input::Observed {
-        obs: old,
-        clock: ClockFile::Absent,
-        domains: Ok(vec![dom("a", DomainState::ShutOff)]),
-        disk: Vec::new(),
-    });
+    let fx = t.observed(old, vec![dom("a", DomainState::ShutOff)]);
     assert!(
         report_batch(&fx).is_none(),
         "the older look is not reported: {fx:?}"
     );
     // The next look compares with what the registration said.
     let fx = t.wait(600);
-    let Some(Effect::Observe { obs }) = fx
-        .iter()
-        .find(|e| matches!(e, Effect::Observe { .. }))
-        .cloned()
-    else {
-        panic!("{fx:?}")
-    };
-    let fx = t.apply(Input::Observed {
-        obs,
-        clock: ClockFile::Absent,
-        domains: Ok(vec![dom("a", DomainState::Running)]),
-        disk: Vec::new(),
-    });
+    let obs = observe_obs(&fx).unwrap_or_else(|| panic!("{fx:?}"));
+    let fx = t.observed(obs, vec![dom("a", DomainState::Running)]);
     assert!(
         report_batch(&fx).is_none(),
         "nothing changed since the registration"
@@ -425,19 +401,8 @@ fn look(t: &mut T, domains: Vec<DomainInfo>) -> Vec<Effect> {
     if !fx.iter().any(|e| matches!(e, Effect::Observe { .. })) {
         fx = t.wait(WATCH_MS);
     }
-    let Some(Effect::Observe { obs }) = fx
-        .iter()
-        .find(|e| matches!(e, Effect::Observe { .. }))
-        .cloned()
-    else {
-        panic!("no look at the host: {fx:?}")
-    };
-    t.apply(Input::Observed {
-        obs,
-        clock: ClockFile::Absent,
-        domains: Ok(domains),
-        disk: Vec::new(),
-    })
+    let obs = observe_obs(&fx).unwrap_or_else(|| panic!("no look at the host: {fx:?}"));
+    t.observed(obs, domains)
 }
 
 #[test]
@@ -497,23 +462,12 @@ fn after_a_registration_whose_reply_was_lost_every_vm_is_reported_again() {
     // anything is sent) and the host is looked at.
     let fx = t.wait(REGISTER_RETRY_MS);
     let again = register_obs(&fx).expect("the registration is tried again");
-    let Some(Effect::Observe { obs }) = fx
-        .iter()
-        .find(|e| matches!(e, Effect::Observe { .. }))
-        .cloned()
-    else {
-        panic!("{fx:?}")
-    };
+    let obs = observe_obs(&fx).unwrap_or_else(|| panic!("{fx:?}"));
     t.apply(Input::RegisterFailed {
         obs: again,
         why: RegisterFailure::Libvirt("busy".into()),
     });
-    let fx = t.apply(Input::Observed {
-        obs,
-        clock: ClockFile::Absent,
-        domains: Ok(vec![dom("a", DomainState::Running)]),
-        disk: Vec::new(),
-    });
+    let fx = t.observed(obs, vec![dom("a", DomainState::Running)]);
     let batch = report_batch(&fx).expect("a is reported again though it did not change");
     assert!(batch.domains.contains_key(&vm("a")));
 }
@@ -564,13 +518,7 @@ fn a_command_the_journal_knows_is_answered_never_run() {
     let obs = register_obs(&fx).unwrap();
     let fx = t.registered(obs, BTreeMap::new());
     let seq = renew_seq(&fx).unwrap();
-    t.apply(Input::Renewed {
-        seq,
-        answer: RenewAnswer::Granted {
-            lease_ms: LEASE,
-            leader: String::new(),
-        },
-    });
+    t.granted(seq);
     let fx = t.deliver(&[(1, start("a")), (2, start("b")), (3, start("c"))]);
     assert_eq!(runs(&fx), vec![3]);
     let batch = report_batch(&fx).expect("the journal's answers are reported");
@@ -636,13 +584,7 @@ fn without_a_lease_commands_wait_and_a_start_that_ends_after_the_fence_is_stoppe
         .as_ref()
         .map(|f| f.0)
         .expect("renews");
-    let fx = t.apply(Input::Renewed {
-        seq,
-        answer: RenewAnswer::Granted {
-            lease_ms: LEASE,
-            leader: String::new(),
-        },
-    });
+    let fx = t.granted(seq);
     assert_eq!(runs(&fx), vec![2], "{fx:?}");
 }
 
