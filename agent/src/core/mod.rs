@@ -9,17 +9,20 @@
 //! jumps, lost replies and duplicate deliveries and check it after every step.
 //!
 //! ```text
-//!  lease (crate::lease)                  fence                    registration
-//!  ─────────────────────────────────     ─────────────────────    ───────────────────────────
-//!  None ─grant─► Held ─runs out─► Lost   Idle ──(a loss)──► Running   Wanted ─(no fence, no report
-//!                 ▲                │       ▲  Effect::Fence     │       ▲   in flight; at start,
-//!                 │ grant          │       └──── FenceDone ─────┘       │   after a regained lease)
-//!                 │ (regained:     │        (lost again meanwhile:      │            │ Effect::Register
-//!                 │  LeaseRegained,│         fence once more)           │ failed     ▼   (fenced = a fence
-//!                 │  registration  │                                    └─ 500 ms ─ InFlight   since the last
-//!                 │  Wanted)       │                                                 │ ok        registration)
-//!                 └────────────────┘                                                 ▼
-//!                                                                                   Done
+//!  lease (crate::lease::AgentLease)
+//!    None ──grant──► Held ──runs out──► Lost
+//!                     ▲                  │
+//!                     └──────grant───────┘  regained: a LeaseRegained event,
+//!                                           registration Wanted, nothing restarted
+//!  fence (one per loss)
+//!    Idle ──the lease is lost──► Running ──FenceDone──► Idle
+//!          Effect::Fence;                 lost again while it ran and lost still:
+//!          a fence to say                 Running once more
+//!  registration
+//!    Wanted ──no fence, no report in flight──► InFlight ──ok──► Done
+//!      ▲   (at start; after a regained lease)     │     (says fenced when a fence
+//!      └──────────── failed: 500 ms later ────────┘      is still to say)
+//!    Done ──lease regained──► Wanted
 //! ```
 //!
 //! What holds, and where:

@@ -1,5 +1,5 @@
 //! The agent process: a thin async shell around the pure [`crate::core`]. One loop
-//! ([`shell`]) waits for a timer, the result of a call or the stop signal, hands it to
+//! (`shell`) waits for a timer, the result of a call or the stop signal, hands it to
 //! the core and starts the effects the core asks for; every slow effect (a libvirt
 //! call, a gRPC call, a command, the fence, a journal write) runs in a task of its own
 //! whose result comes back to the loop as an input. The loop never awaits an effect,

@@ -10,7 +10,7 @@ use topology::spec::PortForward;
 use super::{METADATA_NS, ManagedBy, QEMU_NS, USER_NETDEV};
 
 /// The guest ports forwarded to the host's loopback in `domain_xml` (the live XML
-/// libvirt returns for a domain with [`NetworkSpec::User`]), as (guest, host) ports.
+/// libvirt returns for a domain with [`topology::spec::NetworkSpec::User`]), as (guest, host) ports.
 /// Empty for any other domain and for garbage.
 pub fn user_forwards(domain_xml: &str) -> Vec<PortForward> {
     let Ok(doc) = roxmltree::Document::parse(domain_xml) else {
