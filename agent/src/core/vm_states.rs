@@ -32,7 +32,7 @@ pub fn reportable(domains: &[DomainInfo]) -> BTreeMap<VmId, VmState> {
 }
 
 /// Per VM, the state the cluster was last told (None: forgotten, so any state differs).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Told {
     states: BTreeMap<VmId, Option<VmState>>,
 }
@@ -50,6 +50,14 @@ impl Told {
     pub fn forget<'a>(&mut self, vms: impl IntoIterator<Item = &'a VmId>) {
         for vm in vms {
             self.states.insert(vm.clone(), None);
+        }
+    }
+
+    /// A registration may have reached the cluster though it failed here (a lost
+    /// reply): every VM is reported again as it is then.
+    pub fn forget_all(&mut self) {
+        for s in self.states.values_mut() {
+            *s = None;
         }
     }
 
