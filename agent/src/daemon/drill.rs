@@ -7,8 +7,7 @@ use ids::OpId;
 use proto::agent::{CommandOutcome, Executed, FailureKind};
 use topology::spec::{NetworkSpec, VmSpec, drill_network_name};
 
-use super::execute::Marks;
-use super::{Resources, hv};
+use super::{Marks, Resources, hv};
 use crate::core::RunCtx;
 use crate::domain_xml::{self, DiskBackend};
 use crate::hypervisor::only_ours;

@@ -11,16 +11,13 @@ use std::time::Duration;
 use ids::CommandId;
 use proto::agent::{AgentAction, CommandOutcome, Executed, FailureKind};
 
-use super::{Resources, drill, hv, probe};
+use super::{Marks, Resources, drill, hv, probe};
 use crate::config::{DiskBackendSetting, GuestNetwork};
 use crate::core::{Input, RunCtx};
 use crate::domain_xml::{self, DiskBackend};
 use crate::hypervisor::{DomainState, HvError};
 use crate::journal::Line;
 use crate::lease::mono_now;
-
-/// Console marks a command set (Some: the log's length at a start) or dropped (None).
-pub(super) type Marks = Vec<(String, Option<u64>)>;
 
 /// Journal `begin`, execute, journal `finished`; the result for the core.
 pub(super) async fn run(

@@ -69,6 +69,9 @@ pub enum AgentError {
     },
 }
 
+/// Console marks a command set (Some: the log's length at a start) or dropped (None).
+type Marks = Vec<(String, Option<u64>)>;
+
 /// What the tasks act on: read-only configuration and the resources with their own
 /// locking (libvirt, the volume groups, the journal file).
 struct Resources {
