@@ -17,17 +17,10 @@ use crate::pb::*;
 use crate::raft_types::{NodeInfo, node_id_of};
 use crate::service::auth::{admit, audited};
 use crate::state::{self, ClusterState, Command};
+use crate::wire;
 
 pub struct OperatorService {
     pub node: Arc<Node>,
-}
-
-/// The kebab-case name serde gives an enum value (`UpToDate` → `up-to-date`).
-pub fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 pub(crate) fn actor(a: &str) -> Result<String, Status> {
@@ -54,7 +47,7 @@ pub fn app_status(s: &ClusterState, a: &state::AppRecord) -> AppStatus {
         preferred_site: model
             .map(|m| m.preferred_site.to_string())
             .unwrap_or_default(),
-        desired: name(&a.desired),
+        desired: wire::desired_to_wire(a.desired).into(),
         placement: a
             .placement
             .iter()
@@ -63,13 +56,9 @@ pub fn app_status(s: &ClusterState, a: &state::AppRecord) -> AppStatus {
                 host: host.to_string(),
             })
             .collect(),
-        health: crate::wire::app_health_to_wire(status.health).into(),
+        health: wire::app_health_to_wire(status.health).into(),
         summary: status.summary(),
-        reasons: status
-            .reasons
-            .iter()
-            .map(crate::wire::app_reason_to_wire)
-            .collect(),
+        reasons: status.reasons.iter().map(wire::app_reason_to_wire).collect(),
     }
 }
 
@@ -82,7 +71,7 @@ fn audit_pb(e: &state::AuditEntry) -> AuditEntry {
         detail: e.detail.clone(),
         prev: e.prev.clone(),
         digest: e.digest.clone(),
-        event: Some(crate::wire::audit_event_to_wire(&e.event)),
+        event: Some(wire::audit_event_to_wire(&e.event)),
     }
 }
 
@@ -225,7 +214,7 @@ impl Operator for OperatorService {
         let reply = StatusReply {
             node: self.node.name.clone(),
             initialized: mem.nodes().next().is_some(),
-            raft_state: format!("{:?}", m.state).to_lowercase(),
+            raft_state: wire::raft_role_to_wire(m.state.into()).into(),
             leader: leader.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
             leader_addr: leader.as_ref().map(|l| l.addr.clone()).unwrap_or_default(),
             term: m.current_term,
@@ -239,8 +228,8 @@ impl Operator for OperatorService {
                 .values()
                 .map(|r| SiteStatus {
                     id: r.id.to_string(),
-                    role: name(&r.role),
-                    state: name(&r.state),
+                    role: wire::site_role_to_wire(r.role).into(),
+                    state: wire::site_state_to_wire(r.state).into(),
                     since_ms: r.since_ms,
                     reason: r.reason.clone(),
                 })
@@ -251,7 +240,7 @@ impl Operator for OperatorService {
                 .map(|h| HostStatus {
                     id: h.id.to_string(),
                     site: h.site.to_string(),
-                    state: name(&h.state),
+                    state: wire::host_state_to_wire(h.state).into(),
                     since_ms: h.since_ms,
                     reason: h.reason.clone(),
                 })
@@ -573,16 +562,16 @@ impl Operator for OperatorService {
             .map(|v| VolumeStatus {
                 id: v.id.to_string(),
                 app: v.app.to_string(),
-                mode: name(&v.mode),
+                mode: wire::replication_mode_to_wire(v.mode).into(),
                 epoch: v.epoch.0,
                 replicas: v
                     .replicas
                     .iter()
                     .map(|r| ReplicaStatus {
                         site: r.site.to_string(),
-                        role: name(&r.role),
+                        role: wire::replica_role_to_wire(r.role).into(),
                         epoch: r.epoch.0,
-                        data: name(&r.data),
+                        data: wire::data_state_to_wire(r.data).into(),
                         host: r.host.as_ref().map(ToString::to_string).unwrap_or_default(),
                     })
                     .collect(),
@@ -692,7 +681,7 @@ impl Operator for OperatorService {
                 HostInfo {
                     id: h.id.to_string(),
                     site: h.site.to_string(),
-                    state: name(&h.state),
+                    state: wire::host_state_to_wire(h.state).into(),
                     since_ms: h.since_ms,
                     reason: h.reason.clone(),
                     vcpus: inv.as_ref().map_or(0, |i| i.vcpus),
@@ -746,10 +735,11 @@ impl Operator for OperatorService {
                     vm: vm.to_string(),
                     app: app.id.to_string(),
                     host: host.to_string(),
-                    state: match down {
-                        Some(_) => "unknown".into(),
-                        None => rec.map(|r| name(&r.state)).unwrap_or_default(),
-                    },
+                    seen: wire::vm_report_to_wire(match (down, rec) {
+                        (_, None) => wire::VmReport::NotReported,
+                        (Some(_), Some(r)) => wire::VmReport::HostDown { last: r.state },
+                        (None, Some(r)) => wire::VmReport::State(r.state),
+                    }),
                     reported_host: rec.map(|r| r.host.to_string()).unwrap_or_default(),
                     since_ms: rec.map_or(0, |r| r.since_ms),
                     reason: match (down, rec) {
@@ -757,7 +747,7 @@ impl Operator for OperatorService {
                             "host {} is down ({}); last reported {} ({})",
                             h.id,
                             h.reason,
-                            name(&r.state),
+                            r.state.as_str(),
                             r.reason
                         ),
                         _ => rec.map(|r| r.reason.clone()).unwrap_or_default(),
@@ -879,7 +869,7 @@ impl Operator for OperatorService {
             Ok(Response::new(VmActionReply {
                 command_id: id.0,
                 host: host.to_string(),
-                status: status.name().into(),
+                status: wire::command_progress_to_wire(status.progress()).into(),
                 message,
             }))
         })
@@ -1075,8 +1065,7 @@ impl Operator for OperatorService {
 
         let list = crate::schedule::status(&self.node.state.read().state);
         Ok(Response::new(DrillSchedulesReply {
-            schedules_json: serde_json::to_string(&list)
-                .map_err(|e| Status::internal(format!("cannot encode: {e}")))?,
+            schedules: list.iter().map(wire::schedule_to_wire).collect(),
         }))
     }
 
