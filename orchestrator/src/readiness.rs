@@ -356,7 +356,8 @@ mod tests {
         assert!(
             r.penalties
                 .iter()
-                .any(|x| matches!(x, Penalty::WouldSkip { .. }) && x.to_string().contains("is not up")),
+                .any(|x| matches!(x, Penalty::WouldSkip { .. })
+                    && x.to_string().contains("is not up")),
             "{r:?}"
         );
     }

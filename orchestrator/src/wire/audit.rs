@@ -6,9 +6,9 @@ use proto::agent::wire::{
 };
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
+use super::WireError;
 use super::checked as id;
 use super::states::*;
-use super::WireError;
 use crate::pb;
 use crate::pb::audit_event::Event as E;
 use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, VmStateChange};
@@ -20,7 +20,6 @@ fn s<T: ToString>(v: &T) -> String {
 fn strs<T: ToString>(v: &[T]) -> Vec<String> {
     v.iter().map(ToString::to_string).collect()
 }
-
 
 fn ids<T>(what: &'static str, v: Vec<String>, make: fn(String) -> T) -> Result<Vec<T>, WireError> {
     v.into_iter().map(|x| id(what, x, make)).collect()

@@ -138,7 +138,10 @@ mod tests {
         }
         for unknown in [0, 99, -1] {
             let e = from(unknown).unwrap_err();
-            assert!(matches!(e, WireError::UnknownEnum { value, .. } if value == unknown), "{e}");
+            assert!(
+                matches!(e, WireError::UnknownEnum { value, .. } if value == unknown),
+                "{e}"
+            );
         }
     }
 

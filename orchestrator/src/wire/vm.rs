@@ -17,7 +17,7 @@ pub enum VmReport {
     /// which says nothing about now (its agent has fenced its VMs or is gone).
     HostDown { last: VmState },
     /// As its agent last reported.
-    State(VmState),
+    Reported(VmState),
 }
 
 impl VmReport {
@@ -27,12 +27,12 @@ impl VmReport {
         match self {
             VmReport::NotReported => "",
             VmReport::HostDown { .. } => "unknown",
-            VmReport::State(s) => s.as_str(),
+            VmReport::Reported(s) => s.as_str(),
         }
     }
 
     pub fn is_running(self) -> bool {
-        self == VmReport::State(VmState::Running)
+        self == VmReport::Reported(VmState::Running)
     }
 }
 
@@ -46,7 +46,7 @@ pub fn vm_report_to_wire(r: VmReport) -> Option<Seen> {
     match r {
         VmReport::NotReported => None,
         VmReport::HostDown { last } => Some(Seen::HostDown(vm_state_to_wire(last).into())),
-        VmReport::State(s) => Some(Seen::State(vm_state_to_wire(s).into())),
+        VmReport::Reported(s) => Some(Seen::State(vm_state_to_wire(s).into())),
     }
 }
 
@@ -56,7 +56,7 @@ pub fn vm_report_from_wire(seen: Option<Seen>) -> Result<VmReport, WireError> {
         Some(Seen::HostDown(last)) => VmReport::HostDown {
             last: vm_state_from_wire(last)?,
         },
-        Some(Seen::State(s)) => VmReport::State(vm_state_from_wire(s)?),
+        Some(Seen::State(s)) => VmReport::Reported(vm_state_from_wire(s)?),
     })
 }
 
@@ -76,15 +76,15 @@ mod tests {
                 },
                 "unknown",
             ),
-            (VmReport::State(VmState::Running), "running"),
-            (VmReport::State(VmState::ShutOff), "shut-off"),
-            (VmReport::State(VmState::Undefined), "undefined"),
+            (VmReport::Reported(VmState::Running), "running"),
+            (VmReport::Reported(VmState::ShutOff), "shut-off"),
+            (VmReport::Reported(VmState::Undefined), "undefined"),
         ];
         for (r, shown) in all {
             assert_eq!(vm_report_from_wire(vm_report_to_wire(r)).unwrap(), r);
             assert_eq!(r.to_string(), shown);
         }
-        assert!(VmReport::State(VmState::Running).is_running());
+        assert!(VmReport::Reported(VmState::Running).is_running());
         assert!(
             !VmReport::HostDown {
                 last: VmState::Running
