@@ -4,9 +4,6 @@
 use openraft::ServerState;
 use serde::Serialize;
 
-use super::WireError;
-use crate::pb;
-
 /// A node's Raft role, by its own account. Its name (`leader`, …) is what the CLI
 /// shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -31,36 +28,21 @@ impl From<ServerState> for RaftRole {
     }
 }
 
-pub fn raft_role_to_wire(r: RaftRole) -> pb::RaftState {
-    match r {
-        RaftRole::Leader => pb::RaftState::Leader,
-        RaftRole::Follower => pb::RaftState::Follower,
-        RaftRole::Candidate => pb::RaftState::Candidate,
-        RaftRole::Learner => pb::RaftState::Learner,
-        RaftRole::Shutdown => pb::RaftState::Shutdown,
-    }
-}
-
-pub fn raft_role_from_wire(v: i32) -> Result<RaftRole, WireError> {
-    let bad = WireError::UnknownEnum {
-        what: "the Raft state",
-        value: v,
-    };
-    Ok(match pb::RaftState::try_from(v).map_err(|_| bad.clone())? {
-        pb::RaftState::Unspecified => return Err(bad),
-        pb::RaftState::Leader => RaftRole::Leader,
-        pb::RaftState::Follower => RaftRole::Follower,
-        pb::RaftState::Candidate => RaftRole::Candidate,
-        pb::RaftState::Learner => RaftRole::Learner,
-        pb::RaftState::Shutdown => RaftRole::Shutdown,
-    })
-}
+both_ways!(
+    raft_role_to_wire,
+    raft_role_from_wire,
+    "the Raft state",
+    RaftRole,
+    RaftState,
+    [Leader, Follower, Candidate, Learner, Shutdown]
+);
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::wire::WireError;
 
     #[test]
     fn every_raft_role_crosses_the_wire_and_shows_its_old_name() {

@@ -4,6 +4,33 @@
 //! nobody parses the other side's prose. Decoding checks every id and enum value and
 //! says what is wrong; it never panics.
 
+/// A protobuf enum value that is unknown or unspecified.
+pub(crate) fn bad(what: &'static str, value: i32) -> WireError {
+    WireError::UnknownEnum { what, value }
+}
+
+/// Both directions of one record enum: `$to(v) -> pb`, `$from(i32) -> Result`.
+macro_rules! both_ways {
+    ($to:ident, $from:ident, $what:literal, $rec:ident, $pb:ident, [$($v:ident),+]) => {
+        both_ways!($to, $from, $what, $rec, $pb, [$($v => $v),+]);
+    };
+    ($to:ident, $from:ident, $what:literal, $rec:ident, $pb:ident, [$($v:ident => $w:ident),+]) => {
+        pub fn $to(v: $rec) -> $crate::pb::$pb {
+            match v {
+                $($rec::$v => $crate::pb::$pb::$w,)+
+            }
+        }
+
+        pub fn $from(v: i32) -> Result<$rec, $crate::wire::WireError> {
+            use $crate::wire::bad;
+            match $crate::pb::$pb::try_from(v).map_err(|_| bad($what, v))? {
+                $($crate::pb::$pb::$w => Ok($rec::$v),)+
+                $crate::pb::$pb::Unspecified => Err(bad($what, v)),
+            }
+        }
+    };
+}
+
 mod app;
 mod audit;
 mod cluster;

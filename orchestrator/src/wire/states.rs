@@ -1,42 +1,14 @@
 //! Record states as protobuf enums, both ways. An unspecified or unknown value (a
 //! newer or older peer) decodes to an error that names it, never a panic.
 
-use proto::agent::wire::WireError;
 pub use proto::agent::wire::{
     mode_from_wire as replication_mode_from_wire, mode_to_wire as replication_mode_to_wire,
 };
 use topology::SiteRole;
 
-use crate::pb;
 use crate::records::{
     AppState, CommandProgress, DataState, Desired, HostState, OpKind, OpStatus, Role, SiteState,
 };
-
-/// A protobuf enum value that is unknown or unspecified.
-fn bad(what: &'static str, value: i32) -> WireError {
-    WireError::UnknownEnum { what, value }
-}
-
-/// Both directions of one record enum: `$to(v) -> pb`, `$from(i32) -> Result`.
-macro_rules! both_ways {
-    ($to:ident, $from:ident, $what:literal, $rec:ident, $pb:ident, [$($v:ident),+]) => {
-        both_ways!($to, $from, $what, $rec, $pb, [$($v => $v),+]);
-    };
-    ($to:ident, $from:ident, $what:literal, $rec:ident, $pb:ident, [$($v:ident => $w:ident),+]) => {
-        pub fn $to(v: $rec) -> pb::$pb {
-            match v {
-                $($rec::$v => pb::$pb::$w,)+
-            }
-        }
-
-        pub fn $from(v: i32) -> Result<$rec, WireError> {
-            match pb::$pb::try_from(v).map_err(|_| bad($what, v))? {
-                $(pb::$pb::$w => Ok($rec::$v),)+
-                pb::$pb::Unspecified => Err(bad($what, v)),
-            }
-        }
-    };
-}
 
 both_ways!(
     site_state_to_wire,
@@ -124,6 +96,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::wire::WireError;
     use topology::ReplicationMode;
 
     /// Every value of `all` crosses the wire unchanged; 0 (unspecified) and a value

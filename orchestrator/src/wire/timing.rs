@@ -4,35 +4,31 @@ use topology::Timing;
 
 use crate::pb;
 
+/// The same ten fields, copied from one form into the other.
+macro_rules! copied {
+    ($t:expr, $($into:ident)::+) => {
+        $($into)::+ {
+            raft_heartbeat_ms: $t.raft_heartbeat_ms,
+            raft_election_min_ms: $t.raft_election_min_ms,
+            raft_election_max_ms: $t.raft_election_max_ms,
+            lease_renew_ms: $t.lease_renew_ms,
+            lease_ms: $t.lease_ms,
+            lease_margin_ms: $t.lease_margin_ms,
+            promote_budget_ms: $t.promote_budget_ms,
+            vm_start_budget_ms: $t.vm_start_budget_ms,
+            guest_boot_ms: $t.guest_boot_ms,
+            health_gate_timeout_ms: $t.health_gate_timeout_ms,
+        }
+    };
+}
+
 pub fn timing_to_wire(t: &Timing) -> pb::Timing {
-    pb::Timing {
-        raft_heartbeat_ms: t.raft_heartbeat_ms,
-        raft_election_min_ms: t.raft_election_min_ms,
-        raft_election_max_ms: t.raft_election_max_ms,
-        lease_renew_ms: t.lease_renew_ms,
-        lease_ms: t.lease_ms,
-        lease_margin_ms: t.lease_margin_ms,
-        promote_budget_ms: t.promote_budget_ms,
-        vm_start_budget_ms: t.vm_start_budget_ms,
-        guest_boot_ms: t.guest_boot_ms,
-        health_gate_timeout_ms: t.health_gate_timeout_ms,
-    }
+    copied!(t, pb::Timing)
 }
 
 /// Every value is a plain count of milliseconds: nothing to refuse.
 pub fn timing_from_wire(t: &pb::Timing) -> Timing {
-    Timing {
-        raft_heartbeat_ms: t.raft_heartbeat_ms,
-        raft_election_min_ms: t.raft_election_min_ms,
-        raft_election_max_ms: t.raft_election_max_ms,
-        lease_renew_ms: t.lease_renew_ms,
-        lease_ms: t.lease_ms,
-        lease_margin_ms: t.lease_margin_ms,
-        promote_budget_ms: t.promote_budget_ms,
-        vm_start_budget_ms: t.vm_start_budget_ms,
-        guest_boot_ms: t.guest_boot_ms,
-        health_gate_timeout_ms: t.health_gate_timeout_ms,
-    }
+    copied!(t, Timing)
 }
 
 #[cfg(test)]
