@@ -109,3 +109,35 @@ pub fn due(state: &ClusterState, now_ms: u64) -> Vec<ScheduleStatus> {
         .filter(|s| !s.running && now_ms >= s.next_due_ms)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// `drill schedules -o json` reads as it did when the API carried it as JSON.
+    #[test]
+    fn the_json_shows_the_last_run_as_operation_status_and_start() {
+        let s = ScheduleStatus {
+            id: "weekly".into(),
+            apps: vec![AppId::new("db")],
+            every_s: 60,
+            last: Some(ScheduleRun {
+                op: OpId(3),
+                status: OpStatus::Succeeded,
+                began_ms: 1_000,
+            }),
+            next_due_ms: 61_000,
+            running: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({
+                "id": "weekly", "apps": ["db"], "every_s": 60,
+                "last": ["op-3", "succeeded", 1000],
+                "next_due_ms": 61000, "running": false,
+            })
+        );
+    }
+}
