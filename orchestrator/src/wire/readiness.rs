@@ -11,13 +11,11 @@ use crate::state::OpId;
 
 pub fn penalty_to_wire(p: &Penalty) -> pb::ReadinessPenalty {
     let reason = match p {
-        Penalty::ReplicaNotReady { volume, site, data } => {
-            R::ReplicaNotReady(pb::ReplicaNotReady {
-                volume: volume.to_string(),
-                site: site.to_string(),
-                data: data_state_to_wire(*data).into(),
-            })
-        }
+        Penalty::ReplicaNotReady { volume, site, data } => R::ReplicaNotReady(pb::ReplicaBehind {
+            volume: volume.to_string(),
+            site: site.to_string(),
+            data: data_state_to_wire(*data).into(),
+        }),
         Penalty::NoReplica { volume, site } => R::NoReplica(pb::ReplicaMissing {
             volume: volume.to_string(),
             site: site.to_string(),
@@ -153,7 +151,7 @@ mod tests {
             Err(WireError::Missing { .. })
         ));
         let bad_data = pb::ReadinessPenalty {
-            reason: Some(R::ReplicaNotReady(pb::ReplicaNotReady {
+            reason: Some(R::ReplicaNotReady(pb::ReplicaBehind {
                 volume: "db-data".into(),
                 site: "south".into(),
                 data: 0,
