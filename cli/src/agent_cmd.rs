@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use lab::states::{self, CommandProgress, shown};
 use orchestrator::pb;
 use serde::Serialize;
 
@@ -117,7 +118,7 @@ pub async fn host_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode>
             &r.hosts
                 .iter()
                 .map(|h| {
-                    serde_json::json!({"id": h.id, "site": h.site, "state": h.state, "since_ms": h.since_ms, "reason": h.reason,
+                    serde_json::json!({"id": h.id, "site": h.site, "state": shown(states::host_state(h)), "since_ms": h.since_ms, "reason": h.reason,
                         "vcpus": h.vcpus, "memory_bytes": h.memory_bytes, "hypervisor": h.hypervisor, "domain_type": h.domain_type,
                         "agent_version": h.agent_version, "lease_silence_ms": h.lease_silence_ms, "vms": h.vms})
                 })
@@ -129,7 +130,7 @@ pub async fn host_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode>
                 t.add_row(vec![
                     h.id.clone(),
                     h.site.clone(),
-                    h.state.clone(),
+                    shown(states::host_state(h)),
                     human_ms(h.lease_silence_ms),
                     if h.vcpus == 0 {
                         "-".into()
@@ -155,7 +156,7 @@ struct VmJson<'a> {
     vm: &'a str,
     app: &'a str,
     host: &'a str,
-    state: &'a str,
+    state: String,
     reported_host: &'a str,
     since_ms: u64,
     reason: &'a str,
@@ -179,7 +180,7 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                             vm: &v.vm,
                             app: &v.app,
                             host: &v.host,
-                            state: &v.state,
+                            state: states::vm_shown(v),
                             reported_host: &v.reported_host,
                             since_ms: v.since_ms,
                             reason: &v.reason,
@@ -200,10 +201,9 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                             v.vm.clone(),
                             v.app.clone(),
                             v.host.clone(),
-                            if v.state.is_empty() {
-                                "not reported".into()
-                            } else {
-                                v.state.clone()
+                            match states::vm_report(v) {
+                                Some(states::VmReport::NotReported) => "not reported".into(),
+                                _ => states::vm_shown(v),
                             },
                             v.reported_host.clone(),
                             v.reason.clone(),
@@ -233,14 +233,14 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                 .into_inner();
             match out {
                 Output::Json => print_json(
-                    &serde_json::json!({"command_id": r.command_id, "host": r.host, "status": r.status, "message": r.message}),
+                    &serde_json::json!({"command_id": r.command_id, "host": r.host, "status": shown(states::command_progress(&r)), "message": r.message}),
                 )?,
                 Output::Table => outln!(
                     "command #{} ({} {vm} on {}): {}{}",
                     r.command_id,
                     action.as_str(),
                     r.host,
-                    r.status,
+                    shown(states::command_progress(&r)),
                     if r.message.is_empty() {
                         String::new()
                     } else {
@@ -248,10 +248,14 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                     }
                 ),
             }
-            Ok(match r.status.as_str() {
-                "failed" => ExitCode::from(1),
-                "pending" if !no_wait => ExitCode::from(1),
-                _ => ExitCode::SUCCESS,
+            // A state this CLI does not know (a newer server's) is not a success it can
+            // vouch for.
+            Ok(match states::command_progress(&r) {
+                Some(CommandProgress::Succeeded) => ExitCode::SUCCESS,
+                Some(CommandProgress::Pending) if no_wait => ExitCode::SUCCESS,
+                Some(CommandProgress::Pending | CommandProgress::Failed) | None => {
+                    ExitCode::from(1)
+                }
             })
         }
     }

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::sync::Arc;
 
+use lab::states::{self, shown};
 use orchestrator::client::{Client, Dialer};
 use orchestrator::pb;
 use serde::Serialize;
@@ -353,7 +354,7 @@ fn ms_to_age(since_ms: u64) -> String {
 struct StatusJson<'a> {
     node: &'a str,
     initialized: bool,
-    raft_state: &'a str,
+    raft_state: String,
     leader: &'a str,
     term: u64,
     commit_index: u64,
@@ -379,7 +380,7 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
         Output::Json => print_json(&StatusJson {
             node: &s.node,
             initialized: s.initialized,
-            raft_state: &s.raft_state,
+            raft_state: shown(states::raft_role(&s)),
             leader: &s.leader,
             term: s.term,
             commit_index: s.commit_index,
@@ -396,7 +397,7 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
             sites: s
                 .sites
                 .iter()
-                .map(|x| serde_json::json!({"id": x.id, "role": x.role, "state": x.state, "since_ms": x.since_ms, "reason": x.reason}))
+                .map(|x| serde_json::json!({"id": x.id, "role": shown(states::site_role(x)), "state": shown(states::site_state(x)), "since_ms": x.since_ms, "reason": x.reason}))
                 .collect(),
             apps: s
                 .apps
@@ -416,7 +417,7 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
             outln!(
                 "answered by {} ({}); leader: {}; term {}; commit index {}; applied {}; topology v{}; audit entries {}",
                 s.node,
-                s.raft_state,
+                shown(states::raft_role(&s)),
                 if s.leader.is_empty() { "NONE (no quorum?)" } else { &s.leader },
                 s.term,
                 s.commit_index,
@@ -444,7 +445,7 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
             outln!("{t}");
             let mut t = table(&["site", "role", "state", "for", "reason"]);
             for x in &s.sites {
-                t.add_row(vec![x.id.clone(), x.role.clone(), x.state.clone(), ms_to_age(x.since_ms), x.reason.clone()]);
+                t.add_row(vec![x.id.clone(), shown(states::site_role(x)), shown(states::site_state(x)), ms_to_age(x.since_ms), x.reason.clone()]);
             }
             outln!("{t}");
             print_apps(&s.apps);
@@ -504,7 +505,7 @@ pub async fn app_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> 
                     let st = app_health(a)?;
                     Ok(serde_json::json!({"id": a.id, "name": a.name, "tier": a.tier, "active_site": a.active_site,
                     "preferred_site": a.preferred_site, "state": st.health, "reasons": st.reasons, "why": a.summary,
-                    "desired": a.desired,
+                    "desired": shown(states::app_desired(a)),
                     "placement": a.placement.iter().map(|p| (p.vm.clone(), p.host.clone())).collect::<BTreeMap<_, _>>()}))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
@@ -527,16 +528,16 @@ pub async fn site_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode>
             &s.sites
                 .iter()
                 .map(|x| {
-                    let hosts: Vec<_> = s.hosts.iter().filter(|h| h.site == x.id).map(|h| serde_json::json!({"id": h.id, "state": h.state})).collect();
-                    serde_json::json!({"id": x.id, "role": x.role, "state": x.state, "since_ms": x.since_ms, "reason": x.reason, "hosts": hosts})
+                    let hosts: Vec<_> = s.hosts.iter().filter(|h| h.site == x.id).map(|h| serde_json::json!({"id": h.id, "state": shown(states::host_status_state(h))})).collect();
+                    serde_json::json!({"id": x.id, "role": shown(states::site_role(x)), "state": shown(states::site_state(x)), "since_ms": x.since_ms, "reason": x.reason, "hosts": hosts})
                 })
                 .collect::<Vec<_>>(),
         )?,
         Output::Table => {
             let mut t = table(&["site", "role", "state", "for", "hosts"]);
             for x in &s.sites {
-                let hosts: Vec<String> = s.hosts.iter().filter(|h| h.site == x.id).map(|h| format!("{} ({})", h.id, h.state)).collect();
-                t.add_row(vec![x.id.clone(), x.role.clone(), x.state.clone(), ms_to_age(x.since_ms), hosts.join(", ")]);
+                let hosts: Vec<String> = s.hosts.iter().filter(|h| h.site == x.id).map(|h| format!("{} ({})", h.id, shown(states::host_status_state(h)))).collect();
+                t.add_row(vec![x.id.clone(), shown(states::site_role(x)), shown(states::site_state(x)), ms_to_age(x.since_ms), hosts.join(", ")]);
             }
             outln!("{t}");
         }
@@ -563,8 +564,8 @@ pub async fn volume_list(
             &r.volumes
                 .iter()
                 .map(|v| {
-                    serde_json::json!({"id": v.id, "app": v.app, "mode": v.mode, "epoch": v.epoch,
-                    "replicas": v.replicas.iter().map(|r| serde_json::json!({"site": r.site, "host": r.host, "role": r.role, "epoch": r.epoch, "data": r.data})).collect::<Vec<_>>()})
+                    serde_json::json!({"id": v.id, "app": v.app, "mode": shown(states::volume_mode(v)), "epoch": v.epoch,
+                    "replicas": v.replicas.iter().map(|r| serde_json::json!({"site": r.site, "host": r.host, "role": shown(states::replica_role(r)), "epoch": r.epoch, "data": shown(states::replica_data(r))})).collect::<Vec<_>>()})
                 })
                 .collect::<Vec<_>>(),
         )?,
@@ -574,9 +575,12 @@ pub async fn volume_list(
                 t.add_row(vec![
                     v.id.clone(),
                     v.app.clone(),
-                    v.mode.clone(),
+                    shown(states::volume_mode(v)),
                     v.epoch.to_string(),
-                    v.replicas.iter().map(|r| if r.host.is_empty() { format!("{}: {} {}", r.site, r.role, r.data) } else { format!("{} ({}): {} {}", r.site, r.host, r.role, r.data) }).collect::<Vec<_>>().join("; "),
+                    v.replicas.iter().map(|r| {
+                        let (role, data) = (shown(states::replica_role(r)), shown(states::replica_data(r)));
+                        if r.host.is_empty() { format!("{}: {role} {data}", r.site) } else { format!("{} ({}): {role} {data}", r.site, r.host) }
+                    }).collect::<Vec<_>>().join("; "),
                 ]);
             }
             outln!("{t}");

@@ -261,8 +261,12 @@ async fn schedules(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
-    let list: Vec<orchestrator::schedule::ScheduleStatus> =
-        serde_json::from_str(&r.schedules_json).context("schedules from the cluster")?;
+    let list = r
+        .schedules
+        .into_iter()
+        .map(orchestrator::wire::schedule_from_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .context("a drill schedule from the cluster")?;
     match out {
         Output::Json => print_json(&list)?,
         Output::Table => {
@@ -282,7 +286,14 @@ async fn schedules(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
                     format!("{} s", s.every_s),
                     s.last
                         .as_ref()
-                        .map(|(op, st, at)| format!("{op} {st} ({})", drills::iso_utc(*at)))
+                        .map(|run| {
+                            format!(
+                                "{} {} ({})",
+                                run.op,
+                                orchestrator::report::status(run.status),
+                                drills::iso_utc(run.began_ms)
+                            )
+                        })
                         .unwrap_or_else(|| "never".into()),
                     if s.running {
                         "running now".into()
@@ -320,7 +331,10 @@ async fn wait_up_to_date(
             .filter(|v| apps.contains(&v.app))
             .flat_map(|v| v.replicas.iter().map(move |r| (v, r)))
             .filter(|(_, r)| r.site == site && !lab::states::is_up_to_date(r))
-            .map(|(v, r)| format!("{}@{site} {}", v.id, r.data))
+            .map(|(v, r)| {
+                let data = lab::states::shown(lab::states::replica_data(r));
+                format!("{}@{site} {data}", v.id)
+            })
             .collect();
         if behind.is_empty() {
             return Ok(());
@@ -544,8 +558,12 @@ pub async fn readiness(
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
-    let list: Vec<Readiness> =
-        serde_json::from_str(&r.readiness_json).context("readiness from the cluster")?;
+    let list = r
+        .apps
+        .into_iter()
+        .map(orchestrator::wire::readiness_from_wire)
+        .collect::<Result<Vec<Readiness>, _>>()
+        .context("an app's readiness from the cluster")?;
     match out {
         Output::Json => print_json(&list)?,
         Output::Table => {
@@ -558,12 +576,16 @@ pub async fn readiness(
                     x.score.to_string(),
                     x.last_drill
                         .as_ref()
-                        .map(|(op, d)| format!("{op}, {d:.1} days ago"))
+                        .map(|d| format!("{}, {:.1} days ago", d.op, d.days))
                         .unwrap_or_else(|| "never".into()),
-                    if x.reasons.is_empty() {
+                    if x.penalties.is_empty() {
                         "ready".into()
                     } else {
-                        x.reasons.join("\n")
+                        x.penalties
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
                     },
                 ]);
             }

@@ -228,22 +228,27 @@ pub async fn recover(site: String, c: &ClusterArgs, out: Output) -> anyhow::Resu
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
+    let behind: Vec<String> = r
+        .not_up_to_date
+        .iter()
+        .map(lab::states::replica_behind_shown)
+        .collect();
     match out {
         Output::Json => print_json(&serde_json::json!({
-            "site": site, "audit_seq": r.audit_seq, "not_up_to_date": r.not_up_to_date,
+            "site": site, "audit_seq": r.audit_seq, "not_up_to_date": behind,
         }))?,
         Output::Table => {
             outln!(
                 "site {site} recovered (audit #{}); a later loss fails over automatically again",
                 r.audit_seq
             );
-            if r.not_up_to_date.is_empty() {
+            if behind.is_empty() {
                 outln!("every replica at {site} is up to date");
             } else {
                 outln!(
                     "replicas at {site} that resync before they may be promoted (they become up to date when their primary reports in sync):"
                 );
-                for v in &r.not_up_to_date {
+                for v in &behind {
                     outln!("  {v}");
                 }
             }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lab::states::{CommandOutcome, HostState, VmSeen, VmState};
+use lab::states::{CommandProgress, HostState, VmReport, VmState};
 
 async fn wait_host(addr: &str, host: &str, state: HostState, within: Duration) {
     let (a, h) = (addr.to_string(), host.to_string());
@@ -51,11 +51,11 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
         ("resume", VmState::Running),
         ("shutdown", VmState::ShutOff),
     ] {
-        let state = VmSeen::Reported(state);
+        let state = VmReport::Reported(state);
         let r = vm_do(&a0, action, "web-1").await;
         assert_eq!(
             outcome(&r),
-            Some(CommandOutcome::Succeeded),
+            Some(CommandProgress::Succeeded),
             "{action}: {}",
             r.message
         );
@@ -74,13 +74,13 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
     let r = vm_do(&a0, "undefine", "web-1").await;
     assert_eq!(
         outcome(&r),
-        Some(CommandOutcome::Succeeded),
+        Some(CommandProgress::Succeeded),
         "{}",
         r.message
     );
     // Starting an undefined domain is a clear failure, not a crash.
     let r = vm_do(&a0, "start", "web-1").await;
-    assert_eq!(outcome(&r), Some(CommandOutcome::Failed));
+    assert_eq!(outcome(&r), Some(CommandProgress::Failed));
     assert!(r.message.contains("web-1"), "{}", r.message);
     let o = metrodr(&["--cluster", &addrs, "vm", "do", "start", "nope"]);
     assert_eq!(o.status.code(), Some(1));
@@ -211,7 +211,7 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
 
     libvirtd.stop();
     let r = vm_do(&any, "destroy", "web-1").await;
-    assert_eq!(outcome(&r), Some(CommandOutcome::Failed), "{}", r.message);
+    assert_eq!(outcome(&r), Some(CommandProgress::Failed), "{}", r.message);
     assert!(
         r.message.contains("is not reachable") && r.message.contains("is libvirtd running?"),
         "{}",
@@ -257,7 +257,7 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
     let r = vm_do(&any, "start", "web-1").await;
     assert_eq!(
         outcome(&r),
-        Some(CommandOutcome::Succeeded),
+        Some(CommandProgress::Succeeded),
         "{}",
         r.message
     );
@@ -382,7 +382,7 @@ async fn a_cut_off_agent_fences_and_its_host_goes_down_only_after_lease_plus_mar
     .await;
     let log = audit(&any).await;
     match state {
-        Some(VmSeen::Reported(VmState::ShutOff)) => {}
+        Some(VmReport::Reported(VmState::ShutOff)) => {}
         Some(RUNNING) => assert!(
             log.iter()
                 .any(|e| e.action == "op.start"

@@ -100,14 +100,14 @@ async fn the_agent_runs_the_probe_guest_adopts_it_and_fences_it_when_cut_off() {
     let r = vm_do(&any, "define", &vm).await;
     assert_eq!(
         outcome(&r),
-        Some(lab::states::CommandOutcome::Succeeded),
+        Some(lab::states::CommandProgress::Succeeded),
         "{}",
         r.message
     );
     let r = vm_do(&any, "start", &vm).await;
     assert_eq!(
         outcome(&r),
-        Some(lab::states::CommandOutcome::Succeeded),
+        Some(lab::states::CommandProgress::Succeeded),
         "{}",
         r.message
     );

@@ -157,7 +157,7 @@ async fn start_lab(prefix: &str) -> QemuLab {
         let r = vm_do(&any, action, &vm).await;
         assert_eq!(
             outcome(&r),
-            Some(lab::states::CommandOutcome::Succeeded),
+            Some(lab::states::CommandProgress::Succeeded),
             "{action}: {}",
             r.message
         );

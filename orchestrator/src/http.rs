@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::node::Node;
-use crate::service::operator::name;
+use crate::records::name;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SiteLabels {
@@ -189,7 +189,7 @@ async fn healthz(State(c): State<Ctx>) -> impl IntoResponse {
     let leader = c.node.leader().map(|(_, i)| i.name).unwrap_or_default();
     let body = serde_json::json!({
         "node": c.node.name,
-        "raft_state": format!("{:?}", m.state).to_lowercase(),
+        "raft_state": name(&crate::wire::RaftRole::from(m.state)),
         "leader": leader,
         "term": m.current_term,
         "ok": m.running_state.is_ok(),

@@ -1,20 +1,23 @@
 //! How ready each app is to run at the other site (DESIGN §7), from the committed
 //! state alone (pure): its replicas there, room for its VMs there, the hosts that would
-//! serve it, and how long ago a drill last proved it. A score out of 100 with the
-//! reasons for every point lost. One problem hides the next when the planner names
-//! only the first reason it cannot move an app.
+//! serve it, and how long ago a drill last proved it. A score out of 100 with a typed
+//! penalty for every point lost (rendered for people by `Display`). One problem hides
+//! the next when the planner names only the first reason it cannot move an app.
+//! Never: decide anything from a penalty's rendering.
 
-use serde::{Deserialize, Serialize};
-use topology::AppId;
+use serde::{Serialize, Serializer};
+use topology::{AppId, SiteId, VolumeId};
 
 use crate::planner::{self, Trigger};
-use crate::state::{ClusterState, DataState, OpKind, OpStatus};
+use crate::state::{ClusterState, DataState, OpId, OpKind, OpStatus};
 
 /// A drill older than this no longer counts as proof.
 pub const DRILL_MAX_AGE_DAYS: u64 = 90;
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How ready one app is. Its JSON (`app readiness -o json`) shows each penalty and
+/// the last drill as people read them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Readiness {
     pub app: String,
     pub active_site: String,
@@ -23,9 +26,87 @@ pub struct Readiness {
     /// 0..=100; 100 = nothing found missing.
     pub score: u32,
     /// Why points were lost (empty at 100).
-    pub reasons: Vec<String>,
-    /// The last successful test drill of the app: operation and age in days.
-    pub last_drill: Option<(String, f64)>,
+    #[serde(serialize_with = "rendered", rename = "reasons")]
+    pub penalties: Vec<Penalty>,
+    /// The last successful test drill of the app.
+    pub last_drill: Option<LastDrill>,
+}
+
+/// The last successful test drill of an app: its operation and how many days ago it
+/// ended. Its JSON is `["op-N", days]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LastDrill {
+    pub op: OpId,
+    pub days: f64,
+}
+
+impl Serialize for LastDrill {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.op.to_string(), self.days).serialize(s)
+    }
+}
+
+/// Points an app lost, and why. Each kind costs a fixed number of points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Penalty {
+    /// Its replica of `volume` at `site` may not be promoted (a failover would refuse
+    /// it until it resyncs).
+    ReplicaNotReady {
+        volume: VolumeId,
+        site: SiteId,
+        data: DataState,
+    },
+    /// `volume` has no replica at `site`.
+    NoReplica { volume: VolumeId, site: SiteId },
+    /// A failover now would skip it, for the planner's reason.
+    WouldSkip { reason: String },
+    /// No failover plan can be made (the planner's error).
+    NoPlan { error: String },
+    /// No successful test drill ever.
+    NeverDrilled,
+    /// Its last successful drill is older than [`DRILL_MAX_AGE_DAYS`].
+    DrillTooOld { op: OpId, days: f64, max_days: u64 },
+}
+
+impl Penalty {
+    /// The points it costs.
+    pub fn points(&self) -> u32 {
+        match self {
+            Penalty::ReplicaNotReady { .. } | Penalty::NoReplica { .. } => 40,
+            Penalty::WouldSkip { .. } | Penalty::NoPlan { .. } => 30,
+            Penalty::NeverDrilled => 20,
+            Penalty::DrillTooOld { .. } => 10,
+        }
+    }
+}
+
+impl std::fmt::Display for Penalty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "-{}: ", self.points())?;
+        match self {
+            Penalty::ReplicaNotReady { volume, site, data } => write!(
+                f,
+                "the replica of {volume} at {site} is {data:?} (a failover would refuse it until it resyncs)"
+            ),
+            Penalty::NoReplica { volume, site } => {
+                write!(f, "volume {volume} has no replica at {site}")
+            }
+            Penalty::WouldSkip { reason } => write!(f, "a failover now would skip it: {reason}"),
+            Penalty::NoPlan { error } => write!(f, "no failover plan: {error}"),
+            Penalty::NeverDrilled => {
+                f.write_str("never drilled (run `metrodr drill run --kind test --apps APP`)")
+            }
+            Penalty::DrillTooOld { op, days, max_days } => write!(
+                f,
+                "its last successful drill ({op}) is {days:.0} days old (more than {max_days})"
+            ),
+        }
+    }
+}
+
+/// Penalties as their renderings (the JSON people and scripts read).
+fn rendered<S: Serializer>(p: &[Penalty], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(p.iter().map(ToString::to_string))
 }
 
 /// The readiness of `apps` (every app when empty) at `now_ms`.
@@ -46,8 +127,7 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
         let Some(other) = topo.peer_site(&rec.active_site).map(|s| s.id.clone()) else {
             continue;
         };
-        let mut score: i64 = 100;
-        let mut reasons = Vec::new();
+        let mut penalties = Vec::new();
         // Replicas at the other site.
         for v in &model.volumes {
             let data = state
@@ -57,17 +137,15 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
                 .map(|r| r.data);
             match data {
                 Some(DataState::UpToDate) => {}
-                Some(d) => {
-                    score -= 40;
-                    reasons.push(format!(
-                        "-40: the replica of {} at {other} is {d:?} (a failover would refuse it until it resyncs)",
-                        v.id
-                    ));
-                }
-                None => {
-                    score -= 40;
-                    reasons.push(format!("-40: volume {} has no replica at {other}", v.id));
-                }
+                Some(data) => penalties.push(Penalty::ReplicaNotReady {
+                    volume: v.id.clone(),
+                    site: other.clone(),
+                    data,
+                }),
+                None => penalties.push(Penalty::NoReplica {
+                    volume: v.id.clone(),
+                    site: other.clone(),
+                }),
             }
         }
         // Room for its VMs there: what the planner would do now.
@@ -79,15 +157,15 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
             Ok(p) => {
                 for s in p.skipped.iter().filter(|s| &s.app == id) {
                     if !s.reason.contains("not UpToDate") && !s.reason.contains("is Outdated") {
-                        score -= 30;
-                        reasons.push(format!("-30: a failover now would skip it: {}", s.reason));
+                        penalties.push(Penalty::WouldSkip {
+                            reason: s.reason.clone(),
+                        });
                     }
                 }
             }
-            Err(e) => {
-                score -= 30;
-                reasons.push(format!("-30: no failover plan: {e}"));
-            }
+            Err(e) => penalties.push(Penalty::NoPlan {
+                error: e.to_string(),
+            }),
         }
         // The last successful test drill.
         let last = state
@@ -99,32 +177,29 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
             })
             .map(|o| {
                 let at = o.ended_ms.unwrap_or(o.started_ms);
-                (
-                    o.id.to_string(),
-                    now_ms.saturating_sub(at) as f64 / DAY_MS as f64,
-                )
+                LastDrill {
+                    op: o.id,
+                    days: now_ms.saturating_sub(at) as f64 / DAY_MS as f64,
+                }
             });
-        match &last {
-            None => {
-                score -= 20;
-                reasons.push(
-                    "-20: never drilled (run `metrodr drill run --kind test --apps APP`)".into(),
-                );
-            }
-            Some((op, days)) if *days > DRILL_MAX_AGE_DAYS as f64 => {
-                score -= 10;
-                reasons.push(format!(
-                    "-10: its last successful drill ({op}) is {days:.0} days old (more than {DRILL_MAX_AGE_DAYS})"
-                ));
+        match last {
+            None => penalties.push(Penalty::NeverDrilled),
+            Some(LastDrill { op, days }) if days > DRILL_MAX_AGE_DAYS as f64 => {
+                penalties.push(Penalty::DrillTooOld {
+                    op,
+                    days,
+                    max_days: DRILL_MAX_AGE_DAYS,
+                });
             }
             Some(_) => {}
         }
+        let lost: u32 = penalties.iter().map(Penalty::points).sum();
         out.push(Readiness {
             app: id.to_string(),
             active_site: rec.active_site.to_string(),
             other_site: other.to_string(),
-            score: score.clamp(0, 100) as u32,
-            reasons,
+            score: 100u32.saturating_sub(lost),
+            penalties,
             last_drill: last,
         });
     }
@@ -153,9 +228,45 @@ mod tests {
             ("north", "south")
         );
         assert_eq!(r.score, 80, "{r:?}");
-        assert_eq!(r.reasons.len(), 1);
-        assert!(r.reasons[0].contains("never drilled"), "{r:?}");
+        assert_eq!(r.penalties, vec![Penalty::NeverDrilled]);
+        assert!(r.penalties[0].to_string().contains("never drilled"));
         assert_eq!(assess(&s, &[], 0).len(), 5, "every app when none is named");
+    }
+
+    #[test]
+    fn the_json_shows_each_penalty_and_the_last_drill_as_people_read_them() {
+        let r = Readiness {
+            app: "db".into(),
+            active_site: "north".into(),
+            other_site: "south".into(),
+            score: 50,
+            penalties: vec![
+                Penalty::NoReplica {
+                    volume: VolumeId::new("db-data"),
+                    site: SiteId::new("south"),
+                },
+                Penalty::DrillTooOld {
+                    op: OpId(4),
+                    days: 91.2,
+                    max_days: 90,
+                },
+            ],
+            last_drill: Some(LastDrill {
+                op: OpId(4),
+                days: 91.5,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({
+                "app": "db", "active_site": "north", "other_site": "south", "score": 50,
+                "reasons": [
+                    "-40: volume db-data has no replica at south",
+                    "-10: its last successful drill (op-4) is 91 days old (more than 90)",
+                ],
+                "last_drill": ["op-4", 91.5],
+            })
+        );
     }
 
     #[test]
@@ -182,10 +293,18 @@ mod tests {
         );
         let r = db(&s, 2_000 + DAY_MS);
         assert_eq!(r.score, 100, "{r:?}");
-        assert_eq!(r.last_drill, Some((op.to_string(), 1.0)));
+        assert_eq!(r.last_drill, Some(LastDrill { op, days: 1.0 }));
         let r = db(&s, 2_000 + 91 * DAY_MS);
         assert_eq!(r.score, 90, "{r:?}");
-        assert!(r.reasons[0].contains("91 days old"), "{r:?}");
+        assert_eq!(
+            r.penalties,
+            vec![Penalty::DrillTooOld {
+                op,
+                days: 91.0,
+                max_days: DRILL_MAX_AGE_DAYS
+            }]
+        );
+        assert!(r.penalties[0].to_string().contains("91 days old"), "{r:?}");
     }
 
     #[test]
@@ -202,11 +321,11 @@ mod tests {
         );
         let r = db(&s, 10);
         assert_eq!(r.score, 40, "{r:?}");
-        assert!(
-            r.reasons
-                .iter()
-                .any(|x| x.contains("db-data at south is Outdated"))
-        );
+        assert!(r.penalties.contains(&Penalty::ReplicaNotReady {
+            volume: VolumeId::new("db-data"),
+            site: SiteId::new("south"),
+            data: DataState::Outdated
+        }));
         let host = s
             .volumes
             .get(&VolumeId::new("db-data"))
@@ -235,9 +354,10 @@ mod tests {
         let r = db(&s, 10);
         assert_eq!(r.score, 50, "{r:?}");
         assert!(
-            r.reasons
+            r.penalties
                 .iter()
-                .any(|x| x.starts_with("-30") && x.contains("is not up")),
+                .any(|x| matches!(x, Penalty::WouldSkip { .. })
+                    && x.to_string().contains("is not up")),
             "{r:?}"
         );
     }

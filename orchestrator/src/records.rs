@@ -81,6 +81,25 @@ pub struct HostInventory {
     pub registered_ms: u64,
 }
 
+/// The kebab-case name serde gives an enum value (`UpToDate` → `up-to-date`): how
+/// the CLI's tables and JSON and the metrics show record states.
+pub fn name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Where a command is in its life, without its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandProgress {
+    /// Waiting for the host's agent.
+    Pending,
+    Succeeded,
+    Failed,
+}
+
 /// Where a command is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
@@ -114,11 +133,11 @@ impl CommandStatus {
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn progress(&self) -> CommandProgress {
         match self {
-            CommandStatus::Pending => "pending",
-            CommandStatus::Succeeded { .. } => "succeeded",
-            CommandStatus::Failed { .. } => "failed",
+            CommandStatus::Pending => CommandProgress::Pending,
+            CommandStatus::Succeeded { .. } => CommandProgress::Succeeded,
+            CommandStatus::Failed { .. } => CommandProgress::Failed,
         }
     }
 }

@@ -6,26 +6,46 @@
 //! oldest applied version from which every version has it), then one interval after
 //! its previous run began. A run still going holds the next one back.
 
-use serde::{Deserialize, Serialize};
+use serde::{Serialize, Serializer};
 use topology::{AppId, DrillSchedule};
 
-use crate::state::{ClusterState, OpStatus};
+use crate::state::{ClusterState, OpId, OpStatus};
 
 /// The actor a schedule's drills run as.
 pub fn actor(id: &str) -> String {
     format!("schedule:{id}")
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScheduleStatus {
     pub id: String,
     pub apps: Vec<AppId>,
     pub every_s: u64,
-    /// The latest run: operation, status, when it began.
-    pub last: Option<(String, String, u64)>,
+    /// The latest run.
+    pub last: Option<ScheduleRun>,
     /// When the next run is due (ms since the epoch).
     pub next_due_ms: u64,
     pub running: bool,
+}
+
+/// One run of a schedule: its operation, how it stands, when it began. Its JSON
+/// (`drill schedules -o json`) is `["op-N", "status", began_ms]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleRun {
+    pub op: OpId,
+    pub status: OpStatus,
+    pub began_ms: u64,
+}
+
+impl Serialize for ScheduleRun {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            self.op.to_string(),
+            crate::report::status(self.status),
+            self.began_ms,
+        )
+            .serialize(s)
+    }
 }
 
 /// When `schedule` appeared: the applied time of the oldest topology version from
@@ -61,17 +81,15 @@ fn one(state: &ClusterState, model: &topology::Topology, d: &DrillSchedule) -> S
         .values()
         .filter(|o| o.started_by == who)
         .collect();
-    let last = runs.last().map(|o| {
-        (
-            o.id.to_string(),
-            crate::report::status(o.status).to_string(),
-            o.started_ms,
-        )
+    let last = runs.last().map(|o| ScheduleRun {
+        op: o.id,
+        status: o.status,
+        began_ms: o.started_ms,
     });
     let running = runs.iter().any(|o| o.status == OpStatus::Running);
     let from = last
         .as_ref()
-        .map(|(_, _, at)| *at)
+        .map(|r| r.began_ms)
         .or_else(|| since_ms(state, &d.id))
         .unwrap_or(0);
     ScheduleStatus {
@@ -90,4 +108,36 @@ pub fn due(state: &ClusterState, now_ms: u64) -> Vec<ScheduleStatus> {
         .into_iter()
         .filter(|s| !s.running && now_ms >= s.next_due_ms)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// `drill schedules -o json` reads as it did when the API carried it as JSON.
+    #[test]
+    fn the_json_shows_the_last_run_as_operation_status_and_start() {
+        let s = ScheduleStatus {
+            id: "weekly".into(),
+            apps: vec![AppId::new("db")],
+            every_s: 60,
+            last: Some(ScheduleRun {
+                op: OpId(3),
+                status: OpStatus::Succeeded,
+                began_ms: 1_000,
+            }),
+            next_due_ms: 61_000,
+            running: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({
+                "id": "weekly", "apps": ["db"], "every_s": 60,
+                "last": ["op-3", "succeeded", 1000],
+                "next_due_ms": 61000, "running": false,
+            })
+        );
+    }
 }

@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use lab::states::{self, CommandOutcome, HostState, VmSeen};
+use lab::states::{self, CommandProgress, HostState, VmReport};
 use orchestrator::client::Client;
 use orchestrator::pb;
 
@@ -140,9 +140,9 @@ pub async fn host_state(addr: &str, host: &str) -> Option<HostState> {
 }
 
 /// A VM's state as `addr` reports it.
-pub async fn vm_state(addr: &str, vm: &str) -> Option<VmSeen> {
+pub async fn vm_state(addr: &str, vm: &str) -> Option<VmReport> {
     let vms = lab::api::vms(&client(addr).await?).await.ok()?;
-    vms.iter().find(|v| v.vm == vm).and_then(states::vm_seen)
+    vms.iter().find(|v| v.vm == vm).and_then(states::vm_report)
 }
 
 /// Whether `addr` reports `vm` running.
@@ -151,7 +151,7 @@ pub async fn vm_running(addr: &str, vm: &str) -> bool {
 }
 
 /// A VM its agent reports running.
-pub const RUNNING: VmSeen = VmSeen::Reported(states::VmState::Running);
+pub const RUNNING: VmReport = VmReport::Reported(states::VmState::Running);
 
 /// Run a VM action through the API and wait for its result.
 pub async fn vm_do(addr: &str, action: &str, vm: &str) -> pb::VmActionReply {
@@ -166,13 +166,13 @@ pub async fn vm_do_ok(addr: &str, action: &str, vm: &str) {
     let r = vm_do(addr, action, vm).await;
     assert_eq!(
         outcome(&r),
-        Some(CommandOutcome::Succeeded),
+        Some(CommandProgress::Succeeded),
         "{action} {vm}: {}",
         r.message
     );
 }
 
 /// Where a VM action stands.
-pub fn outcome(r: &pb::VmActionReply) -> Option<CommandOutcome> {
-    states::command_outcome(r)
+pub fn outcome(r: &pb::VmActionReply) -> Option<CommandProgress> {
+    states::command_progress(r)
 }

@@ -136,7 +136,11 @@ pub(super) async fn healing(lab: &Lab) -> Vec<String> {
     match api::hosts(&c).await {
         Some(hosts) => {
             for h in hosts.iter().filter(|h| !states::host_up(h)) {
-                out.push(format!("host {} is {}", h.id, h.state));
+                out.push(format!(
+                    "host {} is {}",
+                    h.id,
+                    states::shown(states::host_state(h))
+                ));
             }
         }
         None => out.push("hosts: no answer".into()),
@@ -145,7 +149,12 @@ pub(super) async fn healing(lab: &Lab) -> Vec<String> {
         Some(vs) => {
             for v in vs {
                 for r in v.replicas.iter().filter(|r| !states::is_up_to_date(r)) {
-                    out.push(format!("{} at {} is {}", v.id, r.site, r.data));
+                    out.push(format!(
+                        "{} at {} is {}",
+                        v.id,
+                        r.site,
+                        states::shown(states::replica_data(r))
+                    ));
                 }
             }
         }

@@ -126,10 +126,13 @@ pub fn get(node: &Node, req: &GetOperationRequest) -> Result<OperationReply, Sta
             req.op
         ))
     })?;
-    let timing = a.state.topology().map(|t| t.model.timing.clone());
+    let timing = a
+        .state
+        .topology()
+        .map(|t| crate::wire::timing_to_wire(&t.model.timing));
     Ok(OperationReply {
         operation_json: json(&op)?,
-        timing_json: json(&timing)?,
+        timing,
     })
 }
 
@@ -192,7 +195,11 @@ pub async fn recover_site(
         .state
         .replicas_behind(&site)
         .into_iter()
-        .map(|(v, d)| format!("{v} ({d:?})"))
+        .map(|(volume, data)| ReplicaBehind {
+            volume: volume.to_string(),
+            site: site.to_string(),
+            data: crate::wire::data_state_to_wire(data).into(),
+        })
         .collect();
     Ok(RecoverSiteReply {
         audit_seq: w.audit_seq,

@@ -68,7 +68,6 @@ pub fn readiness(node: &Node, req: &ReadinessRequest) -> Result<ReadinessReply, 
     }
     let list = crate::readiness::assess(&a.state, &apps, crate::clock::now_ms());
     Ok(ReadinessReply {
-        readiness_json: serde_json::to_string(&list)
-            .map_err(|e| Status::internal(format!("cannot encode: {e}")))?,
+        apps: list.iter().map(crate::wire::readiness_to_wire).collect(),
     })
 }

@@ -3,8 +3,8 @@
 use proto::agent::wire::{vm_state_from_wire, vm_state_to_wire};
 use topology::{HostId, SiteId, VmId, VolumeId};
 
-use super::WireError;
 use super::states::{data_state_from_wire, data_state_to_wire, op_kind_from_wire, op_kind_to_wire};
+use super::{WireError, checked};
 use crate::pb;
 use crate::pb::app_reason::Reason as R;
 use crate::pb::vm_not_running::Seen as S;
@@ -67,17 +67,6 @@ pub fn app_reason_to_wire(r: &AppReason) -> pb::AppReason {
     };
     pb::AppReason {
         reason: Some(reason),
-    }
-}
-
-fn checked<T>(what: &'static str, v: String, make: fn(String) -> T) -> Result<T, WireError> {
-    match topology::ids::check_id(&v) {
-        Ok(()) => Ok(make(v)),
-        Err(why) => Err(WireError::BadId {
-            what,
-            value: v.chars().take(80).collect(),
-            why,
-        }),
     }
 }
 

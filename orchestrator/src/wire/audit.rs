@@ -7,6 +7,7 @@ use proto::agent::wire::{
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use super::WireError;
+use super::checked as id;
 use super::states::*;
 use crate::pb;
 use crate::pb::audit_event::Event as E;
@@ -18,18 +19,6 @@ fn s<T: ToString>(v: &T) -> String {
 
 fn strs<T: ToString>(v: &[T]) -> Vec<String> {
     v.iter().map(ToString::to_string).collect()
-}
-
-/// A checked id from the wire.
-fn id<T>(what: &'static str, v: String, make: fn(String) -> T) -> Result<T, WireError> {
-    match topology::ids::check_id(&v) {
-        Ok(()) => Ok(make(v)),
-        Err(why) => Err(WireError::BadId {
-            what,
-            value: v.chars().take(80).collect(),
-            why,
-        }),
-    }
 }
 
 fn ids<T>(what: &'static str, v: Vec<String>, make: fn(String) -> T) -> Result<Vec<T>, WireError> {

@@ -14,7 +14,10 @@ use crate::pb::agent_command::Action as PbAction;
 
 pub use event::{event_from_wire, event_to_wire};
 pub use outcome::{outcome_from_wire, outcome_to_wire};
-pub use spec::{group_from_wire, group_to_wire, vm_spec_from_wire, vm_spec_to_wire};
+pub use spec::{
+    group_from_wire, group_to_wire, mode_from_wire, mode_to_wire, vm_spec_from_wire,
+    vm_spec_to_wire,
+};
 
 /// A protobuf message that does not make a valid typed value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -123,6 +123,25 @@ pub fn vm_spec_from_wire(s: pb::VmSpec) -> Result<VmSpec, WireError> {
     })
 }
 
+pub fn mode_to_wire(m: ReplicationMode) -> pb::ReplicationMode {
+    match m {
+        ReplicationMode::Sync => pb::ReplicationMode::Sync,
+        ReplicationMode::Async => pb::ReplicationMode::Async,
+    }
+}
+
+pub fn mode_from_wire(v: i32) -> Result<ReplicationMode, WireError> {
+    let bad = WireError::UnknownEnum {
+        what: "the replication mode",
+        value: v,
+    };
+    match pb::ReplicationMode::try_from(v).map_err(|_| bad.clone())? {
+        pb::ReplicationMode::Sync => Ok(ReplicationMode::Sync),
+        pb::ReplicationMode::Async => Ok(ReplicationMode::Async),
+        pb::ReplicationMode::Unspecified => Err(bad),
+    }
+}
+
 pub(crate) fn role_to_wire(r: GroupRole) -> pb::GroupRole {
     match r {
         GroupRole::Primary => pb::GroupRole::Primary,
@@ -149,11 +168,7 @@ pub fn group_to_wire(g: &GroupSpec) -> pb::GroupSpec {
         role: role_to_wire(g.role).into(),
         epoch: g.epoch.0,
         promote: g.promote,
-        mode: match g.mode {
-            ReplicationMode::Sync => pb::ReplicationMode::Sync,
-            ReplicationMode::Async => pb::ReplicationMode::Async,
-        }
-        .into(),
+        mode: mode_to_wire(g.mode).into(),
         peer: g.peer.clone(),
         volumes: g.volumes.iter().map(disk_to_wire).collect(),
         lag_max_s: g.lag_max_s,
@@ -162,15 +177,7 @@ pub fn group_to_wire(g: &GroupSpec) -> pb::GroupSpec {
 }
 
 pub fn group_from_wire(g: pb::GroupSpec) -> Result<GroupSpec, WireError> {
-    let bad_mode = WireError::UnknownEnum {
-        what: "the replication mode",
-        value: g.mode,
-    };
-    let mode = match pb::ReplicationMode::try_from(g.mode).map_err(|_| bad_mode.clone())? {
-        pb::ReplicationMode::Sync => ReplicationMode::Sync,
-        pb::ReplicationMode::Async => ReplicationMode::Async,
-        pb::ReplicationMode::Unspecified => return Err(bad_mode),
-    };
+    let mode = mode_from_wire(g.mode)?;
     Ok(GroupSpec {
         app: app_id(g.app)?,
         site: checked("site", g.site, SiteId::new)?,
