@@ -599,7 +599,7 @@ pub fn record(o: &Operation) -> OpRecord {
             .map(|p| {
                 p.skipped
                     .iter()
-                    .map(|s| (s.app.to_string(), s.reason.clone()))
+                    .map(|s| (s.app.to_string(), s.reason.to_string()))
                     .collect()
             })
             .unwrap_or_default(),

@@ -77,11 +77,14 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
         };
         match planner::plan(state, &t) {
             Ok(p) => {
-                for s in p.skipped.iter().filter(|s| &s.app == id) {
-                    if !s.reason.contains("not UpToDate") && !s.reason.contains("is Outdated") {
-                        score -= 30;
-                        reasons.push(format!("-30: a failover now would skip it: {}", s.reason));
-                    }
+                // A replica that may not be promoted cost its -40 above already.
+                for s in p
+                    .skipped
+                    .iter()
+                    .filter(|s| &s.app == id && !s.reason.is_replica_state())
+                {
+                    score -= 30;
+                    reasons.push(format!("-30: a failover now would skip it: {}", s.reason));
                 }
             }
             Err(e) => {
@@ -186,6 +189,37 @@ mod tests {
         let r = db(&s, 2_000 + 91 * DAY_MS);
         assert_eq!(r.score, 90, "{r:?}");
         assert!(r.reasons[0].contains("91 days old"), "{r:?}");
+    }
+
+    #[test]
+    fn a_replica_that_may_not_be_promoted_costs_forty_points_whatever_its_state() {
+        // docs/drills.md: -40 per volume whose replica at the other site is not up to
+        // date; the failover it blocks is that same problem, not another -30.
+        for data in [
+            DataState::Syncing,
+            DataState::Outdated,
+            DataState::Inconsistent,
+        ] {
+            let mut s = lab();
+            apply(
+                &mut s,
+                3,
+                Command::SetReplicaData {
+                    volume: VolumeId::new("db-data"),
+                    site: SiteId::new("south"),
+                    data,
+                },
+            );
+            let r = db(&s, 10);
+            assert_eq!(r.score, 100 - 40 - 20, "{data:?}: {r:?}");
+            assert_eq!(r.reasons.len(), 2, "{data:?}: {r:?}");
+            assert!(
+                r.reasons[0]
+                    .starts_with(&format!("-40: the replica of db-data at south is {data:?}")),
+                "{data:?}: {r:?}"
+            );
+            assert!(r.reasons[1].contains("never drilled"), "{data:?}: {r:?}");
+        }
     }
 
     #[test]

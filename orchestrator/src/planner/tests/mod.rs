@@ -194,11 +194,8 @@ fn planned(p: &Plan) -> Vec<AppId> {
     p.apps().map(|m| m.app.clone()).collect()
 }
 
-fn skip_reason<'p>(p: &'p Plan, a: &AppId) -> Option<&'p str> {
-    p.skipped
-        .iter()
-        .find(|k| &k.app == a)
-        .map(|k| k.reason.as_str())
+fn skip_reason<'p>(p: &'p Plan, a: &AppId) -> Option<&'p SkipReason> {
+    p.skipped.iter().find(|k| &k.app == a).map(|k| &k.reason)
 }
 
 fn the_move<'p>(p: &'p Plan, a: &AppId) -> &'p AppMove {

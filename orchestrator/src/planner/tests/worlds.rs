@@ -281,29 +281,25 @@ pub(super) fn the_random_worlds_reach_every_kind_of_decision() {
             *counts.entry("restarted after a fence").or_default() += p.apps().count();
         }
         for k in &p.skipped {
-            let kind = [
-                ("another operation", "busy"),
-                ("it depends on", "dependency"),
-                ("already active", "already active"),
-                ("is down (", "target down"),
-                ("is down: a switchover", "source down"),
-                ("the replica of volume", "replica"),
-                ("replicates asynchronously", "async"),
-                ("has room", "room"),
-                ("has no room", "room"),
-                ("served by the lost host", "replica host lost"),
-                ("which holds its replicas at", "replica host"),
-                ("a test drill starts its copy", "drill at the active site"),
-                ("cannot snapshot them", "drill without agents"),
-                ("where its fence stopped the VMs", "fenced host down"),
-                (
-                    "does not serve its volumes again yet",
-                    "fenced host not serving",
-                ),
-            ]
-            .into_iter()
-            .find(|(needle, _)| k.reason.contains(needle))
-            .map_or("other", |(_, kind)| kind);
+            let kind = match &k.reason {
+                SkipReason::Busy => "busy",
+                SkipReason::DependencySkipped { .. } => "dependency",
+                SkipReason::AlreadyActive { .. } => "already active",
+                SkipReason::TargetDown { .. } => "target down",
+                SkipReason::SourceDown { .. } => "source down",
+                SkipReason::ReplicaNotUpToDate { .. } => "replica",
+                SkipReason::AsyncServedOutside { .. } => "async",
+                SkipReason::NoRoom { .. } | SkipReason::NoRoomOnReplicaHost { .. } => "room",
+                SkipReason::ReplicaHostLost { .. } => "replica host lost",
+                SkipReason::ReplicaHostDown { .. } => "replica host",
+                SkipReason::DrillAtActiveSite { .. } => "drill at the active site",
+                SkipReason::DrillServedOutside => "drill without agents",
+                SkipReason::FencedHostDown { .. } => "fenced host down",
+                SkipReason::NotServedAgain { .. } => "fenced host not serving",
+                SkipReason::NotInState
+                | SkipReason::VolumeMissing { .. }
+                | SkipReason::NoReplica { .. } => "other",
+            };
             *counts.entry(kind).or_default() += 1;
         }
     }

@@ -7,10 +7,13 @@
 //!
 //! Never: depend on the state machine or on anything that does I/O.
 
+mod skip;
+
 use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use crate::records::OpKind;
+pub use skip::SkipReason;
 
 /// What asks for a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +121,7 @@ pub struct Wave {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skip {
     pub app: AppId,
-    pub reason: String,
+    pub reason: SkipReason,
 }
 
 /// What kind of drill an operation is, if it is one: a test drill (kind `Drill`), or
