@@ -103,6 +103,86 @@ pub struct AuditSlice {
     pub digest: String,
 }
 
+/// What a step of an operation does. The orchestrator records each step's kind and
+/// reports it; a reader decides on the kind, never on the step's name.
+///
+/// `Unknown` stands for a kind a newer metrodr wrote: an older verifier still reads
+/// the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    /// Wait for an operator's approval (policy `manual-approval`).
+    Approval,
+    /// Destroy the app's VMs at the source (the source is declared lost).
+    Fence,
+    /// Shut the app's VMs down at the source (a graceful move).
+    Stop,
+    /// Stop serving the app's volume group at the source (a graceful move drains it).
+    StopVolumes,
+    /// Promote the group at the target (epoch + 1) and make the target active.
+    PromoteAndMove,
+    /// Serve the promoted group at the target.
+    ServeVolumes,
+    /// Define and start the app's VMs on their new hosts.
+    StartVms,
+    /// Every VM running, then the app's probes.
+    HealthGate,
+    /// A drill's record of production before it starts.
+    Baseline,
+    /// A drill's copy-on-write snapshot of the app's replicas.
+    Snapshot,
+    /// A drill's copies of the app's VMs, on its isolated network.
+    StartDrillVms,
+    /// A drill's check that production is as it was.
+    ProductionCheck,
+    /// A drill's removal of everything it made.
+    Cleanup,
+    /// A drill's check of production once the drill is gone.
+    ProductionAfter,
+    #[serde(other)]
+    Unknown,
+}
+
+impl StepKind {
+    /// How people call it.
+    pub fn label(self) -> &'static str {
+        match self {
+            StepKind::Approval => "approval",
+            StepKind::Fence => "fence",
+            StepKind::Stop => "stop",
+            StepKind::StopVolumes => "stop volumes",
+            StepKind::PromoteAndMove => "promote and move",
+            StepKind::ServeVolumes => "serve volumes",
+            StepKind::StartVms => "start VMs",
+            StepKind::HealthGate => "health gate",
+            StepKind::Baseline => "baseline",
+            StepKind::Snapshot => "snapshot",
+            StepKind::StartDrillVms => "start drill VMs",
+            StepKind::ProductionCheck => "production check",
+            StepKind::Cleanup => "cleanup",
+            StepKind::ProductionAfter => "production after",
+            StepKind::Unknown => "unknown step",
+        }
+    }
+}
+
+/// What a report's check verifies. `Unknown`: a check a newer metrodr wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A test drill left production as it was (same hosts, states, replicas up to
+    /// date), during and after.
+    ProductionUntouched,
+    /// Every drill copy joined a network its agent verified isolated.
+    DrillIsolated,
+    /// The drill's VMs, snapshots and network are gone from every host.
+    DrillRemoved,
+    /// Every app passed its health gate within its RTO target.
+    RtoMet,
+    #[serde(other)]
+    Unknown,
+}
+
 impl Report {
     /// The verdict: the operation succeeded, every app passed and every check passed.
     pub fn passed(&self) -> bool {

@@ -9,15 +9,23 @@
 //! in [`Plan::skipped`] with the reason — a replica that is not `UpToDate`, no capacity,
 //! an operation already running — never silently dropped.
 //!
+//! Each move carries its steps with every parameter decided here ([`steps`]): the
+//! executor chooses no host, peer, epoch or spec.
+//!
 //! Never: plan the promotion of a replica that is not `UpToDate`, place a VM on a host
 //! that is not `Up` or lacks room, or order an app before an app it depends on.
+
+mod steps;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use topology::{AppId, FailoverPolicy, HostId, SiteId, SiteRole, VmId};
 
-pub use crate::plan::{AppMove, DrillKind, Plan, PlanError, Skip, SkipReason, Trigger, Wave};
+pub use crate::plan::{
+    AppMove, DrillKind, Plan, PlanError, PlannedProbe, PlannedStep, Skip, SkipReason, Trigger, Wave,
+};
 use crate::state::{ClusterState, DataState, HostState, SiteState};
+pub use steps::DRAIN_MARGIN_S;
 
 /// Free capacity of one host: (vcpus, memory bytes).
 #[derive(Debug, Clone, Copy)]
@@ -429,7 +437,6 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             skipped.push(skip(reason));
             continue;
         }
-        room = trial;
         starts.sort();
         let mut placement: BTreeMap<VmId, HostId> = if same_site {
             rec.placement.clone()
@@ -457,7 +464,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             .collect();
         let health_timeout_ms = topo.timing.health_gate_timeout_ms;
         let stage = stage_of.get(&app_id).copied().unwrap_or(usize::MAX);
-        by_stage.entry(stage).or_default().push(AppMove {
+        let mut m = AppMove {
             app: app_id.clone(),
             tier: app.tier,
             from,
@@ -471,14 +478,32 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             stops,
             rto_target_s: app.rto_target_s,
             health_timeout_ms,
-        });
+            steps: Vec::new(),
+        };
+        match steps::move_steps(state, app, &m, drill) {
+            Ok(s) => m.steps = s,
+            Err(reason) => {
+                skipped.push(skip(reason));
+                continue;
+            }
+        }
+        room = trial;
+        by_stage.entry(stage).or_default().push(m);
     }
+    let waves: Vec<Wave> = by_stage.into_values().map(|apps| Wave { apps }).collect();
+    let (closing, interrupted) = if drill && !waves.is_empty() {
+        steps::drill_closing(&waves.iter().flat_map(|w| &w.apps).collect::<Vec<_>>())
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(Plan {
         kind: trigger.kind(),
         trigger: trigger.clone(),
-        waves: by_stage.into_values().map(|apps| Wave { apps }).collect(),
+        waves,
         skipped,
         drill: drill.then_some(DrillKind::Test),
+        closing,
+        interrupted,
     })
 }
 

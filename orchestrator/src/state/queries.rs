@@ -1,15 +1,16 @@
 //! Questions about the state that more than one decision asks (which apps an
 //! operation owns, which VMs a fence stopped, which group a host serves and at which
-//! endpoint): pure reads, used by the planner, the executor, the controller and apply.
+//! endpoint, production as a drill samples it): pure reads, used by the planner, the
+//! executor, the controller and apply.
 
 use topology::{AppId, HostId, SiteId, VmId};
 
 use super::{
     AgentAction, AgentCommandRecord, ClusterState, CommandOutcome, CommandStatus, Epoch, HostState,
-    OpKind, OpStatus, VmState,
+    OpKind, OpStatus, Production, ReplicaSample, VmSample, VmState,
 };
-use crate::plan::AppMove;
 use std::collections::BTreeSet;
+use topology::spec::VmSpec;
 
 impl ClusterState {
     /// Apps that an operation still running is moving: never planned twice. A test
@@ -51,16 +52,16 @@ impl ClusterState {
             .collect()
     }
 
-    /// VMs a move leaves where they are (placed, not started by it) whose host is up and
-    /// whose agent reports them stopped there: a fence stopped them after the plan was
-    /// made. The health gate starts them where they are.
-    pub fn stopped_in_place(&self, m: &AppMove) -> Vec<(VmId, HostId)> {
-        m.placement
+    /// Of the VMs a move leaves where they are (a health gate's `restart`), those whose
+    /// host is up and whose agent reports them stopped there: a fence stopped them after
+    /// the plan was made. The health gate starts them where they are.
+    pub fn stopped_in_place<'r>(
+        &self,
+        restart: &'r [(HostId, VmSpec)],
+    ) -> Vec<&'r (HostId, VmSpec)> {
+        restart
             .iter()
-            .filter(|(vm, h)| {
-                !m.starts.iter().any(|(s, _)| s == vm) && self.stopped_on_up_host(vm, h)
-            })
-            .cloned()
+            .filter(|(h, spec)| self.stopped_on_up_host(&spec.vm, h))
             .collect()
     }
 
@@ -117,6 +118,41 @@ impl ClusterState {
             .filter_map(|v| self.volumes.get(&v.id))
             .map(|v| v.epoch)
             .max()
+    }
+
+    /// Production of `app` as a test drill samples it: its active site, every VM an
+    /// agent reported (host, state, since when) and every replica's data state. None:
+    /// the app is not in the state.
+    pub fn production(&self, app: &AppId) -> Option<Production> {
+        let rec = self.apps.get(app)?;
+        let vms = self
+            .vms
+            .values()
+            .filter(|v| &v.app == app)
+            .map(|v| VmSample {
+                vm: v.vm.clone(),
+                host: v.host.clone(),
+                state: v.state,
+                since_ms: v.since_ms,
+            })
+            .collect();
+        let replicas = self
+            .volumes
+            .values()
+            .filter(|v| &v.app == app)
+            .flat_map(|v| {
+                v.replicas.iter().map(move |r| ReplicaSample {
+                    volume: v.id.clone(),
+                    site: r.site.clone(),
+                    data: r.data,
+                })
+            })
+            .collect();
+        Some(Production {
+            active_site: rec.active_site.clone(),
+            vms,
+            replicas,
+        })
     }
 
     /// The host serving `app`'s replicas at `site`, if the agents serve them.

@@ -59,7 +59,7 @@ pub(super) fn move_app_promotes_at_the_next_epoch_only_what_the_plan_allows() {
         ok(&mut s, Command::ApproveOperation { op, apps: vec![] });
     }
     let m = p.apps().next().expect("a move").clone();
-    let good = move_cmd(&s, op, &m, DataState::Outdated);
+    let good = move_cmd(&s, op, &m);
     type Edit<'a> = &'a dyn Fn(&mut Vec<(VolumeId, Epoch)>, &mut SiteId, &mut Vec<(VmId, HostId)>);
     let with = |f: Edit<'_>| {
         let mut c = good.clone();
@@ -114,7 +114,7 @@ pub(super) fn move_app_promotes_at_the_next_epoch_only_what_the_plan_allows() {
         *op = OpId(99);
     }
     refused(&mut s, unknown_op, RejectKind::NotFound);
-    move_one(&mut s, op, &m, DataState::Outdated);
+    move_one(&mut s, op, &m);
     for v in &m.volumes {
         assert_eq!(s.volumes.get(v).expect("volume").epoch, Epoch(2));
     }
@@ -151,14 +151,14 @@ pub(super) fn approval_is_given_once_and_only_to_apps_that_wait_for_it() {
         RejectKind::Conflict,
     );
     // A waiting app cannot move; the others do not wait.
-    let early = move_cmd(&s, op, the_move(&p, &app(0)), DataState::Outdated);
+    let early = move_cmd(&s, op, the_move(&p, &app(0)));
     let r = refused(&mut s, early, RejectKind::Conflict);
     assert!(r.contains("approv"), "{r}");
-    move_one(&mut s, op, the_move(&p, &app(1)), DataState::Outdated);
+    move_one(&mut s, op, the_move(&p, &app(1)));
     ok(&mut s, approve(&[0, 0]));
     assert_eq!(approved(&s), vec![app(0)]);
     refused(&mut s, approve(&[0]), RejectKind::Conflict);
-    move_one(&mut s, op, the_move(&p, &app(0)), DataState::Outdated);
+    move_one(&mut s, op, the_move(&p, &app(0)));
     ok(&mut s, approve(&[]));
     let all: BTreeSet<AppId> = [0, 2, 4, 6].map(app).into();
     assert_eq!(approved(&s).into_iter().collect::<BTreeSet<_>>(), all);

@@ -20,6 +20,7 @@ mod cases;
 mod commands;
 mod execute;
 mod oracle;
+mod steps;
 mod worlds;
 
 use crate::state::{
@@ -28,6 +29,7 @@ use crate::state::{
 };
 use execute::*;
 use oracle::*;
+use steps::*;
 
 const A: &str = "site-a";
 const B: &str = "site-b";

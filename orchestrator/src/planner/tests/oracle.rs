@@ -58,6 +58,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         let to = target(s, t, &m.app);
         let ctx = format!("{} in {t:?}", m.app);
         assert_eq!((&m.from, &m.to), (&rec.active_site, &to), "{ctx}");
+        check_steps(s, t, m, model);
         assert_eq!(m.tier, model.tier, "{ctx}");
         assert_eq!(m.graceful, graceful, "{ctx}");
         assert_eq!(
@@ -233,6 +234,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         assert!(max <= min, "a higher tier before a lower one: {p:#?}");
     }
 
+    check_closing(t, p);
     for k in &p.skipped {
         check_skip(s, t, k, &skipped, &busy);
     }
