@@ -11,7 +11,11 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of the report format written into [`Report::format_version`].
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: the first format.
+/// - 2: each step carries its [`StepKind`] and each check its [`CheckKind`] (a format-1
+///   report reads with both absent, and its signature verifies as before).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One operation (drill, failover, switchover or failback) and its outcome.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,7 +66,11 @@ pub struct AppResult {
 /// One step of an app's plan and how it went.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepTiming {
+    /// For people (`serve volumes at south-h2`).
     pub name: String,
+    /// What the step does (absent in format 1).
+    #[serde(default)]
+    pub kind: Option<StepKind>,
     /// Unix time in milliseconds.
     pub started_ms: u64,
     /// `None` while the step runs (or if it never finished).
@@ -88,7 +96,11 @@ pub struct ReplicationSample {
 /// A named yes/no check of the whole operation (e.g. "production kept serving").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Check {
+    /// For people.
     pub name: String,
+    /// What the check verifies (absent in format 1).
+    #[serde(default)]
+    pub kind: Option<CheckKind>,
     pub passed: bool,
     pub detail: String,
 }
@@ -264,7 +276,7 @@ pub(crate) mod tests {
     fn format_version_is_pinned() {
         // Changing the model's persisted shape means a new version and a verifier that
         // still reads the old one.
-        assert_eq!(FORMAT_VERSION, 1);
+        assert_eq!(FORMAT_VERSION, 2);
     }
 
     #[test]
@@ -302,6 +314,12 @@ pub(crate) mod tests {
         let t0 = 1_700_000_000_000;
         let step = |name: &str, from_s: u64, to_s: Option<u64>, ok: Option<bool>| StepTiming {
             name: name.into(),
+            kind: Some(match name {
+                "snapshot" => StepKind::Snapshot,
+                "start-vm" => StepKind::StartDrillVms,
+                "health-gate" => StepKind::HealthGate,
+                _ => StepKind::Cleanup,
+            }),
             started_ms: t0 + from_s * 1000,
             ended_ms: to_s.map(|t| t0 + t * 1000),
             ok,
@@ -396,6 +414,7 @@ pub(crate) mod tests {
             ],
             checks: vec![Check {
                 name: "production kept serving".into(),
+                kind: Some(CheckKind::ProductionUntouched),
                 passed: true,
                 detail: "0 failed probes of 95".into(),
             }],

@@ -40,8 +40,13 @@ fn reports_signed_in_format_1_still_verify_pinned_to_their_key() {
             let db = &r.apps[0];
             assert_eq!((db.app.as_str(), db.rto_achieved_s), ("db", Some(0.5)));
             assert_eq!(db.steps.len(), 6, "{name}");
+            // Format 1 had no typed kinds: they read as absent.
+            assert!(db.steps.iter().all(|s| s.kind.is_none()), "{name}");
             assert_eq!(r.checks.len(), 4, "{name}");
-            assert!(r.checks.iter().all(|c| c.passed), "{name}");
+            assert!(
+                r.checks.iter().all(|c| c.passed && c.kind.is_none()),
+                "{name}"
+            );
         } else {
             assert_eq!(
                 format,

@@ -10,7 +10,7 @@
 //!
 //! Never: search a step's name or a message's text for a claim.
 
-use drills::{AppResult, AuditSlice, Check, ReplicationSample, Report, StepTiming};
+use drills::{AppResult, AuditSlice, Check, CheckKind, ReplicationSample, Report, StepTiming};
 use topology::AppId;
 
 use crate::planner::{DrillKind, Plan, PlannedStep};
@@ -74,6 +74,7 @@ pub fn audit_slice(state: &ClusterState, o: &Operation) -> AuditSlice {
 fn timing(o: &Operation, s: &Step) -> StepTiming {
     StepTiming {
         name: o.step_name(s),
+        kind: Some(s.kind),
         started_ms: s.started_ms,
         ended_ms: s.ended_ms,
         ok: s.result.as_ref().map(StepResult::is_done),
@@ -203,6 +204,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         };
         checks.push(check_of(
             o,
+            CheckKind::ProductionUntouched,
             "production untouched (same hosts, same states, replicas up to date, during and after)",
             &of(&[StepKind::ProductionCheck, StepKind::ProductionAfter]),
         ));
@@ -214,6 +216,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
             });
         checks.push(Check {
             name: "drill VMs on an isolated network".into(),
+            kind: Some(CheckKind::DrillIsolated),
             passed: isolated,
             detail: started
                 .iter()
@@ -228,6 +231,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         });
         checks.push(check_of(
             o,
+            CheckKind::DrillRemoved,
             "drill removed from every host (VMs, snapshots, network)",
             &of(&[StepKind::Cleanup]),
         ));
@@ -236,6 +240,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         let met = apps.iter().filter(|a| a.passed).count();
         checks.push(Check {
             name: "every app healthy within its RTO target".into(),
+            kind: Some(CheckKind::RtoMet),
             passed: met == apps.len() && !apps.is_empty(),
             detail: format!("{met} of {} app(s)", apps.len()),
         });
@@ -245,7 +250,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         .map(|m| m.to.to_string())
         .unwrap_or_default();
     Report {
-        format_version: 1,
+        format_version: drills::FORMAT_VERSION,
         id: o.id.to_string(),
         cluster,
         metrodr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -263,11 +268,12 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
     }
 }
 
-fn check_of(o: &Operation, name: &str, steps: &[&Step]) -> Check {
+fn check_of(o: &Operation, kind: CheckKind, name: &str, steps: &[&Step]) -> Check {
     let bad: Vec<String> = steps.iter().filter_map(|s| failed(o, s)).collect();
     let unfinished = steps.iter().filter(|s| s.result.is_none()).count();
     Check {
         name: name.into(),
+        kind: Some(kind),
         passed: !steps.is_empty() && bad.is_empty() && unfinished == 0,
         detail: if steps.is_empty() {
             "not reached".into()
@@ -549,7 +555,30 @@ mod tests {
             ]
         );
         assert!(r.checks.iter().all(|c| c.passed), "{:?}", r.checks);
-        assert_eq!(r.checks.len(), 4);
+        let checks: Vec<Option<CheckKind>> = r.checks.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            checks,
+            [
+                Some(CheckKind::ProductionUntouched),
+                Some(CheckKind::DrillIsolated),
+                Some(CheckKind::DrillRemoved),
+                Some(CheckKind::RtoMet)
+            ]
+        );
+        let kinds: Vec<Option<StepKind>> = db.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                StepKind::Baseline,
+                StepKind::Snapshot,
+                StepKind::StartDrillVms,
+                StepKind::HealthGate,
+                StepKind::ProductionCheck,
+                StepKind::ProductionAfter
+            ]
+            .map(Some)
+        );
+        assert_eq!(r.format_version, drills::FORMAT_VERSION);
         assert!(r.passed());
         // The slice runs from the op.start entry to the op.finish entry; its digest is
         // the chain's at the end.
@@ -575,6 +604,7 @@ mod tests {
             ("in-sync", false)
         );
         let untouched = &r.checks[0];
+        assert_eq!(untouched.kind, Some(CheckKind::ProductionUntouched));
         assert!(!untouched.passed && untouched.detail.contains("db-1 moved"));
         assert!(!r.passed());
     }
@@ -585,6 +615,7 @@ mod tests {
         let (s, o) = drill(Check::NotIsolated);
         let r = build(&s, &o);
         let isolated = &r.checks[1];
+        assert_eq!(isolated.kind, Some(CheckKind::DrillIsolated));
         assert!(!isolated.passed, "{isolated:?}");
         assert!(
             isolated.detail.contains("NOT verified isolated"),
