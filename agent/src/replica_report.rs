@@ -212,7 +212,10 @@ mod tests {
             link_of(&st(LinkState::Resyncing, false, false)),
             Some(LinkReport::Resyncing)
         );
-        assert_eq!(link_of(&st(down("refused"), false, false)), Some(LinkReport::Down));
+        assert_eq!(
+            link_of(&st(down("refused"), false, false)),
+            Some(LinkReport::Down)
+        );
         assert_eq!(
             link_of(&st(
                 LinkState::HoldingWrites { why: "x".into() },

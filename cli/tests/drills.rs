@@ -150,10 +150,11 @@ async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
         let copies = start["outcome"]["outcome"]["copies"].as_array().unwrap();
         assert!(!copies.is_empty(), "{start}");
         for c in copies {
-            let domain = c["domain"].as_str().unwrap();
+            let started = &c["outcome"];
+            let domain = started["domain"].as_str().unwrap();
             assert!(domain.starts_with(&format!("drill-{op}-")), "{start}");
-            assert_eq!(c["network"], format!("mdr-drill-{op}"), "{start}");
-            assert_eq!(c["isolated"], true, "{start}");
+            assert_eq!(started["network"], format!("mdr-drill-{op}"), "{start}");
+            assert_eq!(started["isolated"], true, "{start}");
             assert!(c["host"].as_str().unwrap().starts_with(other), "{start}");
         }
         for s in ["health gate", "production check", "production after"] {

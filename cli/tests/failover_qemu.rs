@@ -249,7 +249,7 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
         .unwrap();
     let copies = start["outcome"]["outcome"]["copies"].as_array().unwrap();
     assert!(
-        !copies.is_empty() && copies.iter().all(|c| c["isolated"] == true),
+        !copies.is_empty() && copies.iter().all(|c| c["outcome"]["isolated"] == true),
         "{start}"
     );
     // Gone from libvirt, and production went on meanwhile.

@@ -147,6 +147,19 @@ mod tests {
         assess(s, &[AppId::new("db")], now).remove(0)
     }
 
+    /// The replica of db's volume at south is `data` from `at_ms` on.
+    fn south_is(s: &mut ClusterState, at_ms: u64, data: DataState) {
+        apply(
+            s,
+            at_ms,
+            Command::SetReplicaData {
+                volume: VolumeId::new("db-data"),
+                site: SiteId::new("south"),
+                data,
+            },
+        );
+    }
+
     #[test]
     fn an_app_never_drilled_loses_twenty_points_and_says_why() {
         let s = lab();
@@ -201,15 +214,7 @@ mod tests {
             DataState::Inconsistent,
         ] {
             let mut s = lab();
-            apply(
-                &mut s,
-                3,
-                Command::SetReplicaData {
-                    volume: VolumeId::new("db-data"),
-                    site: SiteId::new("south"),
-                    data,
-                },
-            );
+            south_is(&mut s, 3, data);
             let r = db(&s, 10);
             assert_eq!(r.score, 100 - 40 - 20, "{data:?}: {r:?}");
             assert_eq!(r.reasons.len(), 2, "{data:?}: {r:?}");
@@ -225,15 +230,7 @@ mod tests {
     #[test]
     fn a_stale_replica_and_a_down_replica_host_cost_points() {
         let mut s = lab();
-        apply(
-            &mut s,
-            3,
-            Command::SetReplicaData {
-                volume: VolumeId::new("db-data"),
-                site: SiteId::new("south"),
-                data: crate::state::DataState::Outdated,
-            },
-        );
+        south_is(&mut s, 3, DataState::Outdated);
         let r = db(&s, 10);
         assert_eq!(r.score, 40, "{r:?}");
         assert!(
@@ -257,15 +254,7 @@ mod tests {
                 last_seen_ms: None,
             },
         );
-        apply(
-            &mut s,
-            5,
-            Command::SetReplicaData {
-                volume: VolumeId::new("db-data"),
-                site: SiteId::new("south"),
-                data: crate::state::DataState::UpToDate,
-            },
-        );
+        south_is(&mut s, 5, DataState::UpToDate);
         let r = db(&s, 10);
         assert_eq!(r.score, 50, "{r:?}");
         assert!(

@@ -15,7 +15,7 @@ use topology::AppId;
 
 use crate::planner::{DrillKind, Plan, PlannedStep};
 use crate::state::{
-    ClusterState, DrillCopy, OpKind, OpStatus, Operation, Production, Step, StepKind, StepOutcome,
+    AgentDid, ClusterState, OpKind, OpStatus, Operation, Production, Step, StepKind, StepOutcome,
     StepResult,
 };
 
@@ -212,7 +212,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         let isolated = !started.is_empty()
             && started.iter().all(|s| {
                 matches!(s.outcome(), Some(StepOutcome::DrillVmsStarted { copies })
-                    if !copies.is_empty() && copies.iter().all(DrillCopy::on_isolated_network))
+                    if !copies.is_empty() && copies.iter().all(AgentDid::on_isolated_network))
             });
         checks.push(Check {
             name: "drill VMs on an isolated network".into(),
@@ -446,14 +446,16 @@ mod tests {
                 app(2),
                 1200,
                 done(StepOutcome::DrillVmsStarted {
-                    copies: vec![DrillCopy {
+                    copies: vec![AgentDid {
                         host: snap_host.clone(),
-                        domain: format!("drill-{}-db-1", op.0),
-                        state: VmState::Running,
-                        domain_type: "qemu".into(),
-                        disks: 1,
-                        network: Some(format!("mdr-drill-{}", op.0)),
-                        isolated: !matches!(last, Check::NotIsolated),
+                        outcome: CommandOutcome::DrillStarted {
+                            domain: format!("drill-{}-db-1", op.0),
+                            state: VmState::Running,
+                            domain_type: "qemu".into(),
+                            disks: 1,
+                            network: Some(format!("mdr-drill-{}", op.0)),
+                            isolated: !matches!(last, Check::NotIsolated),
+                        },
                     }],
                 }),
             ),

@@ -27,8 +27,8 @@ use super::saga::{Saga, StepRun, no_outcome};
 use crate::plan::{AppMove, Plan, PlannedProbe, PlannedStep, drill_copy, longest_probe_s};
 use crate::records::join;
 use crate::state::{
-    AgentAction, AgentDid, Command, CommandOutcome, DrillCopy, FailureReason, OpStatus, Production,
-    StepAt, StepFailure, StepOutcome,
+    AgentAction, AgentDid, CommandOutcome, FailureReason, OpStatus, Production, StepAt,
+    StepFailure, StepOutcome,
 };
 
 /// How long the agents get to remove a drill.
@@ -46,39 +46,26 @@ pub(super) async fn drive(saga: &Saga, plan: &Plan) {
             let at = StepAt::Interrupted { index };
             let _ = saga.step(at, || closing(saga, step, &none)).await;
         }
-        finish(saga, OpStatus::Interrupted).await;
+        super::finish(saga, OpStatus::Interrupted).await;
         return;
     }
-    let deps = super::dependencies(saga);
     let baselines: BTreeMap<AppId, Production> = {
         let a = saga.node.state.read();
         plan.apps()
             .filter_map(|m| a.state.production(&m.app).map(|p| (m.app.clone(), p)))
             .collect()
     };
-    let mut failed: Vec<AppId> = Vec::new();
-    for wave in &plan.waves {
-        let results = futures_util::future::join_all(wave.apps.iter().map(|m| {
-            let dep = super::failed_dependency(&deps, &failed, &m.app);
-            let base = baselines.get(&m.app);
-            async move {
-                match dep {
-                    Some(d) => super::dependency_failed(saga, m, &d).await,
-                    None => drill_app(saga, m, base).await,
-                }
-            }
-        }))
-        .await;
-        for (m, r) in wave.apps.iter().zip(results) {
-            if let Err(e) = r {
-                tracing::warn!(node = %saga.node.name, %op, app = %m.app, "drill failed: {e}");
-                failed.push(m.app.clone());
+    let failed = super::run_waves(saga, plan, |m, dep| {
+        let base = baselines.get(&m.app);
+        async move {
+            match dep {
+                Some(d) => super::dependency_failed(saga, m, &d).await,
+                None => drill_app(saga, m, base).await,
             }
         }
-        if !saga.node.is_confirmed_leader() {
-            return;
-        }
-    }
+    })
+    .await;
+    let Some(failed) = failed else { return };
     // Whatever happened: the cleanup, then production after the drill is gone, against
     // the same baseline.
     let mut closed = true;
@@ -94,14 +81,7 @@ pub(super) async fn drive(saga: &Saga, plan: &Plan) {
     } else {
         OpStatus::Failed
     };
-    finish(saga, status).await;
-}
-
-async fn finish(saga: &Saga, status: OpStatus) {
-    let op = saga.op;
-    if let Err(e) = saga.commit(Command::FinishOperation { op, status }).await {
-        tracing::warn!(node = %saga.node.name, %op, "could not finish the drill: {e}");
-    }
+    super::finish(saga, status).await;
 }
 
 fn gone(app: &AppId) -> StepFailure {
@@ -238,26 +218,10 @@ async fn start_copies(
     saga.await_commands(&ids, timeout).await?;
     let mut started = Vec::new();
     for (host, outcome) in saga.outcomes(&ids) {
-        let CommandOutcome::DrillStarted {
-            domain,
-            state,
-            domain_type,
-            disks,
-            network,
-            isolated,
-        } = outcome
-        else {
+        if !matches!(outcome, CommandOutcome::DrillStarted { .. }) {
             return Err(no_outcome(&host, "drill start"));
-        };
-        started.push(DrillCopy {
-            host,
-            domain,
-            state,
-            domain_type,
-            disks,
-            network,
-            isolated,
-        });
+        }
+        started.push(AgentDid { host, outcome });
     }
     Ok(StepOutcome::DrillVmsStarted { copies: started })
 }

@@ -22,6 +22,7 @@ mod moves;
 mod saga;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -347,6 +348,46 @@ async fn drive(node: Arc<Node>, op: OpId) {
         drill::drive(&saga, &plan).await;
     } else {
         moves::drive(&saga, &plan).await;
+    }
+}
+
+/// Run `plan`'s waves: the apps of a wave concurrently (`run_app`, given the app's
+/// dependency that failed in this operation, if one did), the next wave once every app
+/// of this one is done. The apps that failed; None when this node stopped leading (the
+/// next leader goes on).
+async fn run_waves<'p, F, Fut>(saga: &Saga, plan: &'p Plan, run_app: F) -> Option<Vec<AppId>>
+where
+    F: Fn(&'p AppMove, Option<AppId>) -> Fut,
+    Fut: Future<Output = Result<(), StepFailure>>,
+{
+    let op = saga.op;
+    let deps = dependencies(saga);
+    let mut failed: Vec<AppId> = Vec::new();
+    for wave in &plan.waves {
+        let results = futures_util::future::join_all(
+            wave.apps
+                .iter()
+                .map(|m| run_app(m, failed_dependency(&deps, &failed, &m.app))),
+        )
+        .await;
+        for (m, r) in wave.apps.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::warn!(node = %saga.node.name, %op, app = %m.app, "app failed: {e}");
+                failed.push(m.app.clone());
+            }
+        }
+        if !saga.node.is_confirmed_leader() {
+            return None;
+        }
+    }
+    Some(failed)
+}
+
+/// End the operation with `status`.
+async fn finish(saga: &Saga, status: OpStatus) {
+    let op = saga.op;
+    if let Err(e) = saga.commit(Command::FinishOperation { op, status }).await {
+        tracing::warn!(node = %saga.node.name, %op, "could not finish: {e}");
     }
 }
 

@@ -30,43 +30,23 @@ const PROBE_SLACK: Duration = Duration::from_secs(10);
 const APPROVAL_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 pub(super) async fn drive(saga: &Saga, plan: &Plan) {
-    let op = saga.op;
-    let deps = super::dependencies(saga);
-    let mut failed: Vec<AppId> = Vec::new();
-    for wave in &plan.waves {
-        // An app whose dependency failed in this operation does not start: its first
-        // step fails with that reason, and so do its own dependents.
-        let results = futures_util::future::join_all(wave.apps.iter().map(|m| {
-            let dep = super::failed_dependency(&deps, &failed, &m.app);
-            async move {
-                match dep {
-                    Some(d) => {
-                        let r = super::dependency_failed(saga, m, &d).await;
-                        set_app_state(saga, &m.app, AppState::Failed, "a dependency failed").await;
-                        r
-                    }
-                    None => drive_app(saga, m).await,
-                }
+    // An app whose dependency failed in this operation does not start: its first step
+    // fails with that reason, and so do its own dependents.
+    let failed = super::run_waves(saga, plan, |m, dep| async move {
+        match dep {
+            Some(d) => {
+                let r = super::dependency_failed(saga, m, &d).await;
+                set_app_state(saga, &m.app, AppState::Failed, "a dependency failed").await;
+                r
             }
-        }))
-        .await;
-        for (m, r) in wave.apps.iter().zip(results) {
-            if let Err(e) = r {
-                tracing::warn!(node = %saga.node.name, %op, app = %m.app, "app failed: {e}");
-                failed.push(m.app.clone());
-            }
+            None => drive_app(saga, m).await,
         }
-        if !saga.node.is_confirmed_leader() {
-            return;
-        }
-    }
-    let status = if failed.is_empty() {
-        OpStatus::Succeeded
-    } else {
-        OpStatus::Failed
-    };
-    if let Err(e) = saga.commit(Command::FinishOperation { op, status }).await {
-        tracing::warn!(node = %saga.node.name, %op, "could not finish: {e}");
+    })
+    .await;
+    match failed {
+        Some(f) if f.is_empty() => super::finish(saga, OpStatus::Succeeded).await,
+        Some(_) => super::finish(saga, OpStatus::Failed).await,
+        None => {}
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, ReplicationMode, SiteId, SiteRole, VmId, VolumeId};
 
 pub use ids::{CommandId, Epoch, OpId};
-pub use outcome::{AgentDid, DrillCopy, Healthy, Moved, Promotion, StepOutcome, VmStop, VmStopped};
+pub use outcome::{AgentDid, Healthy, Moved, Promotion, StepOutcome, VmStop, VmStopped};
 pub(crate) use production::join;
 pub use production::{Production, ProductionChange, ReplicaSample, VmSample};
 pub use proto::agent::{

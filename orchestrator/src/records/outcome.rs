@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use super::production::join;
-use super::{CommandOutcome, DataState, Production, StepKind, VmState};
+use super::{CommandOutcome, DataState, Production, StepKind};
 use proto::agent::{Served, StoppedGroup};
 
 /// What a step did.
@@ -53,8 +53,9 @@ pub enum StepOutcome {
         /// Taken earlier by the same drill.
         already: bool,
     },
-    /// A drill's copies, started.
-    DrillVmsStarted { copies: Vec<DrillCopy> },
+    /// A drill's copies, each as its agent started it (`DrillStarted`: the network it
+    /// joined and whether the agent verified that network isolated).
+    DrillVmsStarted { copies: Vec<AgentDid> },
     /// A drill's copies running, their serial probes passed; tcp probes cannot reach
     /// the isolated network and are only named.
     DrillHealthy {
@@ -148,43 +149,26 @@ pub struct Healthy {
     pub probes: Vec<AgentDid>,
 }
 
-/// A drill copy as its agent started it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillCopy {
-    pub host: HostId,
-    pub domain: String,
-    pub state: VmState,
-    pub domain_type: String,
-    pub disks: u32,
-    /// The network it joined (None: it has no network interface).
-    pub network: Option<String>,
-    /// The agent verified that network: no forward, no host address.
-    pub isolated: bool,
-}
-
-impl DrillCopy {
-    /// On a network its agent verified isolated.
-    pub fn on_isolated_network(&self) -> bool {
-        self.network.is_some() && self.isolated
-    }
-
-    fn outcome(&self) -> CommandOutcome {
-        CommandOutcome::DrillStarted {
-            domain: self.domain.clone(),
-            state: self.state,
-            domain_type: self.domain_type.clone(),
-            disks: self.disks,
-            network: self.network.clone(),
-            isolated: self.isolated,
-        }
-    }
-}
-
 /// An agent's outcome of a command a step issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentDid {
     pub host: HostId,
     pub outcome: CommandOutcome,
+}
+
+impl AgentDid {
+    /// A drill copy on a network its agent verified isolated (no forward, no host
+    /// address).
+    pub fn on_isolated_network(&self) -> bool {
+        matches!(
+            self.outcome,
+            CommandOutcome::DrillStarted {
+                network: Some(_),
+                isolated: true,
+                ..
+            }
+        )
+    }
 }
 
 impl fmt::Display for AgentDid {
@@ -296,13 +280,7 @@ impl fmt::Display for StepOutcome {
                 };
                 write!(f, "{host}: {taken}")
             }
-            StepOutcome::DrillVmsStarted { copies } => {
-                let each: Vec<String> = copies
-                    .iter()
-                    .map(|c| format!("{}: {}", c.host, c.outcome()))
-                    .collect();
-                f.write_str(&each.join("; "))
-            }
+            StepOutcome::DrillVmsStarted { copies } => f.write_str(&join(copies, "; ")),
             StepOutcome::DrillHealthy {
                 copies,
                 site,

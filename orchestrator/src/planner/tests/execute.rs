@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::plan::PlannedStep;
-use crate::state::{DrillCopy, Healthy, Moved, StepAt, StepOutcome, StepResult, VmStop, VmStopped};
+use crate::state::{AgentDid, Healthy, Moved, StepAt, StepOutcome, StepResult, VmStop, VmStopped};
 
 /// The move step of `m`: what the plan promotes, how it demotes, where the VMs go.
 pub(super) fn planned_move(
@@ -253,14 +253,16 @@ fn outcome_of(s: &ClusterState, m: &AppMove, step: &PlannedStep, op: OpId) -> St
                 .iter()
                 .map(|(host, spec)| {
                     let copy = crate::plan::drill_copy(spec, op);
-                    DrillCopy {
+                    AgentDid {
                         host: host.clone(),
-                        domain: copy.domain_name(),
-                        state: VmState::Running,
-                        domain_type: "qemu".into(),
-                        disks: u32::try_from(copy.disks.len()).expect("few"),
-                        network: Some(topology::spec::drill_network_name(op)),
-                        isolated: true,
+                        outcome: crate::state::CommandOutcome::DrillStarted {
+                            domain: copy.domain_name(),
+                            state: VmState::Running,
+                            domain_type: "qemu".into(),
+                            disks: u32::try_from(copy.disks.len()).expect("few"),
+                            network: Some(topology::spec::drill_network_name(op)),
+                            isolated: true,
+                        },
                     }
                 })
                 .collect(),

@@ -234,7 +234,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         assert!(max <= min, "a higher tier before a lower one: {p:#?}");
     }
 
-    check_closing(t, p);
+    check_closing(s, t, p);
     for k in &p.skipped {
         check_skip(s, t, k, &skipped, &busy);
     }

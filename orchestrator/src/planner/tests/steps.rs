@@ -229,15 +229,17 @@ pub(super) fn check_steps(s: &ClusterState, t: &Trigger, m: &AppMove, model: &to
                     let on = m.starts.iter().find(|(v, _)| *v == probe_vm(&p.probe));
                     assert_eq!(on.map(|(_, h)| h), Some(&p.host), "{ctx}");
                 }
-                let tcp: Vec<(VmId, u16)> = model
-                    .probes
-                    .iter()
-                    .filter_map(|p| match p {
-                        Probe::Tcp { vm, port, .. } => Some((vm.clone(), *port)),
-                        Probe::Serial { .. } => None,
-                    })
-                    .collect();
-                assert_eq!(unchecked, &tcp, "{ctx}");
+                // Every tcp probe is named, none checked.
+                let tcp = |p: &&Probe| matches!(p, Probe::Tcp { .. });
+                assert_eq!(unchecked.len(), model.probes.iter().filter(tcp).count());
+                for (vm, port) in unchecked {
+                    assert!(
+                        model.probes.iter().any(
+                            |p| matches!(p, Probe::Tcp { vm: v, port: n, .. } if v == vm && n == port)
+                        ),
+                        "{ctx}: {vm}:{port}"
+                    );
+                }
             }
             PlannedStep::Cleanup { .. } | PlannedStep::ProductionAfter { .. } => {
                 panic!("{ctx}: an app's step that closes a drill")
@@ -246,33 +248,40 @@ pub(super) fn check_steps(s: &ClusterState, t: &Trigger, m: &AppMove, model: &to
     }
 }
 
-/// A drill's closing steps clean up every host it may touch and check every app after;
-/// its interruption steps clean up the same hosts. Other plans have neither.
+/// A drill's closing steps clean up every host it may touch (where its copies start,
+/// where its snapshots are taken: the replica hosts at the drill site) and check every
+/// app after; its interruption steps clean up the same hosts. Other plans have neither.
 #[track_caller]
-pub(super) fn check_closing(t: &Trigger, p: &Plan) {
+pub(super) fn check_closing(s: &ClusterState, t: &Trigger, p: &Plan) {
     if !matches!(t, Trigger::TestDrill { .. }) || p.is_empty() {
         assert!(p.closing.is_empty() && p.interrupted.is_empty(), "{p:?}");
         return;
     }
-    let mut hosts: BTreeSet<HostId> = BTreeSet::new();
+    let mut touched: BTreeSet<HostId> = BTreeSet::new();
     for m in p.apps() {
-        hosts.extend(m.starts.iter().map(|(_, h)| h.clone()));
-        for s in &m.steps {
-            if let PlannedStep::Snapshot { host } = s {
-                hosts.insert(host.clone());
-            }
+        let model = topo(s).app(&m.app).expect("a planned app");
+        touched.extend(m.starts.iter().map(|(_, h)| h.clone()));
+        if !model.volumes.is_empty() {
+            touched.extend(replica_host_of(s, model, &m.to));
         }
     }
-    let cleanup = PlannedStep::Cleanup {
-        hosts: hosts.into_iter().collect(),
+    let Some(PlannedStep::Cleanup { hosts }) = p.closing.first() else {
+        panic!("a drill closes with its cleanup: {p:?}")
     };
-    let after: Vec<PlannedStep> = p
-        .apps()
-        .map(|m| PlannedStep::ProductionAfter { app: m.app.clone() })
-        .collect();
-    assert_eq!(p.closing.first(), Some(&cleanup), "{p:?}");
-    assert_eq!(p.closing[1..], after[..], "{p:?}");
-    assert_eq!(p.interrupted, vec![cleanup], "{p:?}");
+    assert_eq!(
+        hosts.iter().cloned().collect::<BTreeSet<_>>(),
+        touched,
+        "{p:?}"
+    );
+    let after: Vec<Option<&AppId>> = p.closing[1..].iter().map(PlannedStep::app).collect();
+    let apps: Vec<Option<&AppId>> = p.apps().map(|m| Some(&m.app)).collect();
+    assert_eq!(after, apps, "{p:?}");
+    assert!(
+        p.closing[1..]
+            .iter()
+            .all(|c| c.kind() == StepKind::ProductionAfter)
+    );
+    assert_eq!(p.interrupted, p.closing[..1], "{p:?}");
 }
 
 #[test]
