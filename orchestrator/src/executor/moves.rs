@@ -139,7 +139,7 @@ async fn run(saga: &Saga, m: &AppMove, step: &PlannedStep, timeout: Duration) ->
             placement,
             restart,
             probes,
-        } => health_gate(saga, site, placement, restart, probes, timeout).await,
+        } => health_gate(saga, m, site, placement, restart, probes, timeout).await,
         other => Err(StepFailure::new(
             FailureReason::Unsupported,
             format!(
@@ -386,17 +386,19 @@ async fn start(
 /// (to the probe's `address`, or the VM's own address as that agent knows it).
 async fn health_gate(
     saga: &Saga,
+    m: &AppMove,
     site: &SiteId,
     placement: &[(VmId, HostId)],
     restart: &[(HostId, VmSpec)],
     probes: &[PlannedProbe],
     timeout: Duration,
 ) -> StepRun {
-    let restarted = vms_running(saga, placement, restart, timeout).await?;
+    let again = vms_running(saga, m, placement, restart, timeout).await?;
     let mut healthy = Healthy {
         site: site.clone(),
         running: u32::try_from(placement.len()).unwrap_or(u32::MAX),
-        restarted,
+        restarted: again.restarted,
+        served_again: again.served,
         probes: Vec::new(),
     };
     if probes.is_empty() {
@@ -417,18 +419,31 @@ async fn health_gate(
     Ok(StepOutcome::Healthy(healthy))
 }
 
-/// Wait until every VM runs where placed. A VM the plan leaves where it is but that
-/// its host's agent reports stopped (a fence there, reported after the plan was made)
-/// is started there once, so the gate does not wait for what nothing starts. The VMs
-/// so restarted.
+/// What the health gate started again after a fence.
+#[derive(Default)]
+struct Again {
+    restarted: Vec<(VmId, HostId)>,
+    /// The host that served the app's group again (a fence there stopped serving it).
+    served: Option<HostId>,
+}
+
+/// Wait until every VM runs where placed. A VM its host's agent reports stopped there
+/// that this operation has not started since that agent last registered (a fence
+/// there, after the plan or after the move started it: the agent registers again once
+/// its fence is done) is started again where placed, with its planned spec — after
+/// the group is served again at its planned host, if the fence stopped that too
+/// (the controller leaves a moving app to its operation). Nothing else is started, so
+/// the gate does not wait for what nothing starts.
 async fn vms_running(
     saga: &Saga,
+    m: &AppMove,
     placement: &[(VmId, HostId)],
     restart: &[(HostId, VmSpec)],
     timeout: Duration,
-) -> Result<Vec<(VmId, HostId)>, StepFailure> {
+) -> Result<Again, StepFailure> {
     let deadline = Instant::now() + timeout;
-    let mut restarted: Vec<(VmId, HostId)> = Vec::new();
+    let op = saga.op;
+    let mut again = Again::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let next = saga
@@ -441,20 +456,59 @@ async fn vms_running(
                 if all {
                     return Some(Ok(None));
                 }
-                let stopped: Vec<(HostId, VmSpec)> = s
-                    .stopped_in_place(restart)
-                    .into_iter()
-                    .filter(|(h, spec)| !restarted.iter().any(|(v, rh)| v == &spec.vm && rh == h))
-                    .cloned()
-                    .collect();
-                (!stopped.is_empty()).then_some(Ok(Some(stopped)))
+                let owed: Vec<(HostId, VmSpec)> =
+                    s.owed_restarts(op, restart).into_iter().cloned().collect();
+                (!owed.is_empty()).then_some(Ok(Some(owed)))
             })
             .await?;
-        let Some(stopped) = next else {
-            return Ok(restarted);
+        let Some(owed) = next else {
+            return Ok(again);
         };
-        restarted.extend(stopped.iter().map(|(h, spec)| (spec.vm.clone(), h.clone())));
         let left = deadline.saturating_duration_since(Instant::now());
-        start(saga, &stopped, left).await?;
+        if let Some(host) = serve_again(saga, m, left).await? {
+            again.served = Some(host);
+        }
+        again
+            .restarted
+            .extend(owed.iter().map(|(h, spec)| (spec.vm.clone(), h.clone())));
+        let mut batch = Vec::new();
+        for (host, spec) in owed {
+            batch.push((host.clone(), AgentAction::Define { spec: spec.clone() }));
+            batch.push((host, AgentAction::Start { vm: spec.vm }));
+        }
+        let ids = saga.issue_since_registration(batch).await?;
+        saga.await_commands(&ids, left).await?;
     }
+}
+
+/// Serve the app's group again as its move's serve step planned it, when its agent
+/// registered again since (a fence there stopped serving it). The host, if served.
+async fn serve_again(
+    saga: &Saga,
+    m: &AppMove,
+    timeout: Duration,
+) -> Result<Option<HostId>, StepFailure> {
+    let Some((host, group)) = m.steps.iter().find_map(|s| match s {
+        PlannedStep::ServeVolumes { host, group } => Some((host, group)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    if saga
+        .node
+        .state
+        .read()
+        .state
+        .serves_since_registration(&m.app, host)
+    {
+        return Ok(None);
+    }
+    let action = AgentAction::Serve {
+        group: group.clone(),
+    };
+    let ids = saga
+        .issue_since_registration(vec![(host.clone(), action)])
+        .await?;
+    saga.await_commands(&ids, timeout).await?;
+    Ok(Some(host.clone()))
 }

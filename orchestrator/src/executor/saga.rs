@@ -165,12 +165,32 @@ impl Saga {
         &self,
         batch: Vec<(HostId, AgentAction)>,
     ) -> Result<Vec<CommandId>, StepFailure> {
+        self.issue_since(batch, |_, _| 0).await
+    }
+
+    /// Issue `batch` unless this operation issued each since its host's agent last
+    /// registered (what it issued before, a fence there undid); returns the command ids.
+    pub(super) async fn issue_since_registration(
+        &self,
+        batch: Vec<(HostId, AgentAction)>,
+    ) -> Result<Vec<CommandId>, StepFailure> {
+        self.issue_since(batch, |s, h| s.registered_ms(h).unwrap_or(0))
+            .await
+    }
+
+    /// Issue `batch` unless this operation issued each at or after `since` its host.
+    async fn issue_since(
+        &self,
+        batch: Vec<(HostId, AgentAction)>,
+        since: impl Fn(&ClusterState, &HostId) -> u64,
+    ) -> Result<Vec<CommandId>, StepFailure> {
         let mut ids = Vec::new();
         let mut missing = Vec::new();
         {
             let a = self.node.state.read();
             for (host, action) in batch {
-                match issued_same(&a.state, self.op, &host, &action).last() {
+                let from = since(&a.state, &host);
+                match issued_same(&a.state, self.op, &host, &action, from).last() {
                     Some(id) => ids.push(*id),
                     None => missing.push((host, action)),
                 }
@@ -263,11 +283,17 @@ impl Saga {
 
 /// Commands this operation already issued on `host` for the same VM and action (a VM
 /// command), or exactly this action (a volume group or drill command).
-fn issued_same(s: &ClusterState, op: OpId, host: &HostId, action: &AgentAction) -> Vec<CommandId> {
+fn issued_same(
+    s: &ClusterState,
+    op: OpId,
+    host: &HostId,
+    action: &AgentAction,
+    since_ms: u64,
+) -> Vec<CommandId> {
     let by = Issuer::Operation { op };
     s.commands
         .values()
-        .filter(|c| c.issuer == by && &c.host == host)
+        .filter(|c| c.issuer == by && &c.host == host && c.issued_ms >= since_ms)
         .filter(|c| match action.vm() {
             Some(vm) => c.action.vm() == Some(vm) && c.action.name() == action.name(),
             None => &c.action == action,

@@ -54,9 +54,10 @@ pub enum PlannedStep {
     ServeVolumes { host: HostId, group: GroupSpec },
     /// Define and start these VMs.
     StartVms { vms: Vec<(HostId, VmSpec)> },
-    /// Every VM of `placement` running, then `probes`. `restart`: the VMs the move
-    /// leaves where they are, which the gate starts there once if their agent reports
-    /// them stopped (a fence after the plan was made).
+    /// Every VM of `placement` running, then `probes`. `restart`: every VM of
+    /// `placement` with its spec, which the gate starts again where placed if its agent
+    /// reports it stopped there and the operation has not started it since that agent
+    /// last registered (a fence after the plan was made, or after the move started it).
     HealthGate {
         site: SiteId,
         placement: Vec<(VmId, HostId)>,

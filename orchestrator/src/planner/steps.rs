@@ -128,16 +128,10 @@ fn failover_steps(state: &ClusterState, app: &topology::App, m: &AppMove) -> Vec
             vms: specs(app, &m.starts),
         });
     }
-    let stay: Vec<(VmId, HostId)> = m
-        .placement
-        .iter()
-        .filter(|(vm, _)| !m.starts.iter().any(|(s, _)| s == vm))
-        .cloned()
-        .collect();
     steps.push(PlannedStep::HealthGate {
         site: m.to.clone(),
         placement: m.placement.clone(),
-        restart: specs(app, &stay),
+        restart: specs(app, &m.placement),
         probes: probes(app, &m.placement, |_| true),
     });
     steps

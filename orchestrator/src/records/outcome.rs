@@ -145,6 +145,10 @@ pub struct Healthy {
     pub running: u32,
     /// VMs the gate started again where they were stopped (a fence after the plan).
     pub restarted: Vec<(VmId, HostId)>,
+    /// The host that served the app's group again first (a fence there had stopped
+    /// serving it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_again: Option<HostId>,
     /// Every probe's outcome, by the agent that ran it.
     pub probes: Vec<AgentDid>,
 }
@@ -236,6 +240,9 @@ impl fmt::Display for Healthy {
                 " (started again where they were stopped: {})",
                 vm_list(&self.restarted)
             )?;
+        }
+        if let Some(h) = &self.served_again {
+            write!(f, "; its group served again at {h} after a fence there")?;
         }
         if !self.probes.is_empty() {
             let probes: Vec<String> = self.probes.iter().map(|p| p.outcome.to_string()).collect();

@@ -7,7 +7,7 @@ use topology::{AppId, HostId, SiteId, VmId};
 
 use super::{
     AgentAction, AgentCommandRecord, ClusterState, CommandOutcome, CommandStatus, Epoch, HostState,
-    OpKind, OpStatus, Production, ReplicaSample, VmSample, VmState,
+    Issuer, OpId, OpKind, OpStatus, Production, ReplicaSample, VmSample, VmState,
 };
 use std::collections::BTreeSet;
 use topology::spec::VmSpec;
@@ -52,9 +52,9 @@ impl ClusterState {
             .collect()
     }
 
-    /// Of the VMs a move leaves where they are (a health gate's `restart`), those whose
-    /// host is up and whose agent reports them stopped there: a fence stopped them after
-    /// the plan was made. The health gate starts them where they are.
+    /// Of a health gate's `restart` (every VM the move places, with its spec), those
+    /// whose host is up and whose agent reports them stopped there: a fence stopped them
+    /// after the plan was made (or after the move started them).
     pub fn stopped_in_place<'r>(
         &self,
         restart: &'r [(HostId, VmSpec)],
@@ -63,6 +63,44 @@ impl ClusterState {
             .iter()
             .filter(|(h, spec)| self.stopped_on_up_host(&spec.vm, h))
             .collect()
+    }
+
+    /// What operation `op`'s health gate owes of its `restart`: the VMs stopped in place
+    /// ([`Self::stopped_in_place`]) that `op` has not started there since that host's
+    /// agent last registered. A start issued before it (by the move, or by the gate
+    /// before) was undone by the fence that made the agent register again; a start
+    /// issued after it is still under way. So each fence costs one start, whichever
+    /// leader runs the gate.
+    pub fn owed_restarts<'r>(
+        &self,
+        op: OpId,
+        restart: &'r [(HostId, VmSpec)],
+    ) -> Vec<&'r (HostId, VmSpec)> {
+        self.stopped_in_place(restart)
+            .into_iter()
+            .filter(|(h, spec)| !self.started_since_registration(op, &spec.vm, h))
+            .collect()
+    }
+
+    /// Whether operation `op` issued a start of `vm` on `host` since that host's agent
+    /// last registered.
+    fn started_since_registration(&self, op: OpId, vm: &VmId, host: &HostId) -> bool {
+        let since = self.registered_ms(host).unwrap_or(0);
+        let by = Issuer::Operation { op };
+        self.commands.values().any(|c| {
+            c.issuer == by
+                && &c.host == host
+                && c.issued_ms >= since
+                && matches!(&c.action, AgentAction::Start { vm: v } if v == vm)
+        })
+    }
+
+    /// When `host`'s agent last registered (None: it never did).
+    pub fn registered_ms(&self, host: &HostId) -> Option<u64> {
+        self.hosts
+            .get(host)
+            .and_then(|h| h.inventory.as_ref())
+            .map(|i| i.registered_ms)
     }
 
     /// `vm` is placed on `host`, which is up, and its agent reports it stopped there (not
@@ -81,11 +119,8 @@ impl ClusterState {
     /// the latest group command there is a serve, issued after the registration, that
     /// succeeded. (A fenced agent stopped serving; its VMs may restart only after this.)
     pub fn serves_since_registration(&self, app: &AppId, host: &HostId) -> bool {
-        let since = self
-            .hosts
-            .get(host)
-            .and_then(|h| h.inventory.as_ref())
-            .map_or(u64::MAX, |i| i.registered_ms);
+        // Never registered: nothing is served.
+        let since = self.registered_ms(host).unwrap_or(u64::MAX);
         let latest = self.commands.values().rev().find(|c| {
             &c.host == host
                 && match &c.action {

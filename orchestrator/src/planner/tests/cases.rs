@@ -362,23 +362,7 @@ pub(super) fn a_lost_host_restarts_only_its_vms_at_the_same_site() {
 /// where the gate waited for a VM nothing would start).
 #[test]
 pub(super) fn a_lost_host_also_restarts_the_apps_vms_a_fence_stopped_on_its_other_hosts() {
-    let (mut s, app_id, lost, other, stopped) = (0..50)
-        .find_map(|seed| {
-            let mut s = applied(&model(6, 10, 2, seed));
-            hosts_up(&mut s);
-            let found = s.apps.values().find_map(|a| {
-                let mut on: BTreeMap<&HostId, Vec<&VmId>> = BTreeMap::new();
-                for (vm, h) in &a.placement {
-                    on.entry(h).or_default().push(vm);
-                }
-                let mut hosts = on.into_iter();
-                let (lost, _) = hosts.next()?;
-                let (other, vms) = hosts.next()?;
-                Some((a.id.clone(), lost.clone(), other.clone(), vms[0].clone()))
-            });
-            found.map(|(a, l, o, v)| (s, a, l, o, v))
-        })
-        .expect("a generated app with VMs on two hosts");
+    let (mut s, app_id, lost, other, stopped) = app_on_two_hosts();
     let running_too: Vec<VmId> = s
         .apps
         .get(&app_id)
@@ -430,7 +414,7 @@ pub(super) fn a_lost_host_also_restarts_the_apps_vms_a_fence_stopped_on_its_othe
         panic!("a move ends with its health gate: {:?}", m.steps)
     };
     let in_place = |s: &ClusterState| -> Vec<(VmId, HostId)> {
-        s.stopped_in_place(restart)
+        s.owed_restarts(OpId(1), restart)
             .into_iter()
             .map(|(h, spec)| (spec.vm.clone(), h.clone()))
             .collect()

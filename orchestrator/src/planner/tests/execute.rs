@@ -236,6 +236,7 @@ fn outcome_of(s: &ClusterState, m: &AppMove, step: &PlannedStep, op: OpId) -> St
             site: site.clone(),
             running: u32::try_from(placement.len()).expect("few"),
             restarted: Vec::new(),
+            served_again: None,
             probes: Vec::new(),
         }),
         PlannedStep::Baseline => StepOutcome::Baseline {

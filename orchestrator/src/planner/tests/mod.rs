@@ -271,3 +271,25 @@ fn stopped_on(s: &ClusterState, app: &AppId, host: &HostId) -> BTreeSet<VmId> {
         .map(|(vm, _)| vm.clone())
         .collect()
 }
+
+/// A generated world, every host up, with an app whose VMs are on two hosts: the app,
+/// one host, the other, and a VM on the other.
+fn app_on_two_hosts() -> (ClusterState, AppId, HostId, HostId, VmId) {
+    (0..50)
+        .find_map(|seed| {
+            let mut s = applied(&model(6, 10, 2, seed));
+            hosts_up(&mut s);
+            let found = s.apps.values().find_map(|a| {
+                let mut on: BTreeMap<&HostId, Vec<&VmId>> = BTreeMap::new();
+                for (vm, h) in &a.placement {
+                    on.entry(h).or_default().push(vm);
+                }
+                let mut hosts = on.into_iter();
+                let (one, _) = hosts.next()?;
+                let (other, vms) = hosts.next()?;
+                Some((a.id.clone(), one.clone(), other.clone(), vms[0].clone()))
+            });
+            found.map(|(a, l, o, v)| (s, a, l, o, v))
+        })
+        .expect("a generated app with VMs on two hosts")
+}
