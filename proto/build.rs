@@ -2,7 +2,13 @@
 //! by scripts/install-deps.sh).
 
 /// Every .proto file of package metrodr.v1.
-const PROTOS: &[&str] = &["metrodr.proto", "agent.proto", "spec.proto"];
+const PROTOS: &[&str] = &[
+    "metrodr.proto",
+    "agent.proto",
+    "spec.proto",
+    "state.proto",
+    "audit.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in PROTOS {

@@ -125,62 +125,46 @@ impl Checker {
     }
 }
 
-/// Which hosts last reported each VM running, from the audit log's `vm.state` entries
-/// in order (detail `host H: vm1 Running, vm2 ShutOff (reason)`). A host whose agent
-/// was killed loses its VMs with it (the test driver's VMs live in the agent): `resets`
-/// lists (audit sequence, host) for each kill — every entry after that sequence comes
-/// after the kill.
-pub fn running_ledger<'a>(
-    entries: impl IntoIterator<Item = (u64, &'a str, &'a str)>,
+/// One host's report of its VMs' states, as the audit log records it (its typed
+/// `vm.state` event): per VM, whether it is active there (running or paused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmReport {
+    /// The audit entry's sequence number.
+    pub seq: u64,
+    pub host: String,
+    pub vms: Vec<(String, bool)>,
+}
+
+/// Which hosts last reported each VM running, from the audit log's VM reports in order.
+/// A host whose agent was killed loses its VMs with it (the test driver's VMs live in
+/// the agent): `resets` lists (audit sequence, host) for each kill — every entry after
+/// that sequence comes after the kill.
+pub fn running_ledger(
+    reports: impl IntoIterator<Item = VmReport>,
     resets: &[(u64, String)],
 ) -> BTreeMap<String, BTreeSet<String>> {
     let mut running: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut resets: Vec<&(u64, String)> = resets.iter().collect();
     resets.sort();
     let mut next = 0;
-    for (seq, action, detail) in entries {
-        while next < resets.len() && resets[next].0 < seq {
+    for r in reports {
+        while next < resets.len() && resets[next].0 < r.seq {
             let host = &resets[next].1;
             for hosts in running.values_mut() {
                 hosts.remove(host);
             }
             next += 1;
         }
-        if action != "vm.state" {
-            continue;
-        }
-        let Some((host, states)) = parse_vm_states(detail) else {
-            continue;
-        };
-        for (vm, state) in states {
+        for (vm, active) in r.vms {
             let hosts = running.entry(vm).or_default();
-            if state == "Running" || state == "Paused" {
-                hosts.insert(host.clone());
+            if active {
+                hosts.insert(r.host.clone());
             } else {
-                hosts.remove(&host);
+                hosts.remove(&r.host);
             }
         }
     }
     running
-}
-
-/// `host H: vm1 Running, vm2 ShutOff (not placed here) (reason)` → (H, [(vm, state)]).
-pub fn parse_vm_states(detail: &str) -> Option<(String, Vec<(String, String)>)> {
-    let rest = detail.strip_prefix("host ")?;
-    let (host, rest) = rest.split_once(": ")?;
-    // The reason is the last parenthesised group.
-    let list = match rest.rfind(" (") {
-        Some(i) => &rest[..i],
-        None => rest,
-    };
-    let states = list
-        .split(", ")
-        .filter_map(|item| {
-            let mut w = item.split_whitespace();
-            Some((w.next()?.to_string(), w.next()?.to_string()))
-        })
-        .collect();
-    Some((host.to_string(), states))
 }
 
 /// What the runner saw at the end, after healing and settling.
@@ -409,42 +393,28 @@ mod tests {
 
     #[test]
     fn the_ledger_follows_reports_in_order() {
-        let entries = [
-            (
-                1,
-                "vm.state",
-                "host north-h1: db-1 Running, api-1 Running (reported by the agent)",
-            ),
-            (2, "agent.event", "host north-h1: lease expired"),
-            (
-                3,
-                "vm.state",
-                "host south-h1: db-1 Running (reported by the agent)",
-            ),
-            (
-                4,
-                "vm.state",
-                "host north-h1: db-1 ShutOff (not placed here) (reported by the agent)",
-            ),
-            (
-                5,
-                "vm.state",
-                "host north-h1: api-1 Undefined (found by the agent at registration)",
-            ),
-            (6, "vm.state", "garbage"),
+        let report = |seq, host: &str, vms: &[(&str, bool)]| VmReport {
+            seq,
+            host: host.into(),
+            vms: vms.iter().map(|(v, a)| (v.to_string(), *a)).collect(),
+        };
+        let reports = [
+            report(1, "north-h1", &[("db-1", true), ("api-1", true)]),
+            report(3, "south-h1", &[("db-1", true)]),
+            // The old host confirms the VM is off there (it is placed elsewhere now).
+            report(4, "north-h1", &[("db-1", false)]),
+            report(5, "north-h1", &[("api-1", false)]),
         ];
-        let l = running_ledger(entries, &[]);
+        let l = running_ledger(reports.clone(), &[]);
         assert_eq!(l["db-1"], BTreeSet::from(["south-h1".to_string()]));
         assert!(l["api-1"].is_empty());
         // A killed agent's VMs died with it.
-        let l = running_ledger(entries[..3].iter().copied(), &[(1, "north-h1".into())]);
+        let l = running_ledger(reports[..2].iter().cloned(), &[(1, "north-h1".into())]);
         assert_eq!(l["db-1"], BTreeSet::from(["south-h1".to_string()]));
         assert!(l["api-1"].is_empty());
-        assert_eq!(
-            parse_vm_states("host h: a Running (x (y))"),
-            Some(("h".into(), vec![("a".into(), "Running".into())]))
-        );
-        assert_eq!(parse_vm_states("nothing"), None);
+        // Without the kill, north still runs both.
+        let l = running_ledger(reports[..2].iter().cloned(), &[]);
+        assert_eq!(l["api-1"], BTreeSet::from(["north-h1".to_string()]));
     }
 
     fn end() -> EndState {

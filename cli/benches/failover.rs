@@ -1046,8 +1046,8 @@ async fn check_south(addrs: &[String], row: &mut Row) {
     let apps = apps.unwrap().into_inner().apps;
     let wrong: Vec<String> = apps
         .iter()
-        .filter(|a| a.active_site != "south" || a.state != "running")
-        .map(|a| format!("{} {} at {}", a.id, a.state, a.active_site))
+        .filter(|a| a.active_site != "south" || a.health != i32::from(pb::AppHealth::Running))
+        .map(|a| format!("{} {} at {}", a.id, a.summary, a.active_site))
         .collect();
     if apps.len() != n || !wrong.is_empty() {
         row.why.push(format!(

@@ -402,8 +402,12 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
             apps: s
                 .apps
                 .iter()
-                .map(|a| serde_json::json!({"id": a.id, "tier": a.tier, "active_site": a.active_site, "state": a.state}))
-                .collect(),
+                .map(|a| {
+                    let st = app_health(a)?;
+                    Ok(serde_json::json!({"id": a.id, "tier": a.tier, "active_site": a.active_site,
+                        "state": st.health, "reasons": st.reasons, "why": a.summary}))
+                })
+                .collect::<anyhow::Result<_>>()?,
         })?,
         Output::Table => {
             if !s.initialized {
@@ -450,15 +454,31 @@ pub async fn status(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An app's health and its reasons, as the cluster sent them.
+fn app_health(a: &pb::AppStatus) -> anyhow::Result<orchestrator::state::AppStatus> {
+    orchestrator::wire::app_status_from_wire(a)
+        .with_context(|| format!("the cluster's status of app {} does not decode", a.id))
+}
+
 fn print_apps(apps: &[pb::AppStatus]) {
-    let mut t = table(&["app", "tier", "active site", "preferred", "state", "VMs"]);
+    let mut t = table(&[
+        "app",
+        "tier",
+        "active site",
+        "preferred",
+        "state",
+        "why",
+        "VMs",
+    ]);
     for a in apps {
+        let health = app_health(a).map_or_else(|e| format!("{e:#}"), |st| st.health.to_string());
         t.add_row(vec![
             a.id.clone(),
             a.tier.to_string(),
             a.active_site.clone(),
             a.preferred_site.clone(),
-            a.state.clone(),
+            health,
+            a.summary.clone(),
             a.placement
                 .iter()
                 .map(|p| format!("{}@{}", p.vm, p.host))
@@ -482,11 +502,13 @@ pub async fn app_list(c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> 
             &r.apps
                 .iter()
                 .map(|a| {
-                    serde_json::json!({"id": a.id, "name": a.name, "tier": a.tier, "active_site": a.active_site,
-                    "preferred_site": a.preferred_site, "state": a.state, "desired": a.desired,
-                    "placement": a.placement.iter().map(|p| (p.vm.clone(), p.host.clone())).collect::<BTreeMap<_, _>>()})
+                    let st = app_health(a)?;
+                    Ok(serde_json::json!({"id": a.id, "name": a.name, "tier": a.tier, "active_site": a.active_site,
+                    "preferred_site": a.preferred_site, "state": st.health, "reasons": st.reasons, "why": a.summary,
+                    "desired": a.desired,
+                    "placement": a.placement.iter().map(|p| (p.vm.clone(), p.host.clone())).collect::<BTreeMap<_, _>>()}))
                 })
-                .collect::<Vec<_>>(),
+                .collect::<anyhow::Result<Vec<_>>>()?,
         )?,
         Output::Table => print_apps(&r.apps),
     }
@@ -578,11 +600,23 @@ pub async fn audit(cmd: AuditCmd, c: &ClusterArgs, out: Output) -> anyhow::Resul
                 .map_err(|e| orchestrator::client::ClientError::from_status(&client.addr, e))?
                 .into_inner();
             match out {
-                Output::Json => print_json(&serde_json::json!({
-                    "total": r.total,
-                    "entries": r.entries.iter().map(|e| serde_json::json!({"seq": e.seq, "at_ms": e.at_ms, "actor": e.actor,
-                        "action": e.action, "detail": e.detail, "prev": e.prev, "digest": e.digest})).collect::<Vec<_>>(),
-                }))?,
+                Output::Json => {
+                    let mut entries = Vec::new();
+                    for e in &r.entries {
+                        // The typed event, as the orchestrator's records serialize it.
+                        let event = match e.event.clone() {
+                            Some(ev) => serde_json::to_value(
+                                orchestrator::wire::audit_event_from_wire(ev).with_context(
+                                    || format!("audit entry {} does not decode", e.seq),
+                                )?,
+                            )?,
+                            None => serde_json::Value::Null,
+                        };
+                        entries.push(serde_json::json!({"seq": e.seq, "at_ms": e.at_ms, "actor": e.actor,
+                            "action": e.action, "detail": e.detail, "event": event, "prev": e.prev, "digest": e.digest}));
+                    }
+                    print_json(&serde_json::json!({ "total": r.total, "entries": entries }))?
+                }
                 Output::Table => {
                     let mut t = table(&["seq", "age", "actor", "action", "detail", "digest"]);
                     for e in &r.entries {

@@ -764,8 +764,6 @@ mod tests {
             plan: Some(Box::new(p.clone())),
             lost_ms: None,
             approved: Vec::new(),
-            audit_first_seq: None,
-            audit_last_seq: None,
         }
     }
 

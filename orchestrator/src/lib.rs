@@ -41,6 +41,7 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod test_support;
+pub mod wire;
 
 /// Generated gRPC code for `proto/metrodr.proto` (the `proto` crate).
 pub use proto::pb;

@@ -4,9 +4,10 @@
 //! Every claim and check comes from typed records: the steps' kinds and outcomes (the
 //! snapshot's sequence number, the isolation the agents verified, production as each
 //! drill check saw it, the epochs promoted), and the audit entries the operation
-//! recorded as its first and last. Every node builds the same report from the same
-//! committed state, and Ed25519 signatures are deterministic, so any node holding the
-//! cluster key signs the same bytes. Rendering and signing live in the `drills` crate.
+//! recorded as its start and finish (typed audit events). Every node builds the same
+//! report from the same committed state, and Ed25519 signatures are deterministic, so
+//! any node holding the cluster key signs the same bytes. Rendering and signing live in
+//! the `drills` crate.
 //!
 //! Never: search a step's name or a message's text for a claim.
 
@@ -15,8 +16,8 @@ use topology::AppId;
 
 use crate::planner::{DrillKind, Plan, PlannedStep};
 use crate::state::{
-    AgentDid, ClusterState, OpKind, OpStatus, Operation, Production, Step, StepKind, StepOutcome,
-    StepResult,
+    AgentDid, AuditEvent, ClusterState, OpKind, OpStatus, Operation, Production, Step, StepKind,
+    StepOutcome, StepResult,
 };
 
 /// The report's name for the kind of `o`.
@@ -43,13 +44,20 @@ pub fn status(s: OpStatus) -> &'static str {
 
 /// The audit entries from the operation's start to its end (or to the newest entry
 /// while it runs); the digest is the chain's digest at the slice's last entry, which
-/// covers it and everything before it. The operation records the sequence numbers of
-/// the entries that started and finished it (operations recorded before it did have
-/// an empty slice).
+/// covers it and everything before it. The slice is found by the typed events that
+/// started and finished the operation (`OpStarted`, `OpFinished`).
 pub fn audit_slice(state: &ClusterState, o: &Operation) -> AuditSlice {
-    let from = o.audit_first_seq;
-    let to = o
-        .audit_last_seq
+    let from = state
+        .audit
+        .values()
+        .find(|e| matches!(e.event, AuditEvent::OpStarted { op, .. } if op == o.id))
+        .map(|e| e.seq);
+    let to = state
+        .audit
+        .values()
+        .rev()
+        .find(|e| matches!(e.event, AuditEvent::OpFinished { op, .. } if op == o.id))
+        .map(|e| e.seq)
         .or_else(|| state.audit.last().map(|(k, _)| *k));
     match (from, to) {
         (Some(from), Some(to)) if to >= from => AuditSlice {

@@ -66,13 +66,6 @@ fn command_error(
     stderr: &[u8],
 ) -> GuestError {
     let text = String::from_utf8_lossy(stderr);
-    // apt-get download as root always warns that `_apt` cannot write to the current
-    // directory; that is not why anything failed, so leave it out.
-    let text = text
-        .lines()
-        .filter(|line| !line.contains("Download is performed unsandboxed"))
-        .collect::<Vec<_>>()
-        .join("\n");
     let text = text.trim();
     // Keep the end: apt and dpkg put the actual error last.
     let skip = text.chars().count().saturating_sub(STDERR_MAX_CHARS);
@@ -135,11 +128,12 @@ pub(super) fn ensure_deb(cache_dir: &Path, package: &str) -> Result<PathBuf, Gue
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)
         .map_err(|e| GuestError::io("creating download directory", &staging, e))?;
-    // As root, apt-get warns that `_apt` cannot write here and downloads unsandboxed:
-    // harmless, and the reason this is run in a directory of its own.
+    // Downloaded as the user running this (root, in a directory of its own), not as
+    // apt's sandbox user `_apt`, who cannot write here: apt would warn about it on every
+    // download and that warning would read like the error when something fails.
     let result = run(
         Command::new("apt-get")
-            .args(["download", "-q", package])
+            .args(["-o", "APT::Sandbox::User=root", "download", "-q", package])
             .current_dir(&staging)
             .env("LC_ALL", "C"),
         &format!("downloading {package}"),

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chaos::invariants::{
-    Checker, EndState, ReplicaObs, Violation, VolumeObs, check_end, running_ledger,
+    Checker, EndState, ReplicaObs, Violation, VmReport, VolumeObs, check_end, running_ledger,
 };
 use chaos::scenario::Scenario;
 use orchestrator::client::Client;
 use orchestrator::pb;
-use orchestrator::state::{OpStatus, Operation};
+use orchestrator::state::{AuditEvent, OpStatus, Operation};
 use serde::Serialize;
 
 use super::Lab;
@@ -102,6 +102,34 @@ async fn audit(c: &Client) -> anyhow::Result<Vec<pb::AuditEntry>> {
         }
         from = last + 1;
     }
+}
+
+/// The audit log's VM reports, from their typed events. An entry without a typed event,
+/// or one that does not decode, is an error: the checker must not skip what it cannot
+/// read.
+fn vm_reports(log: &[pb::AuditEntry]) -> anyhow::Result<Vec<VmReport>> {
+    let mut out = Vec::new();
+    for e in log {
+        let event = e.event.clone().with_context(|| {
+            format!(
+                "audit entry {} carries no typed event (a node of another metrodr version?)",
+                e.seq
+            )
+        })?;
+        let event = orchestrator::wire::audit_event_from_wire(event)
+            .with_context(|| format!("audit entry {} does not decode", e.seq))?;
+        if let AuditEvent::VmStates { host, changes, .. } = event {
+            out.push(VmReport {
+                seq: e.seq,
+                host: host.to_string(),
+                vms: changes
+                    .into_iter()
+                    .map(|c| (c.vm.to_string(), c.state.is_active()))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 async fn operations(c: &Client) -> Vec<Operation> {
@@ -377,11 +405,7 @@ async fn drive(
     };
     let log = audit(&c).await?;
     let running = {
-        let mut l = running_ledger(
-            log.iter()
-                .map(|e| (e.seq, e.action.as_str(), e.detail.as_str())),
-            &resets,
-        );
+        let mut l = running_ledger(vm_reports(&log)?, &resets);
         for a in &lab.topo.apps {
             for vm in &a.vms {
                 l.entry(vm.id.to_string()).or_default();

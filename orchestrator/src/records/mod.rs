@@ -24,6 +24,7 @@ pub use proto::agent::{
     AgentAction, AgentEvent, CommandFailure, CommandOutcome, CommandTarget, Executed, LinkReport,
     VmState,
 };
+pub(crate) use step::cut;
 pub use step::{FailureReason, Step, StepAt, StepFailure, StepKind, StepResult};
 
 /// A site as the leader sees it.

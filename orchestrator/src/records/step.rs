@@ -124,17 +124,24 @@ impl StepFailure {
     pub const MAX_MESSAGE_LEN: usize = 4000;
 
     pub fn new(reason: FailureReason, message: impl Into<String>) -> StepFailure {
-        let mut message = message.into();
-        if message.len() > Self::MAX_MESSAGE_LEN {
-            let mut cut = Self::MAX_MESSAGE_LEN;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
+        StepFailure {
+            reason,
+            message: cut(message.into(), Self::MAX_MESSAGE_LEN),
         }
-        StepFailure { reason, message }
     }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), the cut marked with `…`.
+pub(crate) fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
+    }
+    text
 }
 
 impl fmt::Display for StepFailure {

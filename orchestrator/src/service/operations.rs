@@ -186,7 +186,14 @@ pub async fn recover_site(
             command: Command::RecoverSite { site: site.clone() },
         })
         .await?;
-    let not_up_to_date = node.state.read().state.replicas_behind(&site);
+    let not_up_to_date = node
+        .state
+        .read()
+        .state
+        .replicas_behind(&site)
+        .into_iter()
+        .map(|(v, d)| format!("{v} ({d:?})"))
+        .collect();
     Ok(RecoverSiteReply {
         audit_seq: w.audit_seq,
         not_up_to_date,

@@ -42,6 +42,10 @@ pub(crate) fn actor(a: &str) -> Result<String, Status> {
 
 pub fn app_status(s: &ClusterState, a: &state::AppRecord) -> AppStatus {
     let model = s.topology().and_then(|t| t.model.app(&a.id));
+    let status = s.app_status(&a.id).unwrap_or(state::AppStatus {
+        health: state::AppHealth::Down,
+        reasons: Vec::new(),
+    });
     AppStatus {
         id: a.id.to_string(),
         name: model.map(|m| m.name.clone()).unwrap_or_default(),
@@ -50,7 +54,6 @@ pub fn app_status(s: &ClusterState, a: &state::AppRecord) -> AppStatus {
         preferred_site: model
             .map(|m| m.preferred_site.to_string())
             .unwrap_or_default(),
-        state: name(&a.state),
         desired: name(&a.desired),
         placement: a
             .placement
@@ -59,6 +62,13 @@ pub fn app_status(s: &ClusterState, a: &state::AppRecord) -> AppStatus {
                 vm: vm.to_string(),
                 host: host.to_string(),
             })
+            .collect(),
+        health: crate::wire::app_health_to_wire(status.health).into(),
+        summary: status.summary(),
+        reasons: status
+            .reasons
+            .iter()
+            .map(crate::wire::app_reason_to_wire)
             .collect(),
     }
 }
@@ -72,6 +82,7 @@ fn audit_pb(e: &state::AuditEntry) -> AuditEntry {
         detail: e.detail.clone(),
         prev: e.prev.clone(),
         digest: e.digest.clone(),
+        event: Some(crate::wire::audit_event_to_wire(&e.event)),
     }
 }
 

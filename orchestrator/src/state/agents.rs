@@ -56,20 +56,16 @@ impl ClusterState {
             rec.fenced_ms = Some(req.at_ms);
         }
         Ok((
-            "host.register",
-            format!(
-                "host {host}: agent {} registered ({} vCPUs, {} MiB, {} {}); {old:?} -> Up{}",
-                inventory.agent_version,
-                inventory.vcpus,
-                inventory.memory_bytes >> 20,
-                inventory.hypervisor,
-                inventory.domain_type,
-                if fenced {
-                    "; it fenced its VMs when its lease ran out"
-                } else {
-                    ""
-                }
-            ),
+            AuditEvent::HostRegistered {
+                host: host.clone(),
+                agent_version: inventory.agent_version.clone(),
+                vcpus: inventory.vcpus,
+                memory_mib: inventory.memory_bytes >> 20,
+                hypervisor: inventory.hypervisor.clone(),
+                domain_type: inventory.domain_type.clone(),
+                from: old,
+                fenced,
+            },
             Outcome::Done,
         ))
     }
@@ -209,20 +205,18 @@ impl ClusterState {
             );
             ids.push(CommandId(next));
         }
-        let summary: Vec<String> = commands
+        let listed = commands
             .iter()
             .zip(&ids)
-            .take(10)
-            .map(|((h, a), id)| format!("{id} {} {} on {h}", a.name(), a.target()))
+            .take(MAX_LISTED)
+            .map(|((h, a), id)| (*id, h.clone(), a.name().to_string(), a.target().to_string()))
             .collect();
         Ok((
-            "agent.command",
-            format!(
-                "{} command(s) by {issuer}: {}{}",
-                ids.len(),
-                summary.join(", "),
-                if ids.len() > 10 { ", …" } else { "" }
-            ),
+            AuditEvent::CommandsIssued {
+                issuer: issuer.clone(),
+                listed,
+                total: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            },
             Outcome::Commands(ids),
         ))
     }
@@ -269,26 +263,20 @@ impl ClusterState {
             };
             let ok = executed.is_ok();
             if let Some(rec) = self.commands.get_mut(&r.id.0) {
-                recorded.push(format!(
-                    "{} {} {}: {}",
+                recorded.push((
                     r.id,
-                    rec.action.name(),
-                    rec.action.target(),
-                    if ok { "ok" } else { "FAILED" }
+                    rec.action.name().to_string(),
+                    rec.action.target().to_string(),
+                    ok,
                 ));
                 rec.status = CommandStatus::reported(executed, req.at_ms);
             }
         }
-        if recorded.is_empty() {
-            return Ok((
-                "agent.result",
-                format!("host {host}: results already recorded"),
-                Outcome::Done,
-            ));
-        }
         Ok((
-            "agent.result",
-            format!("host {host}: {}", recorded.join(", ")),
+            AuditEvent::CommandResults {
+                host: host.clone(),
+                recorded,
+            },
             Outcome::Done,
         ))
     }
@@ -334,7 +322,11 @@ impl ClusterState {
                 // there), unless it says what it said before.
                 let said = self.vms.get(vm).is_some_and(|r| r.state == *state);
                 if !said {
-                    changes.push(format!("{vm} {state:?} (not placed here)"));
+                    changes.push(VmStateChange {
+                        vm: vm.clone(),
+                        state: *state,
+                        placed_here: false,
+                    });
                 }
                 continue;
             }
@@ -345,7 +337,11 @@ impl ClusterState {
             if unchanged {
                 continue;
             }
-            changes.push(format!("{vm} {state:?}"));
+            changes.push(VmStateChange {
+                vm: vm.clone(),
+                state: *state,
+                placed_here: true,
+            });
             self.vms.insert(
                 vm.clone(),
                 VmRecord {
@@ -372,8 +368,11 @@ impl ClusterState {
             }
         }
         Ok((
-            "vm.state",
-            format!("host {host}: {} ({reason})", changes.join(", ")),
+            AuditEvent::VmStates {
+                host: host.clone(),
+                changes,
+                reason: reason.to_string(),
+            },
             Outcome::Done,
         ))
     }
@@ -382,13 +381,18 @@ impl ClusterState {
         if !self.hosts.contains(host) {
             return Err(not_found("host", host.as_str()));
         }
-        let text = event.to_string();
-        if text.len() > MAX_REASON_LEN {
+        if event.to_string().len() > MAX_REASON_LEN {
             return reject(
                 RejectKind::Invalid,
                 format!("the event is longer than {MAX_REASON_LEN} bytes"),
             );
         }
-        Ok(("agent.event", format!("host {host}: {text}"), Outcome::Done))
+        Ok((
+            AuditEvent::Agent {
+                host: host.clone(),
+                event: event.clone(),
+            },
+            Outcome::Done,
+        ))
     }
 }

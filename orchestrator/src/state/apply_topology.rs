@@ -276,17 +276,17 @@ impl ClusterState {
                 model: model.clone(),
             },
         );
+        let n = |k: usize| u32::try_from(k).unwrap_or(u32::MAX);
         Ok((
-            "topology.apply",
-            format!(
-                "version {version} (sha256 {}…): {} hosts, {} apps, {} volumes; removed {} apps, {} hosts",
-                &digest[..12],
-                model.hosts.len(),
-                model.apps.len(),
-                new_vols.len(),
-                removed_apps.len(),
-                gone.len()
-            ),
+            AuditEvent::TopologyApplied {
+                version,
+                digest,
+                hosts: n(model.hosts.len()),
+                apps: n(model.apps.len()),
+                volumes: n(new_vols.len()),
+                removed_apps: n(removed_apps.len()),
+                removed_hosts: n(gone.len()),
+            },
             Outcome::TopologyVersion(version),
         ))
     }

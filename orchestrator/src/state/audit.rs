@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::AuditEvent;
+
 /// Digest of "nothing before the first entry".
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -19,31 +21,38 @@ pub struct AuditEntry {
     pub at_ms: u64,
     /// Who: an operator identity, or `metrodr` for automatic decisions.
     pub actor: String,
-    /// What, as a stable dotted name (`topology.apply`, `site.state`, …).
+    /// What, as a stable dotted name (`topology.apply`, `site.state`, …): the event's
+    /// [`AuditEvent::action`].
     pub action: String,
-    /// Details for humans.
+    /// Details for humans: the event's `Display`.
     pub detail: String,
+    /// What happened, typed: what readers decide on.
+    pub event: AuditEvent,
     /// Digest of the previous entry (hex), [`GENESIS`] for the first.
     pub prev: String,
     /// Digest of this entry (hex).
     pub digest: String,
 }
 
-/// The digest an entry must carry, computed from its fields and `prev`.
+/// The digest an entry must carry, computed from its fields and `prev`: the typed event
+/// (its canonical JSON) and the text both, so changing either breaks the chain.
 pub fn digest_of(
     seq: u64,
     at_ms: u64,
     actor: &str,
     action: &str,
     detail: &str,
+    event: &AuditEvent,
     prev: &str,
 ) -> String {
     let mut h = Sha256::new();
     // Length-prefixed fields: no two different entries encode to the same bytes.
-    h.update(b"metrodr-audit-v1");
+    h.update(b"metrodr-audit-v2");
     h.update(seq.to_be_bytes());
     h.update(at_ms.to_be_bytes());
-    for field in [actor, action, detail, prev] {
+    // The event's fields are structs, enums and vectors (no maps): its JSON is canonical.
+    let event = serde_json::to_string(event).unwrap_or_default();
+    for field in [actor, action, detail, &event, prev] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
@@ -51,15 +60,18 @@ pub fn digest_of(
 }
 
 impl AuditEntry {
-    pub fn new(seq: u64, at_ms: u64, actor: &str, action: &str, detail: &str, prev: &str) -> Self {
+    pub fn new(seq: u64, at_ms: u64, actor: &str, event: AuditEvent, prev: &str) -> Self {
+        let action = event.action().to_string();
+        let detail = event.to_string();
         AuditEntry {
             seq,
             at_ms,
             actor: actor.to_string(),
-            action: action.to_string(),
-            detail: detail.to_string(),
+            digest: digest_of(seq, at_ms, actor, &action, &detail, &event, prev),
+            action,
+            detail,
+            event,
             prev: prev.to_string(),
-            digest: digest_of(seq, at_ms, actor, action, detail, prev),
         }
     }
 
@@ -70,6 +82,7 @@ impl AuditEntry {
             &self.actor,
             &self.action,
             &self.detail,
+            &self.event,
             &self.prev,
         )
     }
@@ -140,7 +153,10 @@ mod tests {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|i| {
-                let e = AuditEntry::new(i, 1000 + i, "alice", "note", &format!("entry {i}"), &prev);
+                let note = AuditEvent::Note {
+                    text: format!("entry {i}"),
+                };
+                let e = AuditEntry::new(i, 1000 + i, "alice", note, &prev);
                 prev = e.digest.clone();
                 e
             })
@@ -163,6 +179,13 @@ mod tests {
         c[2].detail.push('!');
         assert_eq!(verify(&c).broken.map(|b| b.0), Some(3));
 
+        // The typed event is covered too: a reader that decides on it cannot be fooled.
+        let mut c = chain(5);
+        c[2].event = AuditEvent::Note {
+            text: "something else".into(),
+        };
+        assert_eq!(verify(&c).broken.map(|b| b.0), Some(3));
+
         let mut c = chain(5);
         c.remove(1);
         assert_eq!(verify(&c).broken.map(|b| b.0), Some(2));
@@ -180,9 +203,12 @@ mod tests {
 
     #[test]
     fn field_boundaries_matter() {
+        let e = AuditEvent::Note {
+            text: String::new(),
+        };
         assert_ne!(
-            digest_of(1, 1, "ab", "c", "", GENESIS),
-            digest_of(1, 1, "a", "bc", "", GENESIS)
+            digest_of(1, 1, "ab", "c", "", &e, GENESIS),
+            digest_of(1, 1, "a", "bc", "", &e, GENESIS)
         );
     }
 }

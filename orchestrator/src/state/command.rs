@@ -186,8 +186,8 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// What applying a command yields: (audit action, audit detail, outcome), or why not.
-pub(super) type Applied = Result<(&'static str, String, Outcome), Rejection>;
+/// What applying a command yields: its audit event and outcome, or why not.
+pub(super) type Applied = Result<(super::AuditEvent, Outcome), Rejection>;
 
 pub(super) fn reject<T>(kind: RejectKind, reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection {

@@ -10,9 +10,11 @@
 //! down, a second primary appear, or a non-UpToDate replica become primary.
 
 mod agents;
+mod app_status;
 mod apply_topology;
 pub mod audit;
 mod command;
+mod event;
 mod invariants;
 mod operations;
 mod queries;
@@ -24,9 +26,11 @@ use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 pub use crate::records::*;
 pub use agents::{CommandResult, MAX_BATCH};
+pub use app_status::{AppHealth, AppReason, AppStatus, VmSeen};
 pub use audit::{AuditEntry, Verification};
 use command::{Applied, check_request, not_found, reject};
 pub use command::{Command, Outcome, Rejection, Request, Response};
+pub use event::{AuditEvent, MAX_LISTED, VmStateChange};
 pub use invariants::Violation;
 pub use operations::Operation;
 pub use queries::served_endpoint;
@@ -123,8 +127,8 @@ impl ClusterState {
                 Err(v) => reject(RejectKind::Invariant, v.to_string()),
             });
         match result {
-            Ok((action, detail, outcome)) => {
-                let seq = self.append_audit(req, action, &detail);
+            Ok((event, outcome)) => {
+                let seq = self.append_audit(req, event);
                 self.seal();
                 Response::Applied {
                     audit_seq: seq,
@@ -138,16 +142,9 @@ impl ClusterState {
         }
     }
 
-    fn append_audit(&mut self, req: &Request, action: &str, detail: &str) -> u64 {
+    fn append_audit(&mut self, req: &Request, event: AuditEvent) -> u64 {
         let seq = self.audit.last().map_or(1, |(s, _)| s + 1);
-        let entry = AuditEntry::new(
-            seq,
-            req.at_ms,
-            &req.actor,
-            action,
-            detail,
-            &self.audit_head(),
-        );
+        let entry = AuditEntry::new(seq, req.at_ms, &req.actor, event, &self.audit_head());
         self.audit.insert(seq, entry);
         seq
     }
@@ -260,8 +257,12 @@ impl ClusterState {
                     rec.downs_ms.drain(..n.saturating_sub(MAX_SITE_DOWNS));
                 }
                 Ok((
-                    "site.state",
-                    format!("site {site}: {old:?} -> {state:?} ({reason})"),
+                    AuditEvent::SiteState {
+                        site: site.clone(),
+                        from: old,
+                        to: *state,
+                        reason: reason.clone(),
+                    },
                     Outcome::Done,
                 ))
             }
@@ -281,8 +282,12 @@ impl ClusterState {
                 rec.reason.clone_from(reason);
                 rec.last_seen_ms = *last_seen_ms;
                 Ok((
-                    "host.state",
-                    format!("host {host}: {old:?} -> {state:?} ({reason})"),
+                    AuditEvent::HostState {
+                        host: host.clone(),
+                        from: old,
+                        to: *state,
+                        reason: reason.clone(),
+                    },
                     Outcome::Done,
                 ))
             }
@@ -294,8 +299,12 @@ impl ClusterState {
                 let old = rec.state;
                 rec.state = *state;
                 Ok((
-                    "app.state",
-                    format!("app {app}: {old:?} -> {state:?} ({reason})"),
+                    AuditEvent::AppState {
+                        app: app.clone(),
+                        from: old,
+                        to: *state,
+                        reason: reason.clone(),
+                    },
                     Outcome::Done,
                 ))
             }
@@ -327,8 +336,12 @@ impl ClusterState {
                 let old = rep.data;
                 rep.data = *data;
                 Ok((
-                    "replica.data",
-                    format!("volume {volume} at {site}: {old:?} -> {data:?}"),
+                    AuditEvent::ReplicaData {
+                        volume: volume.clone(),
+                        site: site.clone(),
+                        from: old,
+                        to: *data,
+                    },
                     Outcome::Done,
                 ))
             }
@@ -360,22 +373,24 @@ impl ClusterState {
                 if text.trim().is_empty() {
                     return reject(RejectKind::Invalid, "the note is empty");
                 }
-                Ok(("note", text.clone(), Outcome::Done))
+                Ok((AuditEvent::Note { text: text.clone() }, Outcome::Done))
             }
-            Command::Membership { change } => {
-                Ok(("cluster.membership", change.clone(), Outcome::Done))
-            }
+            Command::Membership { change } => Ok((
+                AuditEvent::Membership {
+                    change: change.clone(),
+                },
+                Outcome::Done,
+            )),
             Command::Refused {
                 call,
                 reason,
                 security,
             } => Ok((
-                if *security {
-                    "security.refused"
-                } else {
-                    "call.refused"
+                AuditEvent::Refused {
+                    call: call.clone(),
+                    reason: reason.clone(),
+                    security: *security,
                 },
-                format!("{call}: {reason}"),
                 Outcome::Done,
             )),
             Command::RegisterHost {
@@ -426,8 +441,11 @@ impl ClusterState {
         }
         rec.placement.insert(vm.clone(), host.clone());
         Ok((
-            "vm.place",
-            format!("VM {vm} of {app} on host {host}"),
+            AuditEvent::VmPlaced {
+                app: app.clone(),
+                vm: vm.clone(),
+                host: host.clone(),
+            },
             Outcome::Done,
         ))
     }
@@ -480,16 +498,14 @@ impl ClusterState {
             }
         }
         vol.epoch = epoch;
-        let prev = match previous.as_slice() {
-            [] => String::new(),
-            p => format!(
-                " (previous primary {} now secondary, {demoted:?})",
-                p.iter().map(SiteId::as_str).collect::<Vec<_>>().join(", ")
-            ),
-        };
         Ok((
-            "replica.promote",
-            format!("volume {volume}: {site} primary at epoch {epoch}{prev}"),
+            AuditEvent::ReplicaPromoted {
+                volume: volume.clone(),
+                site: site.clone(),
+                epoch,
+                demoted_sites: previous,
+                demoted,
+            },
             Outcome::Epoch(epoch),
         ))
     }

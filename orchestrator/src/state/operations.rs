@@ -6,8 +6,8 @@ use topology::{AppId, HostId, SiteId, SiteRole, VmId, VolumeId};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Applied, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus, Outcome,
-    RejectKind, Rejection, Request, Role, Step, not_found, reject,
+    Applied, AuditEvent, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus,
+    Outcome, RejectKind, Rejection, Request, Role, Step, not_found, reject,
 };
 use crate::plan::{AppMove, Plan, PlannedStep, Trigger};
 
@@ -38,12 +38,6 @@ pub struct Operation {
     /// Apps an operator approved (policy `manual-approval`).
     #[serde(default)]
     pub approved: Vec<AppId>,
-    /// The audit entry that started it (its report covers the audit log from there).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_first_seq: Option<u64>,
-    /// The audit entry that finished it (None while it runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_last_seq: Option<u64>,
 }
 
 impl Operation {
@@ -110,7 +104,6 @@ impl ClusterState {
             }
         }
         let id = self.operations.last().map_or(1, |(k, _)| k + 1);
-        let audit_first_seq = Some(self.next_audit_seq());
         // The restart of what a fence stopped is under way: the host is no longer owed
         // one, unless the plan had to leave an app for later (another operation owns
         // it, or its volumes are not served again yet): the next plan restarts that.
@@ -121,22 +114,12 @@ impl ClusterState {
             h.fenced_ms = None;
         }
         let note = plan.trigger.describe();
-        let names = apps
-            .iter()
-            .map(AppId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let skipped = plan
-            .skipped
-            .iter()
-            .map(|s| format!("; {} skipped: {}", s.app, s.reason))
-            .collect::<String>();
         self.operations.insert(
             id,
             Operation {
                 id: OpId(id),
                 kind: plan.kind,
-                apps,
+                apps: apps.clone(),
                 started_by: req.actor.clone(),
                 started_ms: req.at_ms,
                 ended_ms: None,
@@ -146,18 +129,21 @@ impl ClusterState {
                 plan: Some(Box::new(plan.clone())),
                 lost_ms,
                 approved: Vec::new(),
-                audit_first_seq,
-                audit_last_seq: None,
             },
         );
         Ok((
-            "op.start",
-            format!(
-                "{} {:?} ({note}) of [{names}] in {} wave(s){skipped}",
-                OpId(id),
-                plan.kind,
-                plan.waves.len()
-            ),
+            AuditEvent::OpStarted {
+                op: OpId(id),
+                kind: plan.kind,
+                apps,
+                note,
+                waves: u32::try_from(plan.waves.len()).unwrap_or(u32::MAX),
+                skipped: plan
+                    .skipped
+                    .iter()
+                    .map(|s| (s.app.clone(), s.reason.to_string()))
+                    .collect(),
+            },
             Outcome::Operation(OpId(id)),
         ))
     }
@@ -224,16 +210,7 @@ impl ClusterState {
                 rec.approved.push(a.clone());
             }
         }
-        let names = chosen
-            .iter()
-            .map(AppId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        Ok((
-            "op.approve",
-            format!("{op}: approved [{names}]"),
-            Outcome::Done,
-        ))
+        Ok((AuditEvent::OpApproved { op, apps: chosen }, Outcome::Done))
     }
 
     pub(super) fn move_app(
@@ -320,7 +297,7 @@ impl ClusterState {
                 }
                 (false, Some(e)) => {
                     self.promote(&v.id, to, e, demoted)?;
-                    promoted.push(format!("{}@{e}", v.id));
+                    promoted.push((v.id.clone(), e));
                 }
             }
         }
@@ -334,17 +311,16 @@ impl ClusterState {
         let from = rec.active_site.clone();
         rec.active_site = to.clone();
         rec.placement = placement.iter().cloned().collect();
-        let hosts = placement
-            .iter()
-            .map(|(v, h)| format!("{v}@{h}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         Ok((
-            "app.move",
-            format!(
-                "{op}: app {app} {from} -> {to}; promoted [{}] (old primary {demoted:?}); VMs [{hosts}]",
-                promoted.join(", ")
-            ),
+            AuditEvent::AppMoved {
+                op,
+                app: app.clone(),
+                from,
+                to: to.clone(),
+                promoted,
+                demoted,
+                placement: placement.to_vec(),
+            },
             Outcome::Done,
         ))
     }
@@ -396,10 +372,7 @@ impl ClusterState {
                 .filter(|r| r.role == Role::Secondary)
             {
                 if r.data != target {
-                    changes.push(format!(
-                        "{} at {}: {:?} -> {target:?}",
-                        v.id, r.site, r.data
-                    ));
+                    changes.push((v.id.clone(), r.site.clone(), r.data, target));
                     r.data = target;
                 }
             }
@@ -408,11 +381,14 @@ impl ClusterState {
             return reject(RejectKind::Unchanged, "no replica state changed");
         }
         Ok((
-            "replica.link",
-            format!(
-                "app {app}: primary at {site} epoch {epoch} reports {link:?} ({detail}): {}",
-                changes.join(", ")
-            ),
+            AuditEvent::ReplicaLink {
+                app: app.clone(),
+                site: site.clone(),
+                epoch,
+                link,
+                detail: detail.to_string(),
+                changes,
+            },
             Outcome::Done,
         ))
     }
@@ -443,23 +419,23 @@ impl ClusterState {
             r.downs_ms.clear();
         }
         Ok((
-            "site.recover",
-            format!(
-                "site {site} recovered: {held} past loss(es) forgotten; replicas still to resync: [{}]",
-                behind.join(", ")
-            ),
+            AuditEvent::SiteRecovered {
+                site: site.clone(),
+                losses_forgotten: u32::try_from(held).unwrap_or(u32::MAX),
+                behind,
+            },
             Outcome::Done,
         ))
     }
 
     /// The replicas at `site` that may not be promoted yet: "volume (state)".
-    pub fn replicas_behind(&self, site: &SiteId) -> Vec<String> {
+    pub fn replicas_behind(&self, site: &SiteId) -> Vec<(VolumeId, DataState)> {
         self.volumes
             .values()
             .filter_map(|v| {
                 v.replica(site)
                     .filter(|r| r.data != DataState::UpToDate)
-                    .map(|r| format!("{} ({:?})", v.id, r.data))
+                    .map(|r| (v.id.clone(), r.data))
             })
             .collect()
     }

@@ -8,16 +8,12 @@
 use topology::AppId;
 
 use super::{
-    Applied, ClusterState, MAX_STEPS, OpId, OpKind, OpStatus, Operation, Outcome, RejectKind,
-    Rejection, Request, Step, StepAt, StepResult, not_found, reject, step_key,
+    Applied, AuditEvent, ClusterState, MAX_REASON_LEN, MAX_STEPS, OpId, OpKind, OpStatus,
+    Operation, Outcome, RejectKind, Rejection, Request, Step, StepAt, StepResult, not_found,
+    reject, step_key,
 };
 
 impl ClusterState {
-    /// The sequence number the audit entry of the command being applied gets.
-    pub(super) fn next_audit_seq(&self) -> u64 {
-        self.audit.last().map_or(1, |(s, _)| s + 1)
-    }
-
     pub(super) fn start_operation(
         &mut self,
         req: &Request,
@@ -31,7 +27,6 @@ impl ClusterState {
             }
         }
         let id = self.operations.last().map_or(1, |(k, _)| k + 1);
-        let audit_first_seq = Some(self.next_audit_seq());
         self.operations.insert(
             id,
             Operation {
@@ -47,18 +42,17 @@ impl ClusterState {
                 plan: None,
                 lost_ms: None,
                 approved: Vec::new(),
-                audit_first_seq,
-                audit_last_seq: None,
             },
         );
-        let names = apps
-            .iter()
-            .map(AppId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
         Ok((
-            "op.start",
-            format!("{} {kind:?} of [{names}]: {note}", OpId(id)),
+            AuditEvent::OpStarted {
+                op: OpId(id),
+                kind,
+                apps: apps.to_vec(),
+                note: note.to_string(),
+                waves: 0,
+                skipped: Vec::new(),
+            },
             Outcome::Operation(OpId(id)),
         ))
     }
@@ -72,6 +66,13 @@ impl ClusterState {
             );
         };
         let (kind, name) = (planned.kind(), planned.to_string());
+        let started = |index: u32, again: bool| AuditEvent::StepStarted {
+            op,
+            index,
+            at: at.clone(),
+            kind,
+            again,
+        };
         let app = at.app().or(planned.app()).cloned();
         if let Some(a) = at.app()
             && !self.apps.contains(a)
@@ -86,11 +87,7 @@ impl ClusterState {
                     format!("{op} step {index} ({name}) already finished"),
                 );
             }
-            return Ok((
-                "op.step",
-                format!("{op} step {index} started again: {name}"),
-                Outcome::Step(index),
-            ));
+            return Ok((started(index, true), Outcome::Step(index)));
         }
         let index = self
             .steps_of(op)
@@ -113,11 +110,7 @@ impl ClusterState {
                 result: None,
             },
         );
-        Ok((
-            "op.step",
-            format!("{op} step {index} started: {name}"),
-            Outcome::Step(index),
-        ))
+        Ok((started(index, false), Outcome::Step(index)))
     }
 
     pub(super) fn finish_step(
@@ -151,15 +144,17 @@ impl ClusterState {
         }
         step.ended_ms = Some(req.at_ms);
         step.result = Some(result.clone());
-        let how = match result {
-            StepResult::Done { .. } => "done".to_string(),
-            StepResult::Failed { failure } => format!("failed: {failure}"),
+        // The rendering, cut to an audit entry's size (the step's record keeps it all).
+        let detail = crate::records::cut(result.to_string(), MAX_REASON_LEN);
+        let event = AuditEvent::StepFinished {
+            op,
+            index,
+            at: step.at.clone(),
+            kind: step.kind,
+            ok: result.is_done(),
+            detail,
         };
-        Ok((
-            "op.step",
-            format!("{op} step {index} finished: {how}"),
-            Outcome::Done,
-        ))
+        Ok((event, Outcome::Done))
     }
 
     pub(super) fn finish_operation(
@@ -174,16 +169,10 @@ impl ClusterState {
                 "an operation cannot finish with status running",
             );
         }
-        let last = self.next_audit_seq();
         let rec = self.running_op(op)?;
         rec.status = status;
         rec.ended_ms = Some(req.at_ms);
-        rec.audit_last_seq = Some(last);
-        Ok((
-            "op.finish",
-            format!("{op} finished: {status:?}"),
-            Outcome::Done,
-        ))
+        Ok((AuditEvent::OpFinished { op, status }, Outcome::Done))
     }
 
     /// Steps of `op` in the order they were started, with their index.

@@ -41,8 +41,10 @@ fn open_when_free(dir: &Path) -> Result<LogStore, String> {
     loop {
         match open(dir) {
             Ok((log, _)) => return Ok(log),
+            // The lock of a just-stopped instance is an I/O error of RocksDB's: retried
+            // until the deadline (a real I/O problem stays and ends it).
             Err(OpenError::Open { source, .. })
-                if source.to_string().contains("lock") && Instant::now() < deadline =>
+                if source.kind() == rocksdb::ErrorKind::IOError && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -36,8 +36,8 @@ pub use sm::{SharedState, StateMachineStore};
 /// 2 (2026-12): agent commands carry their issuer, typed results and events; plans
 /// carry every step of each app's move with its parameters (and a drill's closing and
 /// interruption steps), skipped apps a typed reason; a step record names its place in
-/// the plan and ends with a typed outcome or failure; an operation names the audit
-/// entries that began and finished it.
+/// the plan and ends with a typed outcome or failure; audit entries carry a typed
+/// event (audit v2).
 pub const FORMAT_VERSION: u64 = 2;
 
 pub(crate) const CF_LOGS: &str = "logs";

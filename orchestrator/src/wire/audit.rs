@@ -1,0 +1,793 @@
+//! Typed audit events on the wire (`audit.proto`), both ways.
+
+use proto::agent::wire::{
+    event_from_wire, event_to_wire, link_from_wire, link_to_wire, vm_state_from_wire,
+    vm_state_to_wire,
+};
+use topology::{AppId, HostId, SiteId, VmId, VolumeId};
+
+use super::WireError;
+use super::states::*;
+use crate::pb;
+use crate::pb::audit_event::Event as E;
+use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, StepAt, StepKind, VmStateChange};
+
+fn s<T: ToString>(v: &T) -> String {
+    v.to_string()
+}
+
+fn strs<T: ToString>(v: &[T]) -> Vec<String> {
+    v.iter().map(ToString::to_string).collect()
+}
+
+/// A checked id from the wire.
+fn id<T>(what: &'static str, v: String, make: fn(String) -> T) -> Result<T, WireError> {
+    match topology::ids::check_id(&v) {
+        Ok(()) => Ok(make(v)),
+        Err(why) => Err(WireError::BadId {
+            what,
+            value: v.chars().take(80).collect(),
+            why,
+        }),
+    }
+}
+
+fn ids<T>(what: &'static str, v: Vec<String>, make: fn(String) -> T) -> Result<Vec<T>, WireError> {
+    v.into_iter().map(|x| id(what, x, make)).collect()
+}
+
+fn app(v: String) -> Result<AppId, WireError> {
+    id("app", v, AppId::new)
+}
+fn site(v: String) -> Result<SiteId, WireError> {
+    id("site", v, SiteId::new)
+}
+fn host(v: String) -> Result<HostId, WireError> {
+    id("host", v, HostId::new)
+}
+fn vm(v: String) -> Result<VmId, WireError> {
+    id("vm", v, VmId::new)
+}
+fn volume(v: String) -> Result<VolumeId, WireError> {
+    id("volume", v, VolumeId::new)
+}
+
+fn step_at_to_wire(at: &StepAt) -> pb::StepAt {
+    use pb::step_at::Part;
+    let part = match at {
+        StepAt::App { app, index } => Part::App(pb::AppStepAt {
+            app: s(app),
+            index: *index,
+        }),
+        StepAt::Closing { index } => Part::Closing(*index),
+        StepAt::Interrupted { index } => Part::Interrupted(*index),
+    };
+    pb::StepAt { part: Some(part) }
+}
+
+fn step_at_from_wire(at: Option<pb::StepAt>) -> Result<StepAt, WireError> {
+    use pb::step_at::Part;
+    match at.and_then(|a| a.part) {
+        Some(Part::App(x)) => Ok(StepAt::App {
+            app: app(x.app)?,
+            index: x.index,
+        }),
+        Some(Part::Closing(index)) => Ok(StepAt::Closing { index }),
+        Some(Part::Interrupted(index)) => Ok(StepAt::Interrupted { index }),
+        None => Err(WireError::Missing {
+            what: "a step's place in its plan",
+        }),
+    }
+}
+
+/// A step's kind by its serialized name (`health-gate`, …).
+fn step_kind_to_wire(kind: StepKind) -> String {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+/// A kind this metrodr does not know (a newer one wrote it) reads as `Unknown`.
+fn step_kind_from_wire(name: &str) -> StepKind {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(StepKind::Unknown)
+}
+
+pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
+    let ev = match e {
+        AuditEvent::TopologyApplied {
+            version,
+            digest,
+            hosts,
+            apps,
+            volumes,
+            removed_apps,
+            removed_hosts,
+        } => E::TopologyApplied(pb::TopologyApplied {
+            version: *version,
+            digest: digest.clone(),
+            hosts: *hosts,
+            apps: *apps,
+            volumes: *volumes,
+            removed_apps: *removed_apps,
+            removed_hosts: *removed_hosts,
+        }),
+        AuditEvent::SiteState {
+            site,
+            from,
+            to,
+            reason,
+        } => E::SiteState(pb::SiteStateChange {
+            site: s(site),
+            from: site_state_to_wire(*from).into(),
+            to: site_state_to_wire(*to).into(),
+            reason: reason.clone(),
+        }),
+        AuditEvent::HostState {
+            host,
+            from,
+            to,
+            reason,
+        } => E::HostState(pb::HostStateChange {
+            host: s(host),
+            from: host_state_to_wire(*from).into(),
+            to: host_state_to_wire(*to).into(),
+            reason: reason.clone(),
+        }),
+        AuditEvent::AppState {
+            app,
+            from,
+            to,
+            reason,
+        } => E::AppState(pb::AppStateChange {
+            app: s(app),
+            from: app_state_to_wire(*from).into(),
+            to: app_state_to_wire(*to).into(),
+            reason: reason.clone(),
+        }),
+        AuditEvent::VmPlaced { app, vm, host } => E::VmPlaced(pb::VmPlaced {
+            app: s(app),
+            vm: s(vm),
+            host: s(host),
+        }),
+        AuditEvent::ReplicaPromoted {
+            volume,
+            site,
+            epoch,
+            demoted_sites,
+            demoted,
+        } => E::ReplicaPromoted(pb::ReplicaPromoted {
+            volume: s(volume),
+            site: s(site),
+            epoch: epoch.0,
+            demoted_sites: strs(demoted_sites),
+            demoted: data_state_to_wire(*demoted).into(),
+        }),
+        AuditEvent::ReplicaData {
+            volume,
+            site,
+            from,
+            to,
+        } => E::ReplicaData(pb::ReplicaData {
+            volume: s(volume),
+            site: s(site),
+            from: data_state_to_wire(*from).into(),
+            to: data_state_to_wire(*to).into(),
+        }),
+        AuditEvent::OpStarted {
+            op,
+            kind,
+            apps,
+            note,
+            waves,
+            skipped,
+        } => E::OpStarted(pb::OpStarted {
+            op: op.0,
+            kind: op_kind_to_wire(*kind).into(),
+            apps: strs(apps),
+            note: note.clone(),
+            waves: *waves,
+            skipped: skipped
+                .iter()
+                .map(|(a, r)| pb::SkippedApp {
+                    app: s(a),
+                    reason: r.clone(),
+                })
+                .collect(),
+        }),
+        AuditEvent::StepStarted {
+            op,
+            index,
+            at,
+            kind,
+            again,
+        } => E::StepStarted(pb::StepStarted {
+            op: op.0,
+            index: *index,
+            at: Some(step_at_to_wire(at)),
+            kind: step_kind_to_wire(*kind),
+            again: *again,
+        }),
+        AuditEvent::StepFinished {
+            op,
+            index,
+            at,
+            kind,
+            ok,
+            detail,
+        } => E::StepFinished(pb::StepFinished {
+            op: op.0,
+            index: *index,
+            ok: *ok,
+            detail: detail.clone(),
+            at: Some(step_at_to_wire(at)),
+            kind: step_kind_to_wire(*kind),
+        }),
+        AuditEvent::OpFinished { op, status } => E::OpFinished(pb::OpFinished {
+            op: op.0,
+            status: op_status_to_wire(*status).into(),
+        }),
+        AuditEvent::OpApproved { op, apps } => E::OpApproved(pb::OpApproved {
+            op: op.0,
+            apps: strs(apps),
+        }),
+        AuditEvent::AppMoved {
+            op,
+            app,
+            from,
+            to,
+            promoted,
+            demoted,
+            placement,
+        } => E::AppMoved(pb::AppMoved {
+            op: op.0,
+            app: s(app),
+            from: s(from),
+            to: s(to),
+            promoted: promoted
+                .iter()
+                .map(|(v, e)| pb::VolumeEpoch {
+                    volume: s(v),
+                    epoch: e.0,
+                })
+                .collect(),
+            demoted: data_state_to_wire(*demoted).into(),
+            placement: placement
+                .iter()
+                .map(|(v, h)| pb::VmHost {
+                    vm: s(v),
+                    host: s(h),
+                })
+                .collect(),
+        }),
+        AuditEvent::ReplicaLink {
+            app,
+            site,
+            epoch,
+            link,
+            detail,
+            changes,
+        } => E::ReplicaLink(pb::ReplicaLink {
+            app: s(app),
+            site: s(site),
+            epoch: epoch.0,
+            link: link_to_wire(*link).into(),
+            detail: detail.clone(),
+            changes: changes
+                .iter()
+                .map(|(v, st, from, to)| pb::DataChange {
+                    volume: s(v),
+                    site: s(st),
+                    from: data_state_to_wire(*from).into(),
+                    to: data_state_to_wire(*to).into(),
+                })
+                .collect(),
+        }),
+        AuditEvent::SiteRecovered {
+            site,
+            losses_forgotten,
+            behind,
+        } => E::SiteRecovered(pb::SiteRecovered {
+            site: s(site),
+            losses_forgotten: *losses_forgotten,
+            behind: behind
+                .iter()
+                .map(|(v, d)| pb::VolumeData {
+                    volume: s(v),
+                    data: data_state_to_wire(*d).into(),
+                })
+                .collect(),
+        }),
+        AuditEvent::Note { text } => E::Note(pb::Text { text: text.clone() }),
+        AuditEvent::Membership { change } => E::Membership(pb::Text {
+            text: change.clone(),
+        }),
+        AuditEvent::Refused {
+            call,
+            reason,
+            security,
+        } => E::Refused(pb::Refused {
+            call: call.clone(),
+            reason: reason.clone(),
+            security: *security,
+        }),
+        AuditEvent::HostRegistered {
+            host,
+            agent_version,
+            vcpus,
+            memory_mib,
+            hypervisor,
+            domain_type,
+            from,
+            fenced,
+        } => E::HostRegistered(pb::HostRegistered {
+            host: s(host),
+            agent_version: agent_version.clone(),
+            vcpus: *vcpus,
+            memory_mib: *memory_mib,
+            hypervisor: hypervisor.clone(),
+            domain_type: domain_type.clone(),
+            from: host_state_to_wire(*from).into(),
+            fenced: *fenced,
+        }),
+        AuditEvent::CommandsIssued {
+            issuer,
+            listed,
+            total,
+        } => E::CommandsIssued(pb::CommandsIssued {
+            issuer: Some(pb::CommandIssuer {
+                by: Some(match issuer {
+                    Issuer::Operation { op } => pb::command_issuer::By::Operation(op.0),
+                    Issuer::Controller => pb::command_issuer::By::Controller(true),
+                    Issuer::Operator { actor } => pb::command_issuer::By::Operator(actor.clone()),
+                }),
+            }),
+            listed: listed
+                .iter()
+                .map(|(id, h, a, t)| pb::IssuedCommand {
+                    id: id.0,
+                    host: s(h),
+                    action: a.clone(),
+                    target: t.clone(),
+                })
+                .collect(),
+            total: *total,
+        }),
+        AuditEvent::CommandResults { host, recorded } => E::CommandResults(pb::CommandResults {
+            host: s(host),
+            recorded: recorded
+                .iter()
+                .map(|(id, a, t, ok)| pb::RecordedResult {
+                    id: id.0,
+                    action: a.clone(),
+                    target: t.clone(),
+                    ok: *ok,
+                })
+                .collect(),
+        }),
+        AuditEvent::VmStates {
+            host,
+            changes,
+            reason,
+        } => E::VmStates(pb::VmStates {
+            host: s(host),
+            changes: changes
+                .iter()
+                .map(|c| pb::VmStateChange {
+                    vm: s(&c.vm),
+                    state: vm_state_to_wire(c.state).into(),
+                    placed_here: c.placed_here,
+                })
+                .collect(),
+            reason: reason.clone(),
+        }),
+        AuditEvent::Agent { host, event } => E::Agent(pb::HostAgentEvent {
+            host: s(host),
+            event: Some(event_to_wire(0, event)),
+        }),
+    };
+    pb::AuditEvent { event: Some(ev) }
+}
+
+pub fn audit_event_from_wire(e: pb::AuditEvent) -> Result<AuditEvent, WireError> {
+    let missing = |what| WireError::Missing { what };
+    Ok(match e.event.ok_or_else(|| missing("the audit event"))? {
+        E::TopologyApplied(t) => AuditEvent::TopologyApplied {
+            version: t.version,
+            digest: t.digest,
+            hosts: t.hosts,
+            apps: t.apps,
+            volumes: t.volumes,
+            removed_apps: t.removed_apps,
+            removed_hosts: t.removed_hosts,
+        },
+        E::SiteState(c) => AuditEvent::SiteState {
+            site: site(c.site)?,
+            from: site_state_from_wire(c.from)?,
+            to: site_state_from_wire(c.to)?,
+            reason: c.reason,
+        },
+        E::HostState(c) => AuditEvent::HostState {
+            host: host(c.host)?,
+            from: host_state_from_wire(c.from)?,
+            to: host_state_from_wire(c.to)?,
+            reason: c.reason,
+        },
+        E::AppState(c) => AuditEvent::AppState {
+            app: app(c.app)?,
+            from: app_state_from_wire(c.from)?,
+            to: app_state_from_wire(c.to)?,
+            reason: c.reason,
+        },
+        E::VmPlaced(p) => AuditEvent::VmPlaced {
+            app: app(p.app)?,
+            vm: vm(p.vm)?,
+            host: host(p.host)?,
+        },
+        E::ReplicaPromoted(p) => AuditEvent::ReplicaPromoted {
+            volume: volume(p.volume)?,
+            site: site(p.site)?,
+            epoch: Epoch(p.epoch),
+            demoted_sites: ids("site", p.demoted_sites, SiteId::new)?,
+            demoted: data_state_from_wire(p.demoted)?,
+        },
+        E::ReplicaData(d) => AuditEvent::ReplicaData {
+            volume: volume(d.volume)?,
+            site: site(d.site)?,
+            from: data_state_from_wire(d.from)?,
+            to: data_state_from_wire(d.to)?,
+        },
+        E::OpStarted(o) => AuditEvent::OpStarted {
+            op: OpId(o.op),
+            kind: op_kind_from_wire(o.kind)?,
+            apps: ids("app", o.apps, AppId::new)?,
+            note: o.note,
+            waves: o.waves,
+            skipped: o
+                .skipped
+                .into_iter()
+                .map(|x| Ok((app(x.app)?, x.reason)))
+                .collect::<Result<_, WireError>>()?,
+        },
+        E::StepStarted(x) => AuditEvent::StepStarted {
+            op: OpId(x.op),
+            index: x.index,
+            at: step_at_from_wire(x.at)?,
+            kind: step_kind_from_wire(&x.kind),
+            again: x.again,
+        },
+        E::StepFinished(x) => AuditEvent::StepFinished {
+            op: OpId(x.op),
+            index: x.index,
+            at: step_at_from_wire(x.at)?,
+            kind: step_kind_from_wire(&x.kind),
+            ok: x.ok,
+            detail: x.detail,
+        },
+        E::OpFinished(x) => AuditEvent::OpFinished {
+            op: OpId(x.op),
+            status: op_status_from_wire(x.status)?,
+        },
+        E::OpApproved(x) => AuditEvent::OpApproved {
+            op: OpId(x.op),
+            apps: ids("app", x.apps, AppId::new)?,
+        },
+        E::AppMoved(m) => AuditEvent::AppMoved {
+            op: OpId(m.op),
+            app: app(m.app)?,
+            from: site(m.from)?,
+            to: site(m.to)?,
+            promoted: m
+                .promoted
+                .into_iter()
+                .map(|p| Ok((volume(p.volume)?, Epoch(p.epoch))))
+                .collect::<Result<_, WireError>>()?,
+            demoted: data_state_from_wire(m.demoted)?,
+            placement: m
+                .placement
+                .into_iter()
+                .map(|p| Ok((vm(p.vm)?, host(p.host)?)))
+                .collect::<Result<_, WireError>>()?,
+        },
+        E::ReplicaLink(l) => AuditEvent::ReplicaLink {
+            app: app(l.app)?,
+            site: site(l.site)?,
+            epoch: Epoch(l.epoch),
+            link: link_from_wire(l.link)?,
+            detail: l.detail,
+            changes: l
+                .changes
+                .into_iter()
+                .map(|c| {
+                    Ok((
+                        volume(c.volume)?,
+                        site(c.site)?,
+                        data_state_from_wire(c.from)?,
+                        data_state_from_wire(c.to)?,
+                    ))
+                })
+                .collect::<Result<_, WireError>>()?,
+        },
+        E::SiteRecovered(r) => AuditEvent::SiteRecovered {
+            site: site(r.site)?,
+            losses_forgotten: r.losses_forgotten,
+            behind: r
+                .behind
+                .into_iter()
+                .map(|b| Ok((volume(b.volume)?, data_state_from_wire(b.data)?)))
+                .collect::<Result<_, WireError>>()?,
+        },
+        E::Note(t) => AuditEvent::Note { text: t.text },
+        E::Membership(t) => AuditEvent::Membership { change: t.text },
+        E::Refused(r) => AuditEvent::Refused {
+            call: r.call,
+            reason: r.reason,
+            security: r.security,
+        },
+        E::HostRegistered(h) => AuditEvent::HostRegistered {
+            host: host(h.host)?,
+            agent_version: h.agent_version,
+            vcpus: h.vcpus,
+            memory_mib: h.memory_mib,
+            hypervisor: h.hypervisor,
+            domain_type: h.domain_type,
+            from: host_state_from_wire(h.from)?,
+            fenced: h.fenced,
+        },
+        E::CommandsIssued(c) => AuditEvent::CommandsIssued {
+            issuer: match c
+                .issuer
+                .and_then(|i| i.by)
+                .ok_or_else(|| missing("the commands' issuer"))?
+            {
+                pb::command_issuer::By::Operation(op) => Issuer::Operation { op: OpId(op) },
+                pb::command_issuer::By::Controller(_) => Issuer::Controller,
+                pb::command_issuer::By::Operator(actor) => Issuer::Operator { actor },
+            },
+            listed: c
+                .listed
+                .into_iter()
+                .map(|x| Ok((CommandId(x.id), host(x.host)?, x.action, x.target)))
+                .collect::<Result<_, WireError>>()?,
+            total: c.total,
+        },
+        E::CommandResults(r) => AuditEvent::CommandResults {
+            host: host(r.host)?,
+            recorded: r
+                .recorded
+                .into_iter()
+                .map(|x| (CommandId(x.id), x.action, x.target, x.ok))
+                .collect(),
+        },
+        E::VmStates(v) => AuditEvent::VmStates {
+            host: host(v.host)?,
+            changes: v
+                .changes
+                .into_iter()
+                .map(|c| {
+                    Ok(VmStateChange {
+                        vm: vm(c.vm)?,
+                        state: vm_state_from_wire(c.state)?,
+                        placed_here: c.placed_here,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+            reason: v.reason,
+        },
+        E::Agent(a) => AuditEvent::Agent {
+            host: host(a.host)?,
+            event: event_from_wire(a.event.ok_or_else(|| missing("the agent's event"))?)?.1,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::{
+        AgentEvent, AppState, DataState, HostState, LinkReport, OpKind, OpStatus, SiteState,
+        StepAt, StepKind, VmState,
+    };
+
+    fn every_event() -> Vec<AuditEvent> {
+        let (a, h, st, v, vm) = (
+            AppId::new("db"),
+            HostId::new("north-h1"),
+            SiteId::new("north"),
+            VolumeId::new("db-data"),
+            VmId::new("db-1"),
+        );
+        vec![
+            AuditEvent::TopologyApplied {
+                version: 2,
+                digest: "ab".repeat(32),
+                hosts: 4,
+                apps: 5,
+                volumes: 6,
+                removed_apps: 1,
+                removed_hosts: 0,
+            },
+            AuditEvent::SiteState {
+                site: st.clone(),
+                from: SiteState::Up,
+                to: SiteState::Down,
+                reason: "r".into(),
+            },
+            AuditEvent::HostState {
+                host: h.clone(),
+                from: HostState::Unknown,
+                to: HostState::Up,
+                reason: "r".into(),
+            },
+            AuditEvent::AppState {
+                app: a.clone(),
+                from: AppState::Running,
+                to: AppState::FailingOver,
+                reason: "r".into(),
+            },
+            AuditEvent::VmPlaced {
+                app: a.clone(),
+                vm: vm.clone(),
+                host: h.clone(),
+            },
+            AuditEvent::ReplicaPromoted {
+                volume: v.clone(),
+                site: st.clone(),
+                epoch: Epoch(3),
+                demoted_sites: vec![SiteId::new("south")],
+                demoted: DataState::Outdated,
+            },
+            AuditEvent::ReplicaData {
+                volume: v.clone(),
+                site: st.clone(),
+                from: DataState::Syncing,
+                to: DataState::UpToDate,
+            },
+            AuditEvent::OpStarted {
+                op: OpId(7),
+                kind: OpKind::Failover,
+                apps: vec![a.clone()],
+                note: "site north lost".into(),
+                waves: 2,
+                skipped: vec![(AppId::new("mail"), "no room".into())],
+            },
+            AuditEvent::StepStarted {
+                op: OpId(7),
+                index: 0,
+                at: StepAt::App {
+                    app: a.clone(),
+                    index: 5,
+                },
+                kind: StepKind::HealthGate,
+                again: true,
+            },
+            AuditEvent::StepFinished {
+                op: OpId(7),
+                index: 0,
+                at: StepAt::Closing { index: 1 },
+                kind: StepKind::ProductionAfter,
+                ok: false,
+                detail: "timed out".into(),
+            },
+            AuditEvent::StepStarted {
+                op: OpId(7),
+                index: 1,
+                at: StepAt::Interrupted { index: 0 },
+                kind: StepKind::Cleanup,
+                again: false,
+            },
+            AuditEvent::OpFinished {
+                op: OpId(7),
+                status: OpStatus::Interrupted,
+            },
+            AuditEvent::OpApproved {
+                op: OpId(7),
+                apps: vec![a.clone()],
+            },
+            AuditEvent::AppMoved {
+                op: OpId(7),
+                app: a.clone(),
+                from: st.clone(),
+                to: SiteId::new("south"),
+                promoted: vec![(v.clone(), Epoch(4))],
+                demoted: DataState::Outdated,
+                placement: vec![(vm.clone(), HostId::new("south-h1"))],
+            },
+            AuditEvent::ReplicaLink {
+                app: a.clone(),
+                site: st.clone(),
+                epoch: Epoch(4),
+                link: LinkReport::Alone,
+                detail: "d".into(),
+                changes: vec![(
+                    v.clone(),
+                    SiteId::new("south"),
+                    DataState::UpToDate,
+                    DataState::Outdated,
+                )],
+            },
+            AuditEvent::SiteRecovered {
+                site: st.clone(),
+                losses_forgotten: 2,
+                behind: vec![(v.clone(), DataState::Inconsistent)],
+            },
+            AuditEvent::Note { text: "n".into() },
+            AuditEvent::Membership { change: "c".into() },
+            AuditEvent::Refused {
+                call: "x".into(),
+                reason: "y".into(),
+                security: true,
+            },
+            AuditEvent::HostRegistered {
+                host: h.clone(),
+                agent_version: "0.1.0".into(),
+                vcpus: 8,
+                memory_mib: 16384,
+                hypervisor: "test".into(),
+                domain_type: "qemu".into(),
+                from: HostState::Down,
+                fenced: true,
+            },
+            AuditEvent::CommandsIssued {
+                issuer: Issuer::Operation { op: OpId(7) },
+                listed: vec![(CommandId(9), h.clone(), "start".into(), "db-1".into())],
+                total: 12,
+            },
+            AuditEvent::CommandsIssued {
+                issuer: Issuer::Operator {
+                    actor: "alice".into(),
+                },
+                listed: vec![],
+                total: 0,
+            },
+            AuditEvent::CommandsIssued {
+                issuer: Issuer::Controller,
+                listed: vec![],
+                total: 0,
+            },
+            AuditEvent::CommandResults {
+                host: h.clone(),
+                recorded: vec![(CommandId(9), "start".into(), "db-1".into(), true)],
+            },
+            AuditEvent::VmStates {
+                host: h.clone(),
+                changes: vec![VmStateChange {
+                    vm: vm.clone(),
+                    state: VmState::ShutOff,
+                    placed_here: false,
+                }],
+                reason: "r".into(),
+            },
+            AuditEvent::Agent {
+                host: h,
+                event: AgentEvent::LeaseRegained,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_audit_event_crosses_the_wire_unchanged() {
+        for e in every_event() {
+            assert_eq!(audit_event_from_wire(audit_event_to_wire(&e)).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn a_malformed_event_is_an_error() {
+        assert!(audit_event_from_wire(pb::AuditEvent { event: None }).is_err());
+        let bad_state = pb::AuditEvent {
+            event: Some(E::SiteState(pb::SiteStateChange {
+                site: "north".into(),
+                from: 0,
+                to: 1,
+                reason: String::new(),
+            })),
+        };
+        assert!(matches!(
+            audit_event_from_wire(bad_state),
+            Err(WireError::UnknownEnum { .. })
+        ));
+    }
+}
