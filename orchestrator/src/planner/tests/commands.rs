@@ -216,14 +216,7 @@ fn ok_at(s: &mut ClusterState, at_ms: u64, command: Command) {
 
 /// The agent of `host` registers at `at_ms` (`fenced`: after its lease ran out).
 fn registers(s: &mut ClusterState, host: &HostId, at_ms: u64, fenced: bool) {
-    let inventory = crate::state::HostInventory {
-        vcpus: 8,
-        memory_bytes: 16 << 30,
-        hypervisor: "test".into(),
-        domain_type: "qemu".into(),
-        agent_version: "t".into(),
-        registered_ms: at_ms,
-    };
+    let inventory = inventory(at_ms);
     let host = host.clone();
     ok_at(
         s,

@@ -293,3 +293,15 @@ fn app_on_two_hosts() -> (ClusterState, AppId, HostId, HostId, VmId) {
         })
         .expect("a generated app with VMs on two hosts")
 }
+
+/// What a test agent reports when it registers at `registered_ms`.
+fn inventory(registered_ms: u64) -> crate::state::HostInventory {
+    crate::state::HostInventory {
+        vcpus: 8,
+        memory_bytes: 16 << 30,
+        hypervisor: "test".into(),
+        domain_type: "qemu".into(),
+        agent_version: "t".into(),
+        registered_ms,
+    }
+}

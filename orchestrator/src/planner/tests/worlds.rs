@@ -112,14 +112,7 @@ pub(super) fn world(model: &Topology, seed: u64) -> (ClusterState, Trigger) {
                 &mut s,
                 Command::RegisterHost {
                     host: h.clone(),
-                    inventory: crate::state::HostInventory {
-                        vcpus: 8,
-                        memory_bytes: 16 << 30,
-                        hypervisor: "test".into(),
-                        domain_type: "qemu".into(),
-                        agent_version: "t".into(),
-                        registered_ms: 1,
-                    },
+                    inventory: inventory(1),
                     fenced: true,
                 },
             );
