@@ -60,6 +60,18 @@ impl LeaseClock {
         self.rate
     }
 
+    /// The real time at which lease time reaches `lease` at the current rate (the
+    /// earliest real time it may, when `lease` is already behind).
+    pub fn real_at(&self, lease: Mono) -> Mono {
+        let ahead = lease.0.saturating_sub(self.base_lease.0);
+        let real = if self.rate == 1.0 {
+            ahead
+        } else {
+            (ahead as f64 / self.rate).ceil() as u64
+        };
+        Mono(self.base_real.0.saturating_add(real))
+    }
+
     /// Runs at `rate` from real time `real` on; returns whether the rate changed.
     pub fn set_rate(&mut self, rate: f64, real: Mono) -> bool {
         let rate = rate.clamp(RATE_MIN, RATE_MAX);
@@ -115,6 +127,32 @@ mod tests {
         assert_eq!(c.at(Mono(15 * S)), Mono(14 * S));
         assert!(c.set_rate(1.0, Mono(16 * S)));
         assert_eq!(c.at(Mono(17 * S)), Mono(17 * S));
+    }
+
+    #[test]
+    fn real_at_is_when_lease_time_gets_there() {
+        let mut c = LeaseClock::default();
+        assert_eq!(c.real_at(Mono(3 * S)), Mono(3 * S));
+        c.set_rate(0.5, Mono(10 * S));
+        let real = c.real_at(Mono(12 * S));
+        assert_eq!(
+            real,
+            Mono(14 * S),
+            "2 s of lease take 4 s real at half speed"
+        );
+        assert!(c.at(real) >= Mono(12 * S));
+        c.set_rate(3.0, Mono(14 * S));
+        let real = c.real_at(Mono(13 * S));
+        assert!(
+            c.at(real) >= Mono(13 * S),
+            "1 s of lease at three times the speed"
+        );
+        assert!(real < Mono(15 * S));
+        assert_eq!(
+            c.real_at(Mono(11 * S)),
+            Mono(14 * S),
+            "reached already: now"
+        );
     }
 
     #[test]

@@ -75,6 +75,41 @@ struct Inner {
     lines: usize,
 }
 
+/// What an agent starting over learns from its journal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Restored {
+    /// Every command it remembers: finished (with the result) or interrupted.
+    pub commands: BTreeMap<CommandId, Seen>,
+    /// Events the cluster may not have, oldest first.
+    pub unreported: Vec<(u64, AgentEvent)>,
+    /// The highest event number in the journal (the next event takes a higher one).
+    pub last_event_seq: u64,
+}
+
+impl Restored {
+    /// What these lines say (in the order they were written).
+    pub fn from_lines(lines: impl IntoIterator<Item = Line>) -> Restored {
+        let mut inner = Inner::default();
+        for l in lines {
+            apply(&mut inner, l);
+        }
+        Restored::of(&inner)
+    }
+
+    fn of(inner: &Inner) -> Restored {
+        Restored {
+            commands: inner.commands.clone(),
+            unreported: inner
+                .events
+                .iter()
+                .filter(|(_, (_, reported))| !reported)
+                .map(|(seq, (event, _))| (*seq, event.clone()))
+                .collect(),
+            last_event_seq: inner.events.keys().next_back().copied().unwrap_or(0),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -177,12 +212,12 @@ impl Journal {
 
     /// Events not yet reported to the orchestrator.
     pub fn unreported_events(&self) -> Vec<(u64, AgentEvent)> {
-        self.lock()
-            .events
-            .iter()
-            .filter(|(_, (_, reported))| !reported)
-            .map(|(seq, (event, _))| (*seq, event.clone()))
-            .collect()
+        Restored::of(&self.lock()).unreported
+    }
+
+    /// What the journal says, for an agent starting over.
+    pub fn restored(&self) -> Restored {
+        Restored::of(&self.lock())
     }
 
     /// Record an event (durably) and return its sequence number.

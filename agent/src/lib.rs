@@ -4,8 +4,12 @@
 //! orchestrator leader and fences itself when it loses it, and serves the replication
 //! endpoints of the volumes placed on its host (DESIGN §1, §4).
 //!
-//! - [`daemon`]: the agent process — register, renew the lease, fence when it runs out,
-//!   run queued commands at most once ([`journal`]), report VM states;
+//! - [`core`]: the agent's decisions, pure — events in (lease granted or lost, commands
+//!   received, VM states observed, the fence done, a tick), effects out; property-tested
+//!   with crashes and restarts;
+//! - [`daemon`]: the agent process, one loop around the core — it waits, does the I/O
+//!   the core asks for (register, renew, fence, run commands at most once with the
+//!   [`journal`], report) and feeds the results back;
 //! - [`lease`]: the agent's lease, pure (clock passed in);
 //! - [`config`]: the agent's TOML configuration;
 //! - [`hypervisor`]: the blocking [`hypervisor::Hypervisor`] trait over libvirt domains
@@ -18,6 +22,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod domain_xml;
 pub mod hypervisor;

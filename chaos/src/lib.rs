@@ -10,8 +10,8 @@
 //! acknowledged), the userspace link proxy ([`proxy`]: delay, jitter, bandwidth, loss
 //! stalls, cuts), scenarios ([`scenario`]: fault schedules from TOML or from a seed)
 //! and the invariants every chaos run checks ([`invariants`]). The lab that starts a
-//! cluster in the namespaces and the scenario runner are in the `metrodr` binary
-//! (`cli/src/lab/`): they start metrodr processes.
+//! cluster in the namespaces, its faults and the scenario runner are the `lab` crate:
+//! they start metrodr processes. Nothing here depends on it.
 
 pub mod guest;
 pub mod invariants;

@@ -22,12 +22,15 @@
 //! from that lab's own list. It changes nothing in the root namespace's iptables or
 //! sysctls.
 //!
-//! Needs root (CAP_NET_ADMIN), `ip` (iproute2) and `iptables`; [`preflight`] checks.
+//! Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), `ip` (iproute2) and `iptables`;
+//! [`preflight`] checks. The machine's state is read as `ip -json` output, never by
+//! searching `ip`'s human output or error text.
 //! The bridge lives in the WAN namespace, not the root one, so node-to-node traffic never
 //! crosses the host's own firewall (a Docker host's FORWARD policy of DROP does not
 //! matter); only the harness's veth end is in the root namespace.
 
 mod error;
+mod iproute;
 mod plan;
 mod shell;
 mod state;
@@ -47,7 +50,10 @@ pub use error::LabError;
 use plan::{Faults, Record, Subnet};
 pub use plan::{MAX_NODES, RECORD_VERSION, TAG_PREFIX};
 pub use shell::preflight;
-use shell::{Tools, remove_files, remove_resources, run, wait_links_up, wait_ns_links_up};
+use shell::{
+    Tools, ns_exists, remove_files, remove_resources, root_links, run, run_iptables, wait_links_up,
+    wait_ns_links_up,
+};
 pub use state::cleanup_stale;
 use state::{process_starttime, replace, reserve_subnet, reserve_tag};
 
@@ -182,6 +188,15 @@ impl NetLab {
         let harness = plan::harness_veth(&self.tag);
         let harness_wan = plan::harness_wan_veth(&self.tag);
         let ip = &self.tools;
+        // The tag was reserved free of leftovers; a name that exists anyway is one
+        // (created since by a lab that then crashed): say so rather than fail halfway.
+        let namespaces = std::iter::once(&wan).chain(self.nodes.iter().map(|n| &n.ns));
+        if let Some(ns) = namespaces.into_iter().find(|ns| ns_exists(ns)) {
+            return Err(LabError::Leftover { name: ns.clone() });
+        }
+        if root_links(ip)?.contains(&harness) {
+            return Err(LabError::Leftover { name: harness });
+        }
         run(
             "creating the WAN namespace",
             ip.ip().args(["netns", "add", &wan]),
@@ -274,7 +289,7 @@ impl NetLab {
                 vec!["-w", "-I", "INPUT", "1", "-j", FAULT_CHAIN],
                 vec!["-w", "-I", "OUTPUT", "1", "-j", FAULT_CHAIN],
             ] {
-                run(
+                run_iptables(
                     "setting up a node's fault chain",
                     ip.iptables_in(ns).args(args),
                 )?;
@@ -441,12 +456,12 @@ impl NetLab {
     ) -> Result<(), LabError> {
         let ns = &self.nodes[i].ns;
         let what = format!("changing faults of node {:?}", self.nodes[i].name);
-        run(
+        run_iptables(
             &what,
             self.tools.iptables_in(ns).args(["-w", "-F", FAULT_CHAIN]),
         )?;
         for rule in plan::fault_rules(FAULT_CHAIN, peers, senders) {
-            run(&what, self.tools.iptables_in(ns).args(rule))?;
+            run_iptables(&what, self.tools.iptables_in(ns).args(rule))?;
         }
         Ok(())
     }
@@ -466,7 +481,7 @@ impl NetLab {
     ) -> Result<(), LabError> {
         let ns = &self.node(from)?.ns;
         let dest = self.node(to)?.addr;
-        run(
+        run_iptables(
             &format!("redirecting {from}'s connections to {to} through its link proxy"),
             self.tools
                 .iptables_in(ns)

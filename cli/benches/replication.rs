@@ -23,10 +23,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos::proxy::{DirProps, LinkProps, LinkProxy};
+use lab::daemons::Binary;
+use lab::procs::{OnDrop, Proc, Rest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_metrodr");
 const SIZE: &str = "256MiB";
@@ -50,55 +52,32 @@ fn need(tool: &str) {
     }
 }
 
-/// A process killed by PID when dropped.
-struct Proc(Child, &'static str);
+/// Processes are the lab's: held by PID, stopped when dropped (SIGTERM, SIGKILL
+/// after 15 s: a clean stop, after their numbers were taken).
+fn held(p: Proc) -> Proc {
+    p.on_drop(OnDrop::Terminate(Duration::from_secs(15)))
+}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.1);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Start `cmd` (a tool that announces nothing) as `name`, held by PID.
+fn spawn(name: &str, cmd: Command) -> Proc {
+    held(Proc::spawn(name, cmd).unwrap_or_else(|e| panic!("{}", lab::error::chain(&e))))
 }
 
 /// Start `metrodr volume ...` and return it with its first (ready) line.
 fn metrodr(dir: &Path, name: &'static str, args: &[String]) -> (Proc, serde_json::Value) {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("volume")
-        .args(args)
-        .env("METRODR_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    // Keep draining status lines so the pipe never fills.
-    std::thread::spawn(move || for _ in out.lines() {});
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: {e}: {line:?}"));
-    (Proc(child, name), v)
+    let log = dir.join(format!("{name}.log"));
+    let (p, ready) = Binary::at(BIN)
+        .volume(name, args, &log, Some("warn"), Rest::Drain)
+        .unwrap_or_else(|e| panic!("{name}: {}", lab::error::chain(&e)));
+    (held(p), serde_json::Value::Object(ready))
 }
 
 fn wait_socket(p: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(p).is_err() {
-        assert!(Instant::now() < deadline, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = format!("{} to appear", p.display());
+    lab::wait_blocking(Duration::from_secs(20), &what, || {
+        UnixStream::connect(p).ok().map(drop)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn sparse(path: &Path) {
@@ -130,18 +109,17 @@ fn qemu_nbd(dir: &Path) -> Path_ {
     let file = dir.join("qemu-nbd.raw");
     sparse(&file);
     let socket = dir.join("qemu-nbd.sock");
-    let child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-t", "--cache=writeback", "-x", "disk", "-k"])
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args(["-f", "raw", "-t", "--cache=writeback", "-x", "disk", "-k"])
         .arg(&socket)
         .arg(&file)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    let child = spawn("qemu-nbd", cmd);
     wait_socket(&socket);
     Path_ {
         name: "(1) qemu-nbd, raw file",
         socket,
-        _procs: vec![Proc(child, "qemu-nbd")],
+        _procs: vec![child],
         _link: None,
     }
 }
@@ -225,18 +203,18 @@ fn metrodr_replicated(
         ]),
     );
     // Wait until the initial sync is done (a first write would wait for it anyway).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = Command::new("nbdinfo")
-            .arg(format!("nbd+unix:///disk?socket={}", socket.display()))
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{name}: export never came up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab::wait_blocking(
+        Duration::from_secs(60),
+        &format!("{name}: the export"),
+        || {
+            let o = Command::new("nbdinfo")
+                .arg(format!("nbd+unix:///disk?socket={}", socket.display()))
+                .output()
+                .unwrap();
+            o.status.success().then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     Path_ {
         name,
         socket,
@@ -285,7 +263,8 @@ fn qemu_mirror(dir: &Path) -> Path_ {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let target = Command::new("qemu-nbd")
+    let mut target = Command::new("qemu-nbd");
+    target
         .args([
             "-f",
             "raw",
@@ -297,21 +276,24 @@ fn qemu_mirror(dir: &Path) -> Path_ {
             &port.to_string(),
         ])
         .arg(&tgt)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let target = Proc(target, "qemu-nbd (mirror target)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "qemu-nbd target did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .stderr(Stdio::null());
+    let target = spawn("qemu-nbd (mirror target)", target);
+    lab::wait_blocking(
+        Duration::from_secs(10),
+        "the qemu-nbd target to listen",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let link = link_to(&format!("127.0.0.1:{port}"));
     let socket = dir.join("mirror.sock");
     let qmp = dir.join("mirror.qmp");
     let lp = link.local_addr().port().to_string();
-    let qsd = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
+    let mut qsd = Command::new("qemu-storage-daemon");
+    qsd.arg("--blockdev")
         .arg(format!(
             "driver=file,filename={},node-name=file0,cache.direct=off",
             src.display()
@@ -333,26 +315,18 @@ fn qemu_mirror(dir: &Path) -> Path_ {
             qmp.display()
         ))
         .args(["--monitor", "chardev=qmp"])
-        .stderr(std::fs::File::create(dir.join("qsd.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let qsd = Proc(qsd, "qemu-storage-daemon");
+        .stderr(std::fs::File::create(dir.join("qsd.log")).unwrap());
+    let qsd = spawn("qemu-storage-daemon", qsd);
     let mut q = Qmp::connect(&qmp);
     q.cmd(serde_json::json!({"execute": "blockdev-mirror", "arguments": {
         "job-id": "m0", "device": "src", "target": "tgt", "sync": "full", "copy-mode": "write-blocking"}}));
     // Ready: the initial copy is done and every new write goes to both.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let jobs = q.cmd(serde_json::json!({"execute": "query-block-jobs"}));
-        if jobs[0]["ready"] == true {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the mirror job never became ready: {jobs}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut jobs = serde_json::Value::Null;
+    let ready = lab::wait_blocking(Duration::from_secs(120), "the mirror job ready", || {
+        jobs = q.cmd(serde_json::json!({"execute": "query-block-jobs"}));
+        (jobs[0]["ready"] == true).then_some(())
+    });
+    assert!(ready.is_ok(), "{ready:?}: {jobs}");
     Path_ {
         name: "(5) QEMU active mirror, ~1.2 ms RTT",
         socket,
@@ -363,13 +337,7 @@ fn qemu_mirror(dir: &Path) -> Path_ {
 
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based) of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    i32::try_from(pid).map_or(0.0, lab::procs::cpu_seconds)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -519,7 +487,12 @@ fn main() {
         let p = start(dir);
         let uri = format!("nbd+unix:///disk?socket={}", p.socket.display());
         // The proxy threads live in this process; count ours only when a link is used.
-        let mut pids: Vec<u32> = p._procs.iter().map(|p| p.0.id()).collect();
+        let mut pids: Vec<u32> = p
+            ._procs
+            .iter()
+            .filter_map(|p| p.pid())
+            .map(|p| p as u32)
+            .collect();
         if p._link.is_some() {
             pids.push(std::process::id());
         }
@@ -545,7 +518,7 @@ fn main() {
             let names: Vec<&str> = p
                 ._procs
                 .iter()
-                .map(|p| p.1)
+                .map(|p| p.name())
                 .chain(p._link.as_ref().map(|_| "link proxy"))
                 .collect();
             let split = |r: &Res| {

@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use security::{CertDir, Principal, Role, Validity};
 use serde::Serialize;
-use topology::Topology;
 
 use crate::output::{Output, print_json};
 
@@ -72,42 +71,13 @@ fn operator(spec: &str) -> anyhow::Result<Principal> {
     Principal::new(role, name).map_err(|e| anyhow::anyhow!("--operator {spec:?}: {e}"))
 }
 
-/// Everyone of `topo` (its orchestrator nodes and hosts) plus `operators`.
-pub fn principals(
-    topo: Option<&Topology>,
-    operators: &[Principal],
-) -> anyhow::Result<Vec<Principal>> {
-    let mut who = Vec::new();
-    if let Some(t) = topo {
-        for o in &t.orchestrators {
-            who.push(Principal::new(Role::Node, o.id.as_str()).map_err(anyhow::Error::msg)?);
-        }
-        for h in &t.hosts {
-            who.push(Principal::new(Role::Agent, h.id.as_str()).map_err(anyhow::Error::msg)?);
-        }
-    }
-    who.extend(operators.iter().cloned());
-    Ok(who)
-}
-
-/// A new CA in `dir` and a certificate for each of `who` (the demo and the lab use
-/// this for their clusters: TLS on by default).
+/// A new CA in `dir` and a certificate for each of `who` (the demo's storage act uses
+/// this too; the lab's clusters have theirs from `lab::certs`).
 pub fn create(dir: &Path, who: &[Principal], days: u32) -> anyhow::Result<(CertDir, Vec<Issued>)> {
     let d = CertDir::new(dir);
     d.init(Validity::days(days.saturating_mul(10)))?;
     let issued = issue_all(&d, who, days)?;
     Ok((d, issued))
-}
-
-/// Like [`create`], but a directory that already holds a CA keeps it (its
-/// certificates are issued again): the lab restarted in the same directory.
-pub fn ensure(dir: &Path, who: &[Principal], days: u32) -> anyhow::Result<CertDir> {
-    let d = CertDir::new(dir);
-    if !d.ca_cert().exists() {
-        d.init(Validity::days(days.saturating_mul(10)))?;
-    }
-    issue_all(&d, who, days)?;
-    Ok(d)
 }
 
 fn issue_all(dir: &CertDir, who: &[Principal], days: u32) -> anyhow::Result<Vec<Issued>> {
@@ -149,7 +119,11 @@ pub fn run(cmd: CertsCmd, out: Output) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|o| operator(o))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            create(&a.dir, &principals(topo.as_ref(), &ops)?, a.days)?
+            create(
+                &a.dir,
+                &lab::certs::principals(topo.as_ref(), &ops)?,
+                a.days,
+            )?
         }
         CertsCmd::Issue(a) => {
             let role = Role::parse(&a.role).map_err(anyhow::Error::msg)?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -306,22 +306,21 @@ async fn init(a: InitArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitC
 }
 
 async fn wait_for_leader(client: &Client, within: Duration) -> anyhow::Result<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut op = client.op.clone();
-        if let Ok(s) = op.status(pb::StatusRequest {}).await {
-            let s = s.into_inner();
-            if !s.leader.is_empty() {
-                return Ok(s.leader);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "no leader was elected within {within:?}: can the nodes reach each other at the addresses given?"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lab::wait::wait_every(
+        Duration::from_millis(100),
+        within,
+        "a leader",
+        || async {
+            let s = client.op.clone().status(pb::StatusRequest {}).await.ok()?;
+            Some(s.into_inner().leader).filter(|l| !l.is_empty())
+        },
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "no leader was elected within {within:?} ({e}): can the nodes reach each other at the addresses given?"
+        )
+    })
 }
 
 pub async fn apply(

@@ -319,7 +319,7 @@ async fn wait_up_to_date(
             .iter()
             .filter(|v| apps.contains(&v.app))
             .flat_map(|v| v.replicas.iter().map(move |r| (v, r)))
-            .filter(|(_, r)| r.site == site && r.data != "up-to-date")
+            .filter(|(_, r)| r.site == site && !lab::states::is_up_to_date(r))
             .map(|(v, r)| format!("{}@{site} {}", v.id, r.data))
             .collect();
         if behind.is_empty() {

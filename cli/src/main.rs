@@ -10,7 +10,7 @@ mod certs_cmd;
 mod cluster_cmd;
 mod demo;
 mod drill_cmd;
-mod lab;
+mod lab_cmd;
 mod op_cmd;
 mod topology_cmd;
 mod volume_cmd;
@@ -67,12 +67,12 @@ enum Command {
     /// orchestrator nodes, agents, replicated volumes and VMs (up, status, down); and
     /// the probe guest image.
     #[command(subcommand)]
-    Lab(lab::cmd::LabCmd),
+    Lab(lab_cmd::LabCmd),
 
     /// Fault injection into a running lab (partition, isolate, kill, pause, …), and
     /// scenario runs with invariant checks (`chaos run FILE`, `chaos run --random`).
     #[command(subcommand)]
-    Chaos(lab::cmd::ChaosCmd),
+    Chaos(lab_cmd::ChaosCmd),
 
     /// Form the orchestrator cluster and change its membership.
     #[command(subcommand)]
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Orchestrator(_)
             | Command::Agent(_)
-            | Command::Lab(lab::cmd::LabCmd::Serve(_))
+            | Command::Lab(lab_cmd::LabCmd::Serve(_))
             | Command::Volume(VolumeCmd::Serve(_) | VolumeCmd::Replica(_))
     );
     if daemon {
@@ -248,8 +248,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => block_on(agent_cmd::agent(a)),
         Command::Host(HostCmd::List) => block_on(agent_cmd::host_list(c, out)),
         Command::Vm(cmd) => block_on(agent_cmd::vm(cmd, c, out)),
-        Command::Lab(cmd) => lab::cmd::lab(cmd, out),
-        Command::Chaos(cmd) => lab::cmd::chaos(cmd, out),
+        Command::Lab(cmd) => lab_cmd::lab(cmd, out),
+        Command::Chaos(cmd) => lab_cmd::chaos(cmd, out),
     };
     match result {
         Ok(code) => code,

@@ -149,7 +149,9 @@ pub async fn site_fail(a: SiteFailArgs, c: &ClusterArgs, out: Output) -> anyhow:
             .await
         {
             let s = s.into_inner();
-            if s.raft_state == "leader" && s.leader == r.voter {
+            if lab::states::raft_role(&s) == Some(lab::states::RaftRole::Leader)
+                && s.leader == r.voter
+            {
                 break;
             }
         }

@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use lab::states::{CommandOutcome, HostState, VmSeen, VmState};
 
-async fn wait_host(addr: &str, host: &str, state: &str, within: Duration) {
-    let (a, h, st) = (addr.to_string(), host.to_string(), state.to_string());
-    wait_for(within, &format!("host {host} to be {state}"), move || {
-        let (a, h, st) = (a.clone(), h.clone(), st.clone());
-        async move { (host_state(&a, &h).await? == st).then_some(()) }
+async fn wait_host(addr: &str, host: &str, state: HostState, within: Duration) {
+    let (a, h) = (addr.to_string(), host.to_string());
+    wait_for(within, &format!("host {host} to be {state:?}"), move || {
+        let (a, h) = (a.clone(), h.clone());
+        async move { (host_state(&a, &h).await? == state).then_some(()) }
     })
     .await;
 }
@@ -31,8 +32,8 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
     let _a = start_agent(c.dir.path(), "a-h1", &addrs, "test:///private", None);
     let _b = start_agent(c.dir.path(), "b-h1", &addrs, "test:///private", None);
     let a0 = c.nodes[0].grpc.clone();
-    wait_host(&a0, "a-h1", "up", Duration::from_secs(10)).await;
-    wait_host(&a0, "b-h1", "up", Duration::from_secs(10)).await;
+    wait_host(&a0, "a-h1", HostState::Up, Duration::from_secs(10)).await;
+    wait_host(&a0, "b-h1", HostState::Up, Duration::from_secs(10)).await;
     let h = hosts(&a0).await;
     let a = h.iter().find(|h| h.id == "a-h1").unwrap();
     assert_eq!(
@@ -44,19 +45,25 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
     assert_eq!(a.vms, ["web-1"]);
 
     for (action, state) in [
-        ("define", "shut-off"),
-        ("start", "running"),
-        ("suspend", "paused"),
-        ("resume", "running"),
-        ("shutdown", "shut-off"),
+        ("define", VmState::ShutOff),
+        ("start", VmState::Running),
+        ("suspend", VmState::Paused),
+        ("resume", VmState::Running),
+        ("shutdown", VmState::ShutOff),
     ] {
+        let state = VmSeen::Reported(state);
         let r = vm_do(&a0, action, "web-1").await;
-        assert_eq!(r.status, "succeeded", "{action}: {}", r.message);
+        assert_eq!(
+            outcome(&r),
+            Some(CommandOutcome::Succeeded),
+            "{action}: {}",
+            r.message
+        );
         assert_eq!(r.host, "a-h1");
         let a0c = a0.clone();
         wait_for(
             Duration::from_secs(5),
-            &format!("web-1 {state} after {action}"),
+            &format!("web-1 {state:?} after {action}"),
             move || {
                 let a = a0c.clone();
                 async move { (vm_state(&a, "web-1").await? == state).then_some(()) }
@@ -65,10 +72,15 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
         .await;
     }
     let r = vm_do(&a0, "undefine", "web-1").await;
-    assert_eq!(r.status, "succeeded", "{}", r.message);
+    assert_eq!(
+        outcome(&r),
+        Some(CommandOutcome::Succeeded),
+        "{}",
+        r.message
+    );
     // Starting an undefined domain is a clear failure, not a crash.
     let r = vm_do(&a0, "start", "web-1").await;
-    assert_eq!(r.status, "failed");
+    assert_eq!(outcome(&r), Some(CommandOutcome::Failed));
     assert!(r.message.contains("web-1"), "{}", r.message);
     let o = metrodr(&["--cluster", &addrs, "vm", "do", "start", "nope"]);
     assert_eq!(o.status.code(), Some(1));
@@ -85,8 +97,8 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
     let addrs = c.addrs();
     let agent = start_agent(c.dir.path(), "a-h1", &addrs, "test:///private", None);
     let any = c.nodes[0].grpc.clone();
-    wait_host(&any, "a-h1", "up", Duration::from_secs(10)).await;
-    assert_eq!(vm_do(&any, "define", "web-1").await.status, "succeeded");
+    wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
+    vm_do_ok(&any, "define", "web-1").await;
 
     // Queue 30 commands without waiting, killing the leader halfway.
     let leader = leader_seen_by(&any, Duration::from_secs(5)).await;
@@ -99,7 +111,7 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
         let survivors: Vec<String> = c
             .nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.running())
             .map(|n| n.grpc.clone())
             .collect();
         let id = wait_for(Duration::from_secs(10), "the command to be queued", || {
@@ -128,13 +140,7 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
         ids.push(id);
     }
     // Every command gets exactly one result.
-    let alive = c
-        .nodes
-        .iter()
-        .find(|n| n.child.is_some())
-        .unwrap()
-        .grpc
-        .clone();
+    let alive = c.nodes.iter().find(|n| n.running()).unwrap().grpc.clone();
     let expected = ids.clone();
     wait_for(
         Duration::from_secs(20),
@@ -199,13 +205,13 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
         .unwrap_or_else(|e| panic!("\n####\n#### this test needs a private libvirtd: {e}\n####\n"));
     let _a = start_agent(c.dir.path(), "a-h1", &c.addrs(), &libvirtd.uri(), None);
     let any = c.nodes[0].grpc.clone();
-    wait_host(&any, "a-h1", "up", Duration::from_secs(10)).await;
-    assert_eq!(vm_do(&any, "define", "web-1").await.status, "succeeded");
-    assert_eq!(vm_do(&any, "start", "web-1").await.status, "succeeded");
+    wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
+    vm_do_ok(&any, "define", "web-1").await;
+    vm_do_ok(&any, "start", "web-1").await;
 
     libvirtd.stop();
     let r = vm_do(&any, "destroy", "web-1").await;
-    assert_eq!(r.status, "failed", "{}", r.message);
+    assert_eq!(outcome(&r), Some(CommandOutcome::Failed), "{}", r.message);
     assert!(
         r.message.contains("is not reachable") && r.message.contains("is libvirtd running?"),
         "{}",
@@ -247,9 +253,14 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
         },
     )
     .await;
-    assert_eq!(vm_do(&any, "define", "web-1").await.status, "succeeded");
+    vm_do_ok(&any, "define", "web-1").await;
     let r = vm_do(&any, "start", "web-1").await;
-    assert_eq!(r.status, "succeeded", "{}", r.message);
+    assert_eq!(
+        outcome(&r),
+        Some(CommandOutcome::Succeeded),
+        "{}",
+        r.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,13 +303,13 @@ async fn a_cut_off_agent_fences_and_its_host_goes_down_only_after_lease_plus_mar
         Some(("agent-a", &lab)),
     );
     let any = addrs[0].clone();
-    wait_host(&any, "a-h1", "up", Duration::from_secs(10)).await;
-    assert_eq!(vm_do(&any, "define", "web-1").await.status, "succeeded");
-    assert_eq!(vm_do(&any, "start", "web-1").await.status, "succeeded");
+    wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
+    vm_do_ok(&any, "define", "web-1").await;
+    vm_do_ok(&any, "start", "web-1").await;
 
     let cut = Instant::now();
     lab.isolate("agent-a").unwrap();
-    wait_host(&any, "a-h1", "down", Duration::from_secs(10)).await;
+    wait_host(&any, "a-h1", HostState::Down, Duration::from_secs(10)).await;
     let down_after = cut.elapsed();
     eprintln!("host a-h1 marked down {down_after:?} after the cut");
     // The leader's last grant was at most one renewal (0.5 s) before the cut.
@@ -347,7 +358,7 @@ async fn a_cut_off_agent_fences_and_its_host_goes_down_only_after_lease_plus_mar
         "{}",
         fenced.detail
     );
-    wait_host(&any, "a-h1", "up", Duration::from_secs(10)).await;
+    wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
     // The agent restarts nothing by itself ("the orchestrator decides"). The leader
     // may then restart what was fenced, as an operation of its own (a fenced host's
     // restart), and only that way: a VM running again must come from that operation.
@@ -370,9 +381,9 @@ async fn a_cut_off_agent_fences_and_its_host_goes_down_only_after_lease_plus_mar
     )
     .await;
     let log = audit(&any).await;
-    match state.as_deref() {
-        Some("shut-off") => {}
-        Some("running") => assert!(
+    match state {
+        Some(VmSeen::Reported(VmState::ShutOff)) => {}
+        Some(RUNNING) => assert!(
             log.iter()
                 .any(|e| e.action == "op.start"
                     && e.detail.contains("a-h1 fenced its VMs and is back")),

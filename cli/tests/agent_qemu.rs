@@ -92,22 +92,32 @@ async fn the_agent_runs_the_probe_guest_adopts_it_and_fences_it_when_cut_off() {
     let a = any.clone();
     wait_for(Duration::from_secs(15), "host a-h1 up", move || {
         let a = a.clone();
-        async move { (host_state(&a, "a-h1").await? == "up").then_some(()) }
+        async move { (host_state(&a, "a-h1").await? == lab::states::HostState::Up).then_some(()) }
     })
     .await;
 
     // Define and start the probe guest; the cluster sees it running; it writes records.
     let r = vm_do(&any, "define", &vm).await;
-    assert_eq!(r.status, "succeeded", "{}", r.message);
+    assert_eq!(
+        outcome(&r),
+        Some(lab::states::CommandOutcome::Succeeded),
+        "{}",
+        r.message
+    );
     let r = vm_do(&any, "start", &vm).await;
-    assert_eq!(r.status, "succeeded", "{}", r.message);
+    assert_eq!(
+        outcome(&r),
+        Some(lab::states::CommandOutcome::Succeeded),
+        "{}",
+        r.message
+    );
     let (a, v) = (any.clone(), vm.clone());
     wait_for(
         Duration::from_secs(10),
         "the cluster to show the VM running",
         move || {
             let (a, v) = (a.clone(), v.clone());
-            async move { (vm_state(&a, &v).await? == "running").then_some(()) }
+            async move { (vm_state(&a, &v).await? == RUNNING).then_some(()) }
         },
     )
     .await;
@@ -155,7 +165,7 @@ async fn the_agent_runs_the_probe_guest_adopts_it_and_fences_it_when_cut_off() {
             let a = a.clone();
             let l = agent_log.clone();
             async move {
-                (host_state(&a, "a-h1").await? == "up"
+                (host_state(&a, "a-h1").await? == lab::states::HostState::Up
                     && std::fs::read_to_string(&l)
                         .ok()?
                         .matches("agent registered")
@@ -217,7 +227,7 @@ async fn the_agent_runs_the_probe_guest_adopts_it_and_fences_it_when_cut_off() {
     let a = any.clone();
     wait_for(Duration::from_secs(10), "host a-h1 down", move || {
         let a = a.clone();
-        async move { (host_state(&a, "a-h1").await? == "down").then_some(()) }
+        async move { (host_state(&a, "a-h1").await? == lab::states::HostState::Down).then_some(()) }
     })
     .await;
     let down_after = cut.elapsed();

@@ -299,20 +299,17 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
     );
     // With them the cluster is reachable from here and every VM runs (as every node
     // sees it once it has applied the starts).
-    let t = std::time::Instant::now();
-    loop {
-        let vms = cli_json(&cluster, &["--certs", &certs, "vm", "list"]);
-        if vms
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| v["state"] == "running")
-        {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "{vms}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let every = Duration::from_millis(200);
+    let mut vms = serde_json::Value::Null;
+    let running =
+        lab::wait::wait_blocking_every(every, Duration::from_secs(10), "every VM running", || {
+            vms = cli_json(&cluster, &["--certs", &certs, "vm", "list"]);
+            vms.as_array()?
+                .iter()
+                .all(|v| v["state"] == "running")
+                .then_some(())
+        });
+    assert!(running.is_ok(), "{running:?}: {vms}");
     // A fault: pause the witness; status says so; resume.
     let (_, ok, text) = run_json(&["chaos", "pause", "--dir", d, "witness"]);
     assert!(ok, "{text}");
@@ -426,14 +423,19 @@ fn a_lab_stays_up_takes_faults_and_comes_down_even_after_its_supervisor_dies() {
         .args(["-9", &sup.to_string()])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    lab::wait_blocking(Duration::from_secs(10), "the supervisor to die", || {
+        (!alive(sup)).then_some(())
+    })
+    .unwrap();
     let (_, ok, text) = run_json(&["lab", "down", "--dir", d]);
     assert!(ok, "{text}");
-    std::thread::sleep(Duration::from_millis(300));
+    let gone = lab::wait_blocking(Duration::from_secs(10), "every lab process gone", || {
+        (!pids.iter().any(|p| alive(*p))).then_some(())
+    });
     for p in &pids {
         assert!(
             !alive(*p),
-            "process {p} of the lab still runs after lab down: {text}"
+            "process {p} of the lab still runs after lab down ({gone:?}): {text}"
         );
     }
     assert_eq!(ns_count(&tag), 0, "namespaces left after lab down: {text}");

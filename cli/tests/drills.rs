@@ -13,8 +13,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::agent_lab::*;
@@ -97,10 +95,12 @@ async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
     assert_eq!(before.len(), VMS.len(), "{before:?}");
 
     // Production keeps writing through the primary of db during the drill.
-    let c = connect(&lab.socket("db-data", "db", "north"), "db-data").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until_failure(c, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = writer(&lab.socket("db-data", "db", "north"), "db-data").await;
+    wait_for(Duration::from_secs(10), "production writing", || {
+        let n = w.acknowledged();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
 
     let o = lab.run(&["drill", "run", "--kind", "test", "--all", "--no-wait"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -109,19 +109,20 @@ async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
     // While it runs: every replica stays up to date (replication within its bound).
     let mut samples = 0;
     let mut behind = Vec::new();
-    let rec = loop {
+    let mut last = String::new();
+    let every = Duration::from_millis(100);
+    let rec = lab::wait::wait_every(every, Duration::from_secs(120), "the drill to end", || {
         behind.extend(lagging(&lab));
         samples += 1;
         let o = lab.run(&["op", "show", &op.to_string()]);
+        last = text(&o);
         let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        if v["status"] != "running" && !v.is_null() {
-            break v;
-        }
-        assert!(samples < 600, "the drill did not end: {}", text(&o));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop.store(true, Ordering::SeqCst);
-    let acked = writer.await.unwrap();
+        let done = (v["status"] != "running" && !v.is_null()).then_some(v);
+        async move { done }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {last}"));
+    let acked = w.stop().writes;
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert!(
         behind.is_empty(),
@@ -178,12 +179,12 @@ async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
     assert!(r.contains(&format!("drill-{op}-db-1 removed")), "{r}");
     assert!(r.contains(&format!("network mdr-drill-{op} gone")), "{r}");
     assert!(r.contains("replica is now at sequence"), "{r}");
-    let left = drill_leftovers(lab.c.dir.path(), op);
+    let left = drill_leftovers(lab.dir(), op);
     assert!(left.is_empty(), "left behind: {left:?}");
 
     // The signed report: it verifies, pinned to the cluster's key, and one changed
     // byte anywhere fails it.
-    let dir = lab.c.dir.path();
+    let dir = lab.dir();
     let key = lab.run(&["report", "key"]);
     let key: Value = serde_json::from_slice(&key.stdout).unwrap();
     let key = key["public_key"].as_str().unwrap().to_string();
@@ -277,8 +278,8 @@ async fn a_drill_interrupted_by_a_leader_kill_is_cleaned_up_and_reported_interru
         }
     })
     .await;
-    let leader = leader_seen_by(&lab.c.nodes[0].grpc, Duration::from_secs(5)).await;
-    lab.c.node_mut(&leader).kill();
+    let leader = leader_seen_by(&lab.first(), Duration::from_secs(5)).await;
+    lab.kill(&leader);
     eprintln!("killed the leader {leader} during op-{op}'s health gate");
 
     let rec = wait_op(&lab.addrs, op, Duration::from_secs(60)).await;
@@ -292,11 +293,11 @@ async fn a_drill_interrupted_by_a_leader_kill_is_cleaned_up_and_reported_interru
     let r = cleanup["result"].as_str().unwrap();
     assert!(r.contains(&format!("drill-{op}-db-1 removed")), "{r}");
     assert!(r.contains("dropped"), "{r}");
-    let left = drill_leftovers(lab.c.dir.path(), op);
+    let left = drill_leftovers(lab.dir(), op);
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(production(&lab), before);
     // The report says so, signed.
-    let out = lab.c.dir.path().join("interrupted.json");
+    let out = lab.dir().join("interrupted.json");
     let o = lab.run(&[
         "report",
         "export",

@@ -130,7 +130,7 @@ async fn start_lab(prefix: &str) -> QemuLab {
         let a = any.clone();
         wait_for(Duration::from_secs(20), &format!("{h} up"), move || {
             let a = a.clone();
-            async move { (host_state(&a, h).await? == "up").then_some(()) }
+            async move { (host_state(&a, h).await? == lab::states::HostState::Up).then_some(()) }
         })
         .await;
     }
@@ -155,7 +155,12 @@ async fn start_lab(prefix: &str) -> QemuLab {
 
     for action in ["define", "start"] {
         let r = vm_do(&any, action, &vm).await;
-        assert_eq!(r.status, "succeeded", "{action}: {}", r.message);
+        assert_eq!(
+            outcome(&r),
+            Some(lab::states::CommandOutcome::Succeeded),
+            "{action}: {}",
+            r.message
+        );
     }
     let north_console = console(&north, &vm);
     let log = wait_console(
@@ -397,13 +402,10 @@ async fn a_real_guest_restarts_at_the_other_site_with_every_acknowledged_record(
 /// every record it acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_guest_whose_host_lost_its_lease_is_killed_at_once_and_restarts_with_every_record() {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
     let _g = serial();
-    let lab = start_lab("mdr-fence").await;
-    let pids: Vec<i32> = lab.c.nodes.iter().filter_map(|n| n.pid()).collect();
-    for p in &pids {
-        kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
+    let mut lab = start_lab("mdr-fence").await;
+    for n in &mut lab.c.nodes {
+        n.pause();
     }
     // Lease 3 s: the agents fence within it (they run on; only the cluster stalls).
     tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -411,8 +413,8 @@ async fn a_real_guest_whose_host_lost_its_lease_is_killed_at_once_and_restarts_w
     // still: this is every record it acknowledged at north.
     let at_fence =
         chaos::guest::parse_console(&std::fs::read_to_string(&lab.north_console).unwrap());
-    for p in &pids {
-        kill(Pid::from_raw(*p), Signal::SIGCONT).unwrap();
+    for n in &mut lab.c.nodes {
+        n.resume();
     }
     let acked = at_fence.max_ack.unwrap_or(0);
     assert!(acked >= lab.log.acks, "{at_fence:?}");
@@ -457,8 +459,8 @@ async fn a_real_guest_whose_host_lost_its_lease_is_killed_at_once_and_restarts_w
         "the restarted guest's disk lacks acknowledged records: it found {resumed}, {acked} were acknowledged"
     );
     assert_eq!(
-        vm_state(&lab.any, &lab.vm).await.as_deref(),
-        Some("running"),
+        vm_state(&lab.any, &lab.vm).await,
+        Some(RUNNING),
         "{}",
         text(&metrodr(&["--cluster", &lab.addrs, "vm", "list"]))
     );

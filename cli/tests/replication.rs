@@ -14,7 +14,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -107,6 +106,22 @@ fn wrong_blocks(data: &Path, acked: &[(u64, u8)]) -> Vec<u64> {
         .collect()
 }
 
+/// Blocks of the workload whose acknowledged write is not in `data` (the oracle of
+/// the lab's workload, on a file).
+fn lost_writes(data: &Path, acked: &lab::workload::Acked) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(data).unwrap();
+    let mut buf = vec![0u8; BLOCK as usize];
+    acked
+        .latest()
+        .filter(|(i, seq)| {
+            f.read_exact_at(&mut buf, i * BLOCK).unwrap();
+            !lab::workload::holds(*i, *seq, &buf)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 fn same_files(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
@@ -141,50 +156,49 @@ async fn killing_the_primary_mid_stream_loses_no_acknowledged_write_and_it_rejoi
     });
 
     // 16 pipelined writers, each on its own stripe of blocks, until the primary dies.
-    let c = Arc::new(client(&a_sock).await);
-    let acked = Arc::new(Mutex::new(Vec::<(u64, u8)>::new()));
-    let writers: Vec<_> = (0..16u64)
-        .map(|w| {
-            let (c, acked) = (c.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut i = w;
-                while i < BYTES / BLOCK {
-                    if c.write(i * BLOCK, block(i, 0xA1), false).await.is_err() {
-                        return;
-                    }
-                    acked.lock().unwrap().push((i, 0xA1));
-                    i += 16;
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let blocks = BYTES / BLOCK;
+    let w = lab::workload::Writers::start(
+        client(&a_sock).await,
+        lab::workload::Spec {
+            writers: 16,
+            blocks,
+            once: true,
+            fua: false,
+        },
+    );
+    // Mid-stream: once a quarter of the volume is acknowledged.
+    wait_for(
+        Duration::from_secs(30),
+        "a quarter of the volume written",
+        || {
+            let n = w.acknowledged();
+            async move { (n >= blocks / 4).then_some(()) }
+        },
+    )
+    .await;
     assert!(
-        writers.iter().any(|w| !w.is_finished()),
+        w.running() > 0,
         "the writers finished before the kill: write more"
     );
     a.kill(); // SIGKILL, mid-stream
-    for w in writers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = w.finish(Duration::from_secs(10)).await;
     assert!(
-        acked.len() > 100,
+        acked.writes > 100,
         "only {} writes were acknowledged before the kill",
-        acked.len()
+        acked.writes
     );
     b.stop();
-    let lost = wrong_blocks(&b_raw, &acked);
+    let lost = lost_writes(&b_raw, &acked);
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged writes are not on the secondary: {:?}",
         lost.len(),
-        acked.len(),
+        acked.writes,
         &lost[..lost.len().min(10)]
     );
     eprintln!(
         "{} writes acknowledged before SIGKILL; all of them on the secondary",
-        acked.len()
+        acked.writes
     );
 
     // Failover: B becomes primary at epoch 2 and serves every acknowledged write.
@@ -198,11 +212,11 @@ async fn killing_the_primary_mid_stream_loses_no_acknowledged_write_and_it_rejoi
     );
     assert_eq!(bp.ready["epoch"], 2);
     let cb = client(&b_sock).await;
-    for (i, tag) in &acked {
-        assert_eq!(
-            cb.read(i * BLOCK, BLOCK as u32).await.unwrap(),
-            block(*i, *tag),
-            "block {i} after the failover"
+    for (i, seq) in acked.latest() {
+        let data = cb.read(i * BLOCK, BLOCK as u32).await.unwrap();
+        assert!(
+            lab::workload::holds(i, seq, &data),
+            "block {i} after the failover lacks write {seq}"
         );
     }
     // B takes writes while A is away (its bitmap records them).
@@ -577,20 +591,17 @@ fn console(path: &Path) -> chaos::guest::ConsoleLog {
 }
 
 fn wait_acks(path: &Path, at_least: u64, within: Duration) -> chaos::guest::ConsoleLog {
-    let deadline = Instant::now() + within;
-    loop {
-        let log = console(path);
-        if log.acks >= at_least {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the probe guest acknowledged {} records, waiting for {at_least}: {log:?}\nconsole:\n{}",
-            log.acks,
+    let what = format!("the probe guest to acknowledge {at_least} records");
+    lab::wait_blocking(within, &what, || {
+        Some(console(path)).filter(|l| l.acks >= at_least)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\nconsole:\n{}",
+            console(path),
             std::fs::read_to_string(path).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

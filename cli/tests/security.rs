@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn tls_section(certs: &Path, name: &str) -> String {
-    format!(
-        "\n[tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/nodes/{name}.crt\"\nkey = \"{0}/nodes/{name}.key\"\n",
-        certs.display()
-    )
+fn tls_files(certs: &Path, name: &str) -> security::TlsFiles {
+    security::TlsFiles {
+        ca: certs.join("ca.crt"),
+        cert: certs.join(format!("nodes/{name}.crt")),
+        key: certs.join(format!("nodes/{name}.key")),
+    }
 }
 
 /// `metrodr ARGS` against the cluster with `--certs certs --as who` (certs None:
@@ -50,27 +51,25 @@ fn audit_entries(cluster: &str, certs: &Path) -> Vec<serde_json::Value> {
 /// Wait until the audit log has a `security.refused` entry by `actor` whose detail
 /// contains `says`.
 fn wait_refusal(cluster: &str, certs: &Path, actor: &str, says: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let entries = audit_entries(cluster, certs);
-        if let Some(e) = entries.iter().find(|e| {
+    let what = format!("a security.refused entry by {actor:?} saying {says:?}");
+    let every = Duration::from_millis(300);
+    let found = lab::wait::wait_blocking_every(every, Duration::from_secs(20), &what, || {
+        audit_entries(cluster, certs).into_iter().find(|e| {
             e["action"] == "security.refused"
                 && e["actor"].as_str().unwrap_or_default() == actor
                 && e["detail"].as_str().unwrap_or_default().contains(says)
-        }) {
-            return e.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no security.refused entry by {actor:?} saying {says:?}; the log holds:\n{}",
-            entries
+        })
+    });
+    found.unwrap_or_else(|e| {
+        panic!(
+            "{e}; the log holds:\n{}",
+            audit_entries(cluster, certs)
                 .iter()
                 .map(|e| format!("  {} {} {}", e["actor"], e["action"], e["detail"]))
                 .collect::<Vec<_>>()
                 .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        )
+    })
 }
 
 #[test]
@@ -120,7 +119,15 @@ fn with_tls_on_only_the_right_people_get_in_and_every_refusal_is_audited() {
 
     let nodes: Vec<NodeProc> = ["orch-a", "orch-b", "orch-w"]
         .iter()
-        .map(|n| start_node_with(dir.path(), n, "127.0.0.1:0", None, &tls_section(&certs, n)))
+        .map(|n| {
+            start_node_with(
+                dir.path(),
+                n,
+                "127.0.0.1:0",
+                None,
+                Some(tls_files(&certs, n)),
+            )
+        })
         .collect();
     let cluster = nodes
         .iter()

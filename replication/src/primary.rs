@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::backend::{BackendError, BlockBackend};
 use crate::frame::{Envelope, Frame};
-use crate::link::LinkState;
+use crate::link::state::LinkState;
 use crate::meta::ReplicaMeta;
 use crate::replica::Mode;
 use crate::volume::VolumeFile;

@@ -3,13 +3,12 @@
 //! this host. Production domains are never touched: drill copies are named
 //! `drill-<op>-<vm>` and carry the drill in their metadata mark.
 
-use std::sync::Arc;
-
 use ids::OpId;
 use proto::agent::{CommandOutcome, Executed, FailureKind};
 use topology::spec::{NetworkSpec, VmSpec, drill_network_name};
 
-use super::{Shared, hv, lock};
+use super::{Marks, Resources, hv};
+use crate::core::RunCtx;
 use crate::domain_xml::{self, DiskBackend};
 use crate::hypervisor::only_ours;
 
@@ -37,8 +36,15 @@ pub fn not_isolated(network_xml: &str) -> Option<String> {
     (!why.is_empty()).then(|| why.join(", "))
 }
 
-/// Define and start the drill copy `spec` (which must belong to drill `op`).
-pub async fn start(s: &Arc<Shared>, op: OpId, spec: VmSpec) -> Executed {
+/// Define and start the drill copy `spec` (which must belong to drill `op`); the
+/// console mark of its start goes to `marks`.
+pub(super) async fn start(
+    res: &Resources,
+    op: OpId,
+    spec: VmSpec,
+    ctx: RunCtx,
+    marks: &mut Marks,
+) -> Executed {
     let refuse = |why: String| Executed::failed(FailureKind::Failed, why);
     if spec.drill != Some(op) {
         return refuse(format!(
@@ -68,7 +74,7 @@ pub async fn start(s: &Arc<Shared>, op: OpId, spec: VmSpec) -> Executed {
         }
         let xml = domain_xml::isolated_network_xml(net, op.0);
         let n = net.clone();
-        let desc = match hv(s, move |h| h.ensure_network(&n, &xml)).await {
+        let desc = match hv(res, move |h| h.ensure_network(&n, &xml)).await {
             Ok(d) => d,
             Err(e) => return refuse(format!("cannot set up network {net}: {e}")),
         };
@@ -80,14 +86,14 @@ pub async fn start(s: &Arc<Shared>, op: OpId, spec: VmSpec) -> Executed {
         // Verified just now: no forward, no host address.
         network = Some(net.clone());
     }
-    let ty = *lock(&s.domain_type);
-    let xml = domain_xml::domain_xml(&spec, ty, &s.paths, DiskBackend::Nbd);
-    let console = domain_xml::console_of(&s.paths, &spec);
+    let ty = ctx.domain_type;
+    let xml = domain_xml::domain_xml(&spec, ty, &res.paths, DiskBackend::Nbd);
+    let console = domain_xml::console_of(&res.paths, &spec);
     let mark = std::fs::metadata(&console).map_or(0, |m| m.len());
-    lock(&s.console_marks).insert(name.clone(), mark);
+    marks.push((name.clone(), Some(mark)));
     let n = name.clone();
     let disks = u32::try_from(spec.disks.len()).unwrap_or(u32::MAX);
-    let r = hv(s, move |h| {
+    let r = hv(res, move |h| {
         h.define(&xml)?;
         h.start(&n)?;
         h.state(&n)
@@ -106,10 +112,11 @@ pub async fn start(s: &Arc<Shared>, op: OpId, spec: VmSpec) -> Executed {
     }
 }
 
-/// Remove every domain, snapshot and network of drill `op` on this host.
-pub async fn cleanup(s: &Arc<Shared>, op: OpId) -> Executed {
-    let host = s.cfg.host.clone();
-    let domains = match hv(s, move |h| h.list().map(|d| only_ours(d, &host))).await {
+/// Remove every domain, snapshot and network of drill `op` on this host (and the
+/// console marks of its domains, through `marks`).
+pub(super) async fn cleanup(res: &Resources, op: OpId, marks: &mut Marks) -> Executed {
+    let host = res.cfg.host.clone();
+    let domains = match hv(res, move |h| h.list().map(|d| only_ours(d, &host))).await {
         Ok(d) => d,
         Err(e) => {
             return Executed::failed(FailureKind::Failed, format!("cannot list domains: {e}"));
@@ -122,24 +129,25 @@ pub async fn cleanup(s: &Arc<Shared>, op: OpId) -> Executed {
         .filter(|d| d.managed.as_ref().is_some_and(|m| m.drill == Some(op)))
     {
         let name = d.name.clone();
-        let r = hv(s, move |h| {
+        let r = hv(res, move |h| {
             h.destroy(&name)?;
             h.undefine(&name)
         })
         .await;
         match r {
             Ok(()) => {
-                let _ = std::fs::remove_file(s.paths.consoles_dir.join(format!("{}.log", d.name)));
-                lock(&s.console_marks).remove(&d.name);
+                let _ =
+                    std::fs::remove_file(res.paths.consoles_dir.join(format!("{}.log", d.name)));
+                marks.push((d.name.clone(), None));
                 done.push(format!("{} removed", d.name));
             }
             Err(e) => failed.push(format!("{}: {e}", d.name)),
         }
     }
-    done.extend(s.volumes.drill_cleanup(op).await);
+    done.extend(res.volumes.drill_cleanup(op).await);
     let net = drill_network_name(op);
     let n = net.clone();
-    match hv(s, move |h| h.remove_network(&n)).await {
+    match hv(res, move |h| h.remove_network(&n)).await {
         Ok(()) => done.push(format!("network {net} gone")),
         Err(e) => failed.push(format!("network {net}: {e}")),
     }

@@ -12,14 +12,13 @@
 
 use proto::agent::{CommandOutcome, Executed, FailureKind};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use topology::VmId;
 
 use tokio::net::TcpStream;
 use topology::spec::PortForward;
 
-use super::{Shared, hv, lock};
+use super::{Resources, hv};
 use crate::config::GuestNetwork;
 use crate::domain_xml;
 
@@ -31,11 +30,16 @@ const RETRY: Duration = Duration::from_millis(250);
 /// of the handshake before the round counts as failed.
 const GUEST_HANDSHAKE: Duration = Duration::from_millis(1500);
 
-/// Wait for `marker` on the VM's serial console since its latest start here (the
-/// whole log when this agent did not start it).
-pub(super) async fn console(s: &Arc<Shared>, vm: &str, marker: &str, timeout_s: u32) -> Executed {
-    let path = s.paths.consoles_dir.join(format!("{vm}.log"));
-    let mark = lock(&s.console_marks).get(vm).copied().unwrap_or(0);
+/// Wait for `marker` on the VM's serial console after `mark`: where the log stood at
+/// its latest start here (0, the whole log, when this agent did not start it).
+pub(super) async fn console(
+    res: &Resources,
+    vm: &str,
+    mark: u64,
+    marker: &str,
+    timeout_s: u32,
+) -> Executed {
+    let path = res.paths.consoles_dir.join(format!("{vm}.log"));
     let started = Instant::now();
     let deadline = Duration::from_secs(u64::from(timeout_s));
     loop {
@@ -88,7 +92,7 @@ enum NoTarget {
 
 /// Connect to `port` of `vm` until a connection is accepted or `timeout_s` passes.
 pub(super) async fn tcp(
-    s: &Arc<Shared>,
+    res: &Resources,
     vm_id: &VmId,
     port: u16,
     address: Option<&str>,
@@ -98,7 +102,7 @@ pub(super) async fn tcp(
     let started = Instant::now();
     let deadline = Duration::from_secs(u64::from(timeout_s));
     loop {
-        let last = match target(s, vm, port, address).await {
+        let last = match target(res, vm, port, address).await {
             Err(NoTarget::Never(why)) => {
                 return Executed::failed(
                     FailureKind::Failed,
@@ -106,7 +110,7 @@ pub(super) async fn tcp(
                 );
             }
             Err(NoTarget::Retry(why)) => why,
-            Ok(t) => match attempt(s, vm, &t).await {
+            Ok(t) => match attempt(res, vm, &t).await {
                 Ok(how) => {
                     return Executed::done(CommandOutcome::TcpProbed {
                         vm: vm_id.clone(),
@@ -130,7 +134,7 @@ pub(super) async fn tcp(
 }
 
 async fn target(
-    s: &Arc<Shared>,
+    res: &Resources,
     vm: &str,
     port: u16,
     address: Option<&str>,
@@ -145,12 +149,12 @@ async fn target(
         };
     }
     let name = vm.to_string();
-    match &s.cfg.guest_network {
+    match &res.cfg.guest_network {
         GuestNetwork::None => Err(NoTarget::Never(
             "the probe names no address and this host's VMs have no network (guest_network = \"none\" in the agent config): give the probe an `address`, or set guest_network".into(),
         )),
         GuestNetwork::User => {
-            let xml = hv(s, move |h| h.xml(&name))
+            let xml = hv(res, move |h| h.xml(&name))
                 .await
                 .map_err(|e| NoTarget::Retry(e.to_string()))?;
             domain_xml::user_forwards(&xml)
@@ -164,7 +168,7 @@ async fn target(
                 })
         }
         GuestNetwork::Network(net) => {
-            let ips = hv(s, move |h| h.addresses(&name))
+            let ips = hv(res, move |h| h.addresses(&name))
                 .await
                 .map_err(|e| NoTarget::Retry(e.to_string()))?;
             if ips.is_empty() {
@@ -186,7 +190,7 @@ async fn target(
 }
 
 /// One round: Ok with what accepted, or why nothing did.
-async fn attempt(s: &Arc<Shared>, vm: &str, t: &Target) -> Result<String, String> {
+async fn attempt(res: &Resources, vm: &str, t: &Target) -> Result<String, String> {
     match t {
         Target::Direct { addrs, how } => {
             let mut why = format!("{how}: no address");
@@ -218,7 +222,7 @@ async fn attempt(s: &Arc<Shared>, vm: &str, t: &Target) -> Result<String, String
                     _ => {}
                 }
                 let name = vm.to_string();
-                let info = hv(s, move |h| h.usernet(&name))
+                let info = hv(res, move |h| h.usernet(&name))
                     .await
                     .map_err(|e| format!("cannot ask QEMU about its user-mode network: {e}"))?;
                 if guest_established(&info, f.guest) > 0 {

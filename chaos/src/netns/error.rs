@@ -14,6 +14,11 @@ pub enum LabError {
     )]
     NotRoot { euid: u32 },
     #[error(
+        "creating network namespaces needs {cap}, which this process (root) does not \
+         have; run the tests as root outside a restricted container (or grant {cap})"
+    )]
+    NoCapability { cap: &'static str },
+    #[error(
         "`{tool}` was not found on PATH, /usr/sbin or /sbin; install iproute2 and iptables \
          (scripts/install-deps.sh)"
     )]
@@ -26,6 +31,18 @@ pub enum LabError {
         stderr: String,
         hint: &'static str,
     },
+    #[error("{what}: `{cmdline}` printed what is not the JSON iproute2 writes")]
+    Output {
+        what: String,
+        cmdline: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{name} exists already, left over by a lab that crashed; remove it with \
+         chaos::netns::cleanup_stale(\"mdr\") (`metrodr lab down`)"
+    )]
+    Leftover { name: String },
     #[error("{what}: could not start `{cmdline}`")]
     Spawn {
         what: String,

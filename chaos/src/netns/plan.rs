@@ -169,33 +169,15 @@ pub fn ns_names(tag: &str, nodes: &[&str]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// IPv4 networks (address, prefix length) found in `ip -4 -o addr` or `ip -4 route`
-/// output. Lines it does not understand are ignored: the point is to avoid known uses.
-pub fn parse_ipv4_nets(output: &str) -> Vec<(Ipv4Addr, u8)> {
-    let mut nets = Vec::new();
-    for line in output.lines() {
-        let mut tokens = line.split_whitespace();
-        let candidate = if line.contains(" inet ") {
-            // `ip -o addr`: "4: eth0    inet 192.0.2.2/24 brd ..."
-            tokens.find(|t| *t == "inet").and(tokens.next())
-        } else {
-            // `ip route`: "10.1.0.0/16 dev x ..." or "10.1.2.3 via ..."
-            tokens.next()
-        };
-        if let Some(net) = candidate.and_then(parse_cidr) {
-            nets.push(net);
-        }
-    }
-    nets
-}
-
-fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (addr, len) = match text.split_once('/') {
-        Some((addr, len)) => (addr, len.parse::<u8>().ok()?),
-        None => (text, 32),
-    };
-    let addr = addr.parse::<Ipv4Addr>().ok()?;
-    (len <= 32).then_some((addr, len))
+/// The effective capability set from /proc/PID/status text: the `CapEff` field, a
+/// 64-bit hexadecimal mask (proc(5)). None when the field is missing or malformed.
+pub fn effective_capabilities(status: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == "CapEff")
+            .then(|| u64::from_str_radix(value.trim(), 16).ok())
+            .flatten()
+    })
 }
 
 /// Whether `subnet` clashes with a network already on the host. Networks of /16 or
@@ -429,7 +411,7 @@ impl Record {
                 "pid" => pid = Some(value.parse().map_err(|_| bad())?),
                 "starttime" => starttime = Some(value.parse().map_err(|_| bad())?),
                 "subnet" => {
-                    let (net, len) = parse_cidr(value).ok_or_else(bad)?;
+                    let (net, len) = super::iproute::parse_cidr(value).ok_or_else(bad)?;
                     let [ten, a, b, zero] = net.octets();
                     if (ten, zero, len) != (10, 0, 24) {
                         return Err(bad());
@@ -534,24 +516,20 @@ mod tests {
     }
 
     #[test]
-    fn parses_ip_addr_and_route_output() {
-        let addr = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
-                    4: eth0    inet 10.201.7.9/24 brd 10.201.7.255 scope global eth0\n";
-        let route = "default via 192.0.2.1 dev eth0\n10.202.0.0/16 dev x\n10.203.4.5 dev y\n";
-        assert_eq!(
-            parse_ipv4_nets(addr),
-            vec![
-                (Ipv4Addr::new(127, 0, 0, 1), 8),
-                (Ipv4Addr::new(10, 201, 7, 9), 24)
-            ]
-        );
-        let nets = parse_ipv4_nets(route);
-        assert_eq!(nets.len(), 2);
-        assert!(clashes(Subnet([201, 7]), &parse_ipv4_nets(addr)));
-        assert!(!clashes(Subnet([201, 8]), &parse_ipv4_nets(addr)));
-        assert!(clashes(Subnet([202, 99]), &nets), "inside a /16");
-        assert!(clashes(Subnet([203, 4]), &nets), "a host route inside");
-        assert!(!clashes(Subnet([203, 5]), &nets));
+    fn a_lab_subnet_avoids_the_hosts_networks() {
+        let addrs = [
+            (Ipv4Addr::new(127, 0, 0, 1), 8),
+            (Ipv4Addr::new(10, 201, 7, 9), 24),
+        ];
+        let routes = [
+            (Ipv4Addr::new(10, 202, 0, 0), 16),
+            (Ipv4Addr::new(10, 203, 4, 5), 32),
+        ];
+        assert!(clashes(Subnet([201, 7]), &addrs));
+        assert!(!clashes(Subnet([201, 8]), &addrs));
+        assert!(clashes(Subnet([202, 99]), &routes), "inside a /16");
+        assert!(clashes(Subnet([203, 4]), &routes), "a host route inside");
+        assert!(!clashes(Subnet([203, 5]), &routes));
         // A VPN's 10/8 does not block every lab, only the /24 holding its address.
         let vpn = [(Ipv4Addr::new(10, 210, 0, 1), 8)];
         assert!(!clashes(Subnet([201, 7]), &vpn));
@@ -647,6 +625,18 @@ mod tests {
             let t = format!("metrodr-lab-record 1\npid 1\nstarttime 1\nnetns {odd}\n");
             assert!(Record::decode(&t).is_err(), "{odd}");
         }
+    }
+
+    #[test]
+    fn capabilities_come_from_the_capeff_mask() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_capabilities(status), Some(0x1ff_ffff_ffff));
+        let none = "CapEff:\t0000000000003000\n";
+        let caps = effective_capabilities(none).unwrap();
+        assert_ne!(caps & (1 << 12), 0, "CAP_NET_ADMIN");
+        assert_eq!(caps & (1 << 21), 0, "no CAP_SYS_ADMIN");
+        assert_eq!(effective_capabilities("CapEff:\tzz\n"), None);
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
     }
 
     #[test]

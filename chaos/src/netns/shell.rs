@@ -1,23 +1,35 @@
-//! The thin I/O shell: finding and running `ip`/`iptables`, listing links, waiting for
-//! links and deleting exactly the names it is given.
+//! The thin I/O shell: finding and running `ip`/`iptables`, reading the machine's
+//! links and networks (`ip -json`, [`super::iproute`]), waiting for links and deleting
+//! exactly the names it is given.
+//!
+//! Never decides anything from a command's human output or error text: state is read
+//! as JSON, and whether something exists is asked of the kernel again.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{LINK_UP_DEADLINE, LabError, NETNS_DIR};
+use super::iproute::{self, OperState};
+use super::{LINK_UP_DEADLINE, LabError, NETNS_DIR, plan};
 
-const HINT_DEFAULT: &str = "`ip netns list` and `ip -br link` show what exists";
-const HINT_ROOT: &str = "creating network namespaces needs root (CAP_NET_ADMIN); run as root";
-const HINT_EXISTS: &str = "a leftover with this name exists; run chaos::netns::cleanup_stale";
+/// What to look at when an `ip` command fails: the preconditions (root, the
+/// capabilities, the tools) were checked before, so what is left is the machine's state.
+const HINT_IP: &str = "`ip netns list` and `ip -br link` show what exists";
+/// What to look at when an `iptables` command fails.
 const HINT_IPTABLES: &str = "iptables cannot reach the kernel's firewall here; check that \
                              `iptables -L` works as root and the nf_tables modules load";
 
-/// Checks that this process can build labs: root, `ip` and `iptables` present.
-/// Tests call it first so a machine without them fails loudly instead of skipping.
+/// Capabilities a lab needs (bit numbers from linux/capability.h): network setup in
+/// every namespace, and creating and entering namespaces (`ip netns add`, setns).
+const NEEDED_CAPS: [(u32, &str); 2] = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+
+/// Checks that this process can build labs: root with the capabilities namespaces
+/// need, `ip` and `iptables` present. Tests call it first so a machine without them
+/// fails loudly instead of skipping.
 pub fn preflight() -> Result<(), LabError> {
     Tools::find().map(drop)
 }
@@ -36,6 +48,14 @@ impl Tools {
             return Err(LabError::NotRoot {
                 euid: euid.as_raw(),
             });
+        }
+        // Root in a container may still lack them; then every `ip netns add` would fail.
+        if let Some(effective) = effective_capabilities() {
+            for (bit, cap) in NEEDED_CAPS {
+                if effective & (1u64 << bit) == 0 {
+                    return Err(LabError::NoCapability { cap });
+                }
+            }
         }
         Ok(Tools {
             ip: find_tool("ip")?,
@@ -64,14 +84,26 @@ fn find_tool(tool: &'static str) -> Result<PathBuf, LabError> {
         .ok_or(LabError::ToolMissing { tool })
 }
 
-/// Runs `cmd` to completion; stdout on success, a [`LabError::Command`] naming `what`,
-/// the command line and its stderr otherwise.
+/// This process's effective capability set (the `CapEff` field of
+/// /proc/self/status, a hexadecimal bit mask); None where the kernel does not say.
+fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    plan::effective_capabilities(&status)
+}
+
+/// Runs the `ip` command `cmd` to completion; stdout on success, a
+/// [`LabError::Command`] naming `what`, the command line and its stderr otherwise.
 pub(super) fn run(what: &str, cmd: &mut Command) -> Result<String, LabError> {
-    let cmdline = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ");
+    run_with_hint(what, HINT_IP, cmd)
+}
+
+/// Like [`run`], for an `iptables` command ([`Tools::iptables_in`]).
+pub(super) fn run_iptables(what: &str, cmd: &mut Command) -> Result<String, LabError> {
+    run_with_hint(what, HINT_IPTABLES, cmd)
+}
+
+fn run_with_hint(what: &str, hint: &'static str, cmd: &mut Command) -> Result<String, LabError> {
+    let cmdline = cmdline(cmd);
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -83,39 +115,64 @@ pub(super) fn run(what: &str, cmd: &mut Command) -> Result<String, LabError> {
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     Err(LabError::Command {
         what: what.to_string(),
         cmdline,
         status: out.status.to_string(),
-        hint: hint_for(&stderr),
-        stderr,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        hint,
     })
 }
 
-fn hint_for(stderr: &str) -> &'static str {
-    if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
-        HINT_ROOT
-    } else if stderr.contains("File exists") {
-        HINT_EXISTS
-    } else if stderr.contains("iptables") || stderr.contains("Table does not exist") {
-        HINT_IPTABLES
-    } else {
-        HINT_DEFAULT
-    }
+fn cmdline(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-/// Names of the links in the root namespace (`ip -o link show`).
+/// Runs an `ip -json` command and parses its output with `parse`.
+fn run_json<T>(
+    what: &str,
+    cmd: &mut Command,
+    parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+) -> Result<T, LabError> {
+    let out = run(what, cmd)?;
+    parse(&out).map_err(|source| LabError::Output {
+        what: what.to_string(),
+        cmdline: cmdline(cmd),
+        source,
+    })
+}
+
+/// The links of the root namespace (`ip -json link show`).
 pub(super) fn root_links(tools: &Tools) -> Result<Vec<String>, LabError> {
-    let out = run("listing links", tools.ip().args(["-o", "link", "show"]))?;
-    Ok(out
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .collect())
+    let links = run_json(
+        "listing links",
+        tools.ip().args(["-json", "link", "show"]),
+        iproute::links,
+    )?;
+    Ok(links.into_iter().map(|l| l.name).collect())
 }
 
-fn ns_exists(ns: &str) -> bool {
+/// The host's IPv4 networks: its addresses and its routes (`ip -json -4 addr` and
+/// `ip -json -4 route`), which a lab's subnet must not clash with.
+pub(super) fn host_ipv4_nets(tools: &Tools) -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
+    let mut nets = run_json(
+        "listing host addresses",
+        tools.ip().args(["-json", "-4", "addr", "show"]),
+        iproute::ipv4_addrs,
+    )?;
+    nets.extend(run_json(
+        "listing host routes",
+        tools.ip().args(["-json", "-4", "route", "show"]),
+        iproute::ipv4_routes,
+    )?);
+    Ok(nets)
+}
+
+pub(super) fn ns_exists(ns: &str) -> bool {
     Path::new(NETNS_DIR).join(ns).exists()
 }
 
@@ -143,9 +200,9 @@ pub(super) fn wait_links_up(tag: &str, links: &[String]) -> Result<(), LabError>
     Ok(())
 }
 
-/// Like [`wait_links_up`], for links inside namespace `ns` (read with `ip -n NS -o
-/// link show`: the root namespace's /sys shows only its own links). A bridge port or
-/// veth counts once it is `UP`.
+/// Like [`wait_links_up`], for links inside namespace `ns` (read with `ip -n NS
+/// -json link show`: the root namespace's /sys shows only its own links). A bridge
+/// port or veth counts once its operational state is up.
 pub(super) fn wait_ns_links_up(
     tools: &Tools,
     tag: &str,
@@ -154,26 +211,24 @@ pub(super) fn wait_ns_links_up(
 ) -> Result<(), LabError> {
     let deadline = Instant::now() + LINK_UP_DEADLINE;
     loop {
-        let out = run(
+        let present = run_json(
             "listing the WAN's links",
-            tools.ip().args(["-n", ns, "-o", "link", "show"]),
+            tools.ip().args(["-n", ns, "-json", "link", "show"]),
+            iproute::links,
         )?;
-        let down = links.iter().find(|link| {
-            !out.lines().any(|line| {
-                line.split(": ")
-                    .nth(1)
-                    .is_some_and(|n| n.split('@').next() == Some(link.as_str()))
-                    && line.contains("state UP")
-            })
-        });
-        let Some(link) = down else {
+        let state = |link: &str| present.iter().find(|l| l.name == link).map(|l| l.operstate);
+        let down = links
+            .iter()
+            .map(|link| (link, state(link)))
+            .find(|(_, s)| *s != Some(OperState::Up));
+        let Some((link, state)) = down else {
             return Ok(());
         };
         if Instant::now() >= deadline {
             return Err(LabError::LinkNotUp {
                 tag: tag.to_string(),
                 link: format!("{link} (in {ns})"),
-                state: "not UP".into(),
+                state: state.map_or("missing".into(), |s| format!("{s:?}")),
             });
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -196,28 +251,28 @@ pub(super) fn remove_resources(
     match root_links(tools) {
         Ok(present) => {
             for link in links.iter().filter(|l| present.contains(l)) {
-                match run(
+                if let Err(e) = run(
                     "deleting a lab link",
                     tools.ip().args(["link", "del", link]),
                 ) {
-                    // Gone meanwhile, e.g. with its peer: that is the goal.
-                    Err(LabError::Command { stderr, .. })
-                        if stderr.contains("Cannot find device") => {}
-                    Err(e) => errors.push(e.to_string()),
-                    Ok(_) => {}
+                    // Gone meanwhile (e.g. with its peer) is the goal; ask the kernel
+                    // again rather than read the error's wording.
+                    let still_there = root_links(tools).map_or(true, |now| now.contains(link));
+                    if still_there {
+                        errors.push(e.to_string());
+                    }
                 }
             }
         }
         Err(e) => errors.push(e.to_string()),
     }
     for ns in netns.iter().rev().filter(|ns| ns_exists(ns)) {
-        match run(
+        if let Err(e) = run(
             "deleting a node namespace",
             tools.ip().args(["netns", "del", ns]),
-        ) {
-            Err(LabError::Command { stderr, .. }) if stderr.contains("No such file") => {}
-            Err(e) => errors.push(e.to_string()),
-            Ok(_) => {}
+        ) && ns_exists(ns)
+        {
+            errors.push(e.to_string());
         }
     }
     errors.extend(remove_files(files));

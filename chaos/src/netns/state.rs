@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::plan::{self, Record, Subnet};
-use super::shell::{Tools, remove_files, remove_resources, root_links, run};
+use super::shell::{Tools, host_ipv4_nets, remove_files, remove_resources, root_links};
 use super::{LAB_COUNTER, LabError, NETNS_DIR, STATE_DIR, SUBNET_TRIES, TAG_PREFIX, TAG_TRIES};
 
 fn state_path(name: &str) -> PathBuf {
@@ -92,14 +92,7 @@ pub(super) fn reserve_tag(tools: &Tools, record: &Record) -> Result<(String, Pat
 /// Picks a /24 that no host address or route uses and reserves it across processes
 /// with an exclusively created file holding our tag.
 pub(super) fn reserve_subnet(tools: &Tools, tag: &str) -> Result<(Subnet, PathBuf), LabError> {
-    let mut used = plan::parse_ipv4_nets(&run(
-        "listing host addresses",
-        tools.ip().args(["-4", "-o", "addr", "show"]),
-    )?);
-    used.extend(plan::parse_ipv4_nets(&run(
-        "listing host routes",
-        tools.ip().args(["-4", "route", "show"]),
-    )?));
+    let used = host_ipv4_nets(tools)?;
     let counter = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
     for attempt in 0..SUBNET_TRIES {
         // A different stream from the tag's: salt the attempt.

@@ -4,9 +4,9 @@
 //! people, JSON for machines) and checked offline, as an auditor would.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use orchestrator::client::Client;
 use orchestrator::pb;
 use orchestrator::state::{OpStatus, Operation};
@@ -26,6 +26,9 @@ pub struct DrillApp {
 pub struct DrillOutcome {
     pub op: u64,
     pub status: String,
+    /// The drill succeeded (what `status` says, as a value to decide on).
+    #[serde(skip)]
+    pub succeeded: bool,
     pub apps: Vec<DrillApp>,
     /// The drill's safety checks: production untouched (hosts, states, replicas within
     /// their bound, during and after), the copies isolated, everything removed.
@@ -114,25 +117,16 @@ pub async fn test_drill(
             "\nTest drill (op-{op}): a copy of every app at its other site, on copy-on-write snapshots of its replicas and an isolated network, while production keeps writing"
         );
     }
-    let started = Instant::now();
-    let done: Operation = loop {
-        if started.elapsed() > Duration::from_secs(180) {
-            bail!("the test drill op-{op} did not end within 180 s");
-        }
-        let o = c
-            .op
-            .clone()
-            .get_operation(pb::GetOperationRequest { op })
-            .await
-            .ok()
-            .and_then(|r| serde_json::from_str::<Operation>(&r.into_inner().operation_json).ok());
-        if let Some(o) = o
-            && o.status != OpStatus::Running
-        {
-            break o;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done: Operation = lab::wait(
+        Duration::from_secs(180),
+        &format!("the test drill op-{op} to end"),
+        || async {
+            lab::api::operation(c, op)
+                .await
+                .filter(|o| o.status != OpStatus::Running)
+        },
+    )
+    .await?;
     let signed = export(c, op, reports, &format!("drill-op-{op}")).await?;
     let report: drills::Report = {
         let text = std::fs::read(&signed.json)?;
@@ -179,6 +173,7 @@ pub async fn test_drill(
     Ok(DrillOutcome {
         op,
         status: orchestrator::report::status(done.status).to_string(),
+        succeeded: done.status == OpStatus::Succeeded,
         apps,
         safe: report
             .checks

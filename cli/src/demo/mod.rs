@@ -14,17 +14,15 @@ mod guests;
 mod site;
 pub(crate) mod storage;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use orchestrator::client::Dialer;
+use lab::daemons::Binary;
+use lab::{Lab, api};
 use orchestrator::pb;
-use security::CertDir;
 use serde::Serialize;
 use topology::Topology;
 use topology::validate::{dependency_order, rto_estimates};
@@ -154,12 +152,12 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
         .as_ref()
         .is_none_or(|s| s.writes_lost == 0 && s.writes_acknowledged > 0);
     let site_ok = site_failover.as_ref().is_none_or(|s| {
-        s.status == "succeeded"
+        s.succeeded
             && s.writes_missing == 0
             && s.writes_acknowledged > 0
             && s.apps.iter().all(|a| a.site_after != s.lost_site)
             && s.signed_report.verified
-            && s.drill.status == "succeeded"
+            && s.drill.succeeded
             && s.drill.safe
             && s.drill.verified
     });
@@ -198,149 +196,49 @@ pub fn run(args: DemoArgs, out: Output) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Orchestrator processes started by the demo; killed (by PID) when dropped.
-struct Procs {
-    dir: PathBuf,
-    children: Vec<(String, Child, String)>,
-}
+/// Removes the demo's directory when dropped (declared before the lab, so the lab's
+/// processes are stopped first).
+struct RemoveDir(PathBuf);
 
-impl Drop for Procs {
+impl Drop for RemoveDir {
     fn drop(&mut self) {
-        for (_, c, _) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A cluster CA and certificates for everyone of `topo` plus an admin in
-/// `dir/certs`, and the admin's dialer: the demo runs with mutual TLS on.
-pub(crate) fn demo_certs(dir: &Path, topo: &Topology) -> anyhow::Result<(CertDir, Dialer)> {
-    let admin =
-        security::Principal::new(security::Role::Admin, "admin").map_err(anyhow::Error::msg)?;
-    let who = crate::certs_cmd::principals(Some(topo), &[admin])?;
-    let certs = crate::certs_cmd::ensure(&dir.join("certs"), &who, 30)?;
-    let tls = security::Tls::load(&certs.files(security::Role::Admin, "admin"))?;
-    Ok((certs, Dialer::new(Some(Arc::new(tls)))))
-}
-
-/// The `[tls]` section of a node's or agent's config.
-pub(crate) fn tls_section(certs: &CertDir, role: security::Role, name: &str) -> String {
-    let f = certs.files(role, name);
-    format!(
-        "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        f.ca.display(),
-        f.cert.display(),
-        f.key.display()
-    )
-}
-
-fn spawn_node(dir: &Path, name: &str, certs: &CertDir) -> anyhow::Result<(Child, String)> {
-    let cfg = dir.join(format!("{name}.toml"));
-    // One cluster signing key for every node (it signs the reports).
-    let key = dir.join("cluster.key");
-    if !key.exists() {
-        drills::generate_key_file(&key).context("creating the cluster signing key")?;
-    }
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nsigning_key = \"{}\"\n{}",
-            dir.join(name).display(),
-            key.display(),
-            tls_section(certs, security::Role::Node, name)
-        ),
-    )?;
-    let exe = std::env::current_exe().context("locating the metrodr binary")?;
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["orchestrator", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(log);
-    let mut child =
-        crate::lab::owned::spawn_owned(cmd).context("starting an orchestrator process")?;
-    let mut line = String::new();
-    let stdout = child.stdout.take().context("no stdout")?;
-    BufReader::new(stdout).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
-        format!(
-            "{name} did not start; see {}",
-            dir.join(format!("{name}.log")).display()
-        )
-    })?;
-    let addr = v["grpc"].as_str().context("no grpc address")?.to_string();
-    Ok((child, addr))
-}
-
-async fn leader_of(dialer: &Dialer, addr: &str) -> Option<String> {
-    let c = dialer.connect_to(addr).await.ok()?;
-    let mut op = c.op.clone();
-    let s = tokio::time::timeout(Duration::from_secs(1), op.status(pb::StatusRequest {}))
-        .await
-        .ok()?
-        .ok()?;
-    Some(s.into_inner().leader).filter(|l| !l.is_empty())
 }
 
 async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Result<ControlPlane> {
     let dir = std::env::temp_dir().join(format!("metrodr-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut procs = Procs {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
+    let _remove = RemoveDir(dir.clone());
     if table {
         outln!(
             "\nControl plane: starting {} orchestrator processes on loopback",
             topo.orchestrators.len()
         );
     }
-    let (certs, dialer) = demo_certs(&dir, topo)?;
-    if table {
+    let mut lab = Lab::new(&dir, text, Binary::this()?, lab::Options::loopback("demo"))?;
+    if table && let Some(certs) = &lab.certs {
         outln!(
             "  mutual TLS on every connection: a cluster CA and a certificate per node, host and the admin in {}",
             certs.root.display()
         );
     }
-    for o in &topo.orchestrators {
-        let (child, addr) = spawn_node(&dir, o.id.as_str(), &certs)?;
-        if table {
+    lab.start_nodes()?;
+    if table {
+        for m in lab.nodes() {
             outln!(
-                "  {} (site {}) pid {} listening on {addr}",
-                o.id,
-                o.site,
-                child.id()
+                "  {} (site {}) pid {} listening on {}",
+                m.name,
+                m.site,
+                m.pid().unwrap_or_default(),
+                m.grpc.as_deref().unwrap_or_default()
             );
         }
-        procs.children.push((o.id.to_string(), child, addr));
     }
-    let addrs: Vec<String> = procs.children.iter().map(|(_, _, a)| a.clone()).collect();
-    let client = dialer.connect(&addrs).await?;
+    let formed = lab.form().await?;
+    let leader = formed.leader.clone();
+    let client = lab.client().await?;
     let mut op = client.op.clone();
-    let nodes = topo
-        .orchestrators
-        .iter()
-        .zip(&procs.children)
-        .map(|(o, (_, _, addr))| pb::InitNode {
-            name: o.id.to_string(),
-            site: o.site.to_string(),
-            addr: addr.clone(),
-        })
-        .collect();
-    op.init_cluster(pb::InitClusterRequest { nodes }).await?;
-    let t0 = Instant::now();
-    let leader = loop {
-        if let Some(l) = leader_of(&dialer, &addrs[0]).await {
-            break l;
-        }
-        if t0.elapsed() > Duration::from_secs(15) {
-            bail!("no leader elected within 15 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let applied = crate::cluster_cmd::apply(&client, text, "demo").await?;
     for i in 1..=20 {
         op.note(pb::NoteRequest {
             text: format!("demo decision {i}"),
@@ -359,98 +257,107 @@ async fn control_plane(topo: &Topology, text: &str, table: bool) -> anyhow::Resu
     if table {
         outln!(
             "  cluster formed in {:.2} s; leader {leader}; topology applied as version {}; {} audit entries committed",
-            t0.elapsed().as_secs_f64(),
-            applied.version,
+            formed.took.as_secs_f64(),
+            formed.applied.version,
             before.len()
         );
     }
 
     // kill -9 the leader's process.
-    let idx = procs
-        .children
-        .iter()
-        .position(|(n, _, _)| *n == leader)
-        .context("leader process")?;
-    let (_, child, _) = &mut procs.children[idx];
+    let node = lab
+        .member_mut(&leader)
+        .with_context(|| format!("the leader {leader} is not one of the demo's nodes"))?;
+    let pid = node.pid().unwrap_or_default();
     let killed_at = Instant::now();
-    child.kill().context("killing the leader")?;
-    let _ = child.wait();
+    node.kill();
     if table {
-        outln!("  kill -9 {leader} (pid {})", child.id());
+        outln!("  kill -9 {leader} (pid {pid})");
     }
-    let survivors: Vec<String> = procs
-        .children
-        .iter()
-        .filter(|(n, _, _)| *n != leader)
-        .map(|(_, _, a)| a.clone())
+    let survivors: Vec<String> = lab
+        .nodes()
+        .filter(|m| m.is_running())
+        .filter_map(|m| m.grpc.clone())
         .collect();
-    let new_leader = loop {
-        let mut found = None;
-        for a in &survivors {
-            if let Some(l) = leader_of(&dialer, a).await.filter(|l| *l != leader) {
-                found = Some(l);
-                break;
+    let new_leader = lab::wait::wait_every(
+        Duration::from_millis(10),
+        Duration::from_secs(15),
+        &format!("a new leader after killing {leader}"),
+        || async {
+            for a in &survivors {
+                let Ok(c) = lab.dialer.connect_to(a).await else {
+                    continue;
+                };
+                if let Some(l) = api::leader_seen(&c).await.filter(|l| *l != leader) {
+                    return Some(l);
+                }
             }
-        }
-        if let Some(l) = found {
-            break l;
-        }
-        if killed_at.elapsed() > Duration::from_secs(15) {
-            bail!("no new leader within 15 s of killing {leader}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+            None
+        },
+    )
+    .await?;
     let election_ms = u64::try_from(killed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let survivor = dialer.connect(&survivors).await?;
-    let mut sop = survivor.op.clone();
+    let survivor = lab.dialer.connect(&survivors).await?;
+    let sop = survivor.op.clone();
     // The survivor answering may not know the new leader yet (it learns it from the
     // first heartbeat): write at the leader, retrying for a few heartbeats.
-    let mut attempt = 0;
-    loop {
-        let written = survivor
-            .at_leader(|mut op| async move {
-                op.note(pb::NoteRequest {
-                    text: "written after the leader was killed".into(),
-                    actor: "demo".into(),
+    let last_error = std::sync::Mutex::new(String::new());
+    lab::wait(
+        Duration::from_secs(5),
+        "a note written after the leader was killed",
+        || async {
+            let written = survivor
+                .at_leader(|mut op| async move {
+                    op.note(pb::NoteRequest {
+                        text: "written after the leader was killed".into(),
+                        actor: "demo".into(),
+                    })
+                    .await
                 })
-                .await
-            })
-            .await;
-        match written {
-            Ok(_) => break,
-            Err(e) if attempt >= 100 => {
-                return Err(e).context("writing a note after the leader was killed");
+                .await;
+            match written {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    *last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                    None
+                }
             }
-            Err(_) => attempt += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "the last attempt: {}",
+            last_error.lock().unwrap_or_else(|e| e.into_inner())
+        )
+    })?;
     // The node answering may be a follower that has not applied the note yet: read
     // until it has (a few heartbeats at most).
-    let mut after = Vec::new();
-    for _ in 0..100 {
-        after = sop
+    let read = async || {
+        sop.clone()
             .audit_list(pb::AuditListRequest {
                 from_seq: 0,
                 limit: 10_000,
             })
-            .await?
-            .into_inner()
-            .entries;
-        if after.len() > before.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .await
+            .map(|r| r.into_inner().entries)
+    };
+    let grown = lab::wait(Duration::from_secs(5), "the note applied", || async {
+        read().await.ok().filter(|a| a.len() > before.len())
+    })
+    .await;
+    let after = match grown {
+        Ok(a) => a,
+        Err(_) => read().await?,
+    };
     let lost = before.iter().filter(|e| !after.contains(e)).count() as u64;
     let mut verified = true;
     for a in &survivors {
-        let c = dialer.connect_to(a).await?;
-        let mut vop = c.op.clone();
-        let v = vop
-            .audit_verify(pb::AuditVerifyRequest { at_seq: 0 })
-            .await?
-            .into_inner();
+        let c = lab.dialer.connect_to(a).await?;
+        let v =
+            c.op.clone()
+                .audit_verify(pb::AuditVerifyRequest { at_seq: 0 })
+                .await?
+                .into_inner();
         verified &= v.ok;
     }
     if table {

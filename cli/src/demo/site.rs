@@ -19,24 +19,21 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use orchestrator::client::Client;
+use lab::daemons::Binary;
+use lab::workload::{self, Writers};
+use lab::{Lab, api, wait};
 use orchestrator::pb;
-use orchestrator::state::{OpStatus, Operation};
-use security::CertDir;
+use orchestrator::state::OpStatus;
 use serde::Serialize;
 use topology::Topology;
 
-use super::storage::{Writers, connect, missing};
-use crate::lab::{all_hosts_up, all_up_to_date, start_every_vm, volumes, wait};
 use crate::op_cmd::{OpRecord, record};
 
 /// The lab topology, built in.
-pub const LAB: &str = include_str!("../../../examples/lab.toml");
+pub const LAB: &str = lab::LAB_TOPOLOGY;
 const LOST: &str = "north";
 const SURVIVOR: &str = "south";
 
@@ -60,6 +57,9 @@ pub struct SiteFailover {
     pub lost_site: &'static str,
     pub op: u64,
     pub status: String,
+    /// The operation succeeded (what `status` says, as a value to decide on).
+    #[serde(skip)]
+    pub succeeded: bool,
     pub apps: Vec<AppOutcome>,
     pub writes_acknowledged: u64,
     pub writes_missing: u64,
@@ -83,102 +83,10 @@ pub struct OtherOperation {
     pub status: OpStatus,
 }
 
-/// Children started here, killed by PID when dropped.
-#[derive(Default)]
-struct Kids(Vec<(String, Child)>);
-
-impl Kids {
-    fn kill(&mut self, name: &str) {
-        for (n, c) in &mut self.0 {
-            if n == name {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn spawn_agent(
-    dir: &Path,
-    host: &str,
-    cluster: &str,
-    uri: &str,
-    certs: &CertDir,
-) -> anyhow::Result<Child> {
-    let state = dir.join(format!("agent-{host}"));
-    let cfg = dir.join(format!("agent-{host}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{}\"\n\
-             disk_backend = \"nbd\"\ndomain_type = \"qemu\"\n{}{}",
-            state.display(),
-            // Real guests get QEMU's user-mode network: their tcp probes connect
-            // through a loopback forward.
-            if uri.starts_with("qemu") {
-                "guest_network = \"user\"\n"
-            } else {
-                ""
-            },
-            super::tls_section(certs, security::Role::Agent, host)
-        ),
-    )?;
-    let exe = std::env::current_exe().context("locating the metrodr binary")?;
-    let log = std::fs::File::create(dir.join(format!("agent-{host}.log")))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["agent", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(log);
-    let mut child = crate::lab::owned::spawn_owned(cmd).context("starting an agent")?;
-    let mut out = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line)?;
-    if !line.contains("\"started\"") {
-        bail!(
-            "agent {host} did not start; see {}",
-            dir.join(format!("agent-{host}.log")).display()
-        );
-    }
-    std::thread::spawn(move || for _ in std::io::BufRead::lines(out) {});
-    Ok(child)
-}
-
-async fn operation(c: &Client, op: u64) -> Option<Operation> {
-    let r =
-        c.op.clone()
-            .get_operation(pb::GetOperationRequest { op })
-            .await
-            .ok()?;
-    serde_json::from_str(&r.into_inner().operation_json).ok()
-}
-
-/// VMs reported running, with the host that reported each.
-async fn running(c: &Client) -> Option<BTreeMap<String, String>> {
-    let r = c.op.clone().list_vms(pb::ListVmsRequest {}).await.ok()?;
-    Some(
-        r.into_inner()
-            .vms
-            .into_iter()
-            .filter(|v| v.state == "running")
-            .map(|v| (v.vm, v.reported_host))
-            .collect(),
-    )
 }
 
 pub async fn site_failover(
@@ -203,7 +111,6 @@ pub async fn site_failover(
         (LAB.to_string(), t)
     };
     let mut guests = qemu.then(|| super::guests::Guests::new(dir, &topo));
-    let mut kids = Kids::default();
     if table {
         outln!(
             "\nSite failover: examples/lab.toml — {} apps, {} VMs, {} hosts on {}, every group replicated {LOST} -> {SURVIVOR}",
@@ -217,58 +124,20 @@ pub async fn site_failover(
             }
         );
     }
-    // Control plane.
-    let mut addrs = Vec::new();
-    let (certs, dialer) = super::demo_certs(dir, &topo)?;
-    for o in &topo.orchestrators {
-        let (child, addr) = super::spawn_node(dir, o.id.as_str(), &certs)?;
-        kids.0.push((o.id.to_string(), child));
-        addrs.push((o, addr));
-    }
-    let all: Vec<String> = addrs.iter().map(|(_, a)| a.clone()).collect();
-    let cluster = all.join(",");
-    let client = dialer.connect(&all).await?;
-    client
-        .op
-        .clone()
-        .init_cluster(pb::InitClusterRequest {
-            nodes: addrs
-                .iter()
-                .map(|(o, a)| pb::InitNode {
-                    name: o.id.to_string(),
-                    site: o.site.to_string(),
-                    addr: a.clone(),
-                })
-                .collect(),
-        })
-        .await?;
-    wait(Duration::from_secs(15), "a leader", || async {
-        let s = client.op.clone().status(pb::StatusRequest {}).await.ok()?;
-        (!s.into_inner().leader.is_empty()).then_some(())
-    })
-    .await?;
-    crate::cluster_cmd::apply(&client, &text, "demo").await?;
-    // Agents, then every VM where the topology placed it.
-    for h in &topo.hosts {
-        kids.0.push((
-            h.id.to_string(),
-            spawn_agent(dir, h.id.as_str(), &cluster, &h.libvirt_uri, &certs)?,
-        ));
-    }
-    wait(Duration::from_secs(20), "every agent registered", || {
-        all_hosts_up(&client)
-    })
-    .await?;
+    // The lab on loopback: three orchestrator nodes, an agent per host, mutual TLS;
+    // real guests get QEMU's user-mode network (their tcp probes connect through a
+    // loopback forward).
+    let mut opts = lab::Options::loopback("demo");
+    opts.user_network = qemu;
+    // The nodes, the cluster formed, the agents registered; then every VM where the
+    // topology placed it.
+    let within = Duration::from_secs(20);
+    let mut lab = Lab::with_agents(dir, &text, Binary::this()?, opts, within).await?;
     // The agents serve every group: secondaries first, then the primaries towards
     // them; the initial syncs make the other site's replicas promotable.
-    wait(
-        Duration::from_secs(60),
-        "every replica up to date",
-        || async { all_up_to_date(&volumes(&client).await?) },
-    )
-    .await?;
+    lab.wait_replicas(Duration::from_secs(60)).await?;
     let groups = topo.apps.iter().filter(|a| !a.volumes.is_empty()).count();
-    start_every_vm(&client, &topo, "demo").await?;
+    lab.start_every_vm().await?;
     if table {
         outln!(
             "  3 orchestrator nodes, {} agents up; {groups} consistency groups served by the agents, every replica up to date; {} VMs running where planned",
@@ -276,6 +145,7 @@ pub async fn site_failover(
             topo.vm_count()
         );
     }
+    let client = lab.client().await?;
     // The writer workload on the tier-1 app's first volume.
     let db = topo
         .apps
@@ -284,18 +154,13 @@ pub async fn site_failover(
         .min_by_key(|a| a.tier)
         .context("no app with volumes at north")?;
     let db_vol = db.volumes[0].id.to_string();
-    let served_at = |vs: &[pb::VolumeStatus], site: &str| -> anyhow::Result<PathBuf> {
-        let host = vs
-            .iter()
-            .find(|v| v.id == db_vol)
-            .and_then(|v| v.replicas.iter().find(|r| r.site == site))
-            .map(|r| r.host.clone())
-            .filter(|h| !h.is_empty())
-            .with_context(|| format!("no host serves {db_vol} at {site}"))?;
-        Ok(dir.join(format!("agent-{host}/sockets/{}.sock", db.id)))
+    // The socket of db's group on the host serving its replica at `site`.
+    let served_at = async |lab: &Lab, site: &str| -> anyhow::Result<PathBuf> {
+        let host = lab.replica_host(site, &db_vol).await?;
+        Ok(lab.socket(&host, db.id.as_str()))
     };
     // The workload: the guests themselves, or NBD writers on db's socket.
-    let placed = running(&client).await.unwrap_or_default();
+    let placed = api::running_vms(&client).await.unwrap_or_default();
     let writers = match &guests {
         Some(g) => {
             wait(
@@ -310,14 +175,23 @@ pub async fn site_failover(
             None
         }
         None => {
-            let sock = served_at(&volumes(&client).await.context("volume list")?, LOST)?;
-            let blocks = (64u64 << 20) / 4096;
-            let writers = Writers::start(connect(&sock, &db_vol).await?, blocks).await?;
+            let sock = served_at(&lab, LOST).await?;
+            // 16 pipelined writers, each block of the first 64 MiB written once.
+            let blocks = (64u64 << 20) / workload::BLOCK;
+            let writers = Writers::start(
+                workload::connect(&sock, &db_vol).await?,
+                workload::Spec {
+                    writers: 16,
+                    blocks,
+                    once: true,
+                    fua: false,
+                },
+            );
             // Mid-stream: once a quarter of the volume is acknowledged.
             wait(
                 Duration::from_secs(30),
                 "the writers to get going",
-                || async { (writers.count() >= blocks / 4).then_some(()) },
+                || async { (writers.acknowledged() >= blocks / 4).then_some(()) },
             )
             .await?;
             Some(writers)
@@ -346,18 +220,16 @@ pub async fn site_failover(
     if let Some(g) = guests.as_mut() {
         g.kill(&qemus, &placed);
     }
-    let north: Vec<String> = kids
-        .0
+    let north: Vec<String> = lab
+        .members
         .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| n.ends_with(LOST) || n.starts_with(&format!("{LOST}-")))
+        .filter(|m| m.site == LOST)
+        .map(|m| m.name.clone())
         .collect();
-    for n in &north {
-        kids.kill(n);
-    }
+    lab.kill_site(LOST);
     let acked = match writers {
-        Some(w) => w.finish().await,
-        None => Vec::new(),
+        Some(w) => w.finish(Duration::from_secs(10)).await,
+        None => workload::Acked::default(),
     };
     if table {
         match &guests {
@@ -373,39 +245,23 @@ pub async fn site_failover(
             ),
             None => outln!(
                 "  {} writes acknowledged on {}; kill -9 of every process at {LOST}: {}",
-                acked.len(),
+                acked.writes,
                 db.id,
                 north.join(", ")
             ),
         }
     }
-    let survivors: Vec<String> = addrs
-        .iter()
-        .filter(|(o, _)| o.site.as_str() != LOST)
-        .map(|(_, a)| a.clone())
-        .collect();
-    let sc = dialer.connect(&survivors).await?;
+    let sc = lab.any_client().await?;
     let op = wait(
         Duration::from_secs(30),
         "the automatic failover",
-        || async {
-            let r = sc
-                .op
-                .clone()
-                .list_operations(pb::ListOperationsRequest { limit: 10 })
-                .await
-                .ok()?;
-            r.into_inner().operations_json.iter().find_map(|j| {
-                let o: Operation = serde_json::from_str(j).ok()?;
-                (o.note == format!("site {LOST} lost")).then_some(o.id.0)
-            })
-        },
+        || async { Some(api::site_lost_failover(&sc, LOST).await?.id.0) },
     )
     .await?;
     let declared_s = killed.elapsed().as_secs_f64();
     let mut other_operations = Vec::new();
     for id in drill.op + 1..op {
-        let Some(o) = operation(&sc, id).await else {
+        let Some(o) = api::operation(&sc, id).await else {
             bail!(
                 "op-{id} (between the drill op-{} and the failover op-{op}) cannot be read from the cluster",
                 drill.op
@@ -436,7 +292,7 @@ pub async fn site_failover(
         if Instant::now() > deadline {
             bail!("op-{op} did not finish within 90 s");
         }
-        let Some(o) = operation(&sc, op).await else {
+        let Some(o) = api::operation(&sc, op).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -495,13 +351,12 @@ pub async fn site_failover(
     let rec = record(&done);
     // The data path: south's agents serve the promoted replicas (the op's "serve
     // volumes" steps); read every acknowledged write back from there.
-    let vs = volumes(&sc).await.context("volume list")?;
-    let promoted = served_at(&vs, SURVIVOR)?;
+    let promoted = served_at(&lab, SURVIVOR).await?;
     // Per app: acknowledged writes (or guest records) missing after the failover.
     let mut missing_of: BTreeMap<String, u64> = BTreeMap::new();
     let (acknowledged, missing) = match &guests {
         Some(g) => {
-            let after = running(&sc).await.unwrap_or_default();
+            let after = api::running_vms(&sc).await.unwrap_or_default();
             let found = g.missing(&after);
             for app in &topo.apps {
                 let m: u64 = app
@@ -527,8 +382,8 @@ pub async fn site_failover(
             )
         }
         None => {
-            let cb = connect(&promoted, &db_vol).await?;
-            let missing = missing(&cb, &acked).await?;
+            let cb = workload::connect(&promoted, &db_vol).await?;
+            let missing = workload::missing(&cb, &acked).await?;
             missing_of.insert(db.id.to_string(), missing);
             if table {
                 outln!(
@@ -538,11 +393,11 @@ pub async fn site_failover(
                 outln!(
                     "  {}: {} of {} acknowledged writes on the promoted replica ({missing} missing)",
                     db.id,
-                    acked.len() as u64 - missing,
-                    acked.len()
+                    acked.writes - missing,
+                    acked.writes
                 );
             }
-            (acked.len() as u64, missing)
+            (acked.writes, missing)
         }
     };
     let apps: Vec<AppOutcome> = rec
@@ -577,6 +432,7 @@ pub async fn site_failover(
         lost_site: LOST,
         op,
         status: rec.status.clone(),
+        succeeded: done.status == OpStatus::Succeeded,
         apps,
         writes_acknowledged: acknowledged,
         writes_missing: missing,

@@ -1,16 +1,12 @@
-//! A lab of real processes for the tests that need served volumes: three orchestrator
-//! nodes and four agents on libvirt's test driver (examples/lab.toml or a variant of
-//! it, whose volumes the agents serve), every replica up to date and every VM running;
-//! and an NBD writer that talks to a primary's socket as QEMU would.
+//! The lab the failover tests run: the lab crate's cluster on loopback (three
+//! orchestrator nodes, an agent per host on libvirt's test driver) of
+//! examples/lab.toml or a variant of it, without TLS so the tests drive it with the
+//! plain CLI; and the lab crate's acknowledged-writes workload on a primary's socket,
+//! as QEMU would write.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use replication::nbd::{ClientConfig, NbdClient};
 use serde_json::Value;
 
 use super::*;
@@ -18,27 +14,32 @@ use super::*;
 pub const NODES: [&str; 3] = ["orch-north", "orch-south", "orch-witness"];
 pub const HOSTS: [&str; 4] = ["north-h1", "north-h2", "south-h1", "south-h2"];
 pub const VMS: [&str; 6] = ["db-1", "api-1", "api-2", "portal-1", "archive-1", "mail-1"];
-pub const BLOCK: usize = 4096;
 
 pub struct Lab {
-    pub c: TestCluster,
-    pub agents: BTreeMap<String, AgentProc>,
+    pub inner: lab::Lab,
+    /// Every node's address, `a,b,c` (for `--cluster`).
     pub addrs: String,
+    /// Declared last: the processes stop before the directory goes.
+    tmp: tempfile::TempDir,
 }
 
-pub fn agent_config(dir: &Path, host: &str, cluster: &str) -> (PathBuf, PathBuf) {
-    let state_dir = dir.join(format!("agent-{host}"));
-    let config = dir.join(format!("agent-{host}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "host = \"{host}\"\ncluster = \"{cluster}\"\nlibvirt_uri = \"test:///private\"\n\
-             state_dir = \"{}\"\ndisk_backend = \"nbd\"\n",
-            state_dir.display()
-        ),
-    )
-    .unwrap();
-    (config, state_dir)
+impl Drop for Lab {
+    fn drop(&mut self) {
+        keep_logs_if_panicking(self.tmp.path());
+    }
+}
+
+/// The lab's options in the tests: plain gRPC, `/metrics`, the tests' log filters.
+fn options() -> lab::Options {
+    lab::Options {
+        namespaces: false,
+        tls: false,
+        http: true,
+        node_log: Some("warn,orchestrator=info".into()),
+        agent_log: Some("warn,agent=info".into()),
+        user_network: false,
+        actor: "tester@ci".into(),
+    }
 }
 
 impl Lab {
@@ -47,80 +48,45 @@ impl Lab {
         Lab::start_with(&root().join("examples/lab.toml")).await
     }
 
-    /// A lab from `topology` (examples/lab.toml's sites, hosts and VMs).
+    /// A lab from `topology` (examples/lab.toml's sites, hosts and VMs, its volumes
+    /// served by the agents).
     pub async fn start_with(topology: &Path) -> Lab {
-        let c = TestCluster::start_named(&NODES);
         let text = std::fs::read_to_string(topology).unwrap();
-        assert!(
-            text.contains("volumes = \"agents\""),
-            "{}",
-            topology.display()
-        );
-        c.init_with(topology);
-        let addrs = c.addrs();
-        let mut lab = Lab {
-            c,
-            agents: BTreeMap::new(),
-            addrs,
-        };
-        for h in HOSTS {
-            lab.start_agent(h);
-        }
-        let a0 = lab.c.nodes[0].grpc.clone();
-        for h in HOSTS {
-            let a = a0.clone();
-            wait_for(Duration::from_secs(15), &format!("{h} up"), move || {
-                let a = a.clone();
-                async move { (host_state(&a, h).await? == "up").then_some(()) }
-            })
-            .await;
-        }
+        let lab = Lab::nodes_and_agents(&text).await;
         // The controller serves every secondary, then every primary towards it; the
         // primaries' initial sync makes the other site's replicas up to date.
-        wait_for(Duration::from_secs(40), "every replica up to date", || {
-            let l = &lab;
-            async move {
-                let v = l.json(&["volume", "list"]);
-                v.as_array()?
-                    .iter()
-                    .all(|vol| {
-                        vol["replicas"]
-                            .as_array()
-                            .is_some_and(|rs| rs.iter().all(|r| r["data"] == "up-to-date"))
-                    })
-                    .then_some(())
-            }
-        })
-        .await;
-        for vm in VMS {
-            for action in ["define", "start"] {
-                let r = vm_do(&a0, action, vm).await;
-                assert_eq!(r.status, "succeeded", "{action} {vm}: {}", r.message);
-            }
-        }
-        // The agents report the states a moment later.
-        wait_for(Duration::from_secs(15), "every VM reported running", || {
-            let a = a0.clone();
-            async move {
-                for vm in VMS {
-                    if vm_state(&a, vm).await.as_deref() != Some("running") {
-                        return None;
-                    }
-                }
-                Some(())
-            }
-        })
-        .await;
+        lab.inner
+            .wait_replicas(Duration::from_secs(40))
+            .await
+            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+        lab.start_every_vm().await;
         lab
     }
 
-    pub fn start_agent(&mut self, host: &str) {
-        let dir = self.c.dir.path();
-        let (config, state_dir) = agent_config(dir, host, &self.addrs);
-        self.agents.insert(
-            host.to_string(),
-            spawn_agent(dir, host, &config, &state_dir, None),
-        );
+    /// The nodes formed into a cluster of `text` and every agent registered; no VM
+    /// started yet.
+    pub async fn nodes_and_agents(text: &str) -> Lab {
+        let tmp = tempfile::tempdir().unwrap();
+        let within = Duration::from_secs(15);
+        let inner = lab::Lab::with_agents(tmp.path(), text, bin(), options(), within)
+            .await
+            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+        let addrs = inner.addrs().join(",");
+        Lab { inner, addrs, tmp }
+    }
+
+    /// Define and start every VM where the cluster places it; wait until each is
+    /// reported running.
+    pub async fn start_every_vm(&self) {
+        self.inner
+            .start_every_vm()
+            .await
+            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+    }
+
+    /// The lab's directory (configs, data, logs).
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -135,69 +101,139 @@ impl Lab {
         volume_json(&self.addrs, id)
     }
 
+    /// The address of node `name`.
+    pub fn addr(&self, name: &str) -> String {
+        self.inner
+            .member(name)
+            .and_then(|m| m.grpc.clone())
+            .unwrap_or_else(|| panic!("no node {name} in the lab"))
+    }
+
     /// The socket of `app`'s group on the host serving its replica at `site`.
     pub fn socket(&self, volume: &str, app: &str, site: &str) -> PathBuf {
         let vol = self.volume(volume);
         let host = replica(&vol, site)["host"].as_str().unwrap().to_string();
-        self.c
-            .dir
-            .path()
-            .join(format!("agent-{host}/sockets/{app}.sock"))
+        self.inner.socket(&host, app)
     }
 
+    /// SIGKILL every process of `site` at once.
     pub fn kill_site(&mut self, site: &str) {
-        for n in self.c.nodes.iter_mut().filter(|n| n.name.ends_with(site)) {
-            n.kill();
-        }
-        for (_, a) in self.agents.iter_mut().filter(|(h, _)| h.starts_with(site)) {
-            a.kill();
-        }
+        self.inner.kill_site(site);
     }
 
+    /// Start `site`'s killed processes again on their data directories.
+    pub fn restart_site(&mut self, site: &str) {
+        self.inner
+            .restart_site(site)
+            .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+    }
+
+    fn member(&mut self, name: &str) -> &mut lab::cluster::Member {
+        self.inner
+            .member_mut(name)
+            .unwrap_or_else(|| panic!("no {name} in the lab"))
+    }
+
+    /// SIGKILL the process `name` (a node or an agent).
+    pub fn kill(&mut self, name: &str) {
+        self.member(name).kill();
+    }
+
+    /// SIGSTOP the process `name`: it hangs where it is.
+    pub fn pause(&mut self, name: &str) {
+        let paused = self.member(name).pause();
+        paused.unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+    }
+
+    /// SIGCONT what [`Lab::pause`] stopped.
+    pub fn resume(&mut self, name: &str) {
+        let resumed = self.member(name).resume();
+        resumed.unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+    }
+
+    /// The address of a node still running.
     pub fn live(&self) -> String {
-        self.c
-            .nodes
-            .iter()
-            .find(|n| n.child.is_some())
+        self.inner
+            .nodes()
+            .find(|m| m.is_running())
+            .and_then(|m| m.grpc.clone())
             .unwrap()
-            .grpc
-            .clone()
+    }
+
+    /// The first node's address (running or not).
+    pub fn first(&self) -> String {
+        self.addr(NODES[0])
+    }
+
+    /// The PIDs of the orchestrator nodes still running.
+    pub fn node_pids(&self) -> Vec<i32> {
+        self.inner.nodes().filter_map(|m| m.pid()).collect()
     }
 
     pub async fn wait_op(&self, op: u64, within: Duration) -> Value {
         wait_op(&self.addrs, op, within).await
     }
-}
 
-pub fn record(seq: u64) -> Bytes {
-    let mut b = vec![0u8; BLOCK];
-    for (i, chunk) in b.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&(seq ^ (i as u64) << 40).to_le_bytes());
-    }
-    Bytes::from(b)
-}
-
-pub async fn connect(socket: &Path, export: &str) -> NbdClient {
-    let cfg = ClientConfig {
-        export: export.into(),
-        ..ClientConfig::default()
-    };
-    NbdClient::connect_unix(socket, &cfg)
-        .await
-        .unwrap_or_else(|e| panic!("NBD {}: {e}", socket.display()))
-}
-
-/// Write records 0, 1, 2, … (one 4 KiB block each, wrapping over the volume) until
-/// a write fails or `stop`; returns the last acknowledged sequence number + 1.
-pub async fn write_until_failure(c: NbdClient, stop: Arc<AtomicBool>) -> u64 {
-    let blocks = c.size() / BLOCK as u64;
-    let mut seq = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        let off = (seq % blocks) * BLOCK as u64;
-        match tokio::time::timeout(Duration::from_secs(2), c.write(off, record(seq), true)).await {
-            Ok(Ok(())) => seq += 1,
-            _ => break,
+    /// The last lines of every agent's log, for a failure message.
+    pub fn agent_logs(&self) -> String {
+        let mut out = String::new();
+        for m in self
+            .inner
+            .members
+            .iter()
+            .filter(|m| m.kind == lab::cluster::Kind::Agent)
+        {
+            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!(
+                "--- agent {} ({})\n{}\n",
+                m.name,
+                m.log.display(),
+                tail.join("\n")
+            ));
         }
+        out
     }
-    seq
+
+    /// The automatic failover of `site`, once a node still running lists it.
+    pub async fn site_lost_op(&self, site: &str, within: Duration) -> u64 {
+        let live = self.live();
+        wait_for(within, &format!("the automatic failover of {site}"), || {
+            let a = live.clone();
+            async move {
+                let c = client(&a).await?;
+                Some(lab::api::site_lost_failover(&c, site).await?.id.0)
+            }
+        })
+        .await
+    }
+}
+
+/// The acknowledged-writes workload: one writer with forced unit access on `socket`,
+/// round and round the volume until stopped or until a write fails.
+pub async fn writer(socket: &Path, export: &str) -> lab::workload::Writers {
+    let c = lab::workload::connect(socket, export)
+        .await
+        .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+    let blocks = c.size() / lab::workload::BLOCK;
+    lab::workload::Writers::start(
+        c,
+        lab::workload::Spec {
+            writers: 1,
+            blocks,
+            once: false,
+            fua: true,
+        },
+    )
+}
+
+/// How many acknowledged writes are not found through `socket`.
+pub async fn missing(socket: &Path, export: &str, acked: &lab::workload::Acked) -> u64 {
+    let c = lab::workload::connect(socket, export)
+        .await
+        .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)));
+    lab::workload::missing(&c, acked)
+        .await
+        .unwrap_or_else(|e| panic!("{}", lab::error::chain(&e)))
 }
