@@ -11,7 +11,7 @@ use super::io::{ClockFile, Delivered, Effect, Input, ObsSeq, RegisterFailure, Re
 use super::vm_states::reportable;
 use super::{
     Call, Core, FencePhase, NO_LEASE_POLL_MS, POLL_RETRY_MS, POLL_WAIT_MS, REGISTER_RETRY_MS,
-    REPORT_RETRY_MS, RegPhase, ReportPhase, WATCH_MS,
+    RENEW_RETRY_MS, REPORT_RETRY_MS, RegPhase, ReportPhase, WATCH_MS,
 };
 use crate::core::commands::Arrival;
 use crate::lease::Mono;
@@ -126,6 +126,7 @@ impl Core {
                     }
                     RenewAnswer::Refused { leader, reason } => {
                         tracing::debug!(host = %self.cfg.host, via = %addr, "renewal not granted: {reason}");
+                        self.renew.next_at = now.plus_ms(self.renew.renew_ms.min(RENEW_RETRY_MS));
                         if leader.is_empty() || leader == addr {
                             self.conn.failed();
                         } else {
@@ -138,7 +139,7 @@ impl Core {
                 if self.renew.in_flight.as_ref().is_some_and(|f| f.0 == seq) {
                     tracing::debug!(host = %self.cfg.host, "renewal failed: {error}");
                     self.renew.in_flight = None;
-                    self.renew.next_at = now.plus_ms(self.renew.renew_ms);
+                    self.renew.next_at = now.plus_ms(self.renew.renew_ms.min(RENEW_RETRY_MS));
                     self.conn.failed();
                 }
             }

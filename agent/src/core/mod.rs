@@ -91,6 +91,11 @@ pub const NO_LEASE_POLL_MS: u64 = 100;
 pub const POLL_WAIT_MS: u32 = 2000;
 /// The renewal period until the cluster says another (at registration).
 pub const DEFAULT_RENEW_MS: u64 = 500;
+/// After a renewal refused or failed (the leader changed, or the node asked is
+/// unreachable) the next goes out this soon (or at the renewal period, if shorter): a
+/// leader change costs a host a few of these, not a renewal period per node asked,
+/// so an election shorter than the lease never fences a host.
+pub const RENEW_RETRY_MS: u64 = 100;
 
 /// What the core must know about its host.
 #[derive(Debug, Clone, PartialEq, Eq)]

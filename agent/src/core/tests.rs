@@ -629,7 +629,9 @@ fn renewals_follow_the_leader_and_move_on_after_a_failure() {
             reason: "not the leader".into(),
         },
     });
-    let fx = t.wait(500);
+    // Asked again soon, not a renewal period later: a leader change must not eat the
+    // lease.
+    let fx = t.wait(RENEW_RETRY_MS);
     let Some(Effect::Renew { addr, seq, .. }) = fx
         .iter()
         .find(|e| matches!(e, Effect::Renew { .. }))
@@ -642,7 +644,7 @@ fn renewals_follow_the_leader_and_move_on_after_a_failure() {
         seq,
         error: "unreachable".into(),
     });
-    let fx = t.wait(500);
+    let fx = t.wait(RENEW_RETRY_MS);
     assert!(
         fx.iter()
             .any(|e| matches!(e, Effect::Renew { addr, .. } if addr == "n2:1")),

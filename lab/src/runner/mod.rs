@@ -291,22 +291,36 @@ async fn drive(
 
     // The end state.
     say("checking the end state (the workload's writes, the audit log, operations)".into());
-    let writes_missing = match lab.serving_host(vol.id.as_str(), true).await {
-        Some(host) => {
-            match workload::connect(&lab.socket(&host, app.id.as_str()), vol.id.as_str()).await {
-                Ok(r) => workload::missing(&r, &acked).await?,
-                Err(e) => {
-                    not_healed.push(format!(
-                        "cannot read the workload back from its primary: {}",
+    // The primary can move or fence while it is read (a host whose lease ran out in an
+    // election just after the heal): read again from whichever host serves it then,
+    // each failure in the journal, until the settle budget is spent.
+    let read_until = Instant::now() + settle;
+    let writes_missing = loop {
+        let attempt = match lab.serving_host(vol.id.as_str(), true).await {
+            Some(host) => {
+                match workload::connect(&lab.socket(&host, app.id.as_str()), vol.id.as_str()).await
+                {
+                    Ok(r) => workload::missing(&r, &acked)
+                        .await
+                        .map_err(|e| format!("reading the workload back at {host}: {}", chain(&e))),
+                    Err(e) => Err(format!(
+                        "cannot read the workload back from its primary at {host}: {}",
                         chain(&e)
-                    ));
-                    0
+                    )),
                 }
             }
-        }
-        None => {
-            not_healed.push(format!("no host serves {}'s primary at the end", vol.id));
-            0
+            None => Err(format!("no host serves {}'s primary at the end", vol.id)),
+        };
+        match attempt {
+            Ok(n) => break n,
+            Err(why) if Instant::now() < read_until => {
+                say(format!("{why}; reading again"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(why) => {
+                not_healed.push(why);
+                break 0;
+            }
         }
     };
     let workload = end::Workload {
