@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use orchestrator::client::Client;
 use orchestrator::pb;
 use orchestrator::planner::Plan;
-use orchestrator::state::{OpStatus, Operation, StepResult};
+use orchestrator::state::{OpStatus, Operation, Step, StepKind, StepOutcome, StepResult};
 use serde::Serialize;
 
 use crate::cluster_cmd::ClusterArgs;
@@ -345,9 +345,8 @@ pub fn progress(o: &Operation) -> (u64, u64, String) {
     };
     let finished = |app: &topology::AppId| {
         o.steps.iter().any(|s| {
-            s.app.as_ref() == Some(app)
-                && s.result.is_some()
-                && (s.name == "health gate" || matches!(s.result, Some(StepResult::Failed(_))))
+            s.app() == Some(app)
+                && (s.failure().is_some() || (s.kind == StepKind::HealthGate && s.result.is_some()))
         })
     };
     let total = plan.apps().count() as u64;
@@ -419,12 +418,12 @@ async fn follow(
                     continue;
                 }
                 let at = s.ended_ms.unwrap_or(0).saturating_sub(o.started_ms);
-                let app = s.app.as_ref().map_or("", |a| a.as_str());
+                let app = s.app().map_or("", |a| a.as_str());
                 let line = format!(
                     "  +{:>6.2} s  {app:<20} {:<28} {}",
                     at as f64 / 1000.0,
-                    s.name,
-                    result_text(s.result.as_ref(), &s.detail)
+                    o.step_name(s),
+                    result_text(s)
                 );
                 if bar.is_hidden() {
                     eprintln!("{line}");
@@ -462,12 +461,11 @@ fn exit_of(o: &Operation) -> ExitCode {
     }
 }
 
-fn result_text(r: Option<&StepResult>, detail: &str) -> String {
-    match r {
+fn result_text(s: &Step) -> String {
+    match &s.result {
         None => "running".into(),
-        Some(StepResult::Ok) if detail.is_empty() => "ok".into(),
-        Some(StepResult::Ok) => format!("ok: {detail}"),
-        Some(StepResult::Failed(e)) => format!("FAILED: {e}"),
+        Some(StepResult::Done { outcome }) => format!("ok: {outcome}"),
+        Some(StepResult::Failed { failure }) => format!("FAILED: {failure}"),
     }
 }
 
@@ -525,10 +523,15 @@ pub struct AppRecordLine {
 #[derive(Debug, Serialize)]
 pub struct StepLine {
     pub app: Option<String>,
+    /// For people (`serve volumes at south-h2`); `kind` is what to decide on.
     pub name: String,
+    pub kind: StepKind,
     pub start_s: f64,
     pub end_s: Option<f64>,
+    /// For people: `ok: …`, `FAILED: …` or `running`.
     pub result: String,
+    /// The typed outcome (with its evidence) or failure (with its reason).
+    pub outcome: Option<StepResult>,
 }
 
 /// The failover record of an operation.
@@ -555,18 +558,15 @@ pub fn record(o: &Operation) -> OpRecord {
         .map(|p| {
             p.apps()
                 .map(|m| {
-                    let steps: Vec<_> = o
-                        .steps
-                        .iter()
-                        .filter(|s| s.app.as_ref() == Some(&m.app))
-                        .collect();
-                    let failed = steps.iter().find_map(|s| match &s.result {
-                        Some(StepResult::Failed(e)) => Some(format!("failed at {}: {e}", s.name)),
-                        _ => None,
+                    let steps: Vec<_> =
+                        o.steps.iter().filter(|s| s.app() == Some(&m.app)).collect();
+                    let failed = steps.iter().find_map(|s| {
+                        s.failure()
+                            .map(|e| format!("failed at {}: {e}", o.step_name(s)))
                     });
                     let healthy = steps
                         .iter()
-                        .find(|s| s.name == "health gate" && s.result == Some(StepResult::Ok))
+                        .find(|s| s.kind == StepKind::HealthGate && s.outcome().is_some())
                         .and_then(|s| s.ended_ms);
                     let result = failed.unwrap_or_else(|| match healthy {
                         Some(_) => "healthy".into(),
@@ -584,8 +584,10 @@ pub fn record(o: &Operation) -> OpRecord {
                         rto_met: rto_s.map(|r| r <= f64::from(m.rto_target_s)),
                         promotion: steps
                             .iter()
-                            .find(|s| s.name.starts_with("promote"))
-                            .map(|s| s.detail.clone())
+                            .find_map(|s| match s.outcome() {
+                                Some(moved @ StepOutcome::Moved(_)) => Some(moved.to_string()),
+                                _ => None,
+                            })
                             .unwrap_or_default(),
                     }
                 })
@@ -606,7 +608,7 @@ pub fn record(o: &Operation) -> OpRecord {
             .map(|p| {
                 p.skipped
                     .iter()
-                    .map(|s| (s.app.to_string(), s.reason.clone()))
+                    .map(|s| (s.app.to_string(), s.reason.to_string()))
                     .collect()
             })
             .unwrap_or_default(),
@@ -614,11 +616,13 @@ pub fn record(o: &Operation) -> OpRecord {
             .steps
             .iter()
             .map(|s| StepLine {
-                app: s.app.as_ref().map(ToString::to_string),
-                name: s.name.clone(),
+                app: s.app().map(ToString::to_string),
+                name: o.step_name(s),
+                kind: s.kind,
                 start_s: secs(s.started_ms),
                 end_s: s.ended_ms.map(secs),
-                result: result_text(s.result.as_ref(), &s.detail),
+                result: result_text(s),
+                outcome: s.result.clone(),
             })
             .collect(),
     }
@@ -675,7 +679,8 @@ mod tests {
     use super::*;
     use orchestrator::planner::{Trigger, plan};
     use orchestrator::state::{
-        ClusterState, Command, HostState, OpId, OpKind, Request, Response, Step,
+        ClusterState, Command, FailureReason, HostState, OpId, OpKind, Request, Response, StepAt,
+        StepFailure,
     };
 
     fn apply(s: &mut ClusterState, command: Command) {
@@ -687,8 +692,9 @@ mod tests {
         assert!(matches!(r, Response::Applied { .. }), "{r:?}");
     }
 
-    /// The lab's failover of north as an operation, with `steps` done.
-    fn op(steps: &[(&str, &str, Option<StepResult>)]) -> Operation {
+    /// The lab's failover of north as an operation, with `steps` (app, kind, done or
+    /// failed; None: running) recorded.
+    fn op(steps: &[(&str, StepKind, Option<bool>)]) -> Operation {
         let text = include_str!("../../examples/lab.toml");
         let mut s = ClusterState::from_topology(text).expect("the lab applies");
         let model = s.topology().expect("applied").model.clone();
@@ -732,16 +738,37 @@ mod tests {
             note: String::new(),
             steps: steps
                 .iter()
-                .map(|(app, name, result)| Step {
-                    name: (*name).into(),
-                    app: Some(topology::AppId::new(*app)),
-                    started_ms: 0,
-                    ended_ms: result.as_ref().map(|_| 1),
-                    result: result.clone(),
-                    detail: String::new(),
+                .map(|(app, kind, result)| {
+                    let app = topology::AppId::new(*app);
+                    let m = p.apps().find(|m| m.app == app).expect("planned");
+                    let index = m.steps.iter().position(|s| s.kind() == *kind);
+                    Step {
+                        app: Some(app.clone()),
+                        at: StepAt::App {
+                            app,
+                            index: u32::try_from(index.expect("a planned step")).expect("few"),
+                        },
+                        kind: *kind,
+                        started_ms: 0,
+                        ended_ms: result.map(|_| 1),
+                        result: result.map(|ok| {
+                            if ok {
+                                StepResult::Done {
+                                    outcome: StepOutcome::VmsStarted { vms: Vec::new() },
+                                }
+                            } else {
+                                StepResult::Failed {
+                                    failure: StepFailure::new(
+                                        FailureReason::TimedOut { after_ms: 1 },
+                                        "no",
+                                    ),
+                                }
+                            }
+                        }),
+                    }
                 })
                 .collect(),
-            plan: Some(Box::new(p)),
+            plan: Some(Box::new(p.clone())),
             lost_ms: None,
             approved: Vec::new(),
         }
@@ -751,20 +778,25 @@ mod tests {
     fn progress_counts_apps_healthy_or_failed_and_names_the_first_unfinished_wave() {
         assert_eq!(progress(&op(&[])), (0, 3, "wave 1/3 (tier 1)".into()));
         let o = op(&[
-            ("db", "promote and move to south", Some(StepResult::Ok)),
-            ("db", "health gate", None),
+            ("db", StepKind::PromoteAndMove, Some(true)),
+            ("db", StepKind::HealthGate, None),
         ]);
         assert_eq!(progress(&o), (0, 3, "wave 1/3 (tier 1)".into()));
         let o = op(&[
-            ("db", "health gate", Some(StepResult::Ok)),
-            ("api", "start VMs", Some(StepResult::Failed("no".into()))),
+            ("db", StepKind::HealthGate, Some(true)),
+            ("api", StepKind::StartVms, Some(false)),
         ]);
         assert_eq!(progress(&o), (2, 3, "wave 3/3 (tier 3)".into()));
         let o = op(&[
-            ("db", "health gate", Some(StepResult::Ok)),
-            ("api", "health gate", Some(StepResult::Ok)),
-            ("portal", "health gate", Some(StepResult::Ok)),
+            ("db", StepKind::HealthGate, Some(true)),
+            ("api", StepKind::HealthGate, Some(true)),
+            ("portal", StepKind::HealthGate, Some(true)),
         ]);
         assert_eq!(progress(&o), (3, 3, String::new()));
+        // The record names each step from the plan and keeps its typed result.
+        let r = record(&o);
+        assert_eq!(r.steps[0].name, "health gate");
+        assert_eq!(r.steps[0].kind, StepKind::HealthGate);
+        assert!(matches!(r.steps[0].outcome, Some(StepResult::Done { .. })));
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::agent_lab::*;
 use common::*;
 use lab::workload::{BLOCK, record};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agents_serve_every_group_and_a_site_loss_promotes_it_where_the_apps_restart() {
@@ -71,13 +72,12 @@ async fn the_agents_serve_every_group_and_a_site_loss_promotes_it_where_the_apps
     let steps = rec["steps"].as_array().unwrap();
     let serve = steps
         .iter()
-        .find(|s| s["app"] == "db" && s["name"].as_str().unwrap().starts_with("serve volumes at"))
+        .find(|s| s["app"] == "db" && s["kind"] == "serve-volumes")
         .unwrap_or_else(|| panic!("no serve step: {rec}"));
-    assert!(
-        serve["result"]
-            .as_str()
-            .unwrap()
-            .contains("as primary at epoch 2 (promoted)"),
+    let served = &serve["outcome"]["outcome"]["served"];
+    assert_eq!(
+        (&served["role"], &served["epoch"], &served["promoted"]),
+        (&json!("primary"), &json!(2), &json!(true)),
         "{serve}"
     );
     let vol = lab.volume("db-data");
@@ -189,13 +189,11 @@ async fn an_async_group_switches_over_drained_and_replication_reverses() {
     let steps = rec["steps"].as_array().unwrap();
     let drained = steps
         .iter()
-        .find(|s| s["name"] == "stop volumes at north")
+        .find(|s| s["kind"] == "stop-volumes")
         .unwrap_or_else(|| panic!("{rec}"));
-    assert!(
-        drained["result"]
-            .as_str()
-            .unwrap()
-            .contains("the peer confirmed every write"),
+    assert_eq!(drained["name"], "stop volumes at north");
+    assert_eq!(
+        drained["outcome"]["outcome"]["stopped"]["confirmation"]["peer"], "confirmed",
         "the switchover drained the lag first: {drained}"
     );
     let vol = lab.volume("archive-data");
@@ -207,13 +205,12 @@ async fn an_async_group_switches_over_drained_and_replication_reverses() {
     // replica that was promotable throughout.)
     let promoted = steps
         .iter()
-        .find(|s| s["name"] == "promote and move to south")
+        .find(|s| s["kind"] == "promote-and-move")
         .unwrap_or_else(|| panic!("{rec}"));
-    assert!(
-        promoted["result"]
-            .as_str()
-            .unwrap()
-            .contains("old primary Outdated"),
+    let moved = &promoted["outcome"]["outcome"];
+    assert_eq!(
+        (&moved["to"], &moved["demoted"]),
+        (&json!("south"), &json!("outdated")),
         "{promoted}"
     );
     assert!(

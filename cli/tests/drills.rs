@@ -142,18 +142,22 @@ async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
         ("mail", "north"),
     ] {
         let snap = step(&rec, app, &format!("snapshot at {other}-"));
+        assert_eq!(snap["kind"], "snapshot", "{snap}");
         assert!(
-            snap["result"].as_str().unwrap().contains("at sequence"),
-            "{snap}"
+            snap["outcome"]["outcome"]["seq"].as_u64().is_some(),
+            "the snapshot's sequence point: {snap}"
         );
         let start = step(&rec, app, "start drill VMs");
-        let r = start["result"].as_str().unwrap();
-        assert!(r.contains(&format!("drill-{op}-")), "{start}");
-        assert!(r.contains("isolated network"), "{start}");
-        assert!(!r.contains(&format!(
-            "@{}",
-            if other == "south" { "north" } else { "south" }
-        )));
+        let copies = start["outcome"]["outcome"]["copies"].as_array().unwrap();
+        assert!(!copies.is_empty(), "{start}");
+        for c in copies {
+            let started = &c["outcome"];
+            let domain = started["domain"].as_str().unwrap();
+            assert!(domain.starts_with(&format!("drill-{op}-")), "{start}");
+            assert_eq!(started["network"], format!("mdr-drill-{op}"), "{start}");
+            assert_eq!(started["isolated"], true, "{start}");
+            assert!(c["host"].as_str().unwrap().starts_with(other), "{start}");
+        }
         for s in ["health gate", "production check", "production after"] {
             let st = step(&rec, app, s);
             assert!(
@@ -169,7 +173,7 @@ async fn a_test_drill_starts_every_app_at_the_other_site_and_touches_nothing() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["name"] == "cleanup")
+        .find(|s| s["kind"] == "cleanup" && s["name"] == "cleanup")
         .unwrap_or_else(|| panic!("no cleanup: {rec}"));
     let r = cleanup["result"].as_str().unwrap();
     assert!(r.contains(&format!("drill-{op}-db-1 removed")), "{r}");
@@ -284,7 +288,7 @@ async fn a_drill_interrupted_by_a_leader_kill_is_cleaned_up_and_reported_interru
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["name"] == "cleanup after interruption")
+        .find(|s| s["kind"] == "cleanup" && s["name"] == "cleanup after interruption")
         .unwrap_or_else(|| panic!("no cleanup: {rec}"));
     let r = cleanup["result"].as_str().unwrap();
     assert!(r.contains(&format!("drill-{op}-db-1 removed")), "{r}");

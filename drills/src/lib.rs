@@ -23,7 +23,8 @@ pub mod sign;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use keys::{KeyError, generate_key_file, load_signing_key, parse_public_key, public_key_hex};
 pub use report::{
-    AppResult, AuditSlice, Check, FORMAT_VERSION, ReplicationSample, Report, StepTiming, iso_utc,
+    AppResult, AuditSlice, Check, CheckKind, FORMAT_VERSION, ReplicationSample, Report, StepKind,
+    StepTiming, iso_utc,
 };
 pub use sign::{
     Format, SignError, TOKEN_PREFIX, Verified, VerifyError, render, render_signed, verify,

@@ -11,7 +11,11 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of the report format written into [`Report::format_version`].
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: the first format.
+/// - 2: each step carries its [`StepKind`] and each check its [`CheckKind`] (a format-1
+///   report reads with both absent, and its signature verifies as before).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One operation (drill, failover, switchover or failback) and its outcome.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,7 +66,11 @@ pub struct AppResult {
 /// One step of an app's plan and how it went.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepTiming {
+    /// For people (`serve volumes at south-h2`).
     pub name: String,
+    /// What the step does (absent in format 1).
+    #[serde(default)]
+    pub kind: Option<StepKind>,
     /// Unix time in milliseconds.
     pub started_ms: u64,
     /// `None` while the step runs (or if it never finished).
@@ -88,7 +96,11 @@ pub struct ReplicationSample {
 /// A named yes/no check of the whole operation (e.g. "production kept serving").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Check {
+    /// For people.
     pub name: String,
+    /// What the check verifies (absent in format 1).
+    #[serde(default)]
+    pub kind: Option<CheckKind>,
     pub passed: bool,
     pub detail: String,
 }
@@ -101,6 +113,86 @@ pub struct AuditSlice {
     pub entries: u64,
     /// Hex SHA-256 of the slice, computed by the orchestrator.
     pub digest: String,
+}
+
+/// What a step of an operation does. The orchestrator records each step's kind and
+/// reports it; a reader decides on the kind, never on the step's name.
+///
+/// `Unknown` stands for a kind a newer metrodr wrote: an older verifier still reads
+/// the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    /// Wait for an operator's approval (policy `manual-approval`).
+    Approval,
+    /// Destroy the app's VMs at the source (the source is declared lost).
+    Fence,
+    /// Shut the app's VMs down at the source (a graceful move).
+    Stop,
+    /// Stop serving the app's volume group at the source (a graceful move drains it).
+    StopVolumes,
+    /// Promote the group at the target (epoch + 1) and make the target active.
+    PromoteAndMove,
+    /// Serve the promoted group at the target.
+    ServeVolumes,
+    /// Define and start the app's VMs on their new hosts.
+    StartVms,
+    /// Every VM running, then the app's probes.
+    HealthGate,
+    /// A drill's record of production before it starts.
+    Baseline,
+    /// A drill's copy-on-write snapshot of the app's replicas.
+    Snapshot,
+    /// A drill's copies of the app's VMs, on its isolated network.
+    StartDrillVms,
+    /// A drill's check that production is as it was.
+    ProductionCheck,
+    /// A drill's removal of everything it made.
+    Cleanup,
+    /// A drill's check of production once the drill is gone.
+    ProductionAfter,
+    #[serde(other)]
+    Unknown,
+}
+
+impl StepKind {
+    /// How people call it.
+    pub fn label(self) -> &'static str {
+        match self {
+            StepKind::Approval => "approval",
+            StepKind::Fence => "fence",
+            StepKind::Stop => "stop",
+            StepKind::StopVolumes => "stop volumes",
+            StepKind::PromoteAndMove => "promote and move",
+            StepKind::ServeVolumes => "serve volumes",
+            StepKind::StartVms => "start VMs",
+            StepKind::HealthGate => "health gate",
+            StepKind::Baseline => "baseline",
+            StepKind::Snapshot => "snapshot",
+            StepKind::StartDrillVms => "start drill VMs",
+            StepKind::ProductionCheck => "production check",
+            StepKind::Cleanup => "cleanup",
+            StepKind::ProductionAfter => "production after",
+            StepKind::Unknown => "unknown step",
+        }
+    }
+}
+
+/// What a report's check verifies. `Unknown`: a check a newer metrodr wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A test drill left production as it was (same hosts, states, replicas up to
+    /// date), during and after.
+    ProductionUntouched,
+    /// Every drill copy joined a network its agent verified isolated.
+    DrillIsolated,
+    /// The drill's VMs, snapshots and network are gone from every host.
+    DrillRemoved,
+    /// Every app passed its health gate within its RTO target.
+    RtoMet,
+    #[serde(other)]
+    Unknown,
 }
 
 impl Report {
@@ -184,7 +276,7 @@ pub(crate) mod tests {
     fn format_version_is_pinned() {
         // Changing the model's persisted shape means a new version and a verifier that
         // still reads the old one.
-        assert_eq!(FORMAT_VERSION, 1);
+        assert_eq!(FORMAT_VERSION, 2);
     }
 
     #[test]
@@ -222,6 +314,12 @@ pub(crate) mod tests {
         let t0 = 1_700_000_000_000;
         let step = |name: &str, from_s: u64, to_s: Option<u64>, ok: Option<bool>| StepTiming {
             name: name.into(),
+            kind: Some(match name {
+                "snapshot" => StepKind::Snapshot,
+                "start-vm" => StepKind::StartDrillVms,
+                "health-gate" => StepKind::HealthGate,
+                _ => StepKind::Cleanup,
+            }),
             started_ms: t0 + from_s * 1000,
             ended_ms: to_s.map(|t| t0 + t * 1000),
             ok,
@@ -316,6 +414,7 @@ pub(crate) mod tests {
             ],
             checks: vec![Check {
                 name: "production kept serving".into(),
+                kind: Some(CheckKind::ProductionUntouched),
                 passed: true,
                 detail: "0 failed probes of 95".into(),
             }],

@@ -107,7 +107,7 @@ fn text_is_aligned_and_printable() {
     r.apps[1].reason = "line one\nstatus: succeeded (PASS)\x1b[2J".into();
     let text = render_signed(&r, Format::Text, &key(1)).expect("sign");
     assert!(text.starts_with(
-        "metrodr report (format 1)\nid:              op-7\nstatus:          succeeded (FAIL)\n"
+        "metrodr report (format 2)\nid:              op-7\nstatus:          succeeded (FAIL)\n"
     ));
     assert!(!text.contains('\x1b'), "no terminal escapes");
     assert!(text.contains("line one\\nstatus: succeeded (PASS)\\u{1b}[2J"));

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drills::{
-    AppResult, AuditSlice, Check, FORMAT_VERSION, Format, ReplicationSample, Report, SigningKey,
-    StepTiming, render_signed, verify,
+    AppResult, AuditSlice, Check, CheckKind, FORMAT_VERSION, Format, ReplicationSample, Report,
+    SigningKey, StepTiming, render_signed, verify,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -32,6 +32,7 @@ fn realistic_report() -> Report {
     let step =
         |name: &str, from_ms: u64, to_ms: Option<u64>, ok: Option<bool>, detail: &str| StepTiming {
             name: name.into(),
+            kind: None,
             started_ms: t0 + from_ms,
             ended_ms: to_ms.map(|t| t0 + t),
             ok,
@@ -164,11 +165,13 @@ fn realistic_report() -> Report {
         checks: vec![
             Check {
                 name: "production kept serving".into(),
+                kind: Some(CheckKind::ProductionUntouched),
                 passed: true,
                 detail: "0 of 184 probes failed".into(),
             },
             Check {
                 name: "replication kept running".into(),
+                kind: None,
                 passed: true,
                 detail: String::new(),
             },

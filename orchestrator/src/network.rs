@@ -26,7 +26,9 @@ use crate::raft_types::{NodeId, NodeInfo, TypeConfig};
 pub const REMOVED: &str = "x-metrodr-removed";
 
 /// Version of the JSON envelope in [`RaftMessage::format`] (and of the requests it
-/// carries). 2: agent commands carry their issuer, typed results and events.
+/// carries). 2: agent commands carry their issuer, typed results and events; plans
+/// carry their typed steps, and steps are started by their place in the plan and
+/// finished with a typed outcome or failure.
 pub const WIRE_FORMAT: u32 = 2;
 
 /// Largest gRPC message accepted or sent (snapshot chunks are 1 MiB, JSON-encoded).

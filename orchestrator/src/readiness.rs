@@ -155,12 +155,15 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
         };
         match planner::plan(state, &t) {
             Ok(p) => {
-                for s in p.skipped.iter().filter(|s| &s.app == id) {
-                    if !s.reason.contains("not UpToDate") && !s.reason.contains("is Outdated") {
-                        penalties.push(Penalty::WouldSkip {
-                            reason: s.reason.clone(),
-                        });
-                    }
+                // A replica that may not be promoted cost its -40 above already.
+                for s in p
+                    .skipped
+                    .iter()
+                    .filter(|s| &s.app == id && !s.reason.is_replica_state())
+                {
+                    penalties.push(Penalty::WouldSkip {
+                        reason: s.reason.to_string(),
+                    });
                 }
             }
             Err(e) => penalties.push(Penalty::NoPlan {
@@ -217,6 +220,19 @@ mod tests {
 
     fn db(s: &ClusterState, now: u64) -> Readiness {
         assess(s, &[AppId::new("db")], now).remove(0)
+    }
+
+    /// The replica of db's volume at south is `data` from `at_ms` on.
+    fn south_is(s: &mut ClusterState, at_ms: u64, data: DataState) {
+        apply(
+            s,
+            at_ms,
+            Command::SetReplicaData {
+                volume: VolumeId::new("db-data"),
+                site: SiteId::new("south"),
+                data,
+            },
+        );
     }
 
     #[test]
@@ -308,17 +324,37 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_may_not_be_promoted_costs_forty_points_whatever_its_state() {
+        // docs/drills.md: -40 per volume whose replica at the other site is not up to
+        // date; the failover it blocks is that same problem, not another -30.
+        for data in [
+            DataState::Syncing,
+            DataState::Outdated,
+            DataState::Inconsistent,
+        ] {
+            let mut s = lab();
+            south_is(&mut s, 3, data);
+            let r = db(&s, 10);
+            assert_eq!(r.score, 100 - 40 - 20, "{data:?}: {r:?}");
+            assert_eq!(
+                r.penalties,
+                vec![
+                    Penalty::ReplicaNotReady {
+                        volume: VolumeId::new("db-data"),
+                        site: SiteId::new("south"),
+                        data,
+                    },
+                    Penalty::NeverDrilled,
+                ],
+                "{data:?}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_stale_replica_and_a_down_replica_host_cost_points() {
         let mut s = lab();
-        apply(
-            &mut s,
-            3,
-            Command::SetReplicaData {
-                volume: VolumeId::new("db-data"),
-                site: SiteId::new("south"),
-                data: crate::state::DataState::Outdated,
-            },
-        );
+        south_is(&mut s, 3, DataState::Outdated);
         let r = db(&s, 10);
         assert_eq!(r.score, 40, "{r:?}");
         assert!(r.penalties.contains(&Penalty::ReplicaNotReady {
@@ -342,15 +378,7 @@ mod tests {
                 last_seen_ms: None,
             },
         );
-        apply(
-            &mut s,
-            5,
-            Command::SetReplicaData {
-                volume: VolumeId::new("db-data"),
-                site: SiteId::new("south"),
-                data: crate::state::DataState::UpToDate,
-            },
-        );
+        south_is(&mut s, 5, DataState::UpToDate);
         let r = db(&s, 10);
         assert_eq!(r.score, 50, "{r:?}");
         assert!(

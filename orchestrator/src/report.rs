@@ -1,15 +1,24 @@
 //! The report of an operation (DESIGN §7), built from what the cluster committed: the
 //! operation's saga log, its plan and the audit-log slice it spans (pure).
 //!
-//! Every node builds the same report from the same committed state, and Ed25519
-//! signatures are deterministic, so any node holding the cluster key signs the same
-//! bytes. Rendering and signing live in the `drills` crate.
+//! Every claim and check comes from typed records: the steps' kinds and outcomes (the
+//! snapshot's sequence number, the isolation the agents verified, production as each
+//! drill check saw it, the epochs promoted), and the audit entries the operation
+//! recorded as its start and finish (typed audit events). Every node builds the same
+//! report from the same committed state, and Ed25519 signatures are deterministic, so
+//! any node holding the cluster key signs the same bytes. Rendering and signing live in
+//! the `drills` crate.
+//!
+//! Never: search a step's name or a message's text for a claim.
 
-use drills::{AppResult, AuditSlice, Check, ReplicationSample, Report, StepTiming};
+use drills::{AppResult, AuditSlice, Check, CheckKind, ReplicationSample, Report, StepTiming};
 use topology::AppId;
 
-use crate::planner::{DrillKind, Plan};
-use crate::state::{AuditEvent, ClusterState, OpKind, OpStatus, Operation, Step, StepResult};
+use crate::planner::{DrillKind, Plan, PlannedStep};
+use crate::state::{
+    AgentDid, AuditEvent, ClusterState, OpKind, OpStatus, Operation, Production, Step, StepKind,
+    StepOutcome, StepResult,
+};
 
 /// The report's name for the kind of `o`.
 pub fn kind(o: &Operation) -> &'static str {
@@ -35,7 +44,8 @@ pub fn status(s: OpStatus) -> &'static str {
 
 /// The audit entries from the operation's start to its end (or to the newest entry
 /// while it runs); the digest is the chain's digest at the slice's last entry, which
-/// covers it and everything before it.
+/// covers it and everything before it. The slice is found by the typed events that
+/// started and finished the operation (`OpStarted`, `OpFinished`).
 pub fn audit_slice(state: &ClusterState, o: &Operation) -> AuditSlice {
     let from = state
         .audit
@@ -69,22 +79,33 @@ pub fn audit_slice(state: &ClusterState, o: &Operation) -> AuditSlice {
     }
 }
 
-fn timing(s: &Step) -> StepTiming {
+fn timing(o: &Operation, s: &Step) -> StepTiming {
     StepTiming {
-        name: s.name.clone(),
+        name: o.step_name(s),
+        kind: Some(s.kind),
         started_ms: s.started_ms,
         ended_ms: s.ended_ms,
-        ok: s.result.as_ref().map(|r| *r == StepResult::Ok),
-        detail: match &s.result {
-            Some(StepResult::Failed(e)) => e.clone(),
-            _ => s.detail.clone(),
-        },
+        ok: s.result.as_ref().map(StepResult::is_done),
+        detail: s
+            .result
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
-fn failed(s: &Step) -> Option<String> {
+fn failed(o: &Operation, s: &Step) -> Option<String> {
+    s.failure().map(|f| format!("{}: {f}", o.step_name(s)))
+}
+
+/// Production as a drill's check step saw it, passed or failed.
+fn production(s: &Step) -> Option<&Production> {
     match &s.result {
-        Some(StepResult::Failed(e)) => Some(format!("{}: {e}", s.name)),
+        Some(StepResult::Done {
+            outcome:
+                StepOutcome::Baseline { production } | StepOutcome::ProductionUnchanged { production },
+        }) => Some(production),
+        Some(StepResult::Failed { failure }) => failure.reason.production(),
         _ => None,
     }
 }
@@ -104,18 +125,14 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         .map(|p| p.apps().collect::<Vec<_>>())
         .unwrap_or_default()
     {
-        let steps: Vec<&Step> = o
-            .steps
-            .iter()
-            .filter(|s| s.app.as_ref() == Some(&m.app))
-            .collect();
+        let steps: Vec<&Step> = o.steps.iter().filter(|s| s.app() == Some(&m.app)).collect();
         let healthy = steps
             .iter()
-            .find(|s| s.name == "health gate" && s.result == Some(StepResult::Ok))
+            .find(|s| s.kind == StepKind::HealthGate && s.outcome().is_some())
             .and_then(|s| s.ended_ms);
         let rto = healthy.map(|h| h.saturating_sub(origin) as f64 / 1000.0);
         let target = f64::from(m.rto_target_s);
-        let failure = steps.iter().find_map(|s| failed(s));
+        let failure = steps.iter().find_map(|s| failed(o, s));
         let reason = match (&failure, rto) {
             (Some(f), _) => f.clone(),
             (None, None) if o.status == OpStatus::Running => "in progress".into(),
@@ -126,27 +143,37 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
             _ => String::new(),
         };
         let rpo = if drill {
-            steps
+            let snapshot = steps.iter().find_map(|s| match s.outcome() {
+                Some(taken @ StepOutcome::Snapshot { .. }) => Some(taken),
+                _ => None,
+            });
+            let planned_snapshot = m
+                .steps
                 .iter()
-                .find(|s| s.name.starts_with("snapshot"))
-                .map(|s| format!("snapshot of the replicas at {}: {}", m.to, s.detail))
-                .unwrap_or_else(|| "no volumes (nothing to snapshot)".into())
+                .any(|s| matches!(s, PlannedStep::Snapshot { .. }));
+            match (snapshot, planned_snapshot) {
+                (Some(taken), _) => format!("snapshot of the replicas at {}: {taken}", m.to),
+                (None, true) => format!("no snapshot of the replicas at {} was taken", m.to),
+                (None, false) => "no volumes (nothing to snapshot)".into(),
+            }
         } else {
             steps
                 .iter()
-                .find(|s| s.name.starts_with("promote"))
-                .map(|s| s.detail.clone())
+                .find_map(|s| match s.outcome() {
+                    Some(moved @ StepOutcome::Moved(_)) => Some(moved.to_string()),
+                    _ => None,
+                })
                 .unwrap_or_default()
         };
         if drill {
             let bound = lag_bound(state, &m.app);
-            for (phase, step) in [
-                ("before", "baseline"),
-                ("during", "production check"),
-                ("after", "production after"),
+            for (phase, kind) in [
+                ("before", StepKind::Baseline),
+                ("during", StepKind::ProductionCheck),
+                ("after", StepKind::ProductionAfter),
             ] {
-                let s = steps.iter().find(|s| s.name == step);
-                replication.push(sample(&m.app, phase, s.copied(), &bound));
+                let s = steps.iter().copied().find(|s| s.kind == kind);
+                replication.push(sample(&m.app, phase, s, &bound));
             }
         }
         apps.push(AppResult {
@@ -159,7 +186,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
             rpo,
             passed: reason.is_empty(),
             reason,
-            steps: steps.iter().map(|s| timing(s)).collect(),
+            steps: steps.iter().map(|s| timing(o, s)).collect(),
         });
     }
     if let Some(p) = plan {
@@ -178,51 +205,50 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
             });
         }
     }
-    let op_steps: Vec<&Step> = o.steps.iter().filter(|s| s.app.is_none()).collect();
     let mut checks = Vec::new();
     if drill {
-        let all = |name: &str| -> Vec<&Step> {
-            o.steps
-                .iter()
-                .filter(|s| s.app.is_some() && s.name == name)
-                .collect()
+        let of = |kinds: &[StepKind]| -> Vec<&Step> {
+            o.steps.iter().filter(|s| kinds.contains(&s.kind)).collect()
         };
-        let untouched = all("production check")
-            .into_iter()
-            .chain(all("production after"))
-            .collect::<Vec<_>>();
         checks.push(check_of(
+            o,
+            CheckKind::ProductionUntouched,
             "production untouched (same hosts, same states, replicas up to date, during and after)",
-            &untouched,
+            &of(&[StepKind::ProductionCheck, StepKind::ProductionAfter]),
         ));
-        let started = all("start drill VMs");
+        let started = of(&[StepKind::StartDrillVms]);
         let isolated = !started.is_empty()
-            && started
-                .iter()
-                .all(|s| s.result == Some(StepResult::Ok) && s.detail.contains("isolated"));
+            && started.iter().all(|s| {
+                matches!(s.outcome(), Some(StepOutcome::DrillVmsStarted { copies })
+                    if !copies.is_empty() && copies.iter().all(AgentDid::on_isolated_network))
+            });
         checks.push(Check {
             name: "drill VMs on an isolated network".into(),
+            kind: Some(CheckKind::DrillIsolated),
             passed: isolated,
             detail: started
                 .iter()
-                .map(|s| s.detail.clone())
+                .map(|s| {
+                    s.result
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                })
                 .collect::<Vec<_>>()
                 .join(" | "),
         });
-        let cleanup: Vec<&Step> = op_steps
-            .iter()
-            .copied()
-            .filter(|s| s.name.starts_with("cleanup"))
-            .collect();
         checks.push(check_of(
+            o,
+            CheckKind::DrillRemoved,
             "drill removed from every host (VMs, snapshots, network)",
-            &cleanup,
+            &of(&[StepKind::Cleanup]),
         ));
     }
     if o.status != OpStatus::Running {
         let met = apps.iter().filter(|a| a.passed).count();
         checks.push(Check {
             name: "every app healthy within its RTO target".into(),
+            kind: Some(CheckKind::RtoMet),
             passed: met == apps.len() && !apps.is_empty(),
             detail: format!("{met} of {} app(s)", apps.len()),
         });
@@ -232,7 +258,7 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
         .map(|m| m.to.to_string())
         .unwrap_or_default();
     Report {
-        format_version: 1,
+        format_version: drills::FORMAT_VERSION,
         id: o.id.to_string(),
         cluster,
         metrodr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -250,11 +276,12 @@ pub fn build(state: &ClusterState, o: &Operation) -> Report {
     }
 }
 
-fn check_of(name: &str, steps: &[&Step]) -> Check {
-    let bad: Vec<String> = steps.iter().filter_map(|s| failed(s)).collect();
+fn check_of(o: &Operation, kind: CheckKind, name: &str, steps: &[&Step]) -> Check {
+    let bad: Vec<String> = steps.iter().filter_map(|s| failed(o, s)).collect();
     let unfinished = steps.iter().filter(|s| s.result.is_none()).count();
     Check {
         name: name.into(),
+        kind: Some(kind),
         passed: !steps.is_empty() && bad.is_empty() && unfinished == 0,
         detail: if steps.is_empty() {
             "not reached".into()
@@ -265,7 +292,7 @@ fn check_of(name: &str, steps: &[&Step]) -> Check {
         } else {
             steps
                 .iter()
-                .map(|s| s.detail.clone())
+                .filter_map(|s| s.outcome().map(ToString::to_string))
                 .collect::<Vec<_>>()
                 .join(" | ")
         },
@@ -295,6 +322,7 @@ fn lag_bound(state: &ClusterState, app: &AppId) -> String {
     }
 }
 
+/// The replication link of `app` at `phase`, from the production the step sampled.
 fn sample(app: &AppId, phase: &str, s: Option<&Step>, bound: &str) -> ReplicationSample {
     let Some(s) = s else {
         return ReplicationSample {
@@ -306,12 +334,12 @@ fn sample(app: &AppId, phase: &str, s: Option<&Step>, bound: &str) -> Replicatio
             detail: String::new(),
         };
     };
-    let (ok, text) = match &s.result {
-        Some(StepResult::Ok) => (true, s.detail.clone()),
-        Some(StepResult::Failed(e)) => (false, e.clone()),
-        None => (false, "unfinished".to_string()),
-    };
-    let in_sync = text.starts_with("replication in-sync");
+    let text = s
+        .result
+        .as_ref()
+        .map_or_else(|| "unfinished".to_string(), ToString::to_string);
+    let in_sync = production(s).is_some_and(Production::in_sync);
+    let ok = s.result.as_ref().is_some_and(StepResult::is_done);
     ReplicationSample {
         app: app.to_string(),
         phase: phase.into(),
@@ -332,11 +360,23 @@ mod tests {
 
     use super::*;
     use crate::planner::{self, Trigger};
-    use crate::state::{Command, Outcome};
+    use crate::state::{
+        AgentDid, Command, CommandOutcome, FailureReason, Outcome, ProductionChange, StepAt,
+        StepFailure, VmState,
+    };
     use crate::test_support::{apply, lab};
+    use ids::GroupSeq;
+    use topology::{HostId, SiteId, VmId};
 
-    /// A test drill of db whose steps end with `last` (Ok or the failure).
-    fn drill(last: StepResult) -> (ClusterState, Operation) {
+    /// How the drill's production check ends.
+    enum Check {
+        Unchanged,
+        Moved,
+        NotIsolated,
+    }
+
+    /// A test drill of db whose production check ends as `last` says.
+    fn drill(last: Check) -> (ClusterState, Operation) {
         let mut s = lab();
         let plan = planner::plan(
             &s,
@@ -351,88 +391,115 @@ mod tests {
             &mut s,
             1000,
             Command::BeginPlan {
-                plan: Box::new(plan),
+                plan: Box::new(plan.clone()),
                 lost_ms: None,
             },
         ) else {
             panic!()
         };
-        let db = Some(AppId::new("db"));
-        let steps: Vec<(Option<AppId>, &str, u64, StepResult, &str)> = vec![
+        let db = AppId::new("db");
+        let south = SiteId::new("south");
+        let snap_host = match plan.step(&StepAt::App {
+            app: db.clone(),
+            index: 1,
+        }) {
+            Some(PlannedStep::Snapshot { host }) => host.clone(),
+            other => panic!("db's second step is its snapshot: {other:?}"),
+        };
+        let production = s.production(&db).unwrap();
+        let done = |outcome| StepResult::Done { outcome };
+        let unchanged = done(StepOutcome::ProductionUnchanged {
+            production: production.clone(),
+        });
+        let check = match last {
+            Check::Unchanged | Check::NotIsolated => unchanged.clone(),
+            Check::Moved => StepResult::Failed {
+                failure: StepFailure::new(
+                    FailureReason::ProductionChanged {
+                        changes: vec![ProductionChange::Moved {
+                            vm: VmId::new("db-1"),
+                            from: HostId::new("north-h1"),
+                            to: HostId::new("north-h2"),
+                        }],
+                        production: production.clone(),
+                    },
+                    "production changed: db-1 moved from north-h1 to north-h2",
+                ),
+            },
+        };
+        let app = |index| StepAt::App {
+            app: db.clone(),
+            index,
+        };
+        let steps: Vec<(StepAt, u64, StepResult)> = vec![
             (
-                db.clone(),
-                "baseline",
+                app(0),
                 1000,
-                StepResult::Ok,
-                "replication in-sync (within bound): 2 replica(s) up to date; production at north: db-1@north-h1 Running",
+                done(StepOutcome::Baseline {
+                    production: production.clone(),
+                }),
             ),
             (
-                db.clone(),
-                "snapshot at south-h1",
+                app(1),
                 1010,
-                StepResult::Ok,
-                "south-h1: snapshot of db at sequence 812 (1 volume(s))",
+                done(StepOutcome::Snapshot {
+                    host: snap_host.clone(),
+                    app: db.clone(),
+                    seq: GroupSeq(812),
+                    volumes: 1,
+                    already: false,
+                }),
             ),
             (
-                db.clone(),
-                "start drill VMs",
+                app(2),
                 1200,
-                StepResult::Ok,
-                "south-h1: drill-1-db-1 running (isolated network mdr-drill-1 (no forward, no host address))",
+                done(StepOutcome::DrillVmsStarted {
+                    copies: vec![AgentDid {
+                        host: snap_host.clone(),
+                        outcome: CommandOutcome::DrillStarted {
+                            domain: format!("drill-{}-db-1", op.0),
+                            state: VmState::Running,
+                            domain_type: "qemu".into(),
+                            disks: 1,
+                            network: Some(format!("mdr-drill-{}", op.0)),
+                            isolated: !matches!(last, Check::NotIsolated),
+                        },
+                    }],
+                }),
             ),
             (
-                db.clone(),
-                "health gate",
+                app(3),
                 1400,
-                StepResult::Ok,
-                "1 drill VM(s) running at south",
+                done(StepOutcome::DrillHealthy {
+                    copies: 1,
+                    site: south.clone(),
+                    probes: Vec::new(),
+                    unchecked: Vec::new(),
+                }),
             ),
+            (app(4), 4200, check),
             (
-                db.clone(),
-                "production check",
-                4200,
-                last.clone(),
-                "replication in-sync (within bound): 2 replica(s) up to date; unchanged",
-            ),
-            (
-                None,
-                "cleanup",
+                StepAt::Closing { index: 0 },
                 4300,
-                StepResult::Ok,
-                "south-h1: drill-1-db-1 removed; network mdr-drill-1 gone",
+                done(StepOutcome::Cleaned {
+                    hosts: vec![AgentDid {
+                        host: snap_host.clone(),
+                        outcome: CommandOutcome::DrillCleaned {
+                            removed: vec![format!("drill-{}-db-1 removed", op.0)],
+                        },
+                    }],
+                }),
             ),
-            (
-                db.clone(),
-                "production after",
-                4500,
-                StepResult::Ok,
-                "replication in-sync (within bound): unchanged",
-            ),
+            (StepAt::Closing { index: 1 }, 4500, unchanged),
         ];
-        for (app, name, at, result, detail) in steps {
-            let Outcome::Step(index) = apply(
-                &mut s,
-                at,
-                Command::StartStep {
-                    op,
-                    name: name.into(),
-                    app,
-                },
-            ) else {
+        let ok = steps.iter().all(|(_, _, r)| r.is_done());
+        for (at, t, result) in steps {
+            let Outcome::Step(index) = apply(&mut s, t, Command::StartStep { op, at }) else {
                 panic!()
             };
-            apply(
-                &mut s,
-                at + 100,
-                Command::FinishStep {
-                    op,
-                    index,
-                    result,
-                    detail: detail.into(),
-                },
-            );
+            apply(&mut s, t + 100, Command::FinishStep { op, index, result });
         }
-        let status = if last == StepResult::Ok {
+        let status = if ok {
             OpStatus::Succeeded
         } else {
             OpStatus::Failed
@@ -442,9 +509,20 @@ mod tests {
         (s, o)
     }
 
+    fn snapshot_host(o: &Operation) -> HostId {
+        let at = StepAt::App {
+            app: AppId::new("db"),
+            index: 1,
+        };
+        match o.plan.as_ref().and_then(|p| p.step(&at)) {
+            Some(PlannedStep::Snapshot { host }) => host.clone(),
+            other => panic!("db's second step is its snapshot: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_clean_drill_reports_every_app_check_and_the_audit_slice() {
-        let (s, o) = drill(StepResult::Ok);
+        let (s, o) = drill(Check::Unchanged);
         let r = build(&s, &o);
         assert_eq!(
             (r.kind.as_str(), r.status.as_str()),
@@ -460,19 +538,57 @@ mod tests {
         // Healthy at 1500 (health gate end), the drill began at 1000.
         assert_eq!(db.rto_achieved_s, Some(0.5));
         assert!(db.passed, "{db:?}");
-        assert!(db.rpo.contains("sequence 812"), "{}", db.rpo);
-        assert_eq!(db.steps.len(), 6);
-        let phases: Vec<(&str, bool)> = r
+        assert!(db.rpo.contains("at sequence 812"), "{}", db.rpo);
+        let names: Vec<&str> = db.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names[..],
+            [
+                "baseline",
+                &*format!("snapshot at {}", snapshot_host(&o)),
+                "start drill VMs",
+                "health gate",
+                "production check",
+                "production after"
+            ]
+        );
+        let phases: Vec<(&str, &str, bool)> = r
             .replication
             .iter()
-            .map(|x| (x.phase.as_str(), x.within_bound))
+            .map(|x| (x.phase.as_str(), x.link.as_str(), x.within_bound))
             .collect();
         assert_eq!(
             phases,
-            [("before", true), ("during", true), ("after", true)]
+            [
+                ("before", "in-sync", true),
+                ("during", "in-sync", true),
+                ("after", "in-sync", true)
+            ]
         );
         assert!(r.checks.iter().all(|c| c.passed), "{:?}", r.checks);
-        assert_eq!(r.checks.len(), 4);
+        let checks: Vec<Option<CheckKind>> = r.checks.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            checks,
+            [
+                Some(CheckKind::ProductionUntouched),
+                Some(CheckKind::DrillIsolated),
+                Some(CheckKind::DrillRemoved),
+                Some(CheckKind::RtoMet)
+            ]
+        );
+        let kinds: Vec<Option<StepKind>> = db.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                StepKind::Baseline,
+                StepKind::Snapshot,
+                StepKind::StartDrillVms,
+                StepKind::HealthGate,
+                StepKind::ProductionCheck,
+                StepKind::ProductionAfter
+            ]
+            .map(Some)
+        );
+        assert_eq!(r.format_version, drills::FORMAT_VERSION);
         assert!(r.passed());
         // The slice runs from the op.start entry to the op.finish entry; its digest is
         // the chain's at the end.
@@ -485,18 +601,36 @@ mod tests {
 
     #[test]
     fn a_changed_production_fails_its_check_and_the_app() {
-        let (s, o) = drill(StepResult::Failed(
-            "production changed: db-1 moved from north-h1 to north-h2".into(),
-        ));
+        let (s, o) = drill(Check::Moved);
         let r = build(&s, &o);
         assert_eq!(r.status, "failed");
         let db = &r.apps[0];
         assert!(!db.passed);
         assert!(db.reason.contains("db-1 moved"), "{}", db.reason);
         let during = r.replication.iter().find(|x| x.phase == "during").unwrap();
-        assert!(!during.within_bound);
+        // Replication itself was in sync; the check failed for the VM that moved.
+        assert_eq!(
+            (during.link.as_str(), during.within_bound),
+            ("in-sync", false)
+        );
         let untouched = &r.checks[0];
+        assert_eq!(untouched.kind, Some(CheckKind::ProductionUntouched));
         assert!(!untouched.passed && untouched.detail.contains("db-1 moved"));
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn a_copy_its_agent_did_not_verify_isolated_fails_the_isolation_check() {
+        // Its rendering says "NOT verified isolated": the check decides on the flag.
+        let (s, o) = drill(Check::NotIsolated);
+        let r = build(&s, &o);
+        let isolated = &r.checks[1];
+        assert_eq!(isolated.kind, Some(CheckKind::DrillIsolated));
+        assert!(!isolated.passed, "{isolated:?}");
+        assert!(
+            isolated.detail.contains("NOT verified isolated"),
+            "{isolated:?}"
+        );
         assert!(!r.passed());
     }
 }

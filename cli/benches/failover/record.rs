@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 use lab::states::{self, AppHealth, HostState, SiteState};
 use orchestrator::client::Client;
 use orchestrator::pb;
-use orchestrator::state::{OpStatus, Operation, Step};
+use orchestrator::state::{OpStatus, Operation, Step, StepKind};
 
 use crate::{FIRST_TARGET_MS, LAST_TARGET_MS, now_ms};
 
-/// (start, end) in ms since the epoch of every finished step whose name starts with
-/// `prefix`.
-fn spans(op: &Operation, prefix: &str) -> Vec<(u64, u64)> {
+/// (start, end) in ms since the epoch of every finished step of `kind`.
+fn spans(op: &Operation, kind: StepKind) -> Vec<(u64, u64)> {
     op.steps
         .iter()
-        .filter(|s| s.name.starts_with(prefix))
+        .filter(|s| s.kind == kind)
         .filter_map(|s: &Step| s.ended_ms.map(|e| (s.started_ms, e)))
         .collect()
 }
@@ -155,7 +154,7 @@ pub fn breakdown(
         .map(|s| rel(s.started_ms))
         .min()
         .unwrap_or(NONE);
-    let promote = spans(op, "promote and move");
+    let promote = spans(op, StepKind::PromoteAndMove);
     row.promote_sum_ms = promote.iter().map(|(a, b)| b - a).sum();
     row.promote_max_ms = promote.iter().map(|(a, b)| b - a).max().unwrap_or(0);
     let span_of = |v: &[(u64, u64)]| {
@@ -163,9 +162,9 @@ pub fn breakdown(
         let hi = v.iter().map(|x| x.1).max().unwrap_or(0);
         hi.saturating_sub(lo)
     };
-    row.start_span_ms = span_of(&spans(op, "start VMs"));
-    row.serve_span_ms = span_of(&spans(op, "serve volumes"));
-    let health = spans(op, "health gate");
+    row.start_span_ms = span_of(&spans(op, StepKind::StartVms));
+    row.serve_span_ms = span_of(&spans(op, StepKind::ServeVolumes));
+    let health = spans(op, StepKind::HealthGate);
     row.health_span_ms = span_of(&health);
     row.health_max_ms = health.iter().map(|(a, b)| b - a).max().unwrap_or(0);
     row.first_healthy_ms = health.iter().map(|x| rel(x.1)).min().unwrap_or(NONE);
@@ -207,14 +206,11 @@ pub fn breakdown(
     // Per wave: when each kind of step began and was done, and the longest one.
     for (k, w) in plan.map_or(&[][..], |p| &p.waves).iter().enumerate() {
         let apps: BTreeSet<&str> = w.apps.iter().map(|m| m.app.as_str()).collect();
-        let of = |prefix: &str| -> String {
+        let of = |kind: StepKind| -> String {
             let v: Vec<(u64, u64)> = op
                 .steps
                 .iter()
-                .filter(|st| {
-                    st.name.starts_with(prefix)
-                        && st.app.as_ref().is_some_and(|a| apps.contains(a.as_str()))
-                })
+                .filter(|st| st.kind == kind && st.app().is_some_and(|a| apps.contains(a.as_str())))
                 .filter_map(|st| st.ended_ms.map(|e| (st.started_ms, e)))
                 .collect();
             let first = v.iter().map(|x| rel(x.0)).min().unwrap_or(NONE);
@@ -227,10 +223,10 @@ pub fn breakdown(
             k + 1,
             w.apps.first().map_or(0, |m| m.tier),
             w.apps.len(),
-            of("promote"),
-            of("serve volumes"),
-            of("start VMs"),
-            of("health gate"),
+            of(StepKind::PromoteAndMove),
+            of(StepKind::ServeVolumes),
+            of(StepKind::StartVms),
+            of(StepKind::HealthGate),
         );
     }
     failed_steps(op);
@@ -255,27 +251,17 @@ pub fn breakdown(
     }
 }
 
-/// Failed steps, grouped by what went wrong (VM and app names taken out).
+/// Failed steps, grouped by their kind and the reason they failed.
 fn failed_steps(op: &Operation) {
     let mut failures: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for st in &op.steps {
-        if let Some(orchestrator::state::StepResult::Failed(e)) = &st.result {
-            let kind: Vec<&str> = e
-                .split_whitespace()
-                .map(|w| {
-                    if w.starts_with("vm-") || w.starts_with("app-") {
-                        "*"
-                    } else {
-                        w
-                    }
-                })
-                .collect();
+        if let Some(e) = st.failure() {
             let f = failures
-                .entry(format!("{}: {}", st.name, kind.join(" ")))
+                .entry(format!("{}: {}", st.kind.label(), e.reason.name()))
                 .or_default();
             f.0 += 1;
             if f.1.is_empty() {
-                f.1 = st.app.as_ref().map_or(String::new(), |a| a.to_string());
+                f.1 = format!("{}: {e}", st.app().map_or(String::new(), |a| a.to_string()));
             }
         }
     }

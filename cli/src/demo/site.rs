@@ -302,12 +302,13 @@ pub async fn site_failover(
                     continue;
                 }
                 let at = s.ended_ms.unwrap_or(0).saturating_sub(killed_ms);
-                let app = s.app.as_ref().map_or("", |a| a.as_str());
+                let app = s.app().map_or("", |a| a.as_str());
+                let result = s.result.as_ref().map(ToString::to_string);
                 outln!(
                     "    +{:>5.2} s  {app:<8} {:<26} {}",
                     at as f64 / 1000.0,
-                    s.name,
-                    s.detail
+                    o.step_name(s),
+                    result.unwrap_or_default()
                 );
             }
         }
@@ -316,7 +317,9 @@ pub async fn site_failover(
         }
         let healthy = |app: &topology::AppId| {
             o.steps.iter().any(|s| {
-                s.app.as_ref() == Some(app) && s.name == "health gate" && s.result.is_some()
+                s.app() == Some(app)
+                    && s.kind == orchestrator::state::StepKind::HealthGate
+                    && s.result.is_some()
             })
         };
         let (waiting, others_done) = o.plan.as_ref().map_or((false, false), |p| {

@@ -9,15 +9,23 @@
 //! in [`Plan::skipped`] with the reason — a replica that is not `UpToDate`, no capacity,
 //! an operation already running — never silently dropped.
 //!
+//! Each move carries its steps with every parameter decided here ([`steps`]): the
+//! executor chooses no host, peer, epoch or spec.
+//!
 //! Never: plan the promotion of a replica that is not `UpToDate`, place a VM on a host
 //! that is not `Up` or lacks room, or order an app before an app it depends on.
+
+mod steps;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use topology::{AppId, FailoverPolicy, HostId, SiteId, SiteRole, VmId};
 
-pub use crate::plan::{AppMove, DrillKind, Plan, PlanError, Skip, Trigger, Wave};
+pub use crate::plan::{
+    AppMove, DrillKind, Plan, PlanError, PlannedProbe, PlannedStep, Skip, SkipReason, Trigger, Wave,
+};
 use crate::state::{ClusterState, DataState, HostState, SiteState};
+pub use steps::DRAIN_MARGIN_S;
 
 /// Free capacity of one host: (vcpus, memory bytes).
 #[derive(Debug, Clone, Copy)]
@@ -189,58 +197,50 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         if !seen.insert(app_id.clone()) {
             continue;
         }
-        let skip = |reason: String| Skip {
+        let skip = |reason: SkipReason| Skip {
             app: app_id.clone(),
             reason,
         };
         let (Some(app), Some(rec)) = (index.get(&app_id), state.apps.get(&app_id)) else {
-            skipped.push(skip(
-                "not in the cluster state (apply the topology first)".into(),
-            ));
+            skipped.push(skip(SkipReason::NotInState));
             continue;
         };
         if busy.contains(&app_id) {
-            skipped.push(skip(
-                "another operation is moving it or drilling it (wait for it or see `metrodr op list`)".into(),
-            ));
+            skipped.push(skip(SkipReason::Busy));
             continue;
         }
         if let Some(dep) = app.depends_on.iter().find(|d| {
             skipped.iter().any(|s: &Skip| &s.app == *d)
                 && state.apps.get(d).is_some_and(|r| r.active_site != to)
         }) {
-            skipped.push(skip(format!(
-                "it depends on {dep}, which this plan cannot move (see that app's reason)"
-            )));
+            skipped.push(skip(SkipReason::DependencySkipped { dep: dep.clone() }));
             continue;
         }
         let from = rec.active_site.clone();
         let same_site = from == to;
         if drill && same_site {
-            skipped.push(skip(format!(
-                "it is active at {to}: a test drill starts its copy at the other site"
-            )));
+            skipped.push(skip(SkipReason::DrillAtActiveSite { site: to }));
             continue;
         }
         if same_site && host_lost.is_none() && host_fenced.is_none() {
-            skipped.push(skip(format!("already active at {to}")));
+            skipped.push(skip(SkipReason::AlreadyActive { site: to }));
             continue;
         }
         if let Some(s) = state.sites.get(&to)
             && s.state == SiteState::Down
         {
-            skipped.push(skip(format!(
-                "site {to} is down (recover it first: `metrodr site recover {to}`)"
-            )));
+            skipped.push(skip(SkipReason::TargetDown { site: to }));
             continue;
         }
         if graceful
             && let Some(s) = state.sites.get(&from)
             && s.state == SiteState::Down
         {
-            skipped.push(skip(format!(
-                "site {from} is down: a switchover needs the source up (use `metrodr app failover {app_id} --to {to}`)"
-            )));
+            skipped.push(skip(SkipReason::SourceDown {
+                site: from,
+                app: app_id.clone(),
+                to,
+            }));
             continue;
         }
         // Every volume of the group must have an up-to-date replica at `to`.
@@ -249,19 +249,25 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         if !same_site {
             for v in &app.volumes {
                 let Some(vol) = state.volumes.get(&v.id) else {
-                    refused = Some(format!("volume {} is not in the cluster state", v.id));
+                    refused = Some(SkipReason::VolumeMissing {
+                        volume: v.id.clone(),
+                    });
                     break;
                 };
                 match vol.replica(&to) {
                     None => {
-                        refused = Some(format!("volume {} has no replica at {to}", v.id));
+                        refused = Some(SkipReason::NoReplica {
+                            volume: v.id.clone(),
+                            site: to.clone(),
+                        });
                         break;
                     }
                     Some(r) if r.data != DataState::UpToDate => {
-                        refused = Some(format!(
-                            "the replica of volume {} at {to} is {:?}: only an up-to-date replica may be promoted (let it resync, then retry)",
-                            v.id, r.data
-                        ));
+                        refused = Some(SkipReason::ReplicaNotUpToDate {
+                            volume: v.id.clone(),
+                            site: to.clone(),
+                            data: r.data,
+                        });
                         break;
                     }
                     Some(_) => {}
@@ -284,15 +290,12 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 .iter()
                 .find(|v| matches!(v.replication, topology::Replication::Async { .. }))
         {
-            refused.get_or_insert_with(|| format!(
-                "volume {} replicates asynchronously and is served outside the cluster, which cannot drain its lag (serve the volumes by the agents, or use `metrodr app failover`, whose RPO is bounded by the lag)",
-                v.id
-            ));
+            refused.get_or_insert_with(|| SkipReason::AsyncServedOutside {
+                volume: v.id.clone(),
+            });
         }
         if drill && !agent_served && !app.volumes.is_empty() {
-            refused.get_or_insert_with(|| {
-                "its volumes are served outside the cluster, which cannot snapshot them for a drill (serve the volumes by the agents: `volumes = \"agents\"`)".to_string()
-            });
+            refused.get_or_insert(SkipReason::DrillServedOutside);
         }
         if let Some(reason) = refused {
             skipped.push(skip(reason));
@@ -309,15 +312,18 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         if let Some(p) = &pinned {
             let disks = app.vms.iter().any(|vm| !vm.disks.is_empty());
             if disks && host_lost.as_ref() == Some(p) {
-                skipped.push(skip(format!(
-                    "its volumes at {to} were served by the lost host {p}: fail it over to the other site (`metrodr app failover {app_id} --to SITE`)"
-                )));
+                skipped.push(skip(SkipReason::ReplicaHostLost {
+                    app: app_id.clone(),
+                    site: to,
+                    host: p.clone(),
+                }));
                 continue;
             }
             if disks && !room.contains_key(p) {
-                skipped.push(skip(format!(
-                    "host {p}, which holds its replicas at {to}, is not up"
-                )));
+                skipped.push(skip(SkipReason::ReplicaHostDown {
+                    host: p.clone(),
+                    site: to,
+                }));
                 continue;
             }
         }
@@ -348,18 +354,14 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             BTreeMap::new()
         };
         if let Some(h) = fenced.values().find(|h| !room.contains_key(*h)) {
-            skipped.push(skip(format!(
-                "host {h}, where its fence stopped the VMs, is not up"
-            )));
+            skipped.push(skip(SkipReason::FencedHostDown { host: h.clone() }));
             continue;
         }
         // The fence stopped serving the group too: its VMs boot once it is served again.
         if let Some(h) = pinned.as_ref().filter(|p| fenced.values().any(|h| h == *p))
             && !state.serves_since_registration(&app_id, h)
         {
-            skipped.push(skip(format!(
-                "host {h} does not serve its volumes again yet (the fence stopped them)"
-            )));
+            skipped.push(skip(SkipReason::NotServedAgain { host: h.clone() }));
             continue;
         }
         // Hosts: VMs that must (re)start, largest first, best fit on Up hosts at `to`.
@@ -413,14 +415,19 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 }
                 None => {
                     short = Some(match need {
-                        Some(p) => format!(
-                            "host {p}, which holds its replicas at {to}, has no room for VM {} ({} vCPUs, {})",
-                            vm.id, vm.vcpus, vm.memory
-                        ),
-                        None => format!(
-                            "no up host at {to} has room for VM {} ({} vCPUs, {}) (add capacity or move lower tiers)",
-                            vm.id, vm.vcpus, vm.memory
-                        ),
+                        Some(p) => SkipReason::NoRoomOnReplicaHost {
+                            host: p.clone(),
+                            site: to.clone(),
+                            vm: vm.id.clone(),
+                            vcpus: vm.vcpus,
+                            memory: vm.memory,
+                        },
+                        None => SkipReason::NoRoom {
+                            site: to.clone(),
+                            vm: vm.id.clone(),
+                            vcpus: vm.vcpus,
+                            memory: vm.memory,
+                        },
                     });
                     break;
                 }
@@ -430,7 +437,6 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             skipped.push(skip(reason));
             continue;
         }
-        room = trial;
         starts.sort();
         let mut placement: BTreeMap<VmId, HostId> = if same_site {
             rec.placement.clone()
@@ -458,7 +464,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             .collect();
         let health_timeout_ms = topo.timing.health_gate_timeout_ms;
         let stage = stage_of.get(&app_id).copied().unwrap_or(usize::MAX);
-        by_stage.entry(stage).or_default().push(AppMove {
+        let mut m = AppMove {
             app: app_id.clone(),
             tier: app.tier,
             from,
@@ -472,14 +478,32 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             stops,
             rto_target_s: app.rto_target_s,
             health_timeout_ms,
-        });
+            steps: Vec::new(),
+        };
+        match steps::move_steps(state, app, &m, drill) {
+            Ok(s) => m.steps = s,
+            Err(reason) => {
+                skipped.push(skip(reason));
+                continue;
+            }
+        }
+        room = trial;
+        by_stage.entry(stage).or_default().push(m);
     }
+    let waves: Vec<Wave> = by_stage.into_values().map(|apps| Wave { apps }).collect();
+    let (closing, interrupted) = if drill && !waves.is_empty() {
+        steps::drill_closing(&waves.iter().flat_map(|w| &w.apps).collect::<Vec<_>>())
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(Plan {
         kind: trigger.kind(),
         trigger: trigger.clone(),
-        waves: by_stage.into_values().map(|apps| Wave { apps }).collect(),
+        waves,
         skipped,
         drill: drill.then_some(DrillKind::Test),
+        closing,
+        interrupted,
     })
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use super::{AgentEvent, CommandId, DataState, Epoch, HostState, Issuer, LinkReport, OpId};
-use super::{AppState, OpKind, OpStatus, SiteState, VmState};
+use super::{AppState, OpKind, OpStatus, SiteState, StepAt, StepKind, VmState};
 
 /// Most commands or results an event lists one by one (the rest are counted).
 pub const MAX_LISTED: usize = 10;
@@ -77,16 +77,23 @@ pub enum AuditEvent {
         /// Apps the plan leaves alone, with why.
         skipped: Vec<(AppId, String)>,
     },
+    /// Step `index` of the operation's saga log began: the planned step at `at`, of
+    /// `kind`. `again`: a new leader resumes it (its earlier run never finished).
     StepStarted {
         op: OpId,
         index: u32,
-        step: String,
+        at: StepAt,
+        kind: StepKind,
+        again: bool,
     },
     StepFinished {
         op: OpId,
         index: u32,
+        at: StepAt,
+        kind: StepKind,
         ok: bool,
-        /// What it did, or why it failed.
+        /// What it did, or why it failed (the typed result's rendering; the result
+        /// itself is the step's record).
         detail: String,
     },
     OpFinished {
@@ -317,20 +324,34 @@ impl fmt::Display for AuditEvent {
                     Ok(())
                 }
             }
-            AuditEvent::StepStarted { op, index, step } => {
-                write!(f, "{op} step {index} started: {step}")
+            AuditEvent::StepStarted {
+                op,
+                index,
+                at,
+                kind,
+                again,
+            } => {
+                let again = if *again { " again" } else { "" };
+                write!(
+                    f,
+                    "{op} step {index} started{again}: {at}, {}",
+                    kind.label()
+                )
             }
             AuditEvent::StepFinished {
                 op,
                 index,
+                at,
+                kind,
                 ok,
                 detail,
             } => {
-                if *ok {
-                    write!(f, "{op} step {index} finished: Ok")
-                } else {
-                    write!(f, "{op} step {index} finished: Failed({detail:?})")
-                }
+                let how = if *ok { "done" } else { "failed" };
+                write!(
+                    f,
+                    "{op} step {index} ({at}, {}) {how}: {detail}",
+                    kind.label()
+                )
             }
             AuditEvent::OpFinished { op, status } => write!(f, "{op} finished: {status:?}"),
             AuditEvent::OpApproved { op, apps } => write!(f, "{op}: approved [{}]", list(apps)),

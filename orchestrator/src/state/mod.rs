@@ -13,19 +13,23 @@ mod agents;
 mod app_status;
 mod apply_topology;
 pub mod audit;
+mod command;
 mod event;
 mod invariants;
 mod operations;
 mod queries;
+mod steps;
 pub mod table;
 
 use serde::{Deserialize, Serialize};
-use topology::{AppId, HostId, SiteId, Topology, VmId, VolumeId};
+use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 pub use crate::records::*;
 pub use agents::{CommandResult, MAX_BATCH};
 pub use app_status::{AppHealth, AppReason, AppStatus, VmSeen};
 pub use audit::{AuditEntry, Verification};
+use command::{Applied, check_request, not_found, reject};
+pub use command::{Command, Outcome, Rejection, Request, Response};
 pub use event::{AuditEvent, MAX_LISTED, VmStateChange};
 pub use invariants::Violation;
 pub use operations::Operation;
@@ -39,261 +43,6 @@ pub const MAX_REASON_LEN: usize = 4096;
 /// How many past losses a site record keeps (for flap damping).
 pub const MAX_SITE_DOWNS: usize = 10;
 pub const MAX_TOPOLOGY_BYTES: usize = topology::MAX_FILE_BYTES;
-
-/// A command with who proposed it and when (the proposer's clock, so that apply is
-/// deterministic).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub actor: String,
-    pub at_ms: u64,
-    pub command: Command,
-}
-
-/// Every state transition the cluster can commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Command {
-    /// A new topology version. `model` is the validated parse of `text` and
-    /// `placements` the proposer's placement of new VMs: apply checks them but does not
-    /// recompute them, so nodes running different code versions cannot diverge.
-    ApplyTopology {
-        text: String,
-        model: Box<Topology>,
-        placements: Vec<(VmId, HostId)>,
-    },
-    SetSiteState {
-        site: SiteId,
-        state: SiteState,
-        reason: String,
-    },
-    SetHostState {
-        host: HostId,
-        state: HostState,
-        reason: String,
-        /// When the host was last known alive (the leader's estimate, for records).
-        #[serde(default)]
-        last_seen_ms: Option<u64>,
-    },
-    SetAppState {
-        app: AppId,
-        state: AppState,
-        reason: String,
-    },
-    PlaceVm {
-        app: AppId,
-        vm: VmId,
-        host: HostId,
-    },
-    /// Make the replica at `site` primary at `epoch` (which must be the volume's epoch
-    /// + 1); any other primary becomes secondary with data state `demoted`.
-    PromoteReplica {
-        volume: VolumeId,
-        site: SiteId,
-        epoch: Epoch,
-        demoted: DataState,
-    },
-    SetReplicaData {
-        volume: VolumeId,
-        site: SiteId,
-        data: DataState,
-    },
-    StartOperation {
-        kind: OpKind,
-        apps: Vec<AppId>,
-        note: String,
-    },
-    StartStep {
-        op: OpId,
-        name: String,
-        app: Option<AppId>,
-    },
-    FinishStep {
-        op: OpId,
-        index: u32,
-        result: StepResult,
-        #[serde(default)]
-        detail: String,
-    },
-    FinishOperation {
-        op: OpId,
-        status: OpStatus,
-    },
-    /// Start executing a plan (the planner's output): an operation that owns the apps
-    /// it moves until it finishes. Refused when another running operation owns one.
-    BeginPlan {
-        plan: Box<crate::plan::Plan>,
-        lost_ms: Option<u64>,
-    },
-    /// An operator approves the apps of an operation that wait for approval (all of
-    /// them when `apps` is empty).
-    ApproveOperation {
-        op: OpId,
-        apps: Vec<AppId>,
-    },
-    /// Move an app to `to` in one step: promote every volume of its consistency group
-    /// that is not primary there yet (each at exactly the epoch given, its current + 1;
-    /// the old primary becomes secondary with data state `demoted`), make `to` the
-    /// active site and record where its VMs run. All or nothing.
-    MoveApp {
-        op: OpId,
-        app: AppId,
-        to: SiteId,
-        epochs: Vec<(VolumeId, Epoch)>,
-        demoted: DataState,
-        placement: Vec<(VmId, HostId)>,
-    },
-    /// The primary of `app`'s consistency group at `site` (at `epoch`) reports its link;
-    /// the other replicas' data states follow. Refused from a stale primary.
-    ReplicaStatus {
-        app: AppId,
-        site: SiteId,
-        epoch: Epoch,
-        link: LinkReport,
-        detail: String,
-    },
-    /// An operator acknowledges that a lost site is back (its orchestrator node and
-    /// hosts are up again): its flap history is cleared, so a later loss fails over
-    /// automatically again.
-    RecoverSite {
-        site: SiteId,
-    },
-    /// An operator's note in the audit log.
-    Note {
-        text: String,
-    },
-    /// The orchestrator membership changed (initialization, a node added or removed),
-    /// for the audit log. Changes nothing else (membership is Raft's own).
-    Membership {
-        change: String,
-    },
-    /// A call (or a connection) the cluster refused, for the audit log: `call` names
-    /// it, `reason` says why; `security`: refused for who the caller is (audited as
-    /// `security.refused`), else for what it asked (`call.refused`). Changes nothing
-    /// else.
-    Refused {
-        call: String,
-        reason: String,
-        #[serde(default)]
-        security: bool,
-    },
-    /// A host's agent registered (host goes Up, inventory recorded).
-    RegisterHost {
-        host: HostId,
-        inventory: HostInventory,
-        /// The agent fenced its VMs (its lease ran out) since it last registered.
-        #[serde(default)]
-        fenced: bool,
-    },
-    /// Queue commands for agents; the outcome lists their ids.
-    IssueAgentCommands {
-        issuer: Issuer,
-        commands: Vec<(HostId, AgentAction)>,
-    },
-    /// An agent reports how commands went.
-    RecordCommandResults {
-        host: HostId,
-        results: Vec<CommandResult>,
-    },
-    /// An agent reports VM states that changed.
-    SetVmStates {
-        host: HostId,
-        states: Vec<(VmId, VmState)>,
-        reason: String,
-    },
-    /// Something an agent did on its own (self-fencing), for the audit log.
-    AgentEvent {
-        host: HostId,
-        event: AgentEvent,
-    },
-}
-
-/// Why a command was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RejectKind {
-    /// A field is malformed.
-    Invalid,
-    /// Something the command names does not exist.
-    NotFound,
-    /// The command does not fit the current state.
-    Conflict,
-    /// Applying it would break a safety invariant.
-    Invariant,
-    /// It would change nothing (a report of what the cluster already knows): not an
-    /// error for a reporter.
-    Unchanged,
-    /// It comes from a party the cluster has moved on from (a primary that is not the
-    /// group's primary any more): the party must stop.
-    Stale,
-}
-
-impl RejectKind {
-    const ALL: [RejectKind; 6] = [
-        RejectKind::Invalid,
-        RejectKind::NotFound,
-        RejectKind::Conflict,
-        RejectKind::Invariant,
-        RejectKind::Unchanged,
-        RejectKind::Stale,
-    ];
-
-    /// The kebab-case name (as serde writes it).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectKind::Invalid => "invalid",
-            RejectKind::NotFound => "not-found",
-            RejectKind::Conflict => "conflict",
-            RejectKind::Invariant => "invariant",
-            RejectKind::Unchanged => "unchanged",
-            RejectKind::Stale => "stale",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<RejectKind> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejection {
-    pub kind: RejectKind,
-    pub reason: String,
-}
-
-/// What applying a command yields: its audit event and outcome, or why not.
-type Applied = Result<(AuditEvent, Outcome), Rejection>;
-
-fn reject<T>(kind: RejectKind, reason: impl Into<String>) -> Result<T, Rejection> {
-    Err(Rejection {
-        kind,
-        reason: reason.into(),
-    })
-}
-
-/// What a successful command produced, besides its audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Done,
-    TopologyVersion(u64),
-    Operation(OpId),
-    Step(u32),
-    Epoch(Epoch),
-    Commands(Vec<CommandId>),
-}
-
-/// The reply to a committed request (Raft's `R`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Response {
-    Applied {
-        audit_seq: u64,
-        outcome: Outcome,
-    },
-    Rejected(Rejection),
-    /// A Raft-internal entry (blank or membership) with nothing to report.
-    Internal,
-}
 
 /// The whole replicated state. Each field is a table persisted row by row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,129 +346,11 @@ impl ClusterState {
                 ))
             }
             Command::StartOperation { kind, apps, note } => {
-                for a in apps {
-                    if !self.apps.contains(a) {
-                        return Err(not_found("app", a.as_str()));
-                    }
-                }
-                let id = self.operations.last().map_or(1, |(k, _)| k + 1);
-                self.operations.insert(
-                    id,
-                    Operation {
-                        id: OpId(id),
-                        kind: *kind,
-                        apps: apps.clone(),
-                        started_by: req.actor.clone(),
-                        started_ms: at,
-                        ended_ms: None,
-                        status: OpStatus::Running,
-                        note: note.clone(),
-                        steps: Vec::new(),
-                        plan: None,
-                        lost_ms: None,
-                        approved: Vec::new(),
-                    },
-                );
-                Ok((
-                    AuditEvent::OpStarted {
-                        op: OpId(id),
-                        kind: *kind,
-                        apps: apps.clone(),
-                        note: note.clone(),
-                        waves: 0,
-                        skipped: Vec::new(),
-                    },
-                    Outcome::Operation(OpId(id)),
-                ))
+                self.start_operation(req, *kind, apps, note)
             }
-            Command::StartStep { op, name, app } => {
-                if let Some(a) = app
-                    && !self.apps.contains(a)
-                {
-                    return Err(not_found("app", a.as_str()));
-                }
-                self.running_op_ref(*op)?;
-                let index = self
-                    .steps_of(*op)
-                    .next_back()
-                    .map_or(0, |(i, _)| i.saturating_add(1));
-                if index >= MAX_STEPS - 1 {
-                    return reject(
-                        RejectKind::Conflict,
-                        format!("{op} has {MAX_STEPS} steps already"),
-                    );
-                }
-                self.op_steps.insert(
-                    step_key(*op, index),
-                    Step {
-                        name: name.clone(),
-                        app: app.clone(),
-                        started_ms: at,
-                        ended_ms: None,
-                        result: None,
-                        detail: String::new(),
-                    },
-                );
-                Ok((
-                    AuditEvent::StepStarted {
-                        op: *op,
-                        index,
-                        step: name.clone(),
-                    },
-                    Outcome::Step(index),
-                ))
-            }
-            Command::FinishStep {
-                op,
-                index,
-                result,
-                detail,
-            } => {
-                self.running_op_ref(*op)?;
-                let step = (*index < MAX_STEPS)
-                    .then(|| self.op_steps.get_mut(&step_key(*op, *index)))
-                    .flatten()
-                    .ok_or_else(|| not_found("step", &format!("{op} #{index}")))?;
-                if step.result.is_some() {
-                    return reject(
-                        RejectKind::Conflict,
-                        format!("{op} step {index} already finished"),
-                    );
-                }
-                step.ended_ms = Some(at);
-                step.result = Some(result.clone());
-                step.detail.clone_from(detail);
-                Ok((
-                    AuditEvent::StepFinished {
-                        op: *op,
-                        index: *index,
-                        ok: *result == StepResult::Ok,
-                        detail: match result {
-                            StepResult::Ok => detail.clone(),
-                            StepResult::Failed(why) => why.clone(),
-                        },
-                    },
-                    Outcome::Done,
-                ))
-            }
-            Command::FinishOperation { op, status } => {
-                if *status == OpStatus::Running {
-                    return reject(
-                        RejectKind::Invalid,
-                        "an operation cannot finish with status running",
-                    );
-                }
-                let rec = self.running_op(*op)?;
-                rec.status = *status;
-                rec.ended_ms = Some(at);
-                Ok((
-                    AuditEvent::OpFinished {
-                        op: *op,
-                        status: *status,
-                    },
-                    Outcome::Done,
-                ))
-            }
+            Command::StartStep { op, at } => self.start_step(req, *op, at),
+            Command::FinishStep { op, index, result } => self.finish_step(req, *op, *index, result),
+            Command::FinishOperation { op, status } => self.finish_operation(req, *op, *status),
             Command::BeginPlan { plan, lost_ms } => self.begin_plan(req, plan, *lost_ms),
             Command::ApproveOperation { op, apps } => self.approve(*op, apps),
             Command::MoveApp {
@@ -780,42 +411,6 @@ impl ClusterState {
             } => self.set_vm_states(req, host, states, reason),
             Command::AgentEvent { host, event } => self.agent_event(host, event),
         }
-    }
-
-    /// Steps of `op` in order, with their index.
-    pub fn steps_of(&self, op: OpId) -> impl DoubleEndedIterator<Item = (u32, &Step)> {
-        self.op_steps
-            .range(step_key(op, 0)..=step_key(op, MAX_STEPS - 1))
-            .map(|(k, s)| ((k & 0x00ff_ffff) as u32, s))
-    }
-
-    /// An operation with its steps (as operators and reports see it).
-    pub fn operation_view(&self, id: u64) -> Option<Operation> {
-        let mut o = self.operations.get(&id)?.clone();
-        o.steps
-            .extend(self.steps_of(OpId(id)).map(|(_, s)| s.clone()));
-        Some(o)
-    }
-
-    fn running_op_ref(&self, op: OpId) -> Result<&Operation, Rejection> {
-        let rec = self
-            .operations
-            .get(&op.0)
-            .ok_or_else(|| not_found("operation", &op.to_string()))?;
-        if rec.status != OpStatus::Running {
-            return reject(
-                RejectKind::Conflict,
-                format!("{op} already finished ({:?})", rec.status),
-            );
-        }
-        Ok(rec)
-    }
-
-    fn running_op(&mut self, op: OpId) -> Result<&mut Operation, Rejection> {
-        self.running_op_ref(op)?;
-        self.operations
-            .get_mut(&op.0)
-            .ok_or_else(|| not_found("operation", &op.to_string()))
     }
 
     fn place_vm(&mut self, app: &AppId, vm: &VmId, host: &HostId) -> Applied {
@@ -914,46 +509,6 @@ impl ClusterState {
             Outcome::Epoch(epoch),
         ))
     }
-}
-
-fn not_found(what: &str, id: &str) -> Rejection {
-    Rejection {
-        kind: RejectKind::NotFound,
-        reason: format!("no {what} {id:?}"),
-    }
-}
-
-/// Field-level checks that need no state.
-fn check_request(req: &Request) -> Result<(), Rejection> {
-    if req.actor.trim().is_empty() {
-        return reject(RejectKind::Invalid, "the request names no actor");
-    }
-    if req.actor.len() > MAX_ACTOR_LEN {
-        return reject(
-            RejectKind::Invalid,
-            format!("the actor name is longer than {MAX_ACTOR_LEN} bytes"),
-        );
-    }
-    let text = match &req.command {
-        Command::SetSiteState { reason, .. }
-        | Command::SetHostState { reason, .. }
-        | Command::SetAppState { reason, .. } => Some(reason),
-        Command::StartOperation { note, .. } => Some(note),
-        Command::StartStep { name, .. } => Some(name),
-        Command::FinishStep { detail, .. } | Command::ReplicaStatus { detail, .. } => Some(detail),
-        Command::Note { text } => Some(text),
-        Command::Refused { reason, .. } => Some(reason),
-        Command::Membership { change } => Some(change),
-        Command::SetVmStates { reason, .. } => Some(reason),
-        _ => None,
-    };
-    if text.is_some_and(|t| t.len() > MAX_REASON_LEN) {
-        return reject(
-            RejectKind::Invalid,
-            format!("a text field is longer than {MAX_REASON_LEN} bytes"),
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

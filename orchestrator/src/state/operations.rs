@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Applied, AuditEvent, ClusterState, DataState, Epoch, LinkReport, OpId, OpKind, OpStatus,
-    Outcome, RejectKind, Request, Role, Step, not_found, reject,
+    Outcome, RejectKind, Rejection, Request, Role, Step, not_found, reject,
 };
-use crate::plan::{Plan, Trigger};
+use crate::plan::{AppMove, Plan, PlannedStep, Trigger};
 
 /// An operation: its kind, apps, status and plan; its steps are rows of their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,16 @@ pub struct Operation {
     pub approved: Vec<AppId>,
 }
 
+impl Operation {
+    /// The name of step `s` for people, from the plan (`serve volumes at south-h2`).
+    pub fn step_name(&self, s: &Step) -> String {
+        match self.plan.as_deref() {
+            Some(p) => p.step_name(&s.at, s.kind),
+            None => s.kind.label().to_string(),
+        }
+    }
+}
+
 impl ClusterState {
     pub(super) fn begin_plan(
         &mut self,
@@ -68,12 +78,30 @@ impl ClusterState {
                     ),
                 );
             }
-            for (_, h) in m.placement.iter().chain(&m.stops) {
+            let step_hosts = m.steps.iter().flat_map(|s| s.hosts());
+            for h in m
+                .placement
+                .iter()
+                .chain(&m.stops)
+                .map(|(_, h)| h)
+                .chain(step_hosts)
+            {
                 if !self.hosts.contains(h) {
                     return Err(not_found("host", h.as_str()));
                 }
             }
+            self.check_promotions(m)?;
             apps.push(m.app.clone());
+        }
+        for h in plan
+            .closing
+            .iter()
+            .chain(&plan.interrupted)
+            .flat_map(|s| s.hosts())
+        {
+            if !self.hosts.contains(h) {
+                return Err(not_found("host", h.as_str()));
+            }
         }
         let id = self.operations.last().map_or(1, |(k, _)| k + 1);
         // The restart of what a fence stopped is under way: the host is no longer owed
@@ -113,11 +141,41 @@ impl ClusterState {
                 skipped: plan
                     .skipped
                     .iter()
-                    .map(|s| (s.app.clone(), s.reason.clone()))
+                    .map(|s| (s.app.clone(), s.reason.to_string()))
                     .collect(),
             },
             Outcome::Operation(OpId(id)),
         ))
+    }
+
+    /// The epochs `m` plans to promote are each volume's next, and none of them is
+    /// primary at the target yet: a plan made from an older state is refused whole
+    /// (plan again), not found out half-way.
+    fn check_promotions(&self, m: &AppMove) -> Result<(), Rejection> {
+        for s in &m.steps {
+            let PlannedStep::PromoteAndMove { to, promote, .. } = s else {
+                continue;
+            };
+            for p in promote {
+                let vol = self
+                    .volumes
+                    .get(&p.volume)
+                    .ok_or_else(|| not_found("volume", p.volume.as_str()))?;
+                let stale = vol.epoch != p.from
+                    || p.to != p.from.next()
+                    || vol.primary().is_some_and(|r| &r.site == to);
+                if stale {
+                    return reject(
+                        RejectKind::Conflict,
+                        format!(
+                            "the plan promotes {} from epoch {} to {} at {to}, but it is at epoch {} now (plan again)",
+                            p.volume, p.from, p.to, vol.epoch
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn approve(&mut self, op: OpId, apps: &[AppId]) -> Applied {

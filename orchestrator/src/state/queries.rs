@@ -1,15 +1,16 @@
 //! Questions about the state that more than one decision asks (which apps an
 //! operation owns, which VMs a fence stopped, which group a host serves and at which
-//! endpoint): pure reads, used by the planner, the executor, the controller and apply.
+//! endpoint, production as a drill samples it): pure reads, used by the planner, the
+//! executor, the controller and apply.
 
 use topology::{AppId, HostId, SiteId, VmId};
 
 use super::{
     AgentAction, AgentCommandRecord, ClusterState, CommandOutcome, CommandStatus, Epoch, HostState,
-    OpKind, OpStatus, VmState,
+    Issuer, OpId, OpKind, OpStatus, Production, ReplicaSample, VmSample, VmState,
 };
-use crate::plan::AppMove;
 use std::collections::BTreeSet;
+use topology::spec::VmSpec;
 
 impl ClusterState {
     /// Apps that an operation still running is moving: never planned twice. A test
@@ -51,17 +52,55 @@ impl ClusterState {
             .collect()
     }
 
-    /// VMs a move leaves where they are (placed, not started by it) whose host is up and
-    /// whose agent reports them stopped there: a fence stopped them after the plan was
-    /// made. The health gate starts them where they are.
-    pub fn stopped_in_place(&self, m: &AppMove) -> Vec<(VmId, HostId)> {
-        m.placement
+    /// Of a health gate's `restart` (every VM the move places, with its spec), those
+    /// whose host is up and whose agent reports them stopped there: a fence stopped them
+    /// after the plan was made (or after the move started them).
+    pub fn stopped_in_place<'r>(
+        &self,
+        restart: &'r [(HostId, VmSpec)],
+    ) -> Vec<&'r (HostId, VmSpec)> {
+        restart
             .iter()
-            .filter(|(vm, h)| {
-                !m.starts.iter().any(|(s, _)| s == vm) && self.stopped_on_up_host(vm, h)
-            })
-            .cloned()
+            .filter(|(h, spec)| self.stopped_on_up_host(&spec.vm, h))
             .collect()
+    }
+
+    /// What operation `op`'s health gate owes of its `restart`: the VMs stopped in place
+    /// ([`Self::stopped_in_place`]) that `op` has not started there since that host's
+    /// agent last registered. A start issued before it (by the move, or by the gate
+    /// before) was undone by the fence that made the agent register again; a start
+    /// issued after it is still under way. So each fence costs one start, whichever
+    /// leader runs the gate.
+    pub fn owed_restarts<'r>(
+        &self,
+        op: OpId,
+        restart: &'r [(HostId, VmSpec)],
+    ) -> Vec<&'r (HostId, VmSpec)> {
+        self.stopped_in_place(restart)
+            .into_iter()
+            .filter(|(h, spec)| !self.started_since_registration(op, &spec.vm, h))
+            .collect()
+    }
+
+    /// Whether operation `op` issued a start of `vm` on `host` since that host's agent
+    /// last registered.
+    fn started_since_registration(&self, op: OpId, vm: &VmId, host: &HostId) -> bool {
+        let since = self.registered_ms(host).unwrap_or(0);
+        let by = Issuer::Operation { op };
+        self.commands.values().any(|c| {
+            c.issuer == by
+                && &c.host == host
+                && c.issued_ms >= since
+                && matches!(&c.action, AgentAction::Start { vm: v } if v == vm)
+        })
+    }
+
+    /// When `host`'s agent last registered (None: it never did).
+    pub fn registered_ms(&self, host: &HostId) -> Option<u64> {
+        self.hosts
+            .get(host)
+            .and_then(|h| h.inventory.as_ref())
+            .map(|i| i.registered_ms)
     }
 
     /// `vm` is placed on `host`, which is up, and its agent reports it stopped there (not
@@ -80,11 +119,8 @@ impl ClusterState {
     /// the latest group command there is a serve, issued after the registration, that
     /// succeeded. (A fenced agent stopped serving; its VMs may restart only after this.)
     pub fn serves_since_registration(&self, app: &AppId, host: &HostId) -> bool {
-        let since = self
-            .hosts
-            .get(host)
-            .and_then(|h| h.inventory.as_ref())
-            .map_or(u64::MAX, |i| i.registered_ms);
+        // Never registered: nothing is served.
+        let since = self.registered_ms(host).unwrap_or(u64::MAX);
         let latest = self.commands.values().rev().find(|c| {
             &c.host == host
                 && match &c.action {
@@ -117,6 +153,41 @@ impl ClusterState {
             .filter_map(|v| self.volumes.get(&v.id))
             .map(|v| v.epoch)
             .max()
+    }
+
+    /// Production of `app` as a test drill samples it: its active site, every VM an
+    /// agent reported (host, state, since when) and every replica's data state. None:
+    /// the app is not in the state.
+    pub fn production(&self, app: &AppId) -> Option<Production> {
+        let rec = self.apps.get(app)?;
+        let vms = self
+            .vms
+            .values()
+            .filter(|v| &v.app == app)
+            .map(|v| VmSample {
+                vm: v.vm.clone(),
+                host: v.host.clone(),
+                state: v.state,
+                since_ms: v.since_ms,
+            })
+            .collect();
+        let replicas = self
+            .volumes
+            .values()
+            .filter(|v| &v.app == app)
+            .flat_map(|v| {
+                v.replicas.iter().map(move |r| ReplicaSample {
+                    volume: v.id.clone(),
+                    site: r.site.clone(),
+                    data: r.data,
+                })
+            })
+            .collect();
+        Some(Production {
+            active_site: rec.active_site.clone(),
+            vms,
+            replicas,
+        })
     }
 
     /// The host serving `app`'s replicas at `site`, if the agents serve them.

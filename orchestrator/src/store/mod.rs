@@ -33,7 +33,11 @@ pub use sm::{SharedState, StateMachineStore};
 
 /// Version of the on-disk format. Bump it (and write a migration) when keys or value
 /// encodings change; a node refuses to open a store of another version.
-/// 2: agent commands carry their issuer, typed results and events (2026-12).
+/// 2 (2026-12): agent commands carry their issuer, typed results and events; plans
+/// carry every step of each app's move with its parameters (and a drill's closing and
+/// interruption steps), skipped apps a typed reason; a step record names its place in
+/// the plan and ends with a typed outcome or failure; audit entries carry a typed
+/// event (audit v2).
 pub const FORMAT_VERSION: u64 = 2;
 
 pub(crate) const CF_LOGS: &str = "logs";

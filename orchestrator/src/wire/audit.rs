@@ -11,7 +11,7 @@ use super::checked as id;
 use super::states::*;
 use crate::pb;
 use crate::pb::audit_event::Event as E;
-use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, VmStateChange};
+use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, StepAt, StepKind, VmStateChange};
 
 fn s<T: ToString>(v: &T) -> String {
     v.to_string()
@@ -39,6 +39,47 @@ fn vm(v: String) -> Result<VmId, WireError> {
 }
 fn volume(v: String) -> Result<VolumeId, WireError> {
     id("volume", v, VolumeId::new)
+}
+
+fn step_at_to_wire(at: &StepAt) -> pb::StepAt {
+    use pb::step_at::Part;
+    let part = match at {
+        StepAt::App { app, index } => Part::App(pb::AppStepAt {
+            app: s(app),
+            index: *index,
+        }),
+        StepAt::Closing { index } => Part::Closing(*index),
+        StepAt::Interrupted { index } => Part::Interrupted(*index),
+    };
+    pb::StepAt { part: Some(part) }
+}
+
+fn step_at_from_wire(at: Option<pb::StepAt>) -> Result<StepAt, WireError> {
+    use pb::step_at::Part;
+    match at.and_then(|a| a.part) {
+        Some(Part::App(x)) => Ok(StepAt::App {
+            app: app(x.app)?,
+            index: x.index,
+        }),
+        Some(Part::Closing(index)) => Ok(StepAt::Closing { index }),
+        Some(Part::Interrupted(index)) => Ok(StepAt::Interrupted { index }),
+        None => Err(WireError::Missing {
+            what: "a step's place in its plan",
+        }),
+    }
+}
+
+/// A step's kind by its serialized name (`health-gate`, …).
+fn step_kind_to_wire(kind: StepKind) -> String {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+/// A kind this metrodr does not know (a newer one wrote it) reads as `Unknown`.
+fn step_kind_from_wire(name: &str) -> StepKind {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(StepKind::Unknown)
 }
 
 pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
@@ -143,14 +184,24 @@ pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
                 })
                 .collect(),
         }),
-        AuditEvent::StepStarted { op, index, step } => E::StepStarted(pb::StepStarted {
+        AuditEvent::StepStarted {
+            op,
+            index,
+            at,
+            kind,
+            again,
+        } => E::StepStarted(pb::StepStarted {
             op: op.0,
             index: *index,
-            step: step.clone(),
+            at: Some(step_at_to_wire(at)),
+            kind: step_kind_to_wire(*kind),
+            again: *again,
         }),
         AuditEvent::StepFinished {
             op,
             index,
+            at,
+            kind,
             ok,
             detail,
         } => E::StepFinished(pb::StepFinished {
@@ -158,6 +209,8 @@ pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
             index: *index,
             ok: *ok,
             detail: detail.clone(),
+            at: Some(step_at_to_wire(at)),
+            kind: step_kind_to_wire(*kind),
         }),
         AuditEvent::OpFinished { op, status } => E::OpFinished(pb::OpFinished {
             op: op.0,
@@ -388,11 +441,15 @@ pub fn audit_event_from_wire(e: pb::AuditEvent) -> Result<AuditEvent, WireError>
         E::StepStarted(x) => AuditEvent::StepStarted {
             op: OpId(x.op),
             index: x.index,
-            step: x.step,
+            at: step_at_from_wire(x.at)?,
+            kind: step_kind_from_wire(&x.kind),
+            again: x.again,
         },
         E::StepFinished(x) => AuditEvent::StepFinished {
             op: OpId(x.op),
             index: x.index,
+            at: step_at_from_wire(x.at)?,
+            kind: step_kind_from_wire(&x.kind),
             ok: x.ok,
             detail: x.detail,
         },
@@ -520,7 +577,7 @@ mod tests {
     use super::*;
     use crate::state::{
         AgentEvent, AppState, DataState, HostState, LinkReport, OpKind, OpStatus, SiteState,
-        VmState,
+        StepAt, StepKind, VmState,
     };
 
     fn every_event() -> Vec<AuditEvent> {
@@ -588,13 +645,27 @@ mod tests {
             AuditEvent::StepStarted {
                 op: OpId(7),
                 index: 0,
-                step: "health gate".into(),
+                at: StepAt::App {
+                    app: a.clone(),
+                    index: 5,
+                },
+                kind: StepKind::HealthGate,
+                again: true,
             },
             AuditEvent::StepFinished {
                 op: OpId(7),
                 index: 0,
+                at: StepAt::Closing { index: 1 },
+                kind: StepKind::ProductionAfter,
                 ok: false,
                 detail: "timed out".into(),
+            },
+            AuditEvent::StepStarted {
+                op: OpId(7),
+                index: 1,
+                at: StepAt::Interrupted { index: 0 },
+                kind: StepKind::Cleanup,
+                again: false,
             },
             AuditEvent::OpFinished {
                 op: OpId(7),

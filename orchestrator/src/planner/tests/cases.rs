@@ -65,9 +65,13 @@ pub(super) fn a_replica_that_is_not_up_to_date_is_never_promoted() {
         set_data(&mut s, &vol, &site(B), data);
         let p = plan_ok(&s, &Trigger::SiteLost { site: site(A) });
         let reason = skip_reason(&p, &victim).expect("the victim is skipped");
-        assert!(
-            reason.contains(&format!("volume {vol} at site-b is {data:?}")),
-            "{reason}"
+        assert_eq!(
+            reason,
+            &SkipReason::ReplicaNotUpToDate {
+                volume: vol.clone(),
+                site: site(B),
+                data
+            }
         );
         assert_eq!(p.skipped.len(), 1, "only the victim: {:?}", p.skipped);
         assert_eq!(p.apps().count(), active_at(&s, A).len() - 1);
@@ -77,11 +81,13 @@ pub(super) fn a_replica_that_is_not_up_to_date_is_never_promoted() {
     hosts_up(&mut s);
     let p = plan_ok(&s, &Trigger::SiteLost { site: site(A) });
     assert!(p.is_empty());
-    assert!(
-        p.skipped
-            .iter()
-            .all(|k| k.reason.contains("is Inconsistent"))
-    );
+    assert!(p.skipped.iter().all(|k| matches!(
+        k.reason,
+        SkipReason::ReplicaNotUpToDate {
+            data: DataState::Inconsistent,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -99,10 +105,11 @@ pub(super) fn vms_restart_only_on_up_hosts_of_the_target_site() {
     let p = plan_ok(&s, &Trigger::SiteLost { site: site(A) });
     assert!(p.is_empty());
     assert_eq!(p.skipped.len(), active_at(&s, A).len());
-    assert!(p.skipped.iter().all(|k| {
-        k.reason
-            .starts_with("no up host at site-b has room for VM ")
-    }));
+    assert!(
+        p.skipped
+            .iter()
+            .all(|k| matches!(&k.reason, SkipReason::NoRoom { site: at, .. } if *at == site(B)))
+    );
 }
 
 /// One host per site; site `small`'s host gets `vcpus` vCPUs (memory stays ample).
@@ -129,14 +136,23 @@ pub(super) fn an_app_already_at_the_target_keeps_its_room() {
     };
     let s = steady(&two_apps(B, both));
     let p = plan_ok(&s, &failover);
-    assert_eq!(skip_reason(&p, &app(1)), Some("already active at site-b"));
+    assert_eq!(
+        skip_reason(&p, &app(1)),
+        Some(&SkipReason::AlreadyActive { site: site(B) })
+    );
     assert_eq!(planned(&p), vec![app(0)]);
 
     let s = steady(&two_apps(B, |m| both(m) - 1));
     let p = plan_ok(&s, &failover);
-    assert_eq!(skip_reason(&p, &app(1)), Some("already active at site-b"));
+    assert_eq!(
+        skip_reason(&p, &app(1)),
+        Some(&SkipReason::AlreadyActive { site: site(B) })
+    );
     let r = skip_reason(&p, &app(0)).expect("app 0 does not fit");
-    assert!(r.starts_with("no up host at site-b has room"), "{r}");
+    assert!(
+        matches!(r, SkipReason::NoRoom { site: at, .. } if *at == site(B)),
+        "{r}"
+    );
 }
 
 #[test]
@@ -149,7 +165,7 @@ pub(super) fn a_failback_does_not_count_on_room_an_app_that_stays_would_free() {
             apps: vec![app(a)],
             to: site(to),
         };
-        run(&mut s, &t, DataState::UpToDate);
+        run(&mut s, &t);
     }
     let back = Trigger::Failback {
         apps: vec![app(0), app(1)],
@@ -158,17 +174,29 @@ pub(super) fn a_failback_does_not_count_on_room_an_app_that_stays_would_free() {
     let vol = first_volume(&s, &app(1));
     set_data(&mut s, &vol, &site(B), DataState::Syncing);
     let p = plan_ok(&s, &back);
-    assert!(skip_reason(&p, &app(1)).is_some_and(|r| r.contains("is Syncing")));
+    assert!(matches!(
+        skip_reason(&p, &app(1)),
+        Some(SkipReason::ReplicaNotUpToDate {
+            data: DataState::Syncing,
+            ..
+        })
+    ));
     let r = skip_reason(&p, &app(0)).expect("app 0 does not fit");
-    assert!(r.starts_with("no up host at site-a has room"), "{r}");
+    assert!(
+        matches!(r, SkipReason::NoRoom { site: at, .. } if *at == site(A)),
+        "{r}"
+    );
     // Both may move, but in the same wave: app 1 still runs at A while app 0 starts.
     sync_all(&mut s);
     let p = plan_ok(&s, &back);
     assert_eq!(planned(&p), vec![app(1)]);
-    execute(&mut s, &p, DataState::UpToDate);
+    execute(&mut s, &p);
     let p = plan_ok(&s, &back);
     assert_eq!(planned(&p), vec![app(0)]);
-    assert_eq!(skip_reason(&p, &app(1)), Some("already active at site-b"));
+    assert_eq!(
+        skip_reason(&p, &app(1)),
+        Some(&SkipReason::AlreadyActive { site: site(B) })
+    );
 }
 
 #[test]
@@ -197,10 +225,16 @@ pub(super) fn an_app_whose_dependency_cannot_move_stays_too() {
     let vol = first_volume(&s, &app(0));
     set_data(&mut s, &vol, &site(B), DataState::Outdated);
     let p = plan_ok(&s, &Trigger::SiteLost { site: site(A) });
-    assert!(skip_reason(&p, &app(0)).is_some_and(|r| r.contains("is Outdated")));
+    assert!(matches!(
+        skip_reason(&p, &app(0)),
+        Some(SkipReason::ReplicaNotUpToDate {
+            data: DataState::Outdated,
+            ..
+        })
+    ));
     for (a, dep) in [(1, 0), (2, 1)] {
         let r = skip_reason(&p, &app(a)).expect("skipped");
-        assert!(r.starts_with(&format!("it depends on {}", app(dep))), "{r}");
+        assert_eq!(r, &SkipReason::DependencySkipped { dep: app(dep) });
     }
     assert_eq!(planned(&p), vec![app(3), app(4)]);
 
@@ -210,7 +244,7 @@ pub(super) fn an_app_whose_dependency_cannot_move_stays_too() {
         apps: vec![app(0)],
         to: site(B),
     };
-    run(&mut s, &first, DataState::UpToDate);
+    run(&mut s, &first);
     let p = plan_ok(
         &s,
         &Trigger::Switchover {
@@ -218,7 +252,10 @@ pub(super) fn an_app_whose_dependency_cannot_move_stays_too() {
             to: site(B),
         },
     );
-    assert_eq!(skip_reason(&p, &app(0)), Some("already active at site-b"));
+    assert_eq!(
+        skip_reason(&p, &app(0)),
+        Some(&SkipReason::AlreadyActive { site: site(B) })
+    );
     assert_eq!(planned(&p), vec![app(1)]);
 }
 
@@ -249,7 +286,7 @@ pub(super) fn apps_owned_by_a_running_operation_are_left_to_it() {
         panic!("no operation")
     };
     let p = plan_ok(&s, &lost);
-    assert!(skip_reason(&p, &x).is_some_and(|r| r.contains("another operation")));
+    assert_eq!(skip_reason(&p, &x), Some(&SkipReason::Busy));
     the_move(&p, &y);
     // The operation of an earlier plan owns its apps too.
     let earlier = plan_ok(
@@ -261,7 +298,7 @@ pub(super) fn apps_owned_by_a_running_operation_are_left_to_it() {
     );
     let op = begin(&mut s, &earlier);
     let p = plan_ok(&s, &lost);
-    assert!(skip_reason(&p, &y).is_some_and(|r| r.contains("another operation")));
+    assert_eq!(skip_reason(&p, &y), Some(&SkipReason::Busy));
     for op in [drill, op] {
         ok(
             &mut s,
@@ -309,7 +346,7 @@ pub(super) fn a_lost_host_restarts_only_its_vms_at_the_same_site() {
     assert!(p.apps().all(|m| m.stops.is_empty() && m.volumes.is_empty()));
     assert!(p.apps().all(|m| m.from.as_str() == A && m.to.as_str() == A));
     let epochs: Vec<Epoch> = s.volumes.values().map(|v| v.epoch).collect();
-    execute(&mut s, &p, DataState::Outdated);
+    execute(&mut s, &p);
     assert_eq!(on(&s, &lost), 0);
     assert_eq!(
         s.volumes.values().map(|v| v.epoch).collect::<Vec<_>>(),
@@ -325,23 +362,7 @@ pub(super) fn a_lost_host_restarts_only_its_vms_at_the_same_site() {
 /// where the gate waited for a VM nothing would start).
 #[test]
 pub(super) fn a_lost_host_also_restarts_the_apps_vms_a_fence_stopped_on_its_other_hosts() {
-    let (mut s, app_id, lost, other, stopped) = (0..50)
-        .find_map(|seed| {
-            let mut s = applied(&model(6, 10, 2, seed));
-            hosts_up(&mut s);
-            let found = s.apps.values().find_map(|a| {
-                let mut on: BTreeMap<&HostId, Vec<&VmId>> = BTreeMap::new();
-                for (vm, h) in &a.placement {
-                    on.entry(h).or_default().push(vm);
-                }
-                let mut hosts = on.into_iter();
-                let (lost, _) = hosts.next()?;
-                let (other, vms) = hosts.next()?;
-                Some((a.id.clone(), lost.clone(), other.clone(), vms[0].clone()))
-            });
-            found.map(|(a, l, o, v)| (s, a, l, o, v))
-        })
-        .expect("a generated app with VMs on two hosts");
+    let (mut s, app_id, lost, other, stopped) = app_on_two_hosts();
     let running_too: Vec<VmId> = s
         .apps
         .get(&app_id)
@@ -389,7 +410,16 @@ pub(super) fn a_lost_host_also_restarts_the_apps_vms_a_fence_stopped_on_its_othe
     let p = plan_ok(&s, &Trigger::HostLost { host: lost });
     let m = the_move(&p, &app_id);
     assert!(!m.starts.iter().any(|(v, _)| *v == stopped));
-    assert_eq!(s.stopped_in_place(m), vec![]);
+    let Some(PlannedStep::HealthGate { restart, .. }) = m.steps.last() else {
+        panic!("a move ends with its health gate: {:?}", m.steps)
+    };
+    let in_place = |s: &ClusterState| -> Vec<(VmId, HostId)> {
+        s.owed_restarts(OpId(1), restart)
+            .into_iter()
+            .map(|(h, spec)| (spec.vm.clone(), h.clone()))
+            .collect()
+    };
+    assert_eq!(in_place(&s), vec![]);
     // Fenced after the plan was made: the health gate starts it where it is, unless
     // its host is down (then it is that host's loss).
     ok(
@@ -400,12 +430,9 @@ pub(super) fn a_lost_host_also_restarts_the_apps_vms_a_fence_stopped_on_its_othe
             reason: "test".into(),
         },
     );
-    assert_eq!(
-        s.stopped_in_place(m),
-        vec![(stopped.clone(), other.clone())]
-    );
+    assert_eq!(in_place(&s), vec![(stopped.clone(), other.clone())]);
     set_host(&mut s, &other, HostState::Down);
-    assert_eq!(s.stopped_in_place(m), vec![]);
+    assert_eq!(in_place(&s), vec![]);
 }
 
 #[test]
@@ -421,7 +448,10 @@ pub(super) fn a_switchover_stops_the_source_first_and_needs_it_up() {
     };
     let p = plan_ok(&s, &t);
     assert_eq!(p.kind, OpKind::Switchover);
-    assert_eq!(skip_reason(&p, &at_b), Some("already active at site-b"));
+    assert_eq!(
+        skip_reason(&p, &at_b),
+        Some(&SkipReason::AlreadyActive { site: site(B) })
+    );
     for a in &at_a {
         let m = the_move(&p, a);
         assert!(m.graceful);
@@ -445,7 +475,7 @@ pub(super) fn a_switchover_stops_the_source_first_and_needs_it_up() {
     let s2 = steady(&m);
     let p = plan_ok(&s2, &t);
     let r = skip_reason(&p, &app(0)).expect("app 0 is refused");
-    assert!(r.contains("replicates asynchronously"), "{r}");
+    assert!(matches!(r, SkipReason::AsyncServedOutside { .. }), "{r}");
     // Served by the agents, the same group is switched over: its primary drains it.
     let mut m3 = m.clone();
     m3.cluster.volumes = topology::VolumeService::Agents;
@@ -470,7 +500,10 @@ pub(super) fn a_switchover_stops_the_source_first_and_needs_it_up() {
     assert!(p.is_empty());
     for a in &at_a {
         let r = skip_reason(&p, a).expect("skipped");
-        assert!(r.starts_with("site site-a is down: a switchover needs the source up"));
+        assert!(
+            matches!(r, SkipReason::SourceDown { site: at, .. } if *at == site(A)),
+            "{r}"
+        );
     }
     let p = plan_ok(&s, &Trigger::Failover { apps, to: site(B) });
     assert_eq!(p.apps().count(), at_a.len());
@@ -481,7 +514,7 @@ pub(super) fn a_switchover_stops_the_source_first_and_needs_it_up() {
     assert!(
         p.skipped
             .iter()
-            .all(|k| k.reason.starts_with("site site-b is down"))
+            .all(|k| k.reason == SkipReason::TargetDown { site: site(B) })
     );
 }
 
@@ -489,11 +522,7 @@ pub(super) fn a_switchover_stops_the_source_first_and_needs_it_up() {
 pub(super) fn a_failback_returns_apps_to_their_preferred_site() {
     let mut s = steady(&all_sync(model(4, 8, 2, 8)));
     let home_a = active_at(&s, A);
-    run(
-        &mut s,
-        &Trigger::SiteLost { site: site(A) },
-        DataState::Outdated,
-    );
+    run(&mut s, &Trigger::SiteLost { site: site(A) });
     assert!(active_at(&s, A).is_empty());
     let all: Vec<AppId> = s.apps.iter().map(|(a, _)| a.clone()).collect();
     let back = Trigger::Failback { apps: all };
@@ -502,9 +531,19 @@ pub(super) fn a_failback_returns_apps_to_their_preferred_site() {
     assert!(p.is_empty());
     for k in &p.skipped {
         if home_a.contains(&k.app) {
-            assert!(k.reason.contains("is Outdated"), "{}", k.reason);
+            assert!(
+                matches!(
+                    k.reason,
+                    SkipReason::ReplicaNotUpToDate {
+                        data: DataState::Outdated,
+                        ..
+                    }
+                ),
+                "{}",
+                k.reason
+            );
         } else {
-            assert_eq!(k.reason, "already active at site-b");
+            assert_eq!(k.reason, SkipReason::AlreadyActive { site: site(B) });
         }
     }
     sync_all(&mut s);
@@ -512,7 +551,7 @@ pub(super) fn a_failback_returns_apps_to_their_preferred_site() {
     assert_eq!(p.kind, OpKind::Failback);
     assert_eq!(planned(&p).into_iter().collect::<BTreeSet<_>>(), home_a);
     assert!(p.apps().all(|m| m.graceful && m.to.as_str() == A));
-    execute(&mut s, &p, DataState::UpToDate);
+    execute(&mut s, &p);
     assert_eq!(active_at(&s, A), home_a);
     // Each volume that went there and back is at epoch 3, its old primary in sync.
     for a in &home_a {
@@ -569,7 +608,7 @@ pub(super) fn only_a_loss_waits_for_manual_approval() {
         apps: at_a.clone(),
         to: site(B),
     };
-    run(&mut s, &away, DataState::UpToDate);
+    run(&mut s, &away);
     let p = plan_ok(&s, &Trigger::Failback { apps: at_a });
     assert!(!p.is_empty());
     assert!(p.apps().all(|m| !m.needs_approval));

@@ -1,18 +1,42 @@
 //! Carrying a plan out through the state machine as the executor would (begin,
-//! approve, move every app wave by wave, finish), checking every step and trying the
+//! approve, run every planned step of every app wave by wave — the move with the
+//! plan's epochs, demotion and placement — finish), checking every step and trying the
 //! wrong moves too.
 
 use super::*;
+use crate::plan::PlannedStep;
+use crate::state::{AgentDid, Healthy, Moved, StepAt, StepOutcome, StepResult, VmStop, VmStopped};
 
-/// The MoveApp an executor sends for `m`: the next epoch of every volume of the app
-/// that is not primary at the target yet.
-pub(super) fn move_cmd(s: &ClusterState, op: OpId, m: &AppMove, demoted: DataState) -> Command {
-    let group = &topo(s).app(&m.app).expect("app").volumes;
-    let epochs = group
+/// The move step of `m`: what the plan promotes, how it demotes, where the VMs go.
+pub(super) fn planned_move(
+    m: &AppMove,
+) -> (&[crate::state::Promotion], DataState, &[(VmId, HostId)]) {
+    m.steps
         .iter()
-        .filter_map(|v| s.volumes.get(&v.id))
-        .filter(|v| v.primary().is_none_or(|p| p.site != m.to))
-        .map(|v| (v.id.clone(), v.epoch.next()))
+        .find_map(|s| match s {
+            PlannedStep::PromoteAndMove {
+                promote,
+                demoted,
+                placement,
+                ..
+            } => Some((promote.as_slice(), *demoted, placement.as_slice())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{} has no move step: {:?}", m.app, m.steps))
+}
+
+/// The MoveApp an executor sends for `m`: the plan's epochs of the volumes not primary
+/// at the target yet, its demotion and its placement.
+pub(super) fn move_cmd(s: &ClusterState, op: OpId, m: &AppMove) -> Command {
+    let (promote, demoted, placement) = planned_move(m);
+    let epochs = promote
+        .iter()
+        .filter(|p| {
+            s.volumes
+                .get(&p.volume)
+                .is_some_and(|v| v.primary().is_none_or(|r| r.site != m.to))
+        })
+        .map(|p| (p.volume.clone(), p.to))
         .collect();
     Command::MoveApp {
         op,
@@ -20,14 +44,14 @@ pub(super) fn move_cmd(s: &ClusterState, op: OpId, m: &AppMove, demoted: DataSta
         to: m.to.clone(),
         epochs,
         demoted,
-        placement: m.placement.clone(),
+        placement: placement.to_vec(),
     }
 }
 
 /// Plan `t` and carry the plan out; the plan.
-pub(super) fn run(s: &mut ClusterState, t: &Trigger, demoted: DataState) -> Plan {
+pub(super) fn run(s: &mut ClusterState, t: &Trigger) -> Plan {
     let p = plan_ok(s, t);
-    execute(s, &p, demoted);
+    execute(s, &p);
     p
 }
 
@@ -44,10 +68,11 @@ pub(super) fn begin(s: &mut ClusterState, p: &Plan) -> OpId {
     }
 }
 
-/// Carry `p` out as the executor would — begin, approve what waits for approval, move
-/// every app wave by wave, finish — checking every step and trying the wrong moves too.
+/// Carry `p` out as the executor would — begin, approve what waits for approval, run
+/// every planned step of every app wave by wave, finish — checking every step and
+/// trying the wrong moves too.
 #[track_caller]
-pub(super) fn execute(s: &mut ClusterState, p: &Plan, demoted: DataState) {
+pub(super) fn execute(s: &mut ClusterState, p: &Plan) {
     let begin_cmd = Command::BeginPlan {
         plan: Box::new(p.clone()),
         lost_ms: Some(500),
@@ -73,7 +98,7 @@ pub(super) fn execute(s: &mut ClusterState, p: &Plan, demoted: DataState) {
         .collect();
     let approve = |apps: Vec<AppId>| Command::ApproveOperation { op, apps };
     if let Some(m) = p.apps().find(|m| m.needs_approval) {
-        let cmd = move_cmd(s, op, m, demoted);
+        let cmd = move_cmd(s, op, m);
         refused(s, cmd, RejectKind::Conflict);
     }
     if let Some(m) = p.apps().find(|m| !m.needs_approval) {
@@ -88,7 +113,7 @@ pub(super) fn execute(s: &mut ClusterState, p: &Plan, demoted: DataState) {
     refused(s, approve(Vec::new()), RejectKind::Conflict);
 
     for m in p.apps() {
-        move_one(s, op, m, demoted);
+        run_steps(s, op, m);
     }
     let outsider = s.apps.values().find(|a| !rec.apps.contains(&a.id)).cloned();
     if let Some(other) = outsider {
@@ -97,7 +122,7 @@ pub(super) fn execute(s: &mut ClusterState, p: &Plan, demoted: DataState) {
             app: other.id.clone(),
             to: other.active_site.clone(),
             epochs: Vec::new(),
-            demoted,
+            demoted: DataState::Outdated,
             placement: other
                 .placement
                 .iter()
@@ -114,17 +139,233 @@ pub(super) fn execute(s: &mut ClusterState, p: &Plan, demoted: DataState) {
         },
     );
     let m = p.apps().next().expect("a move");
-    let late = move_cmd(s, op, m, demoted);
+    let late = move_cmd(s, op, m);
     refused(s, late, RejectKind::Conflict);
+    let at = StepAt::App {
+        app: m.app.clone(),
+        index: 0,
+    };
+    refused(s, Command::StartStep { op, at }, RejectKind::Conflict);
+}
+
+/// Every planned step of `m`, in order, as the executor runs it: started (a retried
+/// start is the same step), its work (the move commits the plan's MoveApp), finished
+/// with an outcome of its kind (once).
+#[track_caller]
+pub(super) fn run_steps(s: &mut ClusterState, op: OpId, m: &AppMove) {
+    for (index, step) in (0u32..).zip(&m.steps) {
+        let at = StepAt::App {
+            app: m.app.clone(),
+            index,
+        };
+        let Outcome::Step(i) = ok(s, Command::StartStep { op, at: at.clone() }) else {
+            panic!("StartStep gave no index")
+        };
+        assert_eq!(
+            ok(s, Command::StartStep { op, at: at.clone() }),
+            Outcome::Step(i),
+            "a retried start"
+        );
+        let outcome = match step {
+            PlannedStep::PromoteAndMove {
+                to,
+                promote,
+                demoted,
+                ..
+            } => {
+                move_one(s, op, m);
+                StepOutcome::Moved(Moved {
+                    to: to.clone(),
+                    promoted: promote.clone(),
+                    demoted: *demoted,
+                    already: false,
+                })
+            }
+            other => outcome_of(s, m, other, op),
+        };
+        let finish = Command::FinishStep {
+            op,
+            index: i,
+            result: StepResult::Done { outcome },
+        };
+        ok(s, finish.clone());
+        refused(s, finish, RejectKind::Conflict);
+        let rec = s
+            .steps_of(op)
+            .find(|(_, r)| r.at == at)
+            .expect("recorded")
+            .1;
+        assert_eq!(rec.kind, step.kind(), "{at}");
+    }
+}
+
+/// An outcome of the kind of `step` (what an executor would record, minus the agents).
+fn outcome_of(s: &ClusterState, m: &AppMove, step: &PlannedStep, op: OpId) -> StepOutcome {
+    let production = || s.production(&m.app).expect("the app is in the state");
+    match step {
+        PlannedStep::Approval => StepOutcome::Approved { op },
+        PlannedStep::StopVms { vms, graceful, .. } => StepOutcome::VmsStopped {
+            vms: vms
+                .iter()
+                .map(|(vm, host)| VmStopped {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                    how: if *graceful {
+                        VmStop::ShutDown {
+                            destroyed_after_s: None,
+                        }
+                    } else {
+                        VmStop::Destroyed
+                    },
+                })
+                .collect(),
+        },
+        PlannedStep::UnserveSource { host, .. } => StepOutcome::SourceUnserved {
+            host: host.clone(),
+            stopped: None,
+        },
+        PlannedStep::StartVms { vms } => StepOutcome::VmsStarted {
+            vms: vms
+                .iter()
+                .map(|(h, spec)| (spec.vm.clone(), h.clone()))
+                .collect(),
+        },
+        PlannedStep::HealthGate {
+            site, placement, ..
+        } => StepOutcome::Healthy(Healthy {
+            site: site.clone(),
+            running: u32::try_from(placement.len()).expect("few"),
+            restarted: Vec::new(),
+            served_again: None,
+            probes: Vec::new(),
+        }),
+        PlannedStep::Baseline => StepOutcome::Baseline {
+            production: production(),
+        },
+        PlannedStep::Snapshot { host } => StepOutcome::Snapshot {
+            host: host.clone(),
+            app: m.app.clone(),
+            seq: ids::GroupSeq(1),
+            volumes: 1,
+            already: false,
+        },
+        PlannedStep::StartDrillVms { copies, .. } => StepOutcome::DrillVmsStarted {
+            copies: copies
+                .iter()
+                .map(|(host, spec)| {
+                    let copy = crate::plan::drill_copy(spec, op);
+                    AgentDid {
+                        host: host.clone(),
+                        outcome: crate::state::CommandOutcome::DrillStarted {
+                            domain: copy.domain_name(),
+                            state: VmState::Running,
+                            domain_type: "qemu".into(),
+                            disks: u32::try_from(copy.disks.len()).expect("few"),
+                            network: Some(topology::spec::drill_network_name(op)),
+                            isolated: true,
+                        },
+                    }
+                })
+                .collect(),
+        },
+        PlannedStep::DrillHealthGate {
+            site,
+            copies,
+            unchecked,
+            ..
+        } => StepOutcome::DrillHealthy {
+            copies: *copies,
+            site: site.clone(),
+            probes: Vec::new(),
+            unchecked: unchecked.clone(),
+        },
+        PlannedStep::ProductionCheck | PlannedStep::ProductionAfter { .. } => {
+            StepOutcome::ProductionUnchanged {
+                production: production(),
+            }
+        }
+        PlannedStep::Cleanup { .. } => StepOutcome::Cleaned { hosts: Vec::new() },
+        PlannedStep::ServeVolumes { host, group } => StepOutcome::Served {
+            host: host.clone(),
+            served: proto::agent::Served {
+                app: group.app.clone(),
+                role: group.role,
+                epoch: group.epoch,
+                endpoint: format!("{host}:7000"),
+                already: false,
+                promoted: group.promote,
+                peer: group.peer.clone(),
+                replaced: None,
+            },
+        },
+        PlannedStep::PromoteAndMove { .. } => {
+            panic!("the move's outcome is the state machine's (run_steps commits it)")
+        }
+    }
+}
+
+/// Carry a test drill's plan out: every app's steps, then the closing steps; nothing
+/// moves (the state machine refuses a move in a drill), and the operation ends.
+#[track_caller]
+pub(super) fn execute_drill(s: &mut ClusterState, p: &Plan) {
+    let op = begin(s, p);
+    let before = s.clone();
+    for m in p.apps() {
+        let mv = Command::MoveApp {
+            op,
+            app: m.app.clone(),
+            to: m.to.clone(),
+            epochs: Vec::new(),
+            demoted: DataState::Outdated,
+            placement: m.placement.clone(),
+        };
+        refused(s, mv, RejectKind::Conflict);
+        run_steps(s, op, m);
+    }
+    for (index, step) in (0u32..).zip(&p.closing) {
+        let at = StepAt::Closing { index };
+        let Outcome::Step(i) = ok(s, Command::StartStep { op, at }) else {
+            panic!("StartStep gave no index")
+        };
+        let m = match step {
+            PlannedStep::ProductionAfter { app } => the_move(p, app),
+            _ => p.apps().next().expect("a move"),
+        };
+        let outcome = outcome_of(s, m, step, op);
+        ok(
+            s,
+            Command::FinishStep {
+                op,
+                index: i,
+                result: StepResult::Done { outcome },
+            },
+        );
+    }
+    for (id, a) in before.apps.iter() {
+        assert_eq!(s.apps.get(id), Some(a), "the drill changed {id}");
+    }
+    for (id, v) in before.volumes.iter() {
+        assert_eq!(s.volumes.get(id), Some(v), "the drill changed {id}");
+    }
+    ok(
+        s,
+        Command::FinishOperation {
+            op,
+            status: OpStatus::Succeeded,
+        },
+    );
 }
 
 #[track_caller]
-pub(super) fn move_one(s: &mut ClusterState, op: OpId, m: &AppMove, demoted: DataState) {
-    let cmd = move_cmd(s, op, m, demoted);
-    let Command::MoveApp { epochs, .. } = &cmd else {
+pub(super) fn move_one(s: &mut ClusterState, op: OpId, m: &AppMove) {
+    let cmd = move_cmd(s, op, m);
+    let Command::MoveApp {
+        epochs, demoted, ..
+    } = &cmd
+    else {
         unreachable!()
     };
-    let epochs = epochs.clone();
+    let (epochs, demoted) = (epochs.clone(), *demoted);
     // A reused or a skipped epoch is refused, and nothing of the group moves.
     if let Some((_, e)) = epochs.last() {
         for bad in [Epoch(e.0 - 1), Epoch(e.0 + 1)] {

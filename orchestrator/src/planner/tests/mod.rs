@@ -20,6 +20,7 @@ mod cases;
 mod commands;
 mod execute;
 mod oracle;
+mod steps;
 mod worlds;
 
 use crate::state::{
@@ -28,6 +29,7 @@ use crate::state::{
 };
 use execute::*;
 use oracle::*;
+use steps::*;
 
 const A: &str = "site-a";
 const B: &str = "site-b";
@@ -194,11 +196,8 @@ fn planned(p: &Plan) -> Vec<AppId> {
     p.apps().map(|m| m.app.clone()).collect()
 }
 
-fn skip_reason<'p>(p: &'p Plan, a: &AppId) -> Option<&'p str> {
-    p.skipped
-        .iter()
-        .find(|k| &k.app == a)
-        .map(|k| k.reason.as_str())
+fn skip_reason<'p>(p: &'p Plan, a: &AppId) -> Option<&'p SkipReason> {
+    p.skipped.iter().find(|k| &k.app == a).map(|k| &k.reason)
 }
 
 fn the_move<'p>(p: &'p Plan, a: &AppId) -> &'p AppMove {
@@ -271,4 +270,38 @@ fn stopped_on(s: &ClusterState, app: &AppId, host: &HostId) -> BTreeSet<VmId> {
         })
         .map(|(vm, _)| vm.clone())
         .collect()
+}
+
+/// A generated world, every host up, with an app whose VMs are on two hosts: the app,
+/// one host, the other, and a VM on the other.
+fn app_on_two_hosts() -> (ClusterState, AppId, HostId, HostId, VmId) {
+    (0..50)
+        .find_map(|seed| {
+            let mut s = applied(&model(6, 10, 2, seed));
+            hosts_up(&mut s);
+            let found = s.apps.values().find_map(|a| {
+                let mut on: BTreeMap<&HostId, Vec<&VmId>> = BTreeMap::new();
+                for (vm, h) in &a.placement {
+                    on.entry(h).or_default().push(vm);
+                }
+                let mut hosts = on.into_iter();
+                let (one, _) = hosts.next()?;
+                let (other, vms) = hosts.next()?;
+                Some((a.id.clone(), one.clone(), other.clone(), vms[0].clone()))
+            });
+            found.map(|(a, l, o, v)| (s, a, l, o, v))
+        })
+        .expect("a generated app with VMs on two hosts")
+}
+
+/// What a test agent reports when it registers at `registered_ms`.
+fn inventory(registered_ms: u64) -> crate::state::HostInventory {
+    crate::state::HostInventory {
+        vcpus: 8,
+        memory_bytes: 16 << 30,
+        hypervisor: "test".into(),
+        domain_type: "qemu".into(),
+        agent_version: "t".into(),
+        registered_ms,
+    }
 }

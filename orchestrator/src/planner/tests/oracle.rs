@@ -43,11 +43,8 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
     let graceful = matches!(t, Trigger::Switchover { .. } | Trigger::Failback { .. });
     let loss = matches!(t, Trigger::SiteLost { .. } | Trigger::HostLost { .. });
     let site_down = |id: &SiteId| s.sites.get(id).is_some_and(|r| r.state == SiteState::Down);
-    let skipped: BTreeMap<&AppId, &str> = p
-        .skipped
-        .iter()
-        .map(|k| (&k.app, k.reason.as_str()))
-        .collect();
+    let skipped: BTreeMap<&AppId, &SkipReason> =
+        p.skipped.iter().map(|k| (&k.app, &k.reason)).collect();
     let wave_of: BTreeMap<&AppId, usize> = p
         .waves
         .iter()
@@ -61,6 +58,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         let to = target(s, t, &m.app);
         let ctx = format!("{} in {t:?}", m.app);
         assert_eq!((&m.from, &m.to), (&rec.active_site, &to), "{ctx}");
+        check_steps(s, t, m, model);
         assert_eq!(m.tier, model.tier, "{ctx}");
         assert_eq!(m.graceful, graceful, "{ctx}");
         assert_eq!(
@@ -236,6 +234,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         assert!(max <= min, "a higher tier before a lower one: {p:#?}");
     }
 
+    check_closing(s, t, p);
     for k in &p.skipped {
         check_skip(s, t, k, &skipped, &busy);
     }
@@ -274,8 +273,6 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
     }
 }
 
-/// A skip's reason must be true of the state.
-#[track_caller]
 /// The host serving the app's replicas at `site` (volumes served by the agents).
 pub(super) fn replica_host_of(
     s: &ClusterState,
@@ -286,118 +283,119 @@ pub(super) fn replica_host_of(
     s.volumes.get(&v.id)?.replica(site)?.host.clone()
 }
 
+/// A skip's reason must be true of the state.
+#[track_caller]
 pub(super) fn check_skip(
     s: &ClusterState,
     t: &Trigger,
     k: &Skip,
-    skipped: &BTreeMap<&AppId, &str>,
+    skipped: &BTreeMap<&AppId, &SkipReason>,
     busy: &BTreeSet<AppId>,
 ) {
-    let r = k.reason.as_str();
-    let ctx = format!("{} skipped in {t:?}: {r}", k.app);
+    let ctx = format!("{} skipped in {t:?}: {}", k.app, k.reason);
     let rec = s.apps.get(&k.app).expect("a skipped app is in the state");
     let model = topo(s)
         .app(&k.app)
         .expect("a skipped app is in the topology");
     let to = target(s, t, &k.app);
     let state_of = |id: &SiteId| s.sites.get(id).map(|r| r.state);
-    if r.contains("another operation is moving it") {
-        assert!(busy.contains(&k.app), "{ctx}");
-    } else if let Some(rest) = r.strip_prefix("it depends on ") {
-        let dep = AppId::new(rest.split(',').next().expect("an id"));
-        assert!(model.depends_on.contains(&dep), "{ctx}");
-        assert!(skipped.contains_key(&dep), "{ctx}");
-        assert_ne!(s.apps.get(&dep).map(|d| &d.active_site), Some(&to), "{ctx}");
-    } else if r == format!("it is active at {to}: a test drill starts its copy at the other site") {
-        assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
-        assert_eq!(rec.active_site, to, "{ctx}");
-    } else if r.starts_with("its volumes are served outside the cluster, which cannot snapshot") {
-        assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
-        assert!(
-            model.volumes.iter().any(|v| s
-                .volumes
-                .get(&v.id)
-                .is_some_and(|r| r.replicas.iter().any(|x| x.host.is_none()))),
-            "{ctx}"
-        );
-    } else if let Some(rest) = r.strip_prefix("host ")
-        && rest.ends_with(", where its fence stopped the VMs, is not up")
-    {
-        let h = HostId::new(rest.split(',').next().expect("an id"));
-        assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
-        assert!(!stopped_on(s, &k.app, &h).is_empty(), "{ctx}");
-        assert_ne!(
-            s.hosts.get(&h).map(|r| r.state),
-            Some(HostState::Up),
-            "{ctx}"
-        );
-    } else if let Some(rest) = r.strip_prefix("host ")
-        && rest.ends_with(" does not serve its volumes again yet (the fence stopped them)")
-    {
-        let h = HostId::new(rest.split(' ').next().expect("an id"));
-        assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
-        assert!(!stopped_on(s, &k.app, &h).is_empty(), "{ctx}");
-        assert_eq!(replica_host_of(s, model, &to), Some(h.clone()), "{ctx}");
-        assert!(!s.serves_since_registration(&k.app, &h), "{ctx}");
-    } else if r == format!("already active at {to}") {
-        assert_eq!(rec.active_site, to, "{ctx}");
-        assert!(!matches!(t, Trigger::HostLost { .. }), "{ctx}");
-    } else if r.starts_with(&format!("site {to} is down (")) {
-        assert_eq!(state_of(&to), Some(SiteState::Down), "{ctx}");
-    } else if r.starts_with(&format!("site {} is down: a switchover", rec.active_site)) {
-        assert!(matches!(
-            t,
-            Trigger::Switchover { .. } | Trigger::Failback { .. }
-        ));
-        assert_eq!(state_of(&rec.active_site), Some(SiteState::Down), "{ctx}");
-    } else if let Some(rest) = r.strip_prefix("the replica of volume ") {
-        let v = VolumeId::new(rest.split(' ').next().expect("an id"));
-        assert!(model.volume(&v).is_some(), "{ctx}");
-        let data = s
-            .volumes
-            .get(&v)
-            .and_then(|r| r.replica(&to))
-            .expect("replica")
-            .data;
-        assert_ne!(data, DataState::UpToDate, "{ctx}");
-        assert!(r.contains(&format!(" at {to} is {data:?}: ")), "{ctx}");
-    } else if let Some(rest) = r.strip_prefix("volume ")
-        && rest.contains(" replicates asynchronously and is served outside the cluster")
-    {
-        let v = VolumeId::new(rest.split(' ').next().expect("an id"));
-        assert!(matches!(
-            t,
-            Trigger::Switchover { .. } | Trigger::Failback { .. }
-        ));
-        let mode = model.volume(&v).map(|v| v.replication.mode());
-        assert_eq!(mode, Some(topology::ReplicationMode::Async), "{ctx}");
-    } else if let Some(rest) = r.strip_prefix(&format!(
-        "its volumes at {to} were served by the lost host "
-    )) {
-        let h = HostId::new(rest.split(':').next().expect("a host"));
-        assert!(
-            matches!(t, Trigger::HostLost { host } if *host == h),
-            "{ctx}"
-        );
-        assert_eq!(replica_host_of(s, model, &to), Some(h), "{ctx}");
-    } else if let Some(rest) = r.strip_prefix("host ")
-        && rest.contains(&format!(", which holds its replicas at {to}, "))
-    {
-        let h = HostId::new(rest.split(',').next().expect("a host"));
-        assert_eq!(replica_host_of(s, model, &to), Some(h.clone()), "{ctx}");
-        if rest.contains("is not up") {
+    let graceful = matches!(t, Trigger::Switchover { .. } | Trigger::Failback { .. });
+    match &k.reason {
+        SkipReason::Busy => assert!(busy.contains(&k.app), "{ctx}"),
+        SkipReason::DependencySkipped { dep } => {
+            assert!(model.depends_on.contains(dep), "{ctx}");
+            assert!(skipped.contains_key(dep), "{ctx}");
+            assert_ne!(s.apps.get(dep).map(|d| &d.active_site), Some(&to), "{ctx}");
+        }
+        SkipReason::DrillAtActiveSite { site } => {
+            assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
+            assert_eq!((&rec.active_site, site), (&to, &to), "{ctx}");
+        }
+        SkipReason::DrillServedOutside => {
+            assert!(matches!(t, Trigger::TestDrill { .. }), "{ctx}");
+            assert!(
+                model.volumes.iter().any(|v| s
+                    .volumes
+                    .get(&v.id)
+                    .is_some_and(|r| r.replicas.iter().any(|x| x.host.is_none()))),
+                "{ctx}"
+            );
+        }
+        SkipReason::FencedHostDown { host } => {
+            assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+            assert!(!stopped_on(s, &k.app, host).is_empty(), "{ctx}");
             assert_ne!(
-                s.hosts.get(&h).map(|x| x.state),
+                s.hosts.get(host).map(|r| r.state),
                 Some(HostState::Up),
                 "{ctx}"
             );
-        } else {
-            assert!(rest.contains("has no room for VM"), "{ctx}");
         }
-    } else if let Some(rest) = r.strip_prefix(&format!("no up host at {to} has room for VM ")) {
-        let vm = VmId::new(rest.split(' ').next().expect("an id"));
-        assert!(model.vms.iter().any(|v| v.id == vm), "{ctx}");
-    } else {
-        panic!("unexplained skip: {ctx}");
+        SkipReason::NotServedAgain { host } => {
+            assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+            assert!(!stopped_on(s, &k.app, host).is_empty(), "{ctx}");
+            assert_eq!(replica_host_of(s, model, &to).as_ref(), Some(host), "{ctx}");
+            assert!(!s.serves_since_registration(&k.app, host), "{ctx}");
+        }
+        SkipReason::AlreadyActive { site } => {
+            assert_eq!((&rec.active_site, site), (&to, &to), "{ctx}");
+            assert!(!matches!(t, Trigger::HostLost { .. }), "{ctx}");
+        }
+        SkipReason::TargetDown { site } => {
+            assert_eq!(site, &to, "{ctx}");
+            assert_eq!(state_of(&to), Some(SiteState::Down), "{ctx}");
+        }
+        SkipReason::SourceDown { site, app, to: dst } => {
+            assert!(graceful, "{ctx}");
+            assert_eq!((site, app, dst), (&rec.active_site, &k.app, &to), "{ctx}");
+            assert_eq!(state_of(site), Some(SiteState::Down), "{ctx}");
+        }
+        SkipReason::ReplicaNotUpToDate { volume, site, data } => {
+            assert!(model.volume(volume).is_some(), "{ctx}");
+            assert_eq!(site, &to, "{ctx}");
+            let now = s
+                .volumes
+                .get(volume)
+                .and_then(|r| r.replica(&to))
+                .expect("replica")
+                .data;
+            assert_ne!(now, DataState::UpToDate, "{ctx}");
+            assert_eq!(&now, data, "{ctx}");
+        }
+        SkipReason::AsyncServedOutside { volume } => {
+            assert!(graceful, "{ctx}");
+            let mode = model.volume(volume).map(|v| v.replication.mode());
+            assert_eq!(mode, Some(topology::ReplicationMode::Async), "{ctx}");
+        }
+        SkipReason::ReplicaHostLost { app, site, host } => {
+            assert_eq!((app, site), (&k.app, &to), "{ctx}");
+            assert!(
+                matches!(t, Trigger::HostLost { host: h } if h == host),
+                "{ctx}"
+            );
+            assert_eq!(replica_host_of(s, model, &to).as_ref(), Some(host), "{ctx}");
+        }
+        SkipReason::ReplicaHostDown { host, site } => {
+            assert_eq!(site, &to, "{ctx}");
+            assert_eq!(replica_host_of(s, model, &to).as_ref(), Some(host), "{ctx}");
+            assert_ne!(
+                s.hosts.get(host).map(|x| x.state),
+                Some(HostState::Up),
+                "{ctx}"
+            );
+        }
+        SkipReason::NoRoomOnReplicaHost { host, site, vm, .. } => {
+            assert_eq!(site, &to, "{ctx}");
+            assert_eq!(replica_host_of(s, model, &to).as_ref(), Some(host), "{ctx}");
+            assert!(model.vms.iter().any(|v| &v.id == vm), "{ctx}");
+        }
+        SkipReason::NoRoom { site, vm, .. } => {
+            assert_eq!(site, &to, "{ctx}");
+            assert!(model.vms.iter().any(|v| &v.id == vm), "{ctx}");
+        }
+        SkipReason::NotInState
+        | SkipReason::VolumeMissing { .. }
+        | SkipReason::NoReplica { .. } => {
+            panic!("unexplained skip: {ctx}")
+        }
     }
 }

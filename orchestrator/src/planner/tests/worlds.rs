@@ -71,7 +71,6 @@ pub(super) fn world(model: &Topology, seed: u64) -> (ClusterState, Trigger) {
     for _ in 0..rng.range(0, 2) {
         let t = random_trigger(&mut rng, &s);
         let p = plan_ok(&s, &t);
-        let demoted = *pick(&mut rng, &DATA);
         if p.kind == OpKind::Drill {
             // A drill moves nothing; it may still be running.
             if !p.is_empty() {
@@ -79,7 +78,7 @@ pub(super) fn world(model: &Topology, seed: u64) -> (ClusterState, Trigger) {
             }
             continue;
         }
-        execute(&mut s, &p, demoted);
+        execute(&mut s, &p);
         sync_all(&mut s);
     }
     // What the agents report: most placed VMs run; some were stopped (by a fence, or
@@ -113,14 +112,7 @@ pub(super) fn world(model: &Topology, seed: u64) -> (ClusterState, Trigger) {
                 &mut s,
                 Command::RegisterHost {
                     host: h.clone(),
-                    inventory: crate::state::HostInventory {
-                        vcpus: 8,
-                        memory_bytes: 16 << 30,
-                        hypervisor: "test".into(),
-                        domain_type: "qemu".into(),
-                        agent_version: "t".into(),
-                        registered_ms: 1,
-                    },
+                    inventory: inventory(1),
                     fenced: true,
                 },
             );
@@ -223,18 +215,14 @@ proptest! {
     fn executing_a_plan_moves_every_planned_app_once((spec, seed) in arb_world()) {
         let (mut s, t) = world(&generate(spec), seed);
         let p = plan_ok(&s, &t);
-        let demoted = *pick(&mut SplitMix64::new(seed), &DATA);
         if p.kind == OpKind::Drill {
-            // A drill promotes and moves nothing: the state machine refuses it.
-            if let Some(m) = p.apps().next() {
-                let op = begin(&mut s, &p);
-                let cmd = move_cmd(&s, op, m, demoted);
-                refused(&mut s, cmd, RejectKind::Conflict);
-                prop_assert_eq!(&s.apps.get(&m.app).expect("app").active_site, &m.from);
+            // A drill runs its steps, promotes and moves nothing.
+            if !p.is_empty() {
+                execute_drill(&mut s, &p);
             }
             return Ok(());
         }
-        execute(&mut s, &p, demoted);
+        execute(&mut s, &p);
         for m in p.apps() {
             prop_assert_eq!(&s.apps.get(&m.app).expect("app").active_site, &m.to);
             // The agents report what started running (a fenced host's restart is done
@@ -281,29 +269,25 @@ pub(super) fn the_random_worlds_reach_every_kind_of_decision() {
             *counts.entry("restarted after a fence").or_default() += p.apps().count();
         }
         for k in &p.skipped {
-            let kind = [
-                ("another operation", "busy"),
-                ("it depends on", "dependency"),
-                ("already active", "already active"),
-                ("is down (", "target down"),
-                ("is down: a switchover", "source down"),
-                ("the replica of volume", "replica"),
-                ("replicates asynchronously", "async"),
-                ("has room", "room"),
-                ("has no room", "room"),
-                ("served by the lost host", "replica host lost"),
-                ("which holds its replicas at", "replica host"),
-                ("a test drill starts its copy", "drill at the active site"),
-                ("cannot snapshot them", "drill without agents"),
-                ("where its fence stopped the VMs", "fenced host down"),
-                (
-                    "does not serve its volumes again yet",
-                    "fenced host not serving",
-                ),
-            ]
-            .into_iter()
-            .find(|(needle, _)| k.reason.contains(needle))
-            .map_or("other", |(_, kind)| kind);
+            let kind = match &k.reason {
+                SkipReason::Busy => "busy",
+                SkipReason::DependencySkipped { .. } => "dependency",
+                SkipReason::AlreadyActive { .. } => "already active",
+                SkipReason::TargetDown { .. } => "target down",
+                SkipReason::SourceDown { .. } => "source down",
+                SkipReason::ReplicaNotUpToDate { .. } => "replica",
+                SkipReason::AsyncServedOutside { .. } => "async",
+                SkipReason::NoRoom { .. } | SkipReason::NoRoomOnReplicaHost { .. } => "room",
+                SkipReason::ReplicaHostLost { .. } => "replica host lost",
+                SkipReason::ReplicaHostDown { .. } => "replica host",
+                SkipReason::DrillAtActiveSite { .. } => "drill at the active site",
+                SkipReason::DrillServedOutside => "drill without agents",
+                SkipReason::FencedHostDown { .. } => "fenced host down",
+                SkipReason::NotServedAgain { .. } => "fenced host not serving",
+                SkipReason::NotInState
+                | SkipReason::VolumeMissing { .. }
+                | SkipReason::NoReplica { .. } => "other",
+            };
             *counts.entry(kind).or_default() += 1;
         }
     }

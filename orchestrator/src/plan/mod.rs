@@ -3,14 +3,24 @@
 //!
 //! Plain data, below the state machine: a plan is committed through Raft inside
 //! `Command::BeginPlan` and recorded with its operation, so that a new
-//! leader finishes it without re-deciding anything.
+//! leader finishes it without re-deciding anything. Each app's move is a list of
+//! [`PlannedStep`]s with every parameter decided ([`step`]); an app left alone carries
+//! a [`SkipReason`] ([`skip`]).
 //!
 //! Never: depend on the state machine or on anything that does I/O.
+
+mod skip;
+mod step;
 
 use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use crate::records::OpKind;
+pub use skip::SkipReason;
+pub use step::{PlannedProbe, PlannedStep, drill_copy, longest_probe_s};
+
+/// Time a guest gets to shut down in a switchover before it is destroyed.
+pub const SHUTDOWN_TIMEOUT_S: u32 = 60;
 
 /// What asks for a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,8 +113,12 @@ pub struct AppMove {
     /// destroyed (fenced) when the source is declared lost but its host is still up.
     pub stops: Vec<(VmId, HostId)>,
     pub rto_target_s: u32,
-    /// How long to wait for the health gate before the app is marked failed.
+    /// How long to wait for the health gate before the app is marked failed (and for
+    /// the agents' results of each of its other steps).
     pub health_timeout_ms: u64,
+    /// What the executor does, in order, with every parameter (the fields above
+    /// summarize them). A step's index here is its identity.
+    pub steps: Vec<PlannedStep>,
 }
 
 /// Apps that start together: each depends only on apps of earlier waves or on apps
@@ -118,7 +132,7 @@ pub struct Wave {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skip {
     pub app: AppId,
-    pub reason: String,
+    pub reason: SkipReason,
 }
 
 /// What kind of drill an operation is, if it is one: a test drill (kind `Drill`), or
@@ -141,6 +155,14 @@ pub struct Plan {
     /// Set when the operation runs as a drill (`metrodr drill run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillKind>,
+    /// What the operation does after every wave, in order (a test drill's cleanup and
+    /// its last production checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closing: Vec<PlannedStep>,
+    /// What a new leader does with a test drill it finds interrupted (it is never
+    /// resumed: its measurements would be wrong).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupted: Vec<PlannedStep>,
 }
 
 impl Plan {

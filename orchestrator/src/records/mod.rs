@@ -1,5 +1,15 @@
 //! Records of the replicated state (DESIGN §3): what is known about every site, host,
 //! app, volume replica and operation. Plain data; the transitions live in `apply`.
+//!
+//! - [`step`]: the saga log's records (a step's place in its plan, its typed result);
+//! - [`outcome`]: what each kind of step did, with its evidence;
+//! - [`production`]: production as a test drill samples it.
+//!
+//! Never: depend on the state machine, or carry a decision in text.
+
+mod outcome;
+mod production;
+mod step;
 
 use std::collections::BTreeMap;
 
@@ -7,10 +17,15 @@ use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, ReplicationMode, SiteId, SiteRole, VmId, VolumeId};
 
 pub use ids::{CommandId, Epoch, OpId};
+pub use outcome::{AgentDid, Healthy, Moved, Promotion, StepOutcome, VmStop, VmStopped};
+pub(crate) use production::join;
+pub use production::{Production, ProductionChange, ReplicaSample, VmSample};
 pub use proto::agent::{
     AgentAction, AgentEvent, CommandFailure, CommandOutcome, CommandTarget, Executed, LinkReport,
     VmState,
 };
+pub(crate) use step::cut;
+pub use step::{FailureReason, Step, StepAt, StepFailure, StepKind, StepResult};
 
 /// A site as the leader sees it.
 ///
@@ -310,23 +325,51 @@ pub enum OpStatus {
     Interrupted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StepResult {
-    Ok,
-    Failed(String),
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectKind {
+    /// A field is malformed.
+    Invalid,
+    /// Something the command names does not exist.
+    NotFound,
+    /// The command does not fit the current state.
+    Conflict,
+    /// Applying it would break a safety invariant.
+    Invariant,
+    /// It would change nothing (a report of what the cluster already knows): not an
+    /// error for a reporter.
+    Unchanged,
+    /// It comes from a party the cluster has moved on from (a primary that is not the
+    /// group's primary any more): the party must stop.
+    Stale,
 }
 
-/// One step of an operation's saga log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    pub name: String,
-    pub app: Option<AppId>,
-    pub started_ms: u64,
-    pub ended_ms: Option<u64>,
-    pub result: Option<StepResult>,
-    /// What the step did (epochs promoted, hosts chosen, …): the record's evidence.
-    #[serde(default)]
-    pub detail: String,
+impl RejectKind {
+    const ALL: [RejectKind; 6] = [
+        RejectKind::Invalid,
+        RejectKind::NotFound,
+        RejectKind::Conflict,
+        RejectKind::Invariant,
+        RejectKind::Unchanged,
+        RejectKind::Stale,
+    ];
+
+    /// The kebab-case name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Invalid => "invalid",
+            RejectKind::NotFound => "not-found",
+            RejectKind::Conflict => "conflict",
+            RejectKind::Invariant => "invariant",
+            RejectKind::Unchanged => "unchanged",
+            RejectKind::Stale => "stale",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RejectKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// One applied topology version.

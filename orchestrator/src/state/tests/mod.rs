@@ -1,14 +1,15 @@
-//! State machine tests: targeted transitions, and a property test that drives random
-//! command sequences (valid and invalid, with store round-trips standing in for
-//! crashes and restarts) and checks the invariants after every step.
+//! State machine tests: targeted transitions here, and in [`props`] a property test
+//! that drives random command sequences (valid and invalid, with store round-trips
+//! standing in for crashes and restarts) and checks the invariants after every step.
 
 use std::collections::BTreeMap;
 
-use proptest::prelude::*;
-use topology::SiteRole;
 use topology::generate::{GenSpec, generate};
+use topology::{SiteRole, Topology};
 
 use super::*;
+
+mod props;
 
 fn req(command: Command) -> Request {
     Request {
@@ -254,14 +255,13 @@ fn changing_the_sites_is_refused() {
     );
 }
 
-#[test]
-fn operations_record_their_steps() {
-    let mut s = cluster(1, 7);
-    let app = s.apps.values().next().expect("app").id.clone();
-    let r = s.apply(&req(Command::StartOperation {
-        kind: OpKind::Failover,
-        apps: vec![app.clone()],
-        note: "test".into(),
+/// Begin the plan of `trigger` in `s`; its operation and plan.
+fn begin(s: &mut ClusterState, trigger: crate::plan::Trigger) -> (OpId, crate::plan::Plan) {
+    let plan = crate::planner::plan(s, &trigger).expect("a plan");
+    assert!(!plan.is_empty(), "{plan:?}");
+    let r = s.apply(&req(Command::BeginPlan {
+        plan: Box::new(plan.clone()),
+        lost_ms: None,
     }));
     let Response::Applied {
         outcome: Outcome::Operation(op),
@@ -270,69 +270,110 @@ fn operations_record_their_steps() {
     else {
         panic!("{r:?}")
     };
-    let r = s.apply(&req(Command::StartStep {
-        op,
-        name: "promote".into(),
-        app: Some(app),
-    }));
+    (op, plan)
+}
+
+#[test]
+fn steps_are_the_plans_each_started_and_finished_once() {
+    let mut s = crate::test_support::lab();
+    let failover = |app: &str| crate::plan::Trigger::Failover {
+        apps: vec![AppId::new(app)],
+        to: SiteId::new("south"),
+    };
+    let (op, plan) = begin(&mut s, failover("db"));
+    let db = |index| StepAt::App {
+        app: AppId::new("db"),
+        index,
+    };
+    let start = |at: StepAt| req(Command::StartStep { op, at });
+    let started = |r: Response| match r {
+        Response::Applied {
+            outcome: Outcome::Step(i),
+            ..
+        } => i,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(started(s.apply(&start(db(0)))), 0);
+    // A retried commit of the same start: the same step, not a second one.
+    assert_eq!(started(s.apply(&start(db(0)))), 0);
+    assert_eq!(s.steps_of(op).count(), 1);
+    let view = s.operation_view(op.0).expect("view");
+    let planned = plan.step(&db(0)).expect("the plan's first step of db");
+    assert_eq!(
+        (&view.steps[0].at, view.steps[0].kind),
+        (&db(0), planned.kind())
+    );
+    assert_eq!(view.step_name(&view.steps[0]), planned.to_string());
+    // Steps the plan does not have are refused.
+    let steps = u32::try_from(plan.apps().next().expect("db").steps.len()).expect("few");
+    for at in [
+        db(steps),
+        StepAt::App {
+            app: AppId::new("portal"),
+            index: 0,
+        },
+        StepAt::Closing { index: 0 },
+    ] {
+        assert!(
+            matches!(
+                s.apply(&start(at.clone())),
+                Response::Rejected(Rejection {
+                    kind: RejectKind::Conflict,
+                    ..
+                })
+            ),
+            "{at}"
+        );
+    }
+    // db runs at north: the failover fences it there first.
+    assert_eq!(planned.kind(), StepKind::Fence);
+    let finish_with = |outcome: StepOutcome| {
+        req(Command::FinishStep {
+            op,
+            index: 0,
+            result: StepResult::Done { outcome },
+        })
+    };
     assert!(
         matches!(
-            r,
-            Response::Applied {
-                outcome: Outcome::Step(0),
+            s.apply(&finish_with(StepOutcome::Approved { op })),
+            Response::Rejected(Rejection {
+                kind: RejectKind::Invalid,
                 ..
-            }
+            })
         ),
-        "{r:?}"
+        "an outcome of another kind of step"
     );
-    let finish = req(Command::FinishStep {
-        op,
-        index: 0,
-        result: StepResult::Ok,
-        detail: String::new(),
-    });
+    let outcome = StepOutcome::VmsStopped { vms: Vec::new() };
+    let finish = finish_with(outcome.clone());
     assert!(matches!(s.apply(&finish), Response::Applied { .. }));
     assert!(
         matches!(s.apply(&finish), Response::Rejected(_)),
         "a step finishes once"
     );
+    assert!(
+        matches!(s.apply(&start(db(0))), Response::Rejected(_)),
+        "a finished step does not start again"
+    );
     let view = s.operation_view(op.0).expect("view");
     assert_eq!(view.steps.len(), 1);
-    assert_eq!(view.steps[0].result, Some(StepResult::Ok));
+    assert_eq!(view.steps[0].outcome(), Some(&outcome));
     assert!(
         s.operations.get(&op.0).expect("op").steps.is_empty(),
         "steps live in their own table: a step never copies the operation"
     );
     // A second operation's steps are its own, numbered from 0.
-    let r = s.apply(&req(Command::StartOperation {
-        kind: OpKind::Drill,
-        apps: vec![],
-        note: "other".into(),
-    }));
-    let Response::Applied {
-        outcome: Outcome::Operation(op2),
-        ..
-    } = r
-    else {
-        panic!("{r:?}")
-    };
+    let (op2, _) = begin(&mut s, failover("api"));
     let r = s.apply(&req(Command::StartStep {
         op: op2,
-        name: "x".into(),
-        app: None,
+        at: StepAt::App {
+            app: AppId::new("api"),
+            index: 0,
+        },
     }));
-    assert!(
-        matches!(
-            r,
-            Response::Applied {
-                outcome: Outcome::Step(0),
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_eq!(started(r), 0);
     assert_eq!(s.operation_view(op.0).expect("view").steps.len(), 1);
-    assert_eq!(s.operation_view(op2.0).expect("view").steps[0].name, "x");
+    assert_eq!(s.operation_view(op2.0).expect("view").steps.len(), 1);
     assert!(matches!(
         s.apply(&req(Command::FinishOperation {
             op,
@@ -340,14 +381,57 @@ fn operations_record_their_steps() {
         })),
         Response::Applied { .. }
     ));
-    assert!(matches!(
-        s.apply(&req(Command::StartStep {
-            op,
-            name: "late".into(),
-            app: None
-        })),
-        Response::Rejected(_)
-    ));
+    assert!(matches!(s.apply(&start(db(1))), Response::Rejected(_)));
+    // The audit log names the step by its place in the plan and its kind.
+    let started: Vec<(u32, StepAt, bool)> = s
+        .audit
+        .values()
+        .filter_map(|e| match &e.event {
+            AuditEvent::StepStarted {
+                op: o,
+                index,
+                at,
+                again,
+                ..
+            } if *o == op => Some((*index, at.clone(), *again)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        vec![(0, db(0), false), (0, db(0), true)],
+        "started, then its retried commit"
+    );
+}
+
+#[test]
+fn a_plan_made_before_an_epoch_moved_is_refused_whole() {
+    let mut s = crate::test_support::lab();
+    let t = crate::plan::Trigger::Failover {
+        apps: vec![AppId::new("db")],
+        to: SiteId::new("south"),
+    };
+    let plan = crate::planner::plan(&s, &t).expect("a plan");
+    // Something promotes db's volume after the plan was made.
+    let r = s.apply(&req(Command::PromoteReplica {
+        volume: VolumeId::new("db-data"),
+        site: SiteId::new("north"),
+        epoch: Epoch(2),
+        demoted: DataState::Outdated,
+    }));
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    let r = s.apply(&req(Command::BeginPlan {
+        plan: Box::new(plan),
+        lost_ms: None,
+    }));
+    let Response::Rejected(Rejection {
+        kind: RejectKind::Conflict,
+        reason,
+    }) = r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(reason.contains("plan again"), "{reason}");
 }
 
 #[test]
@@ -564,199 +648,6 @@ fn vm_states_record_changes_only_and_ignore_foreign_domains() {
     assert_eq!(
         s.hosts.get(&host).and_then(|h| h.fenced_ms).is_some(),
         placed
-    );
-}
-
-/// Random commands over real and bogus ids.
-fn arb_command(ids: Ids) -> impl Strategy<Value = Command> {
-    let vol = proptest::sample::select(ids.volumes.clone());
-    let site = proptest::sample::select(ids.sites.clone());
-    let app = proptest::sample::select(ids.apps.clone());
-    let host = proptest::sample::select(ids.hosts.clone());
-    let vm = proptest::sample::select(ids.vms.clone());
-    let data = prop_oneof![
-        Just(DataState::UpToDate),
-        Just(DataState::Outdated),
-        Just(DataState::Inconsistent),
-        Just(DataState::Syncing)
-    ];
-    let model = ids.model.clone();
-    prop_oneof![
-        4 => (vol.clone(), site.clone(), prop_oneof![3 => 2u64..4, 1 => 0u64..8], data.clone()).prop_map(|(volume, site, epoch, demoted)| Command::PromoteReplica {
-            volume: VolumeId::new(volume), site: SiteId::new(site), epoch: Epoch(epoch), demoted }),
-        4 => (vol, site.clone(), data).prop_map(|(volume, site, data)| Command::SetReplicaData {
-            volume: VolumeId::new(volume), site: SiteId::new(site), data }),
-        1 => (site, prop_oneof![Just(SiteState::Up), Just(SiteState::Suspect), Just(SiteState::Down)])
-            .prop_map(|(site, state)| Command::SetSiteState { site: SiteId::new(site), state, reason: "prop".into() }),
-        1 => (host.clone(), prop_oneof![Just(HostState::Up), Just(HostState::Down)])
-            .prop_map(|(host, state)| Command::SetHostState { host: HostId::new(host), state, reason: "prop".into(), last_seen_ms: None }),
-        1 => (app.clone(), vm.clone(), host.clone()).prop_map(|(app, vm, host)| Command::PlaceVm {
-            app: AppId::new(app), vm: VmId::new(vm), host: HostId::new(host) }),
-        1 => app.clone().prop_map(|a| Command::StartOperation { kind: OpKind::Drill, apps: vec![AppId::new(a)], note: String::new() }),
-        1 => (1u64..4, any::<bool>()).prop_map(|(op, named)| Command::StartStep {
-            op: OpId(op), name: "s".into(), app: None.filter(|_: &AppId| named) }),
-        1 => (1u64..4, 0u32..3).prop_map(|(op, index)| Command::FinishStep { op: OpId(op), index, result: StepResult::Ok, detail: String::new() }),
-        1 => (1u64..4, prop_oneof![Just(OpStatus::Running), Just(OpStatus::Succeeded), Just(OpStatus::Failed)])
-            .prop_map(|(op, status)| Command::FinishOperation { op: OpId(op), status }),
-        1 => "[a-z ]{0,8}".prop_map(|text| Command::Note { text }),
-        2 => (host.clone(), vm.clone(), 0u32..3).prop_map(|(host, vm, k)| Command::IssueAgentCommands { issuer: Issuer::Controller, commands: vec![(
-            HostId::new(host),
-            match k { 0 => AgentAction::Start { vm: VmId::new(vm) }, 1 => AgentAction::Destroy { vm: VmId::new(vm) }, _ => AgentAction::Shutdown { vm: VmId::new(vm), timeout_s: k * 10 } },
-        )] }),
-        2 => (host.clone(), 0u64..6, any::<bool>()).prop_map(|(host, id, ok)| Command::RecordCommandResults {
-            host: HostId::new(host), results: vec![CommandResult {
-                id: CommandId(id),
-                executed: if ok {
-                    Executed::done(CommandOutcome::Destroyed { vm: VmId::new("v") })
-                } else {
-                    Executed::failed(proto::agent::FailureKind::Failed, "no")
-                },
-            }] }),
-        1 => (host.clone(), vm.clone(), prop_oneof![Just(VmState::Running), Just(VmState::ShutOff)]).prop_map(|(host, vm, st)| Command::SetVmStates {
-            host: HostId::new(host), states: vec![(VmId::new(vm), st)], reason: "prop".into() }),
-        1 => (any::<u64>(), any::<bool>()).prop_map(move |(seed, bogus)| {
-            // Re-apply the model, possibly with one app dropped and a bogus placement.
-            let mut m = model.clone();
-            if bogus && !m.apps.is_empty() {
-                let i = (seed % m.apps.len() as u64) as usize;
-                m.apps.remove(i);
-            }
-            let plan = topology::plan::plan(&m);
-            let mut placements: Vec<(VmId, HostId)> = plan.placements.iter().map(|p| (p.vm.clone(), p.host.clone())).collect();
-            if bogus && seed % 3 == 0 {
-                placements.clear();
-            }
-            Command::ApplyTopology { text: String::new(), model: Box::new(m), placements }
-        }),
-    ]
-}
-
-#[derive(Debug, Clone)]
-struct Ids {
-    volumes: Vec<String>,
-    sites: Vec<String>,
-    apps: Vec<String>,
-    hosts: Vec<String>,
-    vms: Vec<String>,
-    model: Topology,
-}
-
-fn ids_of(s: &ClusterState) -> Ids {
-    let bogus = |mut v: Vec<String>| {
-        v.push("no-such-id".into());
-        v
-    };
-    let model = s.topology().expect("topology").model.clone();
-    Ids {
-        // A few volumes only, so that random sequences often hit the same one twice
-        // (mark up to date, then promote).
-        volumes: bogus(
-            s.volumes
-                .iter()
-                .take(2)
-                .map(|(k, _)| k.to_string())
-                .collect(),
-        ),
-        sites: bogus(s.sites.iter().map(|(k, _)| k.to_string()).collect()),
-        apps: bogus(s.apps.iter().map(|(k, _)| k.to_string()).collect()),
-        hosts: bogus(s.hosts.iter().map(|(k, _)| k.to_string()).collect()),
-        vms: bogus(
-            model
-                .apps
-                .iter()
-                .flat_map(|a| a.vms.iter().map(|v| v.id.to_string()))
-                .collect(),
-        ),
-        model,
-    }
-}
-
-fn scenario() -> impl Strategy<Value = (u64, Vec<(Command, bool)>)> {
-    any::<u64>().prop_flat_map(|seed| {
-        let ids = ids_of(&cluster(4, seed));
-        (
-            Just(seed),
-            proptest::collection::vec((arb_command(ids), any::<bool>()), 1..60),
-        )
-    })
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_command_sequences_keep_every_invariant((seed, cmds) in scenario()) {
-        let mut s = cluster(4, seed);
-        let mut store: BTreeMap<(&'static str, String), Vec<u8>> = s
-            .all_rows()
-            .into_iter()
-            .filter_map(|(t, k, v)| v.map(|v| ((t, k), v)))
-            .collect();
-        for (cmd, restart) in cmds {
-            let before = s.clone();
-            let r = s.apply(&req(cmd.clone()));
-            for (t, k, v) in s.take_changes() {
-                match v {
-                    Some(v) => store.insert((t, k), v),
-                    None => store.remove(&(t, k)),
-                };
-            }
-            if let Err(v) = s.invariants_since(&before) {
-                return Err(TestCaseError::fail(format!("{v} after {cmd:?} -> {r:?}")));
-            }
-            match &r {
-                Response::Rejected(_) => prop_assert_eq!(&s, &before, "a rejected command changed the state: {:?}", cmd),
-                Response::Applied { audit_seq, .. } => prop_assert_eq!(*audit_seq, before.audit.len() as u64 + 1),
-                Response::Internal => prop_assert!(false, "apply never answers Internal"),
-            }
-            if restart {
-                // A crash and restart: the node reloads exactly what it persisted.
-                let loaded = ClusterState::load(store.iter().map(|((t, k), v)| (*t, k.as_str(), v.as_slice())))
-                    .map_err(TestCaseError::fail)?;
-                prop_assert_eq!(&loaded, &s);
-                s = loaded;
-            }
-        }
-    }
-}
-
-/// The property above is only as good as the commands it manages to apply: check that
-/// its generator reaches successful promotions, topology re-applies and rejections.
-#[test]
-fn the_random_scenarios_reach_promotions_and_rejections() {
-    use proptest::strategy::ValueTree;
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut promoted, mut reapplied, mut rejected) = (0, 0, 0);
-    for _ in 0..32 {
-        let (seed, cmds) = scenario()
-            .new_tree(&mut runner)
-            .expect("scenario")
-            .current();
-        let mut s = cluster(4, seed);
-        for (cmd, _) in cmds {
-            match (s.apply(&req(cmd)), s.take_changes()) {
-                (
-                    Response::Applied {
-                        outcome: Outcome::Epoch(_),
-                        ..
-                    },
-                    _,
-                ) => promoted += 1,
-                (
-                    Response::Applied {
-                        outcome: Outcome::TopologyVersion(_),
-                        ..
-                    },
-                    _,
-                ) => reapplied += 1,
-                (Response::Rejected(_), _) => rejected += 1,
-                _ => {}
-            }
-        }
-    }
-    assert!(
-        promoted > 5 && reapplied > 5 && rejected > 50,
-        "promoted {promoted}, reapplied {reapplied}, rejected {rejected}"
     );
 }
 
