@@ -381,11 +381,14 @@ mod tests {
         south_is(&mut s, 5, DataState::UpToDate);
         let r = db(&s, 10);
         assert_eq!(r.score, 50, "{r:?}");
+        let skipped = crate::plan::SkipReason::ReplicaHostDown {
+            host: HostId::new(host.as_str()),
+            site: SiteId::new("south"),
+        };
         assert!(
-            r.penalties
-                .iter()
-                .any(|x| matches!(x, Penalty::WouldSkip { .. })
-                    && x.to_string().contains("is not up")),
+            r.penalties.contains(&Penalty::WouldSkip {
+                reason: skipped.to_string()
+            }),
             "{r:?}"
         );
     }
