@@ -33,15 +33,15 @@ pub enum VmAction {
 }
 
 impl VmAction {
-    fn as_str(self) -> &'static str {
+    fn to_wire(self) -> pb::VmAction {
         match self {
-            VmAction::Define => "define",
-            VmAction::Start => "start",
-            VmAction::Shutdown => "shutdown",
-            VmAction::Destroy => "destroy",
-            VmAction::Undefine => "undefine",
-            VmAction::Suspend => "suspend",
-            VmAction::Resume => "resume",
+            VmAction::Define => pb::VmAction::Define,
+            VmAction::Start => pb::VmAction::Start,
+            VmAction::Shutdown => pb::VmAction::Shutdown,
+            VmAction::Destroy => pb::VmAction::Destroy,
+            VmAction::Undefine => pb::VmAction::Undefine,
+            VmAction::Suspend => pb::VmAction::Suspend,
+            VmAction::Resume => pb::VmAction::Resume,
         }
     }
 }
@@ -223,7 +223,7 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
             let r = op
                 .vm_action(pb::VmActionRequest {
                     vm: vm.clone(),
-                    action: action.as_str().into(),
+                    action: action.to_wire().into(),
                     timeout_s: timeout,
                     wait: !no_wait,
                     actor: c.actor(),
@@ -238,7 +238,7 @@ pub async fn vm(cmd: VmCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exit
                 Output::Table => outln!(
                     "command #{} ({} {vm} on {}): {}{}",
                     r.command_id,
-                    action.as_str(),
+                    lab::api::action_name(action.to_wire()),
                     r.host,
                     shown(states::command_progress(&r)),
                     if r.message.is_empty() {

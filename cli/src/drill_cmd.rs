@@ -77,12 +77,12 @@ pub enum FormatArg {
 }
 
 impl FormatArg {
-    fn as_str(self) -> &'static str {
+    fn to_wire(self) -> pb::ReportFormat {
         match self {
-            FormatArg::Json => "json",
-            FormatArg::Html => "html",
-            FormatArg::Text => "text",
-            FormatArg::Csv => "csv",
+            FormatArg::Json => pb::ReportFormat::Json,
+            FormatArg::Html => pb::ReportFormat::Html,
+            FormatArg::Text => pb::ReportFormat::Text,
+            FormatArg::Csv => pb::ReportFormat::Csv,
         }
     }
 }
@@ -410,7 +410,7 @@ async fn report(c: &ClusterArgs, op: u64, format: FormatArg) -> anyhow::Result<p
         .clone()
         .get_report(pb::GetReportRequest {
             op,
-            format: format.as_str().into(),
+            format: format.to_wire().into(),
         })
         .await
         .map_err(|e| status_err(&client.addr, e))?

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lab::states::{CommandProgress, HostState, VmReport, VmState};
+use orchestrator::pb;
 
 async fn wait_host(addr: &str, host: &str, state: HostState, within: Duration) {
     let (a, h) = (addr.to_string(), host.to_string());
@@ -45,25 +46,25 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
     assert_eq!(a.vms, ["web-1"]);
 
     for (action, state) in [
-        ("define", VmState::ShutOff),
-        ("start", VmState::Running),
-        ("suspend", VmState::Paused),
-        ("resume", VmState::Running),
-        ("shutdown", VmState::ShutOff),
+        (pb::VmAction::Define, VmState::ShutOff),
+        (pb::VmAction::Start, VmState::Running),
+        (pb::VmAction::Suspend, VmState::Paused),
+        (pb::VmAction::Resume, VmState::Running),
+        (pb::VmAction::Shutdown, VmState::ShutOff),
     ] {
         let state = VmReport::Reported(state);
         let r = vm_do(&a0, action, "web-1").await;
         assert_eq!(
             outcome(&r),
             Some(CommandProgress::Succeeded),
-            "{action}: {}",
+            "{action:?}: {}",
             r.message
         );
         assert_eq!(r.host, "a-h1");
         let a0c = a0.clone();
         wait_for(
             Duration::from_secs(5),
-            &format!("web-1 {state:?} after {action}"),
+            &format!("web-1 {state:?} after {action:?}"),
             move || {
                 let a = a0c.clone();
                 async move { (vm_state(&a, "web-1").await? == state).then_some(()) }
@@ -71,7 +72,7 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
         )
         .await;
     }
-    let r = vm_do(&a0, "undefine", "web-1").await;
+    let r = vm_do(&a0, pb::VmAction::Undefine, "web-1").await;
     assert_eq!(
         outcome(&r),
         Some(CommandProgress::Succeeded),
@@ -79,7 +80,7 @@ async fn agents_register_with_their_capacity_and_run_vm_commands() {
         r.message
     );
     // Starting an undefined domain is a clear failure, not a crash.
-    let r = vm_do(&a0, "start", "web-1").await;
+    let r = vm_do(&a0, pb::VmAction::Start, "web-1").await;
     assert_eq!(outcome(&r), Some(CommandProgress::Failed));
     assert!(r.message.contains("web-1"), "{}", r.message);
     let o = metrodr(&["--cluster", &addrs, "vm", "do", "start", "nope"]);
@@ -98,7 +99,7 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
     let agent = start_agent(c.dir.path(), "a-h1", &addrs, "test:///private", None);
     let any = c.nodes[0].grpc.clone();
     wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
-    vm_do_ok(&any, "define", "web-1").await;
+    vm_do_ok(&any, pb::VmAction::Define, "web-1").await;
 
     // Queue 30 commands without waiting, killing the leader halfway.
     let leader = leader_seen_by(&any, Duration::from_secs(5)).await;
@@ -107,7 +108,11 @@ async fn commands_survive_a_leader_kill_and_run_at_most_once() {
         if i == 15 {
             c.node_mut(&leader).kill();
         }
-        let action = if i % 2 == 0 { "start" } else { "destroy" };
+        let action = if i % 2 == 0 {
+            pb::VmAction::Start
+        } else {
+            pb::VmAction::Destroy
+        };
         let survivors: Vec<String> = c
             .nodes
             .iter()
@@ -206,11 +211,11 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
     let _a = start_agent(c.dir.path(), "a-h1", &c.addrs(), &libvirtd.uri(), None);
     let any = c.nodes[0].grpc.clone();
     wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
-    vm_do_ok(&any, "define", "web-1").await;
-    vm_do_ok(&any, "start", "web-1").await;
+    vm_do_ok(&any, pb::VmAction::Define, "web-1").await;
+    vm_do_ok(&any, pb::VmAction::Start, "web-1").await;
 
     libvirtd.stop();
-    let r = vm_do(&any, "destroy", "web-1").await;
+    let r = vm_do(&any, pb::VmAction::Destroy, "web-1").await;
     assert_eq!(outcome(&r), Some(CommandProgress::Failed), "{}", r.message);
     assert!(
         r.message.contains("is not reachable") && r.message.contains("is libvirtd running?"),
@@ -253,8 +258,8 @@ async fn libvirt_going_away_gives_clear_results_and_the_agent_reconnects() {
         },
     )
     .await;
-    vm_do_ok(&any, "define", "web-1").await;
-    let r = vm_do(&any, "start", "web-1").await;
+    vm_do_ok(&any, pb::VmAction::Define, "web-1").await;
+    let r = vm_do(&any, pb::VmAction::Start, "web-1").await;
     assert_eq!(
         outcome(&r),
         Some(CommandProgress::Succeeded),
@@ -304,8 +309,8 @@ async fn a_cut_off_agent_fences_and_its_host_goes_down_only_after_lease_plus_mar
     );
     let any = addrs[0].clone();
     wait_host(&any, "a-h1", HostState::Up, Duration::from_secs(10)).await;
-    vm_do_ok(&any, "define", "web-1").await;
-    vm_do_ok(&any, "start", "web-1").await;
+    vm_do_ok(&any, pb::VmAction::Define, "web-1").await;
+    vm_do_ok(&any, pb::VmAction::Start, "web-1").await;
 
     let cut = Instant::now();
     lab.isolate("agent-a").unwrap();

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
+use orchestrator::pb;
 
 fn guest_image() -> chaos::guest::GuestImage {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrodr-guest");
@@ -97,14 +98,14 @@ async fn the_agent_runs_the_probe_guest_adopts_it_and_fences_it_when_cut_off() {
     .await;
 
     // Define and start the probe guest; the cluster sees it running; it writes records.
-    let r = vm_do(&any, "define", &vm).await;
+    let r = vm_do(&any, pb::VmAction::Define, &vm).await;
     assert_eq!(
         outcome(&r),
         Some(lab::states::CommandProgress::Succeeded),
         "{}",
         r.message
     );
-    let r = vm_do(&any, "start", &vm).await;
+    let r = vm_do(&any, pb::VmAction::Start, &vm).await;
     assert_eq!(
         outcome(&r),
         Some(lab::states::CommandProgress::Succeeded),

@@ -276,6 +276,33 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // Enum values this node does not know (a newer client, or none set): refused, and
+    // told which values there are.
+    for action in [0, 99] {
+        let e = op
+            .vm_action(pb::VmActionRequest {
+                vm: "web-1".into(),
+                action,
+                actor: "t".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("use define, start"), "{}", e.message());
+    }
+    for format in [0, 99] {
+        let e = op
+            .get_report(pb::GetReportRequest { op: 1, format })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains("use json, html, text or csv"),
+            "{}",
+            e.message()
+        );
+    }
 
     // Unknown ids.
     let e = op
@@ -384,15 +411,15 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     for msg in [
         pb::RaftMessage {
             format: orchestrator::network::WIRE_FORMAT,
-            json: b"{not json".to_vec(),
+            payload: b"{not json".to_vec(),
         },
         pb::RaftMessage {
             format: 99,
-            json: b"{}".to_vec(),
+            payload: b"{}".to_vec(),
         },
         pb::RaftMessage {
             format: orchestrator::network::WIRE_FORMAT,
-            json: vec![0xff; 1000],
+            payload: vec![0xff; 1000],
         },
     ] {
         assert_eq!(

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
+use orchestrator::pb;
 use serde_json::Value;
 
 /// Two production sites with one QEMU host each and a witness; one app: the probe
@@ -153,12 +154,12 @@ async fn start_lab(prefix: &str) -> QemuLab {
     )
     .await;
 
-    for action in ["define", "start"] {
+    for action in [pb::VmAction::Define, pb::VmAction::Start] {
         let r = vm_do(&any, action, &vm).await;
         assert_eq!(
             outcome(&r),
             Some(lab::states::CommandProgress::Succeeded),
-            "{action}: {}",
+            "{action:?}: {}",
             r.message
         );
     }

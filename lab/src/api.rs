@@ -129,12 +129,17 @@ pub async fn running_vms(c: &Client) -> Result<BTreeMap<String, String>, tonic::
         .collect())
 }
 
+/// The name of a VM action for people (`start`).
+pub fn action_name(action: pb::VmAction) -> &'static str {
+    orchestrator::wire::vm_action_name(action.into()).unwrap_or("unspecified action")
+}
+
 /// Run VM `action` (define, start, …) and wait for the agent's result, at most
 /// `timeout_s`.
 pub async fn vm_action(
     c: &Client,
     vm: &str,
-    action: &str,
+    action: pb::VmAction,
     timeout_s: u32,
     actor: &str,
 ) -> Result<pb::VmActionReply, LabError> {
@@ -149,7 +154,7 @@ pub async fn vm_action(
             })
             .await
             .map_err(|s| ClientError::from_status(&c.addr, s))
-            .with_ctx(|| format!("{action} {vm}"))?;
+            .with_ctx(|| format!("{} {vm}", action_name(action)))?;
     Ok(r.into_inner())
 }
 
@@ -174,12 +179,14 @@ pub async fn start_vms(
         let (c, vm, actor) = (c.clone(), vm.clone(), actor.to_string());
         set.spawn(async move {
             let _permit = permit;
-            for action in ["define", "start"] {
+            for action in [pb::VmAction::Define, pb::VmAction::Start] {
                 let r = vm_action(&c, &vm, action, timeout_s, &actor).await?;
                 if !states::succeeded(&r) {
                     return Err(LabError::refused(format!(
-                        "{action} {vm} on {}: {}",
-                        r.host, r.message
+                        "{} {vm} on {}: {}",
+                        action_name(action),
+                        r.host,
+                        r.message
                     )));
                 }
             }

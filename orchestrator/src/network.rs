@@ -40,7 +40,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub fn encode<T: Serialize>(v: &T) -> Result<RaftMessage, serde_json::Error> {
     Ok(RaftMessage {
         format: WIRE_FORMAT,
-        json: serde_json::to_vec(v)?,
+        payload: serde_json::to_vec(v)?,
     })
 }
 
@@ -52,7 +52,7 @@ pub fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, String> {
             m.format
         ));
     }
-    serde_json::from_slice(&m.json).map_err(|e| format!("undecodable message: {e}"))
+    serde_json::from_slice(&m.payload).map_err(|e| format!("undecodable message: {e}"))
 }
 
 /// A gRPC channel to a peer's address (mutual TLS with `tls`); connects lazily and

@@ -58,12 +58,15 @@ pub async fn export(c: &Client, op: u64, dir: &Path, name: &str) -> anyhow::Resu
     let mut passed = false;
     let mut key = String::new();
     let mut paths = Vec::new();
-    for format in ["html", "json"] {
+    for (format, wire) in [
+        ("html", pb::ReportFormat::Html),
+        ("json", pb::ReportFormat::Json),
+    ] {
         let r =
             c.op.clone()
                 .get_report(pb::GetReportRequest {
                     op,
-                    format: format.into(),
+                    format: wire.into(),
                 })
                 .await
                 .with_context(|| format!("the report of op-{op}"))?

@@ -154,7 +154,7 @@ pub async fn vm_running(addr: &str, vm: &str) -> bool {
 pub const RUNNING: VmReport = VmReport::Reported(states::VmState::Running);
 
 /// Run a VM action through the API and wait for its result.
-pub async fn vm_do(addr: &str, action: &str, vm: &str) -> pb::VmActionReply {
+pub async fn vm_do(addr: &str, action: pb::VmAction, vm: &str) -> pb::VmActionReply {
     let c = Client::connect_to(addr).await.unwrap();
     lab::api::vm_action(&c, vm, action, 20, "tester@ci")
         .await
@@ -162,12 +162,12 @@ pub async fn vm_do(addr: &str, action: &str, vm: &str) -> pb::VmActionReply {
 }
 
 /// Run a VM action, which must succeed.
-pub async fn vm_do_ok(addr: &str, action: &str, vm: &str) {
+pub async fn vm_do_ok(addr: &str, action: pb::VmAction, vm: &str) {
     let r = vm_do(addr, action, vm).await;
     assert_eq!(
         outcome(&r),
         Some(CommandProgress::Succeeded),
-        "{action} {vm}: {}",
+        "{action:?} {vm}: {}",
         r.message
     );
 }

@@ -6,8 +6,40 @@ use topology::AppId;
 use crate::node::Node;
 use crate::pb::*;
 
+/// The history of every operation, one row per app, unsigned (`report list --format csv`).
+fn history(node: &Node, public_key: String) -> GetReportReply {
+    let a = node.state.read();
+    let reports: Vec<drills::Report> = a
+        .state
+        .operations
+        .keys()
+        .filter_map(|id| a.state.operation_view(*id))
+        .map(|o| crate::report::build(&a.state, &o))
+        .collect();
+    GetReportReply {
+        document: drills::history_csv(&reports),
+        public_key,
+        passed: reports.iter().all(drills::Report::passed),
+    }
+}
+
 /// The signed report of one operation, or the CSV history of every operation.
 pub fn get(node: &Node, req: &GetReportRequest) -> Result<GetReportReply, Status> {
+    use crate::pb::ReportFormat as F;
+    // The request first: a bad one is told so whatever the node's keys.
+    let format = match F::try_from(req.format).unwrap_or(F::Unspecified) {
+        F::Json => Some(drills::Format::Json),
+        F::Html => Some(drills::Format::Html),
+        F::Text => Some(drills::Format::Text),
+        F::Csv => None,
+        F::Unspecified => {
+            return Err(Status::invalid_argument(format!(
+                "unknown or missing report format (value {}): use json, html, text or csv \
+                 (is the client older than the cluster?)",
+                req.format
+            )));
+        }
+    };
     let key = node.security.signing_key.as_ref().ok_or_else(|| {
         Status::failed_precondition(format!(
             "{} has no cluster signing key, so it cannot sign reports: create one with \
@@ -17,31 +49,10 @@ pub fn get(node: &Node, req: &GetReportRequest) -> Result<GetReportReply, Status
         ))
     })?;
     let public_key = drills::public_key_hex(&key.verifying_key());
-    let a = node.state.read();
-    if req.format == "csv" {
-        let reports: Vec<drills::Report> = a
-            .state
-            .operations
-            .keys()
-            .filter_map(|id| a.state.operation_view(*id))
-            .map(|o| crate::report::build(&a.state, &o))
-            .collect();
-        return Ok(GetReportReply {
-            document: drills::history_csv(&reports),
-            public_key,
-            passed: reports.iter().all(drills::Report::passed),
-        });
-    }
-    let format = match req.format.as_str() {
-        "json" | "" => drills::Format::Json,
-        "html" => drills::Format::Html,
-        "text" => drills::Format::Text,
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "unknown report format {other:?}: use json, html, text or csv"
-            )));
-        }
+    let Some(format) = format else {
+        return Ok(history(node, public_key));
     };
+    let a = node.state.read();
     let o = a.state.operation_view(req.op).ok_or_else(|| {
         Status::not_found(format!(
             "no operation op-{} (see `metrodr report list`)",

@@ -51,7 +51,7 @@ pub use readiness::{penalty_from_wire, penalty_to_wire, readiness_from_wire, rea
 pub use schedule::{schedule_from_wire, schedule_to_wire};
 pub use states::*;
 pub use timing::{timing_from_wire, timing_to_wire};
-pub use vm::{VmReport, vm_report_from_wire, vm_report_to_wire};
+pub use vm::{VmReport, vm_action_name, vm_report_from_wire, vm_report_to_wire};
 
 /// A checked id from the wire.
 pub(crate) fn checked<T>(

@@ -60,6 +60,22 @@ pub fn vm_report_from_wire(seen: Option<Seen>) -> Result<VmReport, WireError> {
     })
 }
 
+/// The name people type and read for an operator's VM action (`metrodr vm do start`);
+/// `None` for an unspecified or unknown value.
+pub fn vm_action_name(action: i32) -> Option<&'static str> {
+    use crate::pb::VmAction as A;
+    Some(match A::try_from(action).ok()? {
+        A::Define => "define",
+        A::Start => "start",
+        A::Shutdown => "shutdown",
+        A::Destroy => "destroy",
+        A::Undefine => "undefine",
+        A::Suspend => "suspend",
+        A::Resume => "resume",
+        A::Unspecified => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -217,8 +217,9 @@ pub(super) async fn vm_action(
                 .ok_or_else(|| {
                     Status::not_found(format!("no VM {:?} is placed on any host", req.vm))
                 })?;
-            let action = match req.action.as_str() {
-                "define" => {
+            use crate::pb::VmAction as A;
+            let action = match A::try_from(req.action).unwrap_or(A::Unspecified) {
+                A::Define => {
                     let model = a.state.topology().and_then(|t| t.model.app(&app).cloned());
                     let spec = model.and_then(|m| {
                         m.vms.iter().find(|v| v.id == vm).map(|v| {
@@ -235,18 +236,20 @@ pub(super) async fn vm_action(
                         })?,
                     }
                 }
-                "start" => state::AgentAction::Start { vm: vm.clone() },
-                "shutdown" => state::AgentAction::Shutdown {
+                A::Start => state::AgentAction::Start { vm: vm.clone() },
+                A::Shutdown => state::AgentAction::Shutdown {
                     vm: vm.clone(),
                     timeout_s,
                 },
-                "destroy" => state::AgentAction::Destroy { vm: vm.clone() },
-                "undefine" => state::AgentAction::Undefine { vm: vm.clone() },
-                "suspend" => state::AgentAction::Suspend { vm: vm.clone() },
-                "resume" => state::AgentAction::Resume { vm: vm.clone() },
-                other => {
+                A::Destroy => state::AgentAction::Destroy { vm: vm.clone() },
+                A::Undefine => state::AgentAction::Undefine { vm: vm.clone() },
+                A::Suspend => state::AgentAction::Suspend { vm: vm.clone() },
+                A::Resume => state::AgentAction::Resume { vm: vm.clone() },
+                A::Unspecified => {
                     return Err(Status::invalid_argument(format!(
-                        "unknown action {other:?}: use define, start, shutdown, destroy, undefine, suspend or resume"
+                        "unknown or missing VM action (value {}): use define, start, shutdown, destroy, \
+                         undefine, suspend or resume (is the client older than the cluster?)",
+                        req.action
                     )));
                 }
             };
