@@ -88,58 +88,53 @@ impl Cx<'_> {
     }
 
     pub(super) fn site_counts(&mut self, sites: &[Site], spans: &[(Range<usize>, SiteRole)]) {
-        let prod: Vec<&Site> = sites
-            .iter()
-            .filter(|s| s.role == SiteRole::Production)
-            .collect();
-        let wit: Vec<&Site> = sites
-            .iter()
-            .filter(|s| s.role == SiteRole::Witness)
-            .collect();
-        let list = |v: &[&Site]| {
-            v.iter()
+        let rules = [
+            (
+                SiteRole::Production,
+                2,
+                "production site(s)",
+                "two",
+                "describe both data centers as `[[site]]` with `role = \"production\"` (two places, three centers)",
+            ),
+            (
+                SiteRole::Witness,
+                1,
+                "witness site(s)",
+                "one",
+                "add a small third site with `role = \"witness\"`: its Raft voter breaks ties when the two production sites cannot see each other",
+            ),
+        ];
+        for (role, wanted, what, in_words, hint) in rules {
+            let found: Vec<String> = sites
+                .iter()
+                .filter(|s| s.role == role)
                 .map(|s| format!("`{}`", s.id))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if prod.len() != 2 {
+                .collect();
+            if found.len() == wanted {
+                continue;
+            }
+            // The first site too many, else the first site of the file.
             let span = spans
                 .iter()
-                .filter(|(_, r)| *r == SiteRole::Production)
-                .nth(2)
+                .filter(|(_, r)| *r == role)
+                .nth(wanted)
                 .or_else(|| spans.first())
                 .map(|(s, _)| s.clone());
+            let named = if found.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", found.join(", "))
+            };
             self.push(
                 Diagnostic::error(
                     Code::SiteCount,
                     span.or(Some(0..0)),
                     format!(
-                        "found {} production site(s){}; metrodr needs exactly two",
-                        prod.len(),
-                        if prod.is_empty() { String::new() } else { format!(" ({})", list(&prod)) }
+                        "found {} {what}{named}; metrodr needs exactly {in_words}",
+                        found.len()
                     ),
                 )
-                .with_hint("describe both data centers as `[[site]]` with `role = \"production\"` (two places, three centers)"),
-            );
-        }
-        if wit.len() != 1 {
-            let span = spans
-                .iter()
-                .filter(|(_, r)| *r == SiteRole::Witness)
-                .nth(1)
-                .or_else(|| spans.first())
-                .map(|(s, _)| s.clone());
-            self.push(
-                Diagnostic::error(
-                    Code::SiteCount,
-                    span.or(Some(0..0)),
-                    format!(
-                        "found {} witness site(s){}; metrodr needs exactly one",
-                        wit.len(),
-                        if wit.is_empty() { String::new() } else { format!(" ({})", list(&wit)) }
-                    ),
-                )
-                .with_hint("add a small third site with `role = \"witness\"`: its Raft voter breaks ties when the two production sites cannot see each other"),
+                .with_hint(hint),
             );
         }
     }
