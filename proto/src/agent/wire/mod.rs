@@ -13,7 +13,11 @@ use crate::pb;
 use crate::pb::agent_command::Action as PbAction;
 
 pub use event::{event_from_wire, event_to_wire};
-pub use outcome::{outcome_from_wire, outcome_to_wire};
+pub use outcome::{
+    command_outcome_from_wire, command_outcome_to_wire, failure_kind_from_wire,
+    failure_kind_to_wire, outcome_from_wire, outcome_to_wire, served_from_wire, served_to_wire,
+    stopped_from_wire, stopped_to_wire,
+};
 pub use spec::{
     group_from_wire, group_to_wire, mode_from_wire, mode_to_wire, vm_spec_from_wire,
     vm_spec_to_wire,
@@ -34,6 +38,11 @@ pub enum WireError {
     UnknownEnum { what: &'static str, value: i32 },
     #[error("{what} = {value} is out of range")]
     OutOfRange { what: &'static str, value: u64 },
+    #[error("{what} is not valid: {why}")]
+    Invalid {
+        what: &'static str,
+        why: &'static str,
+    },
 }
 
 pub(crate) fn missing(what: &'static str) -> WireError {
