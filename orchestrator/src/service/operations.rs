@@ -229,3 +229,72 @@ pub async fn recover_site(
         not_up_to_date,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn req(verb: i32, site: &str) -> StartOperationRequest {
+        StartOperationRequest {
+            actor: "alice".into(),
+            verb,
+            apps: vec!["db".into()],
+            site: site.into(),
+            dry_run: true,
+        }
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_verb_is_refused_naming_the_verbs() {
+        for v in [OperationVerb::Unspecified as i32, 99] {
+            let e = trigger(&req(v, "south")).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("site-loss-drill"), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn each_verb_names_its_trigger_and_drill() {
+        let t = |v: OperationVerb, site| trigger(&req(v.into(), site)).unwrap();
+        let south = SiteId::new("south");
+        let db = vec![AppId::new("db")];
+        assert_eq!(
+            t(OperationVerb::Failover, "south"),
+            (
+                Trigger::Failover {
+                    apps: db.clone(),
+                    to: south.clone()
+                },
+                None
+            )
+        );
+        assert_eq!(
+            t(OperationVerb::SwitchoverDrill, "south"),
+            (
+                Trigger::Switchover {
+                    apps: db.clone(),
+                    to: south.clone()
+                },
+                Some(planner::DrillKind::Switchover)
+            )
+        );
+        assert_eq!(
+            t(OperationVerb::SiteLossDrill, "south"),
+            (
+                Trigger::SiteLost {
+                    site: south.clone()
+                },
+                Some(planner::DrillKind::SiteLoss)
+            )
+        );
+        assert_eq!(
+            t(OperationVerb::TestDrill, ""),
+            (Trigger::TestDrill { apps: db, to: None }, None)
+        );
+        let e = trigger(&req(OperationVerb::Switchover.into(), " ")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "switchover needs a site (--to SITE)");
+    }
+}
