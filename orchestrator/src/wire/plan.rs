@@ -5,7 +5,7 @@
 //! Never: decode a bad id or enum into a value (every one is a `WireError`), or panic
 //! on what the wire carries.
 
-use proto::agent::wire::{vm_spec_from_wire, vm_spec_to_wire};
+use proto::agent::wire::{port, vm_spec_from_wire, vm_spec_to_wire};
 use topology::spec::VmSpec;
 use topology::{AppId, HostId, VmId, VolumeId};
 
@@ -78,13 +78,7 @@ pub(super) fn vm_ports_to_wire(v: &[(VmId, u16)]) -> Vec<pb::VmPort> {
 
 pub(super) fn vm_ports_from_wire(v: Vec<pb::VmPort>) -> Result<Vec<(VmId, u16)>, WireError> {
     v.into_iter()
-        .map(|p| {
-            let port = u16::try_from(p.port).map_err(|_| WireError::OutOfRange {
-                what: "a VM's port",
-                value: u64::from(p.port),
-            })?;
-            Ok((vm(p.vm)?, port))
-        })
+        .map(|p| Ok((vm(p.vm)?, port("a VM's port", p.port)?)))
         .collect()
 }
 

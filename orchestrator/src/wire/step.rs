@@ -4,7 +4,7 @@
 //!
 //! Never: decode a bad id or enum into a value, or panic on what the wire carries.
 
-use proto::agent::wire::{group_from_wire, group_to_wire};
+use proto::agent::wire::{group_from_wire, group_to_wire, port};
 use topology::{HostId, Probe};
 
 use super::WireError;
@@ -65,10 +65,7 @@ pub fn planned_probe_from_wire(p: pb::PlannedProbe) -> Result<PlannedProbe, Wire
         },
         P::Tcp(x) => Probe::Tcp {
             vm: vm(x.vm)?,
-            port: u16::try_from(x.port).map_err(|_| WireError::OutOfRange {
-                what: "the tcp probe's port",
-                value: u64::from(x.port),
-            })?,
+            port: port("the tcp probe's port", x.port)?,
             timeout_s: x.timeout_s,
             address: x.address,
         },

@@ -73,7 +73,8 @@ pub(crate) fn app_id(s: String) -> Result<AppId, WireError> {
     checked("app", s, AppId::new)
 }
 
-pub(crate) fn port(what: &'static str, p: u32) -> Result<u16, WireError> {
+/// A port from the wire: in range for a `u16`.
+pub fn port(what: &'static str, p: u32) -> Result<u16, WireError> {
     u16::try_from(p).map_err(|_| WireError::OutOfRange {
         what,
         value: u64::from(p),
