@@ -8,6 +8,8 @@ const PROTOS: &[&str] = &[
     "spec.proto",
     "state.proto",
     "audit.proto",
+    "plan.proto",
+    "operation.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -184,13 +184,13 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
             if apps.is_empty() {
                 bail!("name the apps to drill (--apps A B …) or --all");
             }
-            ("test-drill", apps, to)
+            (pb::OperationVerb::TestDrill, apps, to)
         }
         DrillKindArg::Switchover => {
             if apps.is_empty() || to.is_empty() {
                 bail!("a switchover drill needs the apps (--apps … or --all) and --to SITE");
             }
-            ("switchover-drill", apps, to)
+            (pb::OperationVerb::SwitchoverDrill, apps, to)
         }
         DrillKindArg::SiteLoss => {
             if to.is_empty() {
@@ -202,7 +202,7 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
                      Add --yes to go ahead (or --dry-run to see the plan)"
                 );
             }
-            ("site-loss-drill", Vec::new(), to)
+            (pb::OperationVerb::SiteLossDrill, Vec::new(), to)
         }
     };
     let first = crate::op_cmd::start_op(verb, apps.clone(), site, a.run, c, out).await?;
@@ -234,8 +234,15 @@ async fn run(a: DrillRunArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<Ex
         if out == Output::Table {
             outln!("and back to {home}:");
         }
-        if let Some((back, c2)) =
-            crate::op_cmd::start_op("switchover-drill", apps, home, a.run, c, out).await?
+        if let Some((back, c2)) = crate::op_cmd::start_op(
+            pb::OperationVerb::SwitchoverDrill,
+            apps,
+            home,
+            a.run,
+            c,
+            out,
+        )
+        .await?
         {
             last = back;
             code = c2;
@@ -358,9 +365,11 @@ async fn operations(c: &ClusterArgs, limit: u32) -> anyhow::Result<Vec<Operation
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
-    r.operations_json
-        .iter()
-        .map(|j| serde_json::from_str(j).context("an operation from the cluster"))
+    r.operations
+        .into_iter()
+        .map(|o| {
+            orchestrator::wire::operation_from_wire(o).context("an operation from the cluster")
+        })
         .collect()
 }
 

@@ -18,6 +18,7 @@ mod volume_cmd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use orchestrator::pb::OperationVerb as Verb;
 
 use output::Output;
 
@@ -211,13 +212,13 @@ fn main() -> ExitCode {
         Command::Site(SiteCmd::Recover { site }) => block_on(op_cmd::recover(site, c, out)),
         Command::Site(SiteCmd::Fail(a)) => block_on(op_cmd::site_fail(a, c, out)),
         Command::App(AppCmd::Failover(a)) => {
-            block_on(op_cmd::start("failover", a.apps, a.to, a.run, c, out))
+            block_on(op_cmd::start(Verb::Failover, a.apps, a.to, a.run, c, out))
         }
         Command::App(AppCmd::Switchover(a)) => {
-            block_on(op_cmd::start("switchover", a.apps, a.to, a.run, c, out))
+            block_on(op_cmd::start(Verb::Switchover, a.apps, a.to, a.run, c, out))
         }
         Command::App(AppCmd::Failback(a)) => block_on(op_cmd::start(
-            "failback",
+            Verb::Failback,
             a.apps,
             String::new(),
             a.run,

@@ -97,7 +97,7 @@ pub fn status_err(addr: &str, e: tonic::Status) -> anyhow::Error {
 
 /// Plan and begin (or dry-run) a verb, then follow it.
 pub async fn start(
-    verb: &str,
+    verb: pb::OperationVerb,
     apps: Vec<String>,
     site: String,
     run: RunArgs,
@@ -113,7 +113,15 @@ pub async fn start(
 /// reaches the only voter, wait until it leads alone, then declare the loss as usual.
 pub async fn site_fail(a: SiteFailArgs, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     if !a.force {
-        return start("site-fail", Vec::new(), a.site, a.run, c, out).await;
+        return start(
+            pb::OperationVerb::SiteFail,
+            Vec::new(),
+            a.site,
+            a.run,
+            c,
+            out,
+        )
+        .await;
     }
     if a.run.dry_run {
         bail!(
@@ -167,13 +175,21 @@ pub async fn site_fail(a: SiteFailArgs, c: &ClusterArgs, out: Output) -> anyhow:
         cluster: addr,
         ..c.clone()
     };
-    start("site-fail", Vec::new(), a.site, a.run, &at_survivor, out).await
+    start(
+        pb::OperationVerb::SiteFail,
+        Vec::new(),
+        a.site,
+        a.run,
+        &at_survivor,
+        out,
+    )
+    .await
 }
 
 /// [`start`], returning the operation begun and how following it ended (None for a
 /// dry run or `--no-wait`).
 pub async fn start_op(
-    verb: &str,
+    verb: pb::OperationVerb,
     apps: Vec<String>,
     site: String,
     run: RunArgs,
@@ -193,7 +209,11 @@ pub async fn start_op(
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
-    let plan: Plan = serde_json::from_str(&r.plan_json).context("the plan from the cluster")?;
+    let plan: Plan = orchestrator::wire::plan_from_wire(
+        r.plan
+            .context("the cluster's reply carries no plan (a node of another metrodr version?)")?,
+    )
+    .context("the plan from the cluster")?;
     if run.dry_run {
         match out {
             Output::Json => print_json(&plan)?,
@@ -269,9 +289,9 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
                 .map_err(|e| status_err(&client.addr, e))?
                 .into_inner();
             let ops: Vec<Operation> = r
-                .operations_json
-                .iter()
-                .map(|j| serde_json::from_str(j))
+                .operations
+                .into_iter()
+                .map(orchestrator::wire::operation_from_wire)
                 .collect::<Result<_, _>>()
                 .context("operations from the cluster")?;
             match out {
@@ -334,7 +354,12 @@ async fn get(client: &Client, id: u64) -> anyhow::Result<Operation> {
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
-    serde_json::from_str(&r.operation_json).context("the operation from the cluster")
+    orchestrator::wire::operation_from_wire(
+        r.operation.context(
+            "the cluster's reply carries no operation (a node of another metrodr version?)",
+        )?,
+    )
+    .context("the operation from the cluster")
 }
 
 /// How far an operation is: apps done (healthy or failed) of the apps it moves, and

@@ -12,6 +12,7 @@ use std::time::Duration;
 use orchestrator::client::{Client, ClientError, Dialer};
 use orchestrator::pb;
 use orchestrator::state::Operation;
+use orchestrator::wire::{WireError, operation_from_wire};
 
 use crate::error::{Context, LabError};
 use crate::states;
@@ -254,9 +255,9 @@ pub async fn operations_limit(c: &Client, limit: u32) -> Vec<Operation> {
         return Vec::new();
     };
     r.into_inner()
-        .operations_json
-        .iter()
-        .filter_map(|j| serde_json::from_str(j).ok())
+        .operations
+        .into_iter()
+        .filter_map(|o| decoded(operation_from_wire(o)))
         .collect()
 }
 
@@ -267,7 +268,14 @@ pub async fn operation(c: &Client, op: u64) -> Option<Operation> {
             .get_operation(pb::GetOperationRequest { op })
             .await
             .ok()?;
-    serde_json::from_str(&r.into_inner().operation_json).ok()
+    decoded(operation_from_wire(r.into_inner().operation?))
+}
+
+/// An operation a node sent, or None (said on stderr: a node that sends one this lab
+/// cannot read runs another metrodr version, and every wait on it would time out).
+fn decoded(o: Result<Operation, WireError>) -> Option<Operation> {
+    o.inspect_err(|e| eprintln!("lab: an operation from the cluster cannot be read: {e}"))
+        .ok()
 }
 
 /// Where each app is active now.

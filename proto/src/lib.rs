@@ -1,6 +1,7 @@
 //! # proto — metrodr's gRPC contract
 //!
-//! Generated code for `metrodr.proto`, `agent.proto` and `spec.proto` (services
+//! Generated code for `metrodr.proto` and the files it imports (`agent.proto`,
+//! `spec.proto`, `state.proto`, `audit.proto`, `plan.proto`, `operation.proto`; services
 //! Cluster, Operator, Agent), and the typed Rust forms of the agent protocol
 //! ([`agent`]) with their conversions. The orchestrator serves the services; agents and
 //! the CLI are its clients. The contract is the only thing orchestrator and agents

@@ -74,7 +74,7 @@ pub struct Followed {
     /// When the bench first saw the operation and saw it ended (ms after T0).
     pub seen_ms: i64,
     pub seen_done_ms: i64,
-    /// The bench's reads of the running operation: each serializes all of it on the
+    /// The bench's reads of the running operation: each encodes all of it on the
     /// answering node under the state's read lock, holding off applying entries.
     pub reads: u32,
     pub read_time: Duration,
@@ -111,7 +111,12 @@ pub async fn follow(addrs: &[String], n: usize, t0: u64, deadline: Duration) -> 
         };
         f.reads += 1;
         f.read_time += t.elapsed();
-        let o: Operation = serde_json::from_str(&r.into_inner().operation_json).unwrap();
+        let o: Operation = r
+            .into_inner()
+            .operation
+            .map(orchestrator::wire::operation_from_wire)
+            .expect("the reply carries the operation")
+            .expect("the operation from the cluster decodes");
         if o.status != OpStatus::Running {
             f.seen_done_ms = since_t0();
             f.record = Some(o);

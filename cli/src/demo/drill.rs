@@ -106,7 +106,7 @@ pub async fn test_drill(
         c.op.clone()
             .start_operation(pb::StartOperationRequest {
                 actor: "demo-operator".into(),
-                verb: "test-drill".into(),
+                verb: pb::OperationVerb::TestDrill.into(),
                 apps,
                 site: String::new(),
                 dry_run: false,

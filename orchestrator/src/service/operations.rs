@@ -10,39 +10,64 @@ use crate::pb::*;
 use crate::planner::{self, Trigger};
 use crate::state::{self, Command, OpId, Outcome, SiteState};
 
-fn json<T: serde::Serialize>(v: &T) -> Result<String, Status> {
-    serde_json::to_string(v).map_err(|e| Status::internal(format!("cannot encode: {e}")))
+/// The verb as the CLI spells it, for messages.
+fn verb_name(v: OperationVerb) -> &'static str {
+    match v {
+        OperationVerb::Unspecified => "an unspecified verb",
+        OperationVerb::Failover => "failover",
+        OperationVerb::Switchover => "switchover",
+        OperationVerb::Failback => "failback",
+        OperationVerb::SiteFail => "site-fail",
+        OperationVerb::TestDrill => "test-drill",
+        OperationVerb::SwitchoverDrill => "switchover-drill",
+        OperationVerb::SiteLossDrill => "site-loss-drill",
+    }
 }
 
-/// The trigger an operator's verb names.
-fn trigger(req: &StartOperationRequest) -> Result<Trigger, Status> {
+/// The trigger an operator's verb names, and the kind of drill it runs as (if any).
+fn trigger(req: &StartOperationRequest) -> Result<(Trigger, Option<planner::DrillKind>), Status> {
+    let Ok(verb) = OperationVerb::try_from(req.verb) else {
+        return Err(unknown_verb(req.verb));
+    };
     let apps: Vec<AppId> = req.apps.iter().map(|a| AppId::new(a.as_str())).collect();
     let site = || -> Result<SiteId, Status> {
         if req.site.trim().is_empty() {
             return Err(Status::invalid_argument(format!(
                 "{} needs a site (--to SITE)",
-                req.verb
+                verb_name(verb)
             )));
         }
         Ok(SiteId::new(req.site.trim()))
     };
-    Ok(match req.verb.as_str() {
-        "failover" => Trigger::Failover { apps, to: site()? },
-        "switchover" => Trigger::Switchover { apps, to: site()? },
-        "failback" => Trigger::Failback { apps },
-        "site-fail" | "site-loss-drill" => Trigger::SiteLost { site: site()? },
-        "test-drill" => Trigger::TestDrill {
-            apps,
-            to: (!req.site.trim().is_empty()).then(|| SiteId::new(req.site.trim())),
-        },
-        "switchover-drill" => Trigger::Switchover { apps, to: site()? },
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "unknown verb {other:?}: use failover, switchover, failback, site-fail, \
-                 test-drill, switchover-drill or site-loss-drill"
-            )));
-        }
+    Ok(match verb {
+        OperationVerb::Failover => (Trigger::Failover { apps, to: site()? }, None),
+        OperationVerb::Switchover => (Trigger::Switchover { apps, to: site()? }, None),
+        OperationVerb::Failback => (Trigger::Failback { apps }, None),
+        OperationVerb::SiteFail => (Trigger::SiteLost { site: site()? }, None),
+        OperationVerb::SiteLossDrill => (
+            Trigger::SiteLost { site: site()? },
+            Some(planner::DrillKind::SiteLoss),
+        ),
+        OperationVerb::TestDrill => (
+            Trigger::TestDrill {
+                apps,
+                to: (!req.site.trim().is_empty()).then(|| SiteId::new(req.site.trim())),
+            },
+            None,
+        ),
+        OperationVerb::SwitchoverDrill => (
+            Trigger::Switchover { apps, to: site()? },
+            Some(planner::DrillKind::Switchover),
+        ),
+        OperationVerb::Unspecified => return Err(unknown_verb(req.verb)),
     })
+}
+
+fn unknown_verb(v: i32) -> Status {
+    Status::invalid_argument(format!(
+        "the request names no verb this node knows (value {v}): use failover, switchover, \
+         failback, site-fail, test-drill, switchover-drill or site-loss-drill"
+    ))
 }
 
 pub async fn start(
@@ -50,19 +75,17 @@ pub async fn start(
     actor: String,
     req: StartOperationRequest,
 ) -> Result<StartOperationReply, Status> {
-    let t = trigger(&req)?;
+    let (t, drill) = trigger(&req)?;
     let mut plan = {
         let a = node.state.read();
         planner::plan(&a.state, &t).map_err(|e| Status::failed_precondition(e.to_string()))?
     };
-    match req.verb.as_str() {
-        "switchover-drill" => plan.drill = Some(planner::DrillKind::Switchover),
-        "site-loss-drill" => plan.drill = Some(planner::DrillKind::SiteLoss),
-        _ => {}
+    if drill.is_some() {
+        plan.drill = drill;
     }
-    let plan_json = json(&plan)?;
+    let sent = Some(crate::wire::plan_to_wire(&plan));
     if req.dry_run {
-        return Ok(StartOperationReply { op: 0, plan_json });
+        return Ok(StartOperationReply { op: 0, plan: sent });
     }
     if plan.is_empty() {
         let why = plan
@@ -115,7 +138,7 @@ pub async fn start(
             w.outcome
         )));
     };
-    Ok(StartOperationReply { op, plan_json })
+    Ok(StartOperationReply { op, plan: sent })
 }
 
 pub fn get(node: &Node, req: &GetOperationRequest) -> Result<OperationReply, Status> {
@@ -131,7 +154,7 @@ pub fn get(node: &Node, req: &GetOperationRequest) -> Result<OperationReply, Sta
         .topology()
         .map(|t| crate::wire::timing_to_wire(&t.model.timing));
     Ok(OperationReply {
-        operation_json: json(&op)?,
+        operation: Some(crate::wire::operation_to_wire(&op)),
         timing,
     })
 }
@@ -143,16 +166,16 @@ pub fn list(node: &Node, req: &ListOperationsRequest) -> Result<ListOperationsRe
         req.limit as usize
     };
     let a = node.state.read();
-    let operations_json = a
+    let operations = a
         .state
         .operations
         .keys()
         .rev()
         .take(limit)
         .filter_map(|id| a.state.operation_view(*id))
-        .map(|o| json(&o))
-        .collect::<Result<_, _>>()?;
-    Ok(ListOperationsReply { operations_json })
+        .map(|o| crate::wire::operation_to_wire(&o))
+        .collect();
+    Ok(ListOperationsReply { operations })
 }
 
 pub async fn approve(
@@ -205,4 +228,73 @@ pub async fn recover_site(
         audit_seq: w.audit_seq,
         not_up_to_date,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn req(verb: i32, site: &str) -> StartOperationRequest {
+        StartOperationRequest {
+            actor: "alice".into(),
+            verb,
+            apps: vec!["db".into()],
+            site: site.into(),
+            dry_run: true,
+        }
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_verb_is_refused_naming_the_verbs() {
+        for v in [OperationVerb::Unspecified as i32, 99] {
+            let e = trigger(&req(v, "south")).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("site-loss-drill"), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn each_verb_names_its_trigger_and_drill() {
+        let t = |v: OperationVerb, site| trigger(&req(v.into(), site)).unwrap();
+        let south = SiteId::new("south");
+        let db = vec![AppId::new("db")];
+        assert_eq!(
+            t(OperationVerb::Failover, "south"),
+            (
+                Trigger::Failover {
+                    apps: db.clone(),
+                    to: south.clone()
+                },
+                None
+            )
+        );
+        assert_eq!(
+            t(OperationVerb::SwitchoverDrill, "south"),
+            (
+                Trigger::Switchover {
+                    apps: db.clone(),
+                    to: south.clone()
+                },
+                Some(planner::DrillKind::Switchover)
+            )
+        );
+        assert_eq!(
+            t(OperationVerb::SiteLossDrill, "south"),
+            (
+                Trigger::SiteLost {
+                    site: south.clone()
+                },
+                Some(planner::DrillKind::SiteLoss)
+            )
+        );
+        assert_eq!(
+            t(OperationVerb::TestDrill, ""),
+            (Trigger::TestDrill { apps: db, to: None }, None)
+        );
+        let e = trigger(&req(OperationVerb::Switchover.into(), " ")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "switchover needs a site (--to SITE)");
+    }
 }

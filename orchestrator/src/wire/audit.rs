@@ -13,35 +13,39 @@ use crate::pb;
 use crate::pb::audit_event::Event as E;
 use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, StepAt, StepKind, VmStateChange};
 
-fn s<T: ToString>(v: &T) -> String {
+pub(super) fn s<T: ToString>(v: &T) -> String {
     v.to_string()
 }
 
-fn strs<T: ToString>(v: &[T]) -> Vec<String> {
+pub(super) fn strs<T: ToString>(v: &[T]) -> Vec<String> {
     v.iter().map(ToString::to_string).collect()
 }
 
-fn ids<T>(what: &'static str, v: Vec<String>, make: fn(String) -> T) -> Result<Vec<T>, WireError> {
+pub(super) fn ids<T>(
+    what: &'static str,
+    v: Vec<String>,
+    make: fn(String) -> T,
+) -> Result<Vec<T>, WireError> {
     v.into_iter().map(|x| id(what, x, make)).collect()
 }
 
-fn app(v: String) -> Result<AppId, WireError> {
+pub(super) fn app(v: String) -> Result<AppId, WireError> {
     id("app", v, AppId::new)
 }
-fn site(v: String) -> Result<SiteId, WireError> {
+pub(super) fn site(v: String) -> Result<SiteId, WireError> {
     id("site", v, SiteId::new)
 }
-fn host(v: String) -> Result<HostId, WireError> {
+pub(super) fn host(v: String) -> Result<HostId, WireError> {
     id("host", v, HostId::new)
 }
-fn vm(v: String) -> Result<VmId, WireError> {
+pub(super) fn vm(v: String) -> Result<VmId, WireError> {
     id("vm", v, VmId::new)
 }
-fn volume(v: String) -> Result<VolumeId, WireError> {
+pub(super) fn volume(v: String) -> Result<VolumeId, WireError> {
     id("volume", v, VolumeId::new)
 }
 
-fn step_at_to_wire(at: &StepAt) -> pb::StepAt {
+pub(super) fn step_at_to_wire(at: &StepAt) -> pb::StepAt {
     use pb::step_at::Part;
     let part = match at {
         StepAt::App { app, index } => Part::App(pb::AppStepAt {
@@ -54,7 +58,7 @@ fn step_at_to_wire(at: &StepAt) -> pb::StepAt {
     pb::StepAt { part: Some(part) }
 }
 
-fn step_at_from_wire(at: Option<pb::StepAt>) -> Result<StepAt, WireError> {
+pub(super) fn step_at_from_wire(at: Option<pb::StepAt>) -> Result<StepAt, WireError> {
     use pb::step_at::Part;
     match at.and_then(|a| a.part) {
         Some(Part::App(x)) => Ok(StepAt::App {

@@ -1,6 +1,7 @@
 //! Between the orchestrator's typed records and the protobuf messages of the operator
-//! API: record states as enums, typed audit events, readiness, drill schedules, the
-//! timing table. Server and clients (the CLI, the lab) both use these conversions, so
+//! API: record states as enums, typed audit events, plans (with their steps and skip
+//! reasons), operations (with their steps' typed outcomes and failures), readiness,
+//! drill schedules, the timing table. Server and clients (the CLI, the lab) both use these conversions, so
 //! nobody parses the other side's prose. Decoding checks every id and enum value and
 //! says what is wrong; it never panics.
 
@@ -34,9 +35,16 @@ macro_rules! both_ways {
 mod app;
 mod audit;
 mod cluster;
+mod operation;
+mod outcome;
+mod plan;
 mod readiness;
 mod schedule;
+mod skip;
 mod states;
+mod step;
+#[cfg(test)]
+mod tests;
 mod timing;
 mod vm;
 
@@ -46,10 +54,28 @@ pub use app::{
 };
 pub use audit::{audit_event_from_wire, audit_event_to_wire};
 pub use cluster::{RaftRole, raft_role_from_wire, raft_role_to_wire};
+pub use operation::{
+    failure_reason_from_wire, failure_reason_to_wire, operation_from_wire, operation_to_wire,
+    reject_kind_from_wire, reject_kind_to_wire, step_from_wire, step_kind_from_wire,
+    step_kind_to_wire, step_result_from_wire, step_result_to_wire, step_to_wire,
+};
+pub use outcome::{
+    production_change_from_wire, production_change_to_wire, production_from_wire,
+    production_to_wire, step_outcome_from_wire, step_outcome_to_wire, vm_stop_from_wire,
+    vm_stop_to_wire,
+};
+pub use plan::{
+    drill_kind_from_wire, drill_kind_to_wire, plan_from_wire, plan_to_wire, trigger_from_wire,
+    trigger_to_wire,
+};
 pub use proto::agent::wire::WireError;
 pub use readiness::{penalty_from_wire, penalty_to_wire, readiness_from_wire, readiness_to_wire};
 pub use schedule::{schedule_from_wire, schedule_to_wire};
+pub use skip::{skip_reason_from_wire, skip_reason_to_wire};
 pub use states::*;
+pub use step::{
+    planned_probe_from_wire, planned_probe_to_wire, planned_step_from_wire, planned_step_to_wire,
+};
 pub use timing::{timing_from_wire, timing_to_wire};
 pub use vm::{VmReport, vm_action_name, vm_report_from_wire, vm_report_to_wire};
 

@@ -13,7 +13,11 @@ use crate::pb;
 use crate::pb::agent_command::Action as PbAction;
 
 pub use event::{event_from_wire, event_to_wire};
-pub use outcome::{outcome_from_wire, outcome_to_wire};
+pub use outcome::{
+    command_outcome_from_wire, command_outcome_to_wire, failure_kind_from_wire,
+    failure_kind_to_wire, outcome_from_wire, outcome_to_wire, served_from_wire, served_to_wire,
+    stopped_from_wire, stopped_to_wire,
+};
 pub use spec::{
     group_from_wire, group_to_wire, mode_from_wire, mode_to_wire, vm_spec_from_wire,
     vm_spec_to_wire,
@@ -34,6 +38,11 @@ pub enum WireError {
     UnknownEnum { what: &'static str, value: i32 },
     #[error("{what} = {value} is out of range")]
     OutOfRange { what: &'static str, value: u64 },
+    #[error("{what} is not valid: {why}")]
+    Invalid {
+        what: &'static str,
+        why: &'static str,
+    },
 }
 
 pub(crate) fn missing(what: &'static str) -> WireError {
@@ -64,7 +73,8 @@ pub(crate) fn app_id(s: String) -> Result<AppId, WireError> {
     checked("app", s, AppId::new)
 }
 
-pub(crate) fn port(what: &'static str, p: u32) -> Result<u16, WireError> {
+/// A port from the wire: in range for a `u16`.
+pub fn port(what: &'static str, p: u32) -> Result<u16, WireError> {
     u16::try_from(p).map_err(|_| WireError::OutOfRange {
         what,
         value: u64::from(p),
