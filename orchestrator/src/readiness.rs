@@ -8,6 +8,7 @@
 use serde::{Serialize, Serializer};
 use topology::{AppId, SiteId, VolumeId};
 
+use crate::plan::SkipReason;
 use crate::planner::{self, Trigger};
 use crate::state::{ClusterState, DataState, OpId, OpKind, OpStatus};
 
@@ -59,7 +60,7 @@ pub enum Penalty {
     /// `volume` has no replica at `site`.
     NoReplica { volume: VolumeId, site: SiteId },
     /// A failover now would skip it, for the planner's reason.
-    WouldSkip { reason: String },
+    WouldSkip { reason: SkipReason },
     /// No failover plan can be made (the planner's error).
     NoPlan { error: String },
     /// No successful test drill ever.
@@ -162,7 +163,7 @@ pub fn assess(state: &ClusterState, apps: &[AppId], now_ms: u64) -> Vec<Readines
                     .filter(|s| &s.app == id && !s.reason.is_replica_state())
                 {
                     penalties.push(Penalty::WouldSkip {
-                        reason: s.reason.to_string(),
+                        reason: s.reason.clone(),
                     });
                 }
             }
@@ -381,14 +382,13 @@ mod tests {
         south_is(&mut s, 5, DataState::UpToDate);
         let r = db(&s, 10);
         assert_eq!(r.score, 50, "{r:?}");
-        let skipped = crate::plan::SkipReason::ReplicaHostDown {
+        let skipped = SkipReason::ReplicaHostDown {
             host: HostId::new(host.as_str()),
             site: SiteId::new("south"),
         };
         assert!(
-            r.penalties.contains(&Penalty::WouldSkip {
-                reason: skipped.to_string()
-            }),
+            r.penalties
+                .contains(&Penalty::WouldSkip { reason: skipped }),
             "{r:?}"
         );
     }

@@ -13,6 +13,7 @@ use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use super::{AgentEvent, CommandId, DataState, Epoch, HostState, Issuer, LinkReport, OpId};
 use super::{AppState, OpKind, OpStatus, SiteState, StepAt, StepKind, VmState};
+use crate::plan::Skip;
 
 /// Most commands or results an event lists one by one (the rest are counted).
 pub const MAX_LISTED: usize = 10;
@@ -75,7 +76,7 @@ pub enum AuditEvent {
         /// Waves of the plan it executes (0: an operation recorded by hand).
         waves: u32,
         /// Apps the plan leaves alone, with why.
-        skipped: Vec<(AppId, String)>,
+        skipped: Vec<Skip>,
     },
     /// Step `index` of the operation's saga log began: the planned step at `at`, of
     /// `kind`. `again`: a new leader resumes it (its earlier run never finished).
@@ -318,8 +319,8 @@ impl fmt::Display for AuditEvent {
                         "{op} {kind:?} ({note}) of [{}] in {waves} wave(s)",
                         list(apps)
                     )?;
-                    for (app, why) in skipped {
-                        write!(f, "; {app} skipped: {why}")?;
+                    for Skip { app, reason } in skipped {
+                        write!(f, "; {app} skipped: {reason}")?;
                     }
                     Ok(())
                 }

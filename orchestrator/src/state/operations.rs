@@ -138,11 +138,7 @@ impl ClusterState {
                 apps,
                 note,
                 waves: u32::try_from(plan.waves.len()).unwrap_or(u32::MAX),
-                skipped: plan
-                    .skipped
-                    .iter()
-                    .map(|s| (s.app.clone(), s.reason.to_string()))
-                    .collect(),
+                skipped: plan.skipped.clone(),
             },
             Outcome::Operation(OpId(id)),
         ))

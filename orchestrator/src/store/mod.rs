@@ -38,7 +38,9 @@ pub use sm::{SharedState, StateMachineStore};
 /// interruption steps), skipped apps a typed reason; a step record names its place in
 /// the plan and ends with a typed outcome or failure; audit entries carry a typed
 /// event (audit v2).
-pub const FORMAT_VERSION: u64 = 2;
+/// 3 (2026-12): an `op.start` audit event names each skipped app's reason by its typed
+/// `SkipReason`, not its text.
+pub const FORMAT_VERSION: u64 = 3;
 
 pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";

@@ -8,6 +8,7 @@ use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use super::WireError;
 use super::checked as id;
+use super::skip::{skip_from_wire, skip_to_wire};
 use super::states::*;
 use crate::pb;
 use crate::pb::audit_event::Event as E;
@@ -180,13 +181,7 @@ pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
             apps: strs(apps),
             note: note.clone(),
             waves: *waves,
-            skipped: skipped
-                .iter()
-                .map(|(a, r)| pb::SkippedApp {
-                    app: s(a),
-                    reason: r.clone(),
-                })
-                .collect(),
+            skipped: skipped.iter().map(skip_to_wire).collect(),
         }),
         AuditEvent::StepStarted {
             op,
@@ -439,7 +434,7 @@ pub fn audit_event_from_wire(e: pb::AuditEvent) -> Result<AuditEvent, WireError>
             skipped: o
                 .skipped
                 .into_iter()
-                .map(|x| Ok((app(x.app)?, x.reason)))
+                .map(skip_from_wire)
                 .collect::<Result<_, WireError>>()?,
         },
         E::StepStarted(x) => AuditEvent::StepStarted {
@@ -644,7 +639,15 @@ mod tests {
                 apps: vec![a.clone()],
                 note: "site north lost".into(),
                 waves: 2,
-                skipped: vec![(AppId::new("mail"), "no room".into())],
+                skipped: vec![crate::plan::Skip {
+                    app: AppId::new("mail"),
+                    reason: crate::plan::SkipReason::NoRoom {
+                        site: SiteId::new("south"),
+                        vm: VmId::new("mail-1"),
+                        vcpus: 4,
+                        memory: topology::ByteSize(8 << 30),
+                    },
+                }],
             },
             AuditEvent::StepStarted {
                 op: OpId(7),

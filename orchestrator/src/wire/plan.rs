@@ -11,12 +11,12 @@ use topology::{AppId, HostId, VmId, VolumeId};
 
 use super::WireError;
 use super::audit::{app, host, ids, s, site, strs, vm, volume};
-use super::skip::{skip_reason_from_wire, skip_reason_to_wire};
+use super::skip::{skip_from_wire, skip_to_wire};
 use super::states::{op_kind_from_wire, op_kind_to_wire};
 use super::step::{planned_step_from_wire, planned_step_to_wire};
 use crate::pb;
 use crate::pb::trigger::Kind as T;
-use crate::plan::{AppMove, DrillKind, Plan, PlannedStep, Skip, Trigger, Wave};
+use crate::plan::{AppMove, DrillKind, Plan, PlannedStep, Trigger, Wave};
 use crate::records::{Epoch, Promotion};
 
 both_ways!(
@@ -214,14 +214,7 @@ pub fn plan_to_wire(p: &Plan) -> pb::Plan {
                 apps: w.apps.iter().map(app_move_to_wire).collect(),
             })
             .collect(),
-        skipped: p
-            .skipped
-            .iter()
-            .map(|k| pb::Skip {
-                app: s(&k.app),
-                reason: Some(skip_reason_to_wire(&k.reason)),
-            })
-            .collect(),
+        skipped: p.skipped.iter().map(skip_to_wire).collect(),
         drill: p.drill.map(|d| drill_kind_to_wire(d).into()),
         closing: steps_to_wire(&p.closing),
         interrupted: steps_to_wire(&p.interrupted),
@@ -248,14 +241,7 @@ pub fn plan_from_wire(p: pb::Plan) -> Result<Plan, WireError> {
         skipped: p
             .skipped
             .into_iter()
-            .map(|k| {
-                Ok(Skip {
-                    app: app(k.app)?,
-                    reason: skip_reason_from_wire(
-                        k.reason.ok_or_else(|| missing("a skipped app's reason"))?,
-                    )?,
-                })
-            })
+            .map(skip_from_wire)
             .collect::<Result<_, WireError>>()?,
         drill: p.drill.map(drill_kind_from_wire).transpose()?,
         closing: steps_from_wire(p.closing)?,

@@ -2,6 +2,7 @@
 
 use topology::{SiteId, VolumeId};
 
+use super::skip::{skip_reason_from_wire, skip_reason_to_wire};
 use super::states::{data_state_from_wire, data_state_to_wire};
 use super::{WireError, checked};
 use crate::pb;
@@ -20,7 +21,7 @@ pub fn penalty_to_wire(p: &Penalty) -> pb::ReadinessPenalty {
             volume: volume.to_string(),
             site: site.to_string(),
         }),
-        Penalty::WouldSkip { reason } => R::WouldSkip(reason.clone()),
+        Penalty::WouldSkip { reason } => R::WouldSkip(skip_reason_to_wire(reason)),
         Penalty::NoPlan { error } => R::NoPlan(error.clone()),
         Penalty::NeverDrilled => R::NeverDrilled(pb::NeverDrilled {}),
         Penalty::DrillTooOld { op, days, max_days } => R::DrillTooOld(pb::DrillTooOld {
@@ -48,7 +49,9 @@ pub fn penalty_from_wire(p: pb::ReadinessPenalty) -> Result<Penalty, WireError> 
                 volume: checked("volume", r.volume, VolumeId::new)?,
                 site: checked("site", r.site, SiteId::new)?,
             },
-            R::WouldSkip(reason) => Penalty::WouldSkip { reason },
+            R::WouldSkip(reason) => Penalty::WouldSkip {
+                reason: skip_reason_from_wire(reason)?,
+            },
             R::NoPlan(error) => Penalty::NoPlan { error },
             R::NeverDrilled(_) => Penalty::NeverDrilled,
             R::DrillTooOld(d) => Penalty::DrillTooOld {
@@ -123,7 +126,10 @@ mod tests {
                     site: SiteId::new("south"),
                 },
                 Penalty::WouldSkip {
-                    reason: "host south-h1 is not up".into(),
+                    reason: crate::plan::SkipReason::ReplicaHostDown {
+                        host: topology::HostId::new("south-h1"),
+                        site: SiteId::new("south"),
+                    },
                 },
                 Penalty::NoPlan {
                     error: "no site south".into(),

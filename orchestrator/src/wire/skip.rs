@@ -12,7 +12,22 @@ use super::plan::missing;
 use super::states::{data_state_from_wire, data_state_to_wire};
 use crate::pb;
 use crate::pb::skip_reason::Reason as R;
-use crate::plan::SkipReason;
+use crate::plan::{Skip, SkipReason};
+
+/// An app a plan leaves alone, and why.
+pub fn skip_to_wire(k: &Skip) -> pb::Skip {
+    pb::Skip {
+        app: s(&k.app),
+        reason: Some(skip_reason_to_wire(&k.reason)),
+    }
+}
+
+pub fn skip_from_wire(k: pb::Skip) -> Result<Skip, WireError> {
+    Ok(Skip {
+        app: app(k.app)?,
+        reason: skip_reason_from_wire(k.reason.ok_or_else(|| missing("a skipped app's reason"))?)?,
+    })
+}
 
 pub fn skip_reason_to_wire(r: &SkipReason) -> pb::SkipReason {
     let x = match r {
