@@ -13,7 +13,7 @@ use orchestrator::readiness::Readiness;
 use orchestrator::state::{OpKind, Operation};
 
 use crate::cluster_cmd::ClusterArgs;
-use crate::op_cmd::{RunArgs, get_operation, status_err};
+use crate::op_cmd::{RunArgs, get_operation, list_operations, status_err};
 use crate::output::{Output, print_json, table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,7 +140,7 @@ pub async fn drill(cmd: DrillCmd, c: &ClusterArgs, out: Output) -> anyhow::Resul
     match cmd {
         DrillCmd::Run(a) => run(a, c, out).await,
         DrillCmd::List { limit } => {
-            let ops = operations(c, limit).await?;
+            let ops = list_operations(c, limit).await?;
             let drills: Vec<&Operation> = ops
                 .iter()
                 .filter(|o| {
@@ -356,23 +356,6 @@ async fn wait_up_to_date(
     }
 }
 
-async fn operations(c: &ClusterArgs, limit: u32) -> anyhow::Result<Vec<Operation>> {
-    let client = c.connect().await?;
-    let r = client
-        .op
-        .clone()
-        .list_operations(pb::ListOperationsRequest { limit })
-        .await
-        .map_err(|e| status_err(&client.addr, e))?
-        .into_inner();
-    r.operations
-        .into_iter()
-        .map(|o| {
-            orchestrator::wire::operation_from_wire(o).context("an operation from the cluster")
-        })
-        .collect()
-}
-
 fn list(ops: &[&Operation], out: Output) -> anyhow::Result<ExitCode> {
     match out {
         Output::Json => print_json(
@@ -440,7 +423,7 @@ async fn show(c: &ClusterArgs, id: &str, format: FormatArg) -> anyhow::Result<Ex
 pub async fn report_cmd(cmd: ReportCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     match cmd {
         ReportCmd::List { limit } => {
-            let ops = operations(c, limit).await?;
+            let ops = list_operations(c, limit).await?;
             list(&ops.iter().collect::<Vec<_>>(), out)
         }
         ReportCmd::Show { id, format } => show(c, &id, format).await,

@@ -284,20 +284,7 @@ pub async fn recover(site: String, c: &ClusterArgs, out: Output) -> anyhow::Resu
 pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<ExitCode> {
     match cmd {
         OpCmd::List { limit } => {
-            let client = c.connect().await?;
-            let r = client
-                .op
-                .clone()
-                .list_operations(pb::ListOperationsRequest { limit })
-                .await
-                .map_err(|e| status_err(&client.addr, e))?
-                .into_inner();
-            let ops: Vec<Operation> = r
-                .operations
-                .into_iter()
-                .map(orchestrator::wire::operation_from_wire)
-                .collect::<Result<_, _>>()
-                .context("operations from the cluster")?;
+            let ops = list_operations(c, limit).await?;
             match out {
                 Output::Json => print_json(&ops.iter().map(record).collect::<Vec<_>>())?,
                 Output::Table => {
@@ -344,6 +331,24 @@ pub async fn run(cmd: OpCmd, c: &ClusterArgs, out: Output) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The newest `limit` operations, newest first.
+pub async fn list_operations(c: &ClusterArgs, limit: u32) -> anyhow::Result<Vec<Operation>> {
+    let client = c.connect().await?;
+    let r = client
+        .op
+        .clone()
+        .list_operations(pb::ListOperationsRequest { limit })
+        .await
+        .map_err(|e| status_err(&client.addr, e))?
+        .into_inner();
+    r.operations
+        .into_iter()
+        .map(|o| {
+            orchestrator::wire::operation_from_wire(o).context("an operation from the cluster")
+        })
+        .collect()
 }
 
 pub async fn get_operation(client: &Client, id: u64) -> anyhow::Result<Operation> {
