@@ -277,11 +277,11 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     // Enum values this node does not know (a newer client, or none set): refused, and
-    // told which values there are.
+    // told which values there are (the request is checked before the VM is looked up).
     for action in [0, 99] {
         let e = op
             .vm_action(pb::VmActionRequest {
-                vm: "web-1".into(),
+                vm: "no-such-vm".into(),
                 action,
                 actor: "t".into(),
                 ..Default::default()

@@ -268,7 +268,10 @@ pub async fn operation(c: &Client, op: u64) -> Option<Operation> {
             .get_operation(pb::GetOperationRequest { op })
             .await
             .ok()?;
-    decoded(operation_from_wire(r.into_inner().operation?))
+    let o = r.into_inner().operation.ok_or(WireError::Missing {
+        what: "the reply's operation",
+    });
+    decoded(o.and_then(operation_from_wire))
 }
 
 /// An operation a node sent, or None (said on stderr: a node that sends one this lab

@@ -343,12 +343,22 @@ pub async fn list_operations(c: &ClusterArgs, limit: u32) -> anyhow::Result<Vec<
         .await
         .map_err(|e| status_err(&client.addr, e))?
         .into_inner();
-    r.operations
+    // One operation this client cannot read (written by a newer metrodr) does not hide
+    // the others: it is named on stderr and left out.
+    Ok(r.operations
         .into_iter()
-        .map(|o| {
-            orchestrator::wire::operation_from_wire(o).context("an operation from the cluster")
+        .filter_map(|o| {
+            let id = o.id;
+            orchestrator::wire::operation_from_wire(o)
+                .inspect_err(|e| {
+                    eprintln!(
+                        "metrodr: op-{id} left out: this client cannot read it ({e}); is the \
+                         cluster running a newer metrodr than this client?"
+                    )
+                })
+                .ok()
         })
-        .collect()
+        .collect())
 }
 
 pub async fn get_operation(client: &Client, id: u64) -> anyhow::Result<Operation> {

@@ -64,10 +64,12 @@ fn trigger(req: &StartOperationRequest) -> Result<(Trigger, Option<planner::Dril
 }
 
 fn unknown_verb(v: i32) -> Status {
-    Status::invalid_argument(format!(
-        "the request names no verb this node knows (value {v}): use failover, switchover, \
-         failback, site-fail, test-drill, switchover-drill or site-loss-drill"
-    ))
+    super::unknown_request_enum(
+        "verb",
+        v,
+        "failover, switchover, failback, site-fail, test-drill, switchover-drill or \
+         site-loss-drill",
+    )
 }
 
 pub async fn start(
@@ -257,42 +259,68 @@ mod tests {
 
     #[test]
     fn each_verb_names_its_trigger_and_drill() {
-        let t = |v: OperationVerb, site| trigger(&req(v.into(), site)).unwrap();
+        use planner::DrillKind;
         let south = SiteId::new("south");
-        let db = vec![AppId::new("db")];
-        assert_eq!(
-            t(OperationVerb::Failover, "south"),
+        let apps = vec![AppId::new("db")];
+        let failover = Trigger::Failover {
+            apps: apps.clone(),
+            to: south.clone(),
+        };
+        let switchover = Trigger::Switchover {
+            apps: apps.clone(),
+            to: south.clone(),
+        };
+        let lost = Trigger::SiteLost {
+            site: south.clone(),
+        };
+        let all = [
+            (OperationVerb::Failover, "south", failover, None),
+            (OperationVerb::Switchover, "south", switchover.clone(), None),
             (
-                Trigger::Failover {
-                    apps: db.clone(),
-                    to: south.clone()
-                },
-                None
-            )
-        );
-        assert_eq!(
-            t(OperationVerb::SwitchoverDrill, "south"),
+                OperationVerb::Failback,
+                "",
+                Trigger::Failback { apps: apps.clone() },
+                None,
+            ),
+            (OperationVerb::SiteFail, "south", lost.clone(), None),
             (
-                Trigger::Switchover {
-                    apps: db.clone(),
-                    to: south.clone()
+                OperationVerb::TestDrill,
+                "",
+                Trigger::TestDrill {
+                    apps: apps.clone(),
+                    to: None,
                 },
-                Some(planner::DrillKind::Switchover)
-            )
-        );
-        assert_eq!(
-            t(OperationVerb::SiteLossDrill, "south"),
+                None,
+            ),
             (
-                Trigger::SiteLost {
-                    site: south.clone()
+                OperationVerb::TestDrill,
+                "south",
+                Trigger::TestDrill {
+                    apps,
+                    to: Some(south.clone()),
                 },
-                Some(planner::DrillKind::SiteLoss)
-            )
-        );
-        assert_eq!(
-            t(OperationVerb::TestDrill, ""),
-            (Trigger::TestDrill { apps: db, to: None }, None)
-        );
+                None,
+            ),
+            (
+                OperationVerb::SwitchoverDrill,
+                "south",
+                switchover,
+                Some(DrillKind::Switchover),
+            ),
+            (
+                OperationVerb::SiteLossDrill,
+                "south",
+                lost,
+                Some(DrillKind::SiteLoss),
+            ),
+        ];
+        for (verb, site, trig, drill) in all {
+            assert_eq!(
+                trigger(&req(verb.into(), site)).unwrap(),
+                (trig, drill),
+                "{verb:?} {site:?}"
+            );
+        }
         let e = trigger(&req(OperationVerb::Switchover.into(), " ")).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), "switchover needs a site (--to SITE)");

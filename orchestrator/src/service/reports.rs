@@ -33,11 +33,11 @@ pub fn get(node: &Node, req: &GetReportRequest) -> Result<GetReportReply, Status
         F::Text => Some(drills::Format::Text),
         F::Csv => None,
         F::Unspecified => {
-            return Err(Status::invalid_argument(format!(
-                "unknown or missing report format (value {}): use json, html, text or csv \
-                 (is the client older than the cluster?)",
-                req.format
-            )));
+            return Err(super::unknown_request_enum(
+                "report format",
+                req.format,
+                "json, html, text or csv",
+            ));
         }
     };
     let key = node.security.signing_key.as_ref().ok_or_else(|| {

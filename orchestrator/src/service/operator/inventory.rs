@@ -195,12 +195,24 @@ pub(super) async fn list_vms(
     Ok(Response::new(ListVmsReply { vms }))
 }
 
+fn unknown_action(value: i32) -> Status {
+    crate::service::unknown_request_enum(
+        "VM action",
+        value,
+        "define, start, shutdown, destroy, undefine, suspend or resume",
+    )
+}
+
 pub(super) async fn vm_action(
     svc: &OperatorService,
     req: Request<VmActionRequest>,
 ) -> Result<Response<VmActionReply>, Status> {
     let what = "act on a VM";
     svc.guarded(Access::Operate, what, Some(req.get_ref().actor.clone()), req, |req, actor| async move {
+        // The request first: a bad action is told so whatever the VM.
+        if crate::wire::vm_action_name(req.action).is_none() {
+            return Err(unknown_action(req.action));
+        }
         let vm = topology::VmId::new(req.vm.as_str());
         let timeout_s = if req.timeout_s == 0 {
             60
@@ -245,13 +257,7 @@ pub(super) async fn vm_action(
                 A::Undefine => state::AgentAction::Undefine { vm: vm.clone() },
                 A::Suspend => state::AgentAction::Suspend { vm: vm.clone() },
                 A::Resume => state::AgentAction::Resume { vm: vm.clone() },
-                A::Unspecified => {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown or missing VM action (value {}): use define, start, shutdown, destroy, \
-                         undefine, suspend or resume (is the client older than the cluster?)",
-                        req.action
-                    )));
-                }
+                A::Unspecified => return Err(unknown_action(req.action)),
             };
             (host, action)
         };
