@@ -8,11 +8,12 @@ use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
 use super::WireError;
 use super::checked as id;
+use super::operation::{step_kind_from_wire, step_kind_to_wire};
 use super::skip::{skip_from_wire, skip_to_wire};
 use super::states::*;
 use crate::pb;
 use crate::pb::audit_event::Event as E;
-use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, StepAt, StepKind, VmStateChange};
+use crate::state::{AuditEvent, CommandId, Epoch, Issuer, OpId, StepAt, VmStateChange};
 
 pub(super) fn s<T: ToString>(v: &T) -> String {
     v.to_string()
@@ -72,19 +73,6 @@ pub(super) fn step_at_from_wire(at: Option<pb::StepAt>) -> Result<StepAt, WireEr
             what: "a step's place in its plan",
         }),
     }
-}
-
-/// A step's kind by its serialized name (`health-gate`, …).
-fn step_kind_to_wire(kind: StepKind) -> String {
-    match serde_json::to_value(kind) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => String::new(),
-    }
-}
-
-/// A kind this metrodr does not know (a newer one wrote it) reads as `Unknown`.
-fn step_kind_from_wire(name: &str) -> StepKind {
-    serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(StepKind::Unknown)
 }
 
 pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
@@ -193,7 +181,7 @@ pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
             op: op.0,
             index: *index,
             at: Some(step_at_to_wire(at)),
-            kind: step_kind_to_wire(*kind),
+            kind: step_kind_to_wire(*kind).into(),
             again: *again,
         }),
         AuditEvent::StepFinished {
@@ -209,7 +197,7 @@ pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
             ok: *ok,
             detail: detail.clone(),
             at: Some(step_at_to_wire(at)),
-            kind: step_kind_to_wire(*kind),
+            kind: step_kind_to_wire(*kind).into(),
         }),
         AuditEvent::OpFinished { op, status } => E::OpFinished(pb::OpFinished {
             op: op.0,
@@ -441,14 +429,14 @@ pub fn audit_event_from_wire(e: pb::AuditEvent) -> Result<AuditEvent, WireError>
             op: OpId(x.op),
             index: x.index,
             at: step_at_from_wire(x.at)?,
-            kind: step_kind_from_wire(&x.kind),
+            kind: step_kind_from_wire(x.kind),
             again: x.again,
         },
         E::StepFinished(x) => AuditEvent::StepFinished {
             op: OpId(x.op),
             index: x.index,
             at: step_at_from_wire(x.at)?,
-            kind: step_kind_from_wire(&x.kind),
+            kind: step_kind_from_wire(x.kind),
             ok: x.ok,
             detail: x.detail,
         },
