@@ -164,7 +164,7 @@ pub(super) async fn init_cluster(
     req: Request<InitClusterRequest>,
 ) -> Result<Response<InitClusterReply>, Status> {
     let what = "initialize the cluster";
-    svc.guarded(Access::Administer, what, None, req, |req, actor| async move {
+    svc.guarded(Access::Administer, what, req, |req, actor| async move {
         if req.nodes.is_empty() {
             return Err(Status::invalid_argument(
                 "no nodes given: list the orchestrator nodes (name, site, addr)",
@@ -220,59 +220,47 @@ pub(super) async fn add_node(
     req: Request<AddNodeRequest>,
 ) -> Result<Response<MembershipReply>, Status> {
     let what = "add an orchestrator node";
-    svc.guarded(
-        Access::Administer,
-        what,
-        None,
-        req,
-        |req, actor| async move {
-            svc.require_leader()?;
-            let n = req
-                .node
-                .ok_or_else(|| Status::invalid_argument("no node given"))?;
-            topology::ids::check_id(&n.name)
-                .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
-            let id = node_id_of(&n.name);
-            let info = NodeInfo {
-                name: n.name.clone(),
-                site: n.site,
-                addr: n.addr,
-            };
-            // A node a forced change removed comes back wiped: stop refusing it.
-            svc.node.membership.readmit(&n.name, &svc.node.name);
+    svc.guarded(Access::Administer, what, req, |req, actor| async move {
+        svc.require_leader()?;
+        let n = req
+            .node
+            .ok_or_else(|| Status::invalid_argument("no node given"))?;
+        topology::ids::check_id(&n.name)
+            .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", n.name)))?;
+        let id = node_id_of(&n.name);
+        let info = NodeInfo {
+            name: n.name.clone(),
+            site: n.site,
+            addr: n.addr,
+        };
+        // A node a forced change removed comes back wiped: stop refusing it.
+        svc.node.membership.readmit(&n.name, &svc.node.name);
+        svc.node
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!("adding {} as a learner failed: {e}", n.name))
+            })?;
+        if req.voter {
             svc.node
                 .raft
-                .add_learner(id, info, true)
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
                 .await
                 .map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "adding {} as a learner failed: {e}",
-                        n.name
-                    ))
+                    Status::failed_precondition(format!("making {} a voter failed: {e}", n.name))
                 })?;
-            if req.voter {
-                svc.node
-                    .raft
-                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
-                    .await
-                    .map_err(|e| {
-                        Status::failed_precondition(format!(
-                            "making {} a voter failed: {e}",
-                            n.name
-                        ))
-                    })?;
-            }
-            svc.audit_membership(
-                &actor,
-                format!(
-                    "added {} as {}",
-                    n.name,
-                    if req.voter { "a voter" } else { "a learner" }
-                ),
-            );
-            Ok(Response::new(svc.membership_reply()))
-        },
-    )
+        }
+        svc.audit_membership(
+            &actor,
+            format!(
+                "added {} as {}",
+                n.name,
+                if req.voter { "a voter" } else { "a learner" }
+            ),
+        );
+        Ok(Response::new(svc.membership_reply()))
+    })
     .await
 }
 
@@ -281,45 +269,39 @@ pub(super) async fn remove_node(
     req: Request<RemoveNodeRequest>,
 ) -> Result<Response<MembershipReply>, Status> {
     let what = "remove an orchestrator node";
-    svc.guarded(
-        Access::Administer,
-        what,
-        None,
-        req,
-        |req, actor| async move {
-            svc.require_leader()?;
-            let name = req.name;
-            let id = node_id_of(&name);
-            let m = svc.node.raft.metrics().borrow().clone();
-            if m.membership_config.membership().get_node(&id).is_none() {
-                return Err(Status::not_found(format!(
-                    "no node {name:?} in the cluster"
-                )));
-            }
-            let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
-            if voters.contains(&id) {
-                if voters.len() <= 1 {
-                    return Err(Status::failed_precondition(
-                        "refusing to remove the last voter",
-                    ));
-                }
-                svc.node
-                    .raft
-                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-                    .await
-                    .map_err(|e| {
-                        Status::failed_precondition(format!("removing voter {name} failed: {e}"))
-                    })?;
+    svc.guarded(Access::Administer, what, req, |req, actor| async move {
+        svc.require_leader()?;
+        let name = req.name;
+        let id = node_id_of(&name);
+        let m = svc.node.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(Status::not_found(format!(
+                "no node {name:?} in the cluster"
+            )));
+        }
+        let voters: BTreeSet<_> = m.membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() <= 1 {
+                return Err(Status::failed_precondition(
+                    "refusing to remove the last voter",
+                ));
             }
             svc.node
                 .raft
-                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
                 .await
-                .map_err(|e| Status::failed_precondition(format!("removing {name} failed: {e}")))?;
-            svc.audit_membership(&actor, format!("removed {name}"));
-            Ok(Response::new(svc.membership_reply()))
-        },
-    )
+                .map_err(|e| {
+                    Status::failed_precondition(format!("removing voter {name} failed: {e}"))
+                })?;
+        }
+        svc.node
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing {name} failed: {e}")))?;
+        svc.audit_membership(&actor, format!("removed {name}"));
+        Ok(Response::new(svc.membership_reply()))
+    })
     .await
 }
 

@@ -62,19 +62,20 @@ impl OperatorService {
         }
     }
 
-    /// A mutating call: admitted (see [`Self::admit`]), then `body` with the request
-    /// and the actor, whose refusal by the state machine is audited (see [`audited`]).
-    pub(super) async fn guarded<T, R, Fut>(
+    /// A mutating call: admitted (see [`Self::admit`]) with the actor its request
+    /// claims, then `body` with the request and the actor, whose refusal by the state
+    /// machine is audited (see [`audited`]).
+    pub(super) async fn guarded<T: Claims, R, Fut>(
         &self,
         access: Access,
         what: &str,
-        claimed: Option<String>,
         req: Request<T>,
         body: impl FnOnce(T, String) -> Fut,
     ) -> Result<R, Status>
     where
         Fut: std::future::Future<Output = Result<R, Status>>,
     {
+        let claimed = req.get_ref().claimed().map(str::to_owned);
         let actor = self.admit(&req, access, what, claimed.as_deref()).await?;
         let r = body(req.into_inner(), actor.clone()).await;
         audited(&self.node, &actor, what, r).await
@@ -238,3 +239,29 @@ impl Operator for OperatorService {
         ops::readiness(self, req).await
     }
 }
+
+/// The actor a mutating request claims (`actor`), or None for the calls whose request
+/// names none (membership: the node's own identity acts).
+pub(super) trait Claims {
+    fn claimed(&self) -> Option<&str>;
+}
+
+macro_rules! claims {
+    (actor: $($t:ty),+) => {
+        $(impl Claims for $t {
+            fn claimed(&self) -> Option<&str> {
+                Some(&self.actor)
+            }
+        })+
+    };
+    (none: $($t:ty),+) => {
+        $(impl Claims for $t {
+            fn claimed(&self) -> Option<&str> {
+                None
+            }
+        })+
+    };
+}
+
+claims!(actor: VmActionRequest, ApproveOperationRequest, RecoverSiteRequest, ApplyTopologyRequest, NoteRequest);
+claims!(none: InitClusterRequest, AddNodeRequest, RemoveNodeRequest);

@@ -75,17 +75,11 @@ pub(super) async fn approve_operation(
     req: Request<ApproveOperationRequest>,
 ) -> Result<Response<WriteReply>, Status> {
     let what = "approve an operation";
-    svc.guarded(
-        Access::Operate,
-        what,
-        Some(req.get_ref().actor.clone()),
-        req,
-        |req, actor| async move {
-            Ok(Response::new(
-                crate::service::operations::approve(&svc.node, actor, req).await?,
-            ))
-        },
-    )
+    svc.guarded(Access::Operate, what, req, |req, actor| async move {
+        Ok(Response::new(
+            crate::service::operations::approve(&svc.node, actor, req).await?,
+        ))
+    })
     .await
 }
 
@@ -94,17 +88,11 @@ pub(super) async fn recover_site(
     req: Request<RecoverSiteRequest>,
 ) -> Result<Response<RecoverSiteReply>, Status> {
     let what = "recover a site";
-    svc.guarded(
-        Access::Operate,
-        what,
-        Some(req.get_ref().actor.clone()),
-        req,
-        |req, actor| async move {
-            Ok(Response::new(
-                crate::service::operations::recover_site(&svc.node, actor, req).await?,
-            ))
-        },
-    )
+    svc.guarded(Access::Operate, what, req, |req, actor| async move {
+        Ok(Response::new(
+            crate::service::operations::recover_site(&svc.node, actor, req).await?,
+        ))
+    })
     .await
 }
 

@@ -29,7 +29,7 @@ pub(super) async fn apply_topology(
     req: Request<ApplyTopologyRequest>,
 ) -> Result<Response<ApplyTopologyReply>, Status> {
     let what = "apply a topology";
-    svc.guarded(Access::Administer, what, Some(req.get_ref().actor.clone()), req, |req, actor| async move {
+    svc.guarded(Access::Administer, what, req, |req, actor| async move {
         let report = topology::check_str(&req.text);
         let (Some(model), Some(plan)) = (report.topology, report.plan) else {
             let map = topology::SourceMap::new(&req.text);
@@ -184,25 +184,19 @@ pub(super) async fn note(
     req: Request<NoteRequest>,
 ) -> Result<Response<WriteReply>, Status> {
     let what = "write a note in the audit log";
-    svc.guarded(
-        Access::Operate,
-        what,
-        Some(req.get_ref().actor.clone()),
-        req,
-        |req, actor| async move {
-            let w = svc
-                .node
-                .write(state::Request {
-                    actor,
-                    at_ms: now_ms(),
-                    command: Command::Note { text: req.text },
-                })
-                .await?;
-            Ok(Response::new(WriteReply {
-                audit_seq: w.audit_seq,
-                log_index: w.log_index,
-            }))
-        },
-    )
+    svc.guarded(Access::Operate, what, req, |req, actor| async move {
+        let w = svc
+            .node
+            .write(state::Request {
+                actor,
+                at_ms: now_ms(),
+                command: Command::Note { text: req.text },
+            })
+            .await?;
+        Ok(Response::new(WriteReply {
+            audit_seq: w.audit_seq,
+            log_index: w.log_index,
+        }))
+    })
     .await
 }
