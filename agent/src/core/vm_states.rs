@@ -31,10 +31,18 @@ pub fn reportable(domains: &[DomainInfo]) -> BTreeMap<VmId, VmState> {
         .collect()
 }
 
+/// Every this many polls the watch loop tells the cluster every VM's state again,
+/// changed or not (with [`crate::core::WATCH_MS`] of 500 ms: every 10 s), so that a
+/// record the cluster holds wrongly (a lost or refused report) is corrected within
+/// seconds, not left until the VM next changes.
+pub const RESEND_EVERY: u32 = 20;
+
 /// Per VM, the state the cluster was last told (None: forgotten, so any state differs).
 #[derive(Debug, Clone, Default)]
 pub struct Told {
     states: BTreeMap<VmId, Option<VmState>>,
+    /// Polls since every state was last sent.
+    polls: u32,
 }
 
 impl Told {
@@ -63,10 +71,16 @@ impl Told {
 
     /// The watch loop sees `now`: returns what the cluster must be told (a changed
     /// state, a new VM, or `undefined` for one that is gone) and takes it as told.
+    /// Every [`RESEND_EVERY`] polls it returns every VM, changed or not.
     pub fn observe(&mut self, now: BTreeMap<VmId, VmState>) -> BTreeMap<VmId, VmState> {
+        self.polls += 1;
+        let all = self.polls >= RESEND_EVERY;
+        if all {
+            self.polls = 0;
+        }
         let mut changed: BTreeMap<VmId, VmState> = now
             .iter()
-            .filter(|(vm, st)| self.states.get(*vm) != Some(&Some(**st)))
+            .filter(|(vm, st)| all || self.states.get(*vm) != Some(&Some(**st)))
             .map(|(vm, st)| (vm.clone(), *st))
             .collect();
         for vm in self.states.keys().filter(|vm| !now.contains_key(*vm)) {
@@ -137,6 +151,24 @@ mod tests {
             t.observe(map(&[("a", "running"), ("new", "running")])),
             map(&[("gone", UNDEFINED), ("new", "running")])
         );
+    }
+
+    #[test]
+    fn every_state_is_sent_again_periodically_even_unchanged() {
+        let mut t = Told::default();
+        let now = map(&[("a", "running"), ("b", "shutoff")]);
+        assert_eq!(t.observe(now.clone()), now);
+        let mut resent = 0;
+        for poll in 2..=(3 * RESEND_EVERY) {
+            let told = t.observe(now.clone());
+            if told.is_empty() {
+                continue;
+            }
+            assert_eq!(told, now, "poll {poll} resends every VM as it is");
+            assert_eq!(poll % RESEND_EVERY, 0, "poll {poll}");
+            resent += 1;
+        }
+        assert_eq!(resent, 3);
     }
 
     #[test]

@@ -142,18 +142,18 @@ impl Agent for AgentService {
             &host,
         )
         .await?;
+        // Every domain of the host, as listed at registration: a VM recorded here
+        // and not listed is gone (the agent came back on an empty hypervisor).
         let states = domain_states(&r.domains)?;
-        if !states.is_empty() {
-            self.commit(
-                Command::SetVmStates {
-                    host: host.clone(),
-                    states,
-                    reason: "found by the agent at registration".into(),
-                },
-                &host,
-            )
-            .await?;
-        }
+        self.commit(
+            Command::ReportAllVms {
+                host: host.clone(),
+                states,
+                reason: "found by the agent at registration".into(),
+            },
+            &host,
+        )
+        .await?;
         let t = &self.node.timing;
         Ok(Response::new(AgentRegisterReply {
             lease_ms: t.lease_ms,

@@ -287,6 +287,7 @@ impl ClusterState {
         host: &HostId,
         states: &[(VmId, VmState)],
         reason: &str,
+        complete: bool,
     ) -> Applied {
         if !self.hosts.contains(host) {
             return Err(not_found("host", host.as_str()));
@@ -297,9 +298,24 @@ impl ClusterState {
                 format!("report at most {MAX_BATCH} VM states at a time"),
             );
         }
+        // A complete list: what the cluster records on this host and the list leaves
+        // out is gone there (the agent restarted on an empty hypervisor, or a report of
+        // its end was lost).
+        let gone: Vec<(VmId, VmState)> = if complete {
+            let listed: BTreeSet<&VmId> = states.iter().map(|(vm, _)| vm).collect();
+            self.vms
+                .values()
+                .filter(|r| &r.host == host && r.state != VmState::Undefined)
+                .filter(|r| !listed.contains(&r.vm))
+                .map(|r| (r.vm.clone(), VmState::Undefined))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let states: Vec<(VmId, VmState)> = states.iter().cloned().chain(gone).collect();
         let mut changes = Vec::new();
         let mut seen = BTreeSet::new();
-        for (vm, state) in states {
+        for (vm, state) in &states {
             if !seen.insert(vm) {
                 return reject(RejectKind::Invalid, format!("VM {vm} is reported twice"));
             }
@@ -319,8 +335,16 @@ impl ClusterState {
                 && !matches!(state, VmState::Running | VmState::Paused);
             if moved_away {
                 // Recorded in the audit log only (the old host confirms the VM is off
-                // there), unless it says what it said before.
-                let said = self.vms.get(vm).is_some_and(|r| r.state == *state);
+                // there), unless it says what it said before, or the VM runs where it
+                // moved (no news: agents send every state again periodically).
+                let said = self.vms.get(vm).is_some_and(|r| {
+                    r.state == *state
+                        || (r.state.is_active()
+                            && self
+                                .hosts
+                                .get(&r.host)
+                                .is_some_and(|h| h.state == HostState::Up))
+                });
                 if !said {
                     changes.push(VmStateChange {
                         vm: vm.clone(),

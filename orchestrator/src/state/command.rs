@@ -173,6 +173,14 @@ pub enum Command {
         states: Vec<(VmId, VmState)>,
         reason: String,
     },
+    /// An agent lists every VM of its host (at registration): a VM the cluster
+    /// records on this host that the list leaves out is gone there (`undefined`), and
+    /// the correction is audited like any change.
+    ReportAllVms {
+        host: HostId,
+        states: Vec<(VmId, VmState)>,
+        reason: String,
+    },
     /// Something an agent did on its own (self-fencing), for the audit log.
     AgentEvent {
         host: HostId,
@@ -252,7 +260,7 @@ pub(super) fn check_request(req: &Request) -> Result<(), Rejection> {
         Command::Note { text } => Some(text),
         Command::Refused { reason, .. } => Some(reason),
         Command::Membership { change } => Some(change),
-        Command::SetVmStates { reason, .. } => Some(reason),
+        Command::SetVmStates { reason, .. } | Command::ReportAllVms { reason, .. } => Some(reason),
         _ => None,
     };
     if text.is_some_and(|t| t.len() > MAX_REASON_LEN) {

@@ -408,7 +408,12 @@ impl ClusterState {
                 host,
                 states,
                 reason,
-            } => self.set_vm_states(req, host, states, reason),
+            } => self.set_vm_states(req, host, states, reason, false),
+            Command::ReportAllVms {
+                host,
+                states,
+                reason,
+            } => self.set_vm_states(req, host, states, reason, true),
             Command::AgentEvent { host, event } => self.agent_event(host, event),
         }
     }

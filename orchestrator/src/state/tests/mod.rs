@@ -10,6 +10,7 @@ use topology::{SiteRole, Topology};
 use super::*;
 
 mod props;
+mod reports;
 
 fn req(command: Command) -> Request {
     Request {

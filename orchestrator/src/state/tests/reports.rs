@@ -1,0 +1,91 @@
+//! Agents' VM reports: a complete list (registration) corrects what the cluster
+//! records wrongly; a state sent again unchanged adds nothing to the audit log.
+
+use super::*;
+
+fn placed(s: &ClusterState) -> (VmId, HostId) {
+    s.apps
+        .values()
+        .flat_map(|a| a.placement.iter())
+        .next()
+        .map(|(v, h)| (v.clone(), h.clone()))
+        .expect("a placed VM")
+}
+
+fn applied(r: &Response) {
+    assert!(matches!(r, Response::Applied { .. }), "not applied: {r:?}");
+}
+
+fn last_changes(s: &ClusterState) -> Vec<(VmId, VmState)> {
+    match s.audit.last().map(|(_, e)| &e.event) {
+        Some(AuditEvent::VmStates { changes, .. }) => {
+            changes.iter().map(|c| (c.vm.clone(), c.state)).collect()
+        }
+        other => panic!("the last audit entry is not a VM report: {other:?}"),
+    }
+}
+
+#[test]
+fn a_complete_report_marks_what_it_leaves_out_gone_and_audits_it() {
+    let mut s = cluster(2, 12);
+    let (vm, host) = placed(&s);
+    applied(&s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(vm.clone(), VmState::Running)],
+        reason: "started".into(),
+    })));
+    // The agent comes back on an empty hypervisor and lists nothing.
+    applied(&s.apply(&req(Command::ReportAllVms {
+        host: host.clone(),
+        states: Vec::new(),
+        reason: "found by the agent at registration".into(),
+    })));
+    assert_eq!(s.vms.get(&vm).map(|r| r.state), Some(VmState::Undefined));
+    assert_eq!(last_changes(&s), vec![(vm.clone(), VmState::Undefined)]);
+    // Saying it again changes nothing and is not audited.
+    let before = s.audit.len();
+    let r = s.apply(&req(Command::ReportAllVms {
+        host: host.clone(),
+        states: Vec::new(),
+        reason: "again".into(),
+    }));
+    assert!(matches!(r, Response::Rejected(_)), "{r:?}");
+    assert_eq!(s.audit.len(), before);
+    // A change report (not complete) leaves unlisted VMs as they are.
+    applied(&s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(vm.clone(), VmState::Running)],
+        reason: "started".into(),
+    })));
+    let r = s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(VmId::new("someone-elses-domain"), VmState::Running)],
+        reason: "a foreign domain".into(),
+    }));
+    assert!(matches!(r, Response::Rejected(_)), "{r:?}");
+    assert_eq!(s.vms.get(&vm).map(|r| r.state), Some(VmState::Running));
+}
+
+#[test]
+fn a_complete_report_leaves_vms_recorded_on_other_hosts_alone() {
+    let mut s = cluster(2, 12);
+    let (vm, host) = placed(&s);
+    applied(&s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(vm.clone(), VmState::Running)],
+        reason: "started".into(),
+    })));
+    let other = s
+        .hosts
+        .keys()
+        .find(|h| **h != host)
+        .cloned()
+        .expect("another host");
+    let r = s.apply(&req(Command::ReportAllVms {
+        host: other,
+        states: Vec::new(),
+        reason: "found by the agent at registration".into(),
+    }));
+    assert!(matches!(r, Response::Rejected(_)), "{r:?}");
+    assert_eq!(s.vms.get(&vm).map(|r| r.state), Some(VmState::Running));
+}
