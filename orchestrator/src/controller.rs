@@ -133,10 +133,7 @@ pub fn reconcile(s: &ClusterState, now_ms: u64) -> Vec<(HostId, AgentAction)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{
-        Command, CommandOutcome, CommandResult, Executed, HostInventory, Request, Response,
-    };
-    use proto::agent::Served;
+    use crate::state::{Command, CommandResult, Executed, HostInventory, Request, Response};
 
     fn lab() -> ClusterState {
         // The lab topology's volumes are served by the agents.
@@ -180,50 +177,9 @@ mod tests {
         );
     }
 
-    /// Issue the controller's commands and let the agents succeed, each secondary
-    /// reporting endpoint 10.0.0.N:7000+id.
+    /// Issue the controller's commands and let the agents succeed.
     fn run(s: &mut ClusterState, at_ms: u64) -> Vec<(HostId, AgentAction)> {
-        let cmds = reconcile(s, at_ms);
-        if cmds.is_empty() {
-            return cmds;
-        }
-        let ids = match apply(
-            s,
-            at_ms,
-            Command::IssueAgentCommands {
-                issuer: crate::state::Issuer::Controller,
-                commands: cmds.clone(),
-            },
-        ) {
-            crate::state::Outcome::Commands(ids) => ids,
-            o => panic!("{o:?}"),
-        };
-        for ((host, action), id) in cmds.iter().zip(ids) {
-            let AgentAction::Serve { group } = action else {
-                panic!("the controller only serves: {action:?}")
-            };
-            apply(
-                s,
-                at_ms,
-                Command::RecordCommandResults {
-                    host: host.clone(),
-                    results: vec![CommandResult {
-                        id,
-                        executed: Executed::done(CommandOutcome::Served(Served {
-                            app: group.app.clone(),
-                            role: group.role,
-                            epoch: group.epoch,
-                            endpoint: format!("10.0.0.1:{}", 7000 + id.0),
-                            already: false,
-                            promoted: false,
-                            peer: group.peer.clone(),
-                            replaced: None,
-                        })),
-                    }],
-                },
-            );
-        }
-        cmds
+        crate::test_support::serve_once(s, at_ms)
     }
 
     fn serves(cmds: &[(HostId, AgentAction)]) -> Vec<(String, String, GroupRole, Option<String>)> {

@@ -32,6 +32,7 @@ pub mod plan;
 pub mod planner;
 pub mod raft_types;
 pub mod readiness;
+pub mod reconciler;
 pub mod records;
 pub mod report;
 pub mod schedule;

@@ -29,8 +29,9 @@ pub const REMOVED: &str = "x-metrodr-removed";
 /// carries). 2: agent commands carry their issuer, typed results and events; plans
 /// carry their typed steps, and steps are started by their place in the plan and
 /// finished with a typed outcome or failure. 3: snapshots carry audit events whose
-/// skipped apps have a typed reason (store format 3).
-pub const WIRE_FORMAT: u32 = 3;
+/// skipped apps have a typed reason (store format 3). 4: the reconciler's `restore`
+/// trigger and agents' complete VM reports (store format 4).
+pub const WIRE_FORMAT: u32 = 4;
 
 /// Largest gRPC message accepted or sent (snapshot chunks are 1 MiB, JSON-encoded).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

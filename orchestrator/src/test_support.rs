@@ -3,7 +3,12 @@
 
 use topology::{HostId, SiteId};
 
-use crate::state::{ClusterState, Command, HostState, Outcome, Request, Response, Role};
+use proto::agent::Served;
+
+use crate::state::{
+    AgentAction, ClusterState, Command, CommandOutcome, CommandResult, Executed, HostState,
+    Outcome, Request, Response, Role,
+};
 
 const LAB: &str = include_str!("../../examples/lab.toml");
 
@@ -56,4 +61,50 @@ pub fn lab() -> ClusterState {
         );
     }
     s
+}
+
+/// Issue the controller's commands and let the agents succeed, each secondary
+/// reporting endpoint 10.0.0.N:7000+id.
+pub fn serve_once(s: &mut ClusterState, at_ms: u64) -> Vec<(HostId, AgentAction)> {
+    let cmds = crate::controller::reconcile(s, at_ms);
+    if cmds.is_empty() {
+        return cmds;
+    }
+    let ids = match apply(
+        s,
+        at_ms,
+        Command::IssueAgentCommands {
+            issuer: crate::state::Issuer::Controller,
+            commands: cmds.clone(),
+        },
+    ) {
+        crate::state::Outcome::Commands(ids) => ids,
+        o => panic!("{o:?}"),
+    };
+    for ((host, action), id) in cmds.iter().zip(ids) {
+        let AgentAction::Serve { group } = action else {
+            panic!("the controller only serves: {action:?}")
+        };
+        apply(
+            s,
+            at_ms,
+            Command::RecordCommandResults {
+                host: host.clone(),
+                results: vec![CommandResult {
+                    id,
+                    executed: Executed::done(CommandOutcome::Served(Served {
+                        app: group.app.clone(),
+                        role: group.role,
+                        epoch: group.epoch,
+                        endpoint: format!("10.0.0.1:{}", 7000 + id.0),
+                        already: false,
+                        promoted: false,
+                        peer: group.peer.clone(),
+                        replaced: None,
+                    })),
+                }],
+            },
+        );
+    }
+    cmds
 }

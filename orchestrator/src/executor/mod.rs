@@ -177,24 +177,34 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Plan and begin the automatic operations the state calls for.
+/// Plan and begin the automatic operations the state calls for: the event-triggered
+/// ones first; when none begins, the reconciler's restore of what still does not run.
 async fn start_automatic(node: &Node) {
     let plans: Vec<(Plan, Option<u64>)> = {
         let a = node.state.read();
-        auto_triggers(&a.state)
-            .into_iter()
-            .filter_map(|t| {
-                let lost = lost_since(&a.state, &t);
-                match planner::plan(&a.state, &t) {
-                    Ok(p) if !p.is_empty() => Some((p, lost)),
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::warn!(node = %node.name, "no plan for {}: {e}", t.describe());
-                        None
-                    }
+        let planned = |t: Trigger| {
+            let lost = lost_since(&a.state, &t);
+            match planner::plan(&a.state, &t) {
+                Ok(p) if !p.is_empty() => Some((p, lost)),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(node = %node.name, "no plan for {}: {e}", t.describe());
+                    None
                 }
-            })
-            .collect()
+            }
+        };
+        let events: Vec<(Plan, Option<u64>)> = auto_triggers(&a.state)
+            .into_iter()
+            .filter_map(planned)
+            .collect();
+        if events.is_empty() {
+            crate::reconciler::restore(&a.state, now_ms())
+                .and_then(planned)
+                .into_iter()
+                .collect()
+        } else {
+            events
+        }
     };
     for (plan, lost_ms) in plans {
         tracing::warn!(node = %node.name, "automatic {}", plan.trigger.describe());
@@ -324,6 +334,8 @@ pub fn lost_since(state: &ClusterState, t: &Trigger) -> Option<u64> {
                     .map(|s| s.since_ms.saturating_sub(back))
             }),
         Trigger::HostLost { host } => state.hosts.get(host).map(alive),
+        // The app is down since its first VM stopped.
+        Trigger::Restore { vms } => vms.iter().map(|v| v.since_ms).min(),
         _ => None,
     }
 }

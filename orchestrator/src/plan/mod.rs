@@ -15,6 +15,8 @@ mod step;
 use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, SiteId, VmId, VolumeId};
 
+use proto::agent::VmState;
+
 use crate::records::OpKind;
 pub use skip::SkipReason;
 pub use step::{PlannedProbe, PlannedStep, drill_copy, longest_probe_s};
@@ -35,6 +37,11 @@ pub enum Trigger {
     /// A host's agent fenced its VMs (its lease ran out, e.g. during a long leader
     /// change) and is back: the VMs it stopped restart where they were placed.
     HostFenced { host: HostId },
+    /// The reconciler found VMs that should run and do not, on up hosts at their
+    /// app's active site, with no operation moving them and no event-triggered plan
+    /// covering them (a site back within the lease window, a second loss, a lost
+    /// report): each restarts where it is placed.
+    Restore { vms: Vec<StoppedVm> },
     /// An operator moves apps to `to` now, as after a loss (no graceful stop).
     Failover { apps: Vec<AppId>, to: SiteId },
     /// A planned move with zero loss: stop at the source, drain, promote, start.
@@ -56,6 +63,7 @@ impl Trigger {
             Trigger::SiteLost { .. }
             | Trigger::HostLost { .. }
             | Trigger::HostFenced { .. }
+            | Trigger::Restore { .. }
             | Trigger::Failover { .. } => OpKind::Failover,
             Trigger::Switchover { .. } => OpKind::Switchover,
             Trigger::Failback { .. } => OpKind::Failback,
@@ -77,6 +85,14 @@ impl Trigger {
             Trigger::HostFenced { host } => {
                 format!("host {host} fenced its VMs and is back: restart them there")
             }
+            Trigger::Restore { vms } => format!(
+                "restore: {} not running where placed ({}): restart there",
+                if vms.len() == 1 { "1 VM" } else { "VMs" },
+                vms.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
             Trigger::Failover { apps, to } => format!("failover of [{}] to {to}", list(apps)),
             Trigger::Switchover { apps, to } => {
                 format!("switchover of [{}] to {to}", list(apps))
@@ -86,6 +102,28 @@ impl Trigger {
                 Some(to) => format!("test drill of [{}] at {to}", list(apps)),
                 None => format!("test drill of [{}]", list(apps)),
             },
+        }
+    }
+}
+
+/// A VM the reconciler restarts where it is placed, and how it was last seen there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedVm {
+    pub app: AppId,
+    pub vm: VmId,
+    pub host: HostId,
+    /// What the host's agent reports since it last registered (None: nothing).
+    pub state: Option<VmState>,
+    /// Since when it has not run there (ms since the epoch).
+    pub since_ms: u64,
+}
+
+impl std::fmt::Display for StoppedVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} on {}: ", self.vm, self.app, self.host)?;
+        match self.state {
+            Some(st) => write!(f, "{st}"),
+            None => f.write_str("not reported"),
         }
     }
 }

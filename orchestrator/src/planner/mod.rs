@@ -62,6 +62,8 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
     let mut wanted: Vec<(AppId, SiteId, bool)> = Vec::new();
     let mut host_lost: Option<HostId> = None;
     let mut host_fenced: Option<HostId> = None;
+    // Restore: the VMs the reconciler found stopped, and where they are placed.
+    let mut restore: Option<BTreeMap<VmId, HostId>> = None;
     match trigger {
         Trigger::SiteLost { site } => {
             production(site)?;
@@ -99,6 +101,16 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
                 }
             }
             host_fenced = Some(host.clone());
+        }
+        Trigger::Restore { vms } => {
+            let apps: Vec<AppId> = vms.iter().map(|v| v.app.clone()).collect();
+            named(&apps)?;
+            for a in apps {
+                if let Some(rec) = state.apps.get(&a) {
+                    wanted.push((a, rec.active_site.clone(), false));
+                }
+            }
+            restore = Some(vms.iter().map(|v| (v.vm.clone(), v.host.clone())).collect());
         }
         Trigger::Failover { apps, to } => {
             named(apps)?;
@@ -222,7 +234,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             skipped.push(skip(SkipReason::DrillAtActiveSite { site: to }));
             continue;
         }
-        if same_site && host_lost.is_none() && host_fenced.is_none() {
+        if same_site && host_lost.is_none() && host_fenced.is_none() && restore.is_none() {
             skipped.push(skip(SkipReason::AlreadyActive { site: to }));
             continue;
         }
@@ -333,7 +345,15 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         // loss: the app's VMs on its other up hosts that their agents reported stopped
         // (the same stall fenced them before their hosts were seen down) restart where
         // they are, with the lost host's.
-        let fenced: BTreeMap<VmId, HostId> = if host_fenced.is_some() {
+        // A restore restarts the VMs it names that are still stopped where placed.
+        let fenced: BTreeMap<VmId, HostId> = if let Some(r) = &restore {
+            r.iter()
+                .filter(|(vm, h)| {
+                    rec.placement.get(*vm) == Some(*h) && state.fenced_vms(&app_id, h).contains(*vm)
+                })
+                .map(|(vm, h)| (vm.clone(), h.clone()))
+                .collect()
+        } else if host_fenced.is_some() {
             let hosts: BTreeSet<&HostId> = rec.placement.values().collect();
             hosts
                 .into_iter()
@@ -353,6 +373,11 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
         } else {
             BTreeMap::new()
         };
+        if restore.is_some() && fenced.is_empty() {
+            // It runs again already (started since the reconciler looked).
+            skipped.push(skip(SkipReason::AlreadyActive { site: to }));
+            continue;
+        }
         if let Some(h) = fenced.values().find(|h| !room.contains_key(*h)) {
             skipped.push(skip(SkipReason::FencedHostDown { host: h.clone() }));
             continue;
@@ -371,6 +396,7 @@ pub fn plan(state: &ClusterState, trigger: &Trigger) -> Result<Plan, PlanError> 
             .filter(|vm| match (&host_lost, &host_fenced) {
                 (Some(l), _) => rec.placement.get(&vm.id) == Some(l) || fenced.contains_key(&vm.id),
                 (None, Some(_)) => fenced.contains_key(&vm.id),
+                (None, None) if restore.is_some() => fenced.contains_key(&vm.id),
                 (None, None) => true,
             })
             .collect();

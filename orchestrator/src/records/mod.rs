@@ -11,7 +11,7 @@ mod outcome;
 mod production;
 mod step;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use topology::{AppId, HostId, ReplicationMode, SiteId, SiteRole, VmId, VolumeId};
@@ -248,6 +248,10 @@ pub struct AppRecord {
     pub state: AppState,
     /// Host of every VM at the active site.
     pub placement: BTreeMap<VmId, HostId>,
+    /// VMs an operator stopped (shutdown, destroy, suspend, undefine) and has not
+    /// started again: the reconciler leaves them as they are.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held: BTreeSet<VmId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -192,6 +192,9 @@ impl ClusterState {
                     "a shutdown timeout must be 1 to 3600 s",
                 );
             }
+            if matches!(issuer, Issuer::Operator { .. }) {
+                self.note_operator_intent(action);
+            }
             self.commands.insert(
                 next,
                 AgentCommandRecord {
@@ -279,6 +282,27 @@ impl ClusterState {
             },
             Outcome::Done,
         ))
+    }
+
+    /// An operator who stops a VM wants it stopped (the reconciler holds it); one
+    /// who starts it wants it running again.
+    fn note_operator_intent(&mut self, action: &AgentAction) {
+        let (vm, hold) = match action {
+            AgentAction::Shutdown { vm, .. }
+            | AgentAction::Destroy { vm }
+            | AgentAction::Suspend { vm }
+            | AgentAction::Undefine { vm } => (vm, true),
+            AgentAction::Start { vm } | AgentAction::Resume { vm } => (vm, false),
+            _ => return,
+        };
+        let Some(app) = self.vm_app(vm) else { return };
+        if let Some(rec) = self.apps.get_mut(&app) {
+            if hold {
+                rec.held.insert(vm.clone());
+            } else {
+                rec.held.remove(vm);
+            }
+        }
     }
 
     pub(super) fn set_vm_states(

@@ -158,6 +158,7 @@ impl ClusterState {
                     desired: Desired::Running,
                     state: AppState::Stopped,
                     placement: BTreeMap::new(),
+                    held: Default::default(),
                 });
             if !production.contains(&&rec.active_site) {
                 return reject(

@@ -40,7 +40,9 @@ pub use sm::{SharedState, StateMachineStore};
 /// event (audit v2).
 /// 3 (2026-12): an `op.start` audit event names each skipped app's reason by its typed
 /// `SkipReason`, not its text.
-pub const FORMAT_VERSION: u64 = 3;
+/// 4 (2026-12): the reconciler's `restore` trigger in plans; `report-all-vms` (an
+/// agent's complete VM list) in the log; apps record the VMs an operator holds stopped.
+pub const FORMAT_VERSION: u64 = 4;
 
 pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";

@@ -24,8 +24,8 @@ fn openraft_storage_suite() -> Result<(), StorageError> {
 
 #[test]
 fn the_formats_are_pinned() {
-    assert_eq!(super::FORMAT_VERSION, 3);
-    assert_eq!(crate::network::WIRE_FORMAT, 3);
+    assert_eq!(super::FORMAT_VERSION, 4);
+    assert_eq!(crate::network::WIRE_FORMAT, 4);
 }
 
 #[test]

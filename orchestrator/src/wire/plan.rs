@@ -5,7 +5,9 @@
 //! Never: decode a bad id or enum into a value (every one is a `WireError`), or panic
 //! on what the wire carries.
 
-use proto::agent::wire::{port, vm_spec_from_wire, vm_spec_to_wire};
+use proto::agent::wire::{
+    port, vm_spec_from_wire, vm_spec_to_wire, vm_state_from_wire, vm_state_to_wire,
+};
 use topology::spec::VmSpec;
 use topology::{AppId, HostId, VmId, VolumeId};
 
@@ -16,7 +18,7 @@ use super::states::{op_kind_from_wire, op_kind_to_wire};
 use super::step::{planned_step_from_wire, planned_step_to_wire};
 use crate::pb;
 use crate::pb::trigger::Kind as T;
-use crate::plan::{AppMove, DrillKind, Plan, PlannedStep, Trigger, Wave};
+use crate::plan::{AppMove, DrillKind, Plan, PlannedStep, StoppedVm, Trigger, Wave};
 use crate::records::{Epoch, Promotion};
 
 both_ways!(
@@ -130,6 +132,18 @@ pub fn trigger_to_wire(t: &Trigger) -> pb::Trigger {
             to: s(to),
         }),
         Trigger::Failback { apps } => T::Failback(pb::TriggerApps { apps: strs(apps) }),
+        Trigger::Restore { vms } => T::Restore(pb::TriggerRestore {
+            vms: vms
+                .iter()
+                .map(|v| pb::StoppedVm {
+                    app: s(&v.app),
+                    vm: s(&v.vm),
+                    host: s(&v.host),
+                    state: v.state.map(|st| vm_state_to_wire(st).into()),
+                    since_ms: v.since_ms,
+                })
+                .collect(),
+        }),
         Trigger::TestDrill { apps, to } => T::TestDrill(pb::TriggerDrill {
             apps: strs(apps),
             to: to.as_ref().map(s),
@@ -159,6 +173,21 @@ pub fn trigger_from_wire(t: pb::Trigger) -> Result<Trigger, WireError> {
         },
         T::Failback(t) => Trigger::Failback {
             apps: apps(t.apps)?,
+        },
+        T::Restore(t) => Trigger::Restore {
+            vms: t
+                .vms
+                .into_iter()
+                .map(|v| {
+                    Ok(StoppedVm {
+                        app: app(v.app)?,
+                        vm: vm(v.vm)?,
+                        host: host(v.host)?,
+                        state: v.state.map(vm_state_from_wire).transpose()?,
+                        since_ms: v.since_ms,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
         },
         T::TestDrill(t) => Trigger::TestDrill {
             apps: apps(t.apps)?,

@@ -222,6 +222,7 @@ fn target(s: &ClusterState, t: &Trigger, a: &AppId) -> SiteId {
         }
         Trigger::Failover { to, .. } | Trigger::Switchover { to, .. } => to.clone(),
         Trigger::Failback { .. } => topo(s).app(a).expect("app").preferred_site.clone(),
+        Trigger::Restore { .. } => s.apps.get(a).expect("app").active_site.clone(),
         Trigger::TestDrill { to: Some(to), .. } => to.clone(),
         Trigger::TestDrill { to: None, .. } => {
             let active = &s.apps.get(a).expect("app").active_site;
@@ -248,6 +249,7 @@ fn wanted(s: &ClusterState, t: &Trigger) -> BTreeSet<AppId> {
                 .map(|a| a.id.clone())
                 .collect()
         }
+        Trigger::Restore { vms } => vms.iter().map(|v| v.app.clone()).collect(),
         Trigger::Failover { apps, .. }
         | Trigger::Switchover { apps, .. }
         | Trigger::Failback { apps }

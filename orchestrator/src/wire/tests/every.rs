@@ -62,6 +62,24 @@ pub fn every_trigger() -> Vec<Trigger> {
         Trigger::Failback {
             apps: vec![app("mail"), app("archive")],
         },
+        Trigger::Restore {
+            vms: vec![
+                crate::plan::StoppedVm {
+                    app: app("mail"),
+                    vm: topology::VmId::new("mail-1"),
+                    host: host("north-h1"),
+                    state: Some(proto::agent::VmState::ShutOff),
+                    since_ms: 1_700_000_000_000,
+                },
+                crate::plan::StoppedVm {
+                    app: app("db"),
+                    vm: topology::VmId::new("db-2"),
+                    host: host("north-h2"),
+                    state: None,
+                    since_ms: 5,
+                },
+            ],
+        },
         Trigger::TestDrill {
             apps: vec![app("db")],
             to: None,
@@ -82,6 +100,7 @@ pub fn trigger_variant(t: &Trigger) -> usize {
         Trigger::Switchover { .. } => 4,
         Trigger::Failback { .. } => 5,
         Trigger::TestDrill { .. } => 6,
+        Trigger::Restore { .. } => 7,
     }
 }
 

@@ -129,7 +129,7 @@ fn plan_with_everything(trigger: Trigger, drill: Option<DrillKind>) -> Plan {
 #[test]
 fn every_variant_is_listed() {
     let (spec, group) = real_specs();
-    covers(&every_trigger(), 7, trigger_variant);
+    covers(&every_trigger(), 8, trigger_variant);
     covers(&every_skip_reason(), 18, skip_variant);
     covers(&every_planned_step(&spec, &group), 14, planned_step_variant);
     covers(&every_step_outcome(), 14, step_outcome_variant);
