@@ -22,9 +22,7 @@ use crate::scenario::Expect;
 
 /// The invariants a chaos run checks, each by its stable name (kebab-case, as the
 /// runner's JSON and the soak summary key them; pinned by a test).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Invariant {
     OnePrimaryPerEpoch,

@@ -75,8 +75,7 @@ pub(super) fn draw(rng: &mut SplitMix64, sites: &Sites) -> (Fault, Fault) {
         }
         4 => {
             let from = any(rng);
-            let others: Vec<&str> =
-                sites.all().into_iter().filter(|s| *s != from).collect();
+            let others: Vec<&str> = sites.all().into_iter().filter(|s| *s != from).collect();
             let to = others[rng.range(0, 1) as usize].to_string();
             (Fault::PartitionOneWay { from, to }, Fault::Heal)
         }
@@ -106,12 +105,7 @@ pub(super) fn draw(rng: &mut SplitMix64, sites: &Sites) -> (Fault, Fault) {
                 Fault::ClockSkew { site, rate: 1.0 },
             )
         }
-        _ => (
-            Fault::Isolate {
-                site: any(rng),
-            },
-            Fault::Heal,
-        ),
+        _ => (Fault::Isolate { site: any(rng) }, Fault::Heal),
     }
 }
 
