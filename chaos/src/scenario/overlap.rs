@@ -29,7 +29,8 @@ use super::{
 
 /// Which generator a random schedule comes from (each seed means a different schedule
 /// in each; the scenario's name says which, so a replay command can be rebuilt).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Generator {
     /// One fault at a time, each undone before the next ([`Scenario::random`]).
     OneAtATime,

@@ -85,6 +85,25 @@ pub struct RunResult {
     pub dir: PathBuf,
 }
 
+/// The production sites and the witness of a topology, as scenarios name them.
+pub fn sites(topo: &topology::Topology) -> Result<chaos::scenario::Sites, LabError> {
+    let mut prod = topo.production_sites().map(|s| s.id.to_string());
+    let (Some(x), Some(y)) = (prod.next(), prod.next()) else {
+        return Err(LabError::refused(
+            "the topology has no two production sites: scenarios need two and a witness",
+        ));
+    };
+    let witness = topo.witness().map(|s| s.id.to_string()).ok_or_else(|| {
+        LabError::refused(
+            "the topology has no witness site: scenarios need two production sites and a witness",
+        )
+    })?;
+    Ok(chaos::scenario::Sites {
+        production: [x, y],
+        witness,
+    })
+}
+
 /// Run `scenario` in a fresh lab under `dir` (kept for its logs); `progress`: also
 /// say each phase on stderr.
 pub async fn run(
