@@ -7,8 +7,9 @@
 //! a site out (killed, paused or isolated), a link cut (partition, one way or both),
 //! the leader killed, the WAN shaped, a site's clocks skewed. The rules that keep an
 //! automatic check meaningful:
-//! - at most one window of each class at a time (the lab keeps one killed leader and
-//!   one shape; `heal` removes every cut, so two cuts could not be undone apart);
+//! - at most one window of each class at a time, and at most one cut or isolation
+//!   (the lab keeps one killed leader and one shape; `heal` removes every cut and
+//!   isolation at once, so two could not be undone apart);
 //! - at every moment a production site is up and reaches another site that is up
 //!   (a majority of the three orchestrator nodes with a production site in it):
 //!   never both production sites out, never a site out while the two others are cut
@@ -213,9 +214,11 @@ fn window(sites: &Sites, from_s: f64, to_s: f64, start: Fault, undo: Fault) -> W
 /// Whether `w` can join `placed` under the rules in the module's header. The rules
 /// only change when a window opens, so they are checked at every opening.
 fn fits(placed: &[Window], w: &Window, sites: &Sites) -> bool {
+    // `heal` undoes every cut at once, an isolation included.
+    let healed = |x: &Window| x.undo == Fault::Heal;
     if placed
         .iter()
-        .any(|p| p.overlaps(w) && p.class.same_kind(w.class))
+        .any(|p| p.overlaps(w) && (p.class.same_kind(w.class) || healed(p) && healed(w)))
     {
         return false;
     }

@@ -46,6 +46,12 @@ impl Model {
                 self.cuts.insert(pair(from, to));
             }
             Fault::Heal => {
+                // `heal` removes every cut: if two were in force, one would end before
+                // its own undo, and the schedule would not be what it says.
+                assert!(
+                    self.isolated.len() + self.cuts.len() <= 1,
+                    "heal removes more than the cut it undoes: {self:?}"
+                );
                 self.isolated.clear();
                 self.cuts.clear();
                 self.shaped = false;
