@@ -16,18 +16,75 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::scenario::Expect;
 
-/// One broken invariant: a stable name and what was seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The invariants a chaos run checks, each by its stable name (kebab-case, as the
+/// runner's JSON and the soak summary key them; pinned by a test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Invariant {
+    OnePrimaryPerEpoch,
+    EpochsOnlyGrow,
+    NoAcknowledgedWriteLost,
+    EveryVmRunsOnce,
+    RtoWithinTarget,
+    ClusterHeals,
+    ExpectedFailover,
+    ExpectedNoFailover,
+    WriteStallBound,
+    ExpectedLagOverBound,
+    ExpectedReplicaKeepsUp,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 11] = [
+        Invariant::OnePrimaryPerEpoch,
+        Invariant::EpochsOnlyGrow,
+        Invariant::NoAcknowledgedWriteLost,
+        Invariant::EveryVmRunsOnce,
+        Invariant::RtoWithinTarget,
+        Invariant::ClusterHeals,
+        Invariant::ExpectedFailover,
+        Invariant::ExpectedNoFailover,
+        Invariant::WriteStallBound,
+        Invariant::ExpectedLagOverBound,
+        Invariant::ExpectedReplicaKeepsUp,
+    ];
+
+    /// The stable name (what serde writes too).
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::OnePrimaryPerEpoch => "one-primary-per-epoch",
+            Invariant::EpochsOnlyGrow => "epochs-only-grow",
+            Invariant::NoAcknowledgedWriteLost => "no-acknowledged-write-lost",
+            Invariant::EveryVmRunsOnce => "every-vm-runs-once",
+            Invariant::RtoWithinTarget => "rto-within-target",
+            Invariant::ClusterHeals => "cluster-heals",
+            Invariant::ExpectedFailover => "expected-failover",
+            Invariant::ExpectedNoFailover => "expected-no-failover",
+            Invariant::WriteStallBound => "write-stall-bound",
+            Invariant::ExpectedLagOverBound => "expected-lag-over-bound",
+            Invariant::ExpectedReplicaKeepsUp => "expected-replica-keeps-up",
+        }
+    }
+}
+
+impl std::fmt::Display for Invariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One broken invariant: which, and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
-    pub invariant: &'static str,
+    pub invariant: Invariant,
     pub detail: String,
 }
 
-fn violation(invariant: &'static str, detail: String) -> Violation {
+fn violation(invariant: Invariant, detail: String) -> Violation {
     Violation { invariant, detail }
 }
 
@@ -73,7 +130,7 @@ impl Checker {
             let primaries: Vec<&ReplicaObs> = v.replicas.iter().filter(|r| r.primary).collect();
             if primaries.len() > 1 {
                 self.push(violation(
-                    "one-primary-per-epoch",
+                    Invariant::OnePrimaryPerEpoch,
                     format!(
                         "volume {} has {} primaries: {}",
                         v.id,
@@ -95,7 +152,7 @@ impl Checker {
                             "volume {} epoch {}: primary at {before}, later at {p} with no epoch bump",
                             v.id, v.epoch
                         );
-                        self.push(violation("one-primary-per-epoch", d));
+                        self.push(violation(Invariant::OnePrimaryPerEpoch, d));
                     }
                     Some(_) => {}
                     None => {
@@ -111,7 +168,7 @@ impl Checker {
                     "volume {} at {node}: epoch went back from {epoch} to {}",
                     v.id, v.epoch
                 );
-                self.push(violation("epochs-only-grow", d));
+                self.push(violation(Invariant::EpochsOnlyGrow, d));
             }
             self.last.insert(key, v.epoch);
         }
@@ -209,7 +266,7 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
     let mut out = Vec::new();
     if (end.sync || !end.workload_moved) && end.writes_missing > 0 {
         out.push(violation(
-            "no-acknowledged-write-lost",
+            Invariant::NoAcknowledgedWriteLost,
             format!(
                 "{} of {} acknowledged writes are missing on the primary after the run{}",
                 end.writes_missing,
@@ -224,14 +281,14 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
     }
     match expect.lag_over_bound {
         Some(true) if !end.workload_fell_behind => out.push(violation(
-            "expected-lag-over-bound",
+            Invariant::ExpectedLagOverBound,
             format!(
                 "the scenario expects {}'s replica to fall behind (its primary to stop waiting for it), and every sample saw it up to date",
                 end.workload_volume
             ),
         )),
         Some(false) if end.workload_fell_behind => out.push(violation(
-            "expected-replica-keeps-up",
+            Invariant::ExpectedReplicaKeepsUp,
             format!(
                 "the scenario expects {}'s replica to keep up, and a sample saw it behind",
                 end.workload_volume
@@ -243,12 +300,12 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
         let site = end.vm_site.get(vm);
         match hosts.len() {
             0 => out.push(violation(
-                "every-vm-runs-once",
+                Invariant::EveryVmRunsOnce,
                 format!("{vm} runs nowhere at the end"),
             )),
             1 => {}
             n => out.push(violation(
-                "every-vm-runs-once",
+                Invariant::EveryVmRunsOnce,
                 format!(
                     "{vm} runs {n} times, on {}",
                     hosts.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -259,7 +316,7 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
             let at = end.host_site.get(h);
             if site.is_some() && at != site {
                 out.push(violation(
-                    "every-vm-runs-once",
+                    Invariant::EveryVmRunsOnce,
                     format!(
                         "{vm} runs on {h} at {}, but its app is active at {}",
                         at.map_or("?", String::as_str),
@@ -271,17 +328,17 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
     }
     if expect.rto {
         for m in &end.rto_missed {
-            out.push(violation("rto-within-target", m.clone()));
+            out.push(violation(Invariant::RtoWithinTarget, m.clone()));
         }
     }
     for o in &end.ops_unfinished {
         out.push(violation(
-            "cluster-heals",
+            Invariant::ClusterHeals,
             format!("operation still running at the end: {o}"),
         ));
     }
     for n in &end.not_healed {
-        out.push(violation("cluster-heals", n.clone()));
+        out.push(violation(Invariant::ClusterHeals, n.clone()));
     }
     let moved: Vec<String> = end
         .site_after
@@ -296,11 +353,11 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
         .collect();
     match expect.failover {
         Some(true) if moved.is_empty() => out.push(violation(
-            "expected-failover",
+            Invariant::ExpectedFailover,
             "the scenario expects a failover, and no app moved".into(),
         )),
         Some(false) if !moved.is_empty() || !end.automatic_ops.is_empty() => out.push(violation(
-            "expected-no-failover",
+            Invariant::ExpectedNoFailover,
             format!(
                 "the scenario expects nothing to move; moved: [{}]; started by the cluster: [{}]",
                 moved.join(", "),
@@ -313,7 +370,7 @@ pub fn check_end(end: &EndState, expect: &Expect) -> Vec<Violation> {
         && end.max_write_stall_ms > max
     {
         out.push(violation(
-            "write-stall-bound",
+            Invariant::WriteStallBound,
             format!(
                 "a write waited {} ms; the scenario allows {max} ms",
                 end.max_write_stall_ms
@@ -376,7 +433,7 @@ mod tests {
         c.observe("n1", &[vol(1, &[("north", true, 1), ("south", false, 1)])]);
         c.observe("n1", &[vol(1, &[("north", false, 1), ("south", true, 1)])]);
         assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
-        assert_eq!(c.violations[0].invariant, "one-primary-per-epoch");
+        assert_eq!(c.violations[0].invariant.name(), "one-primary-per-epoch");
         assert!(c.violations[0].detail.contains("no epoch bump"));
 
         let mut c = Checker::default();
@@ -386,9 +443,9 @@ mod tests {
         assert_eq!(c.violations, vec![]);
         // ... but disagreeing about an epoch's primary is, and so is going back.
         c.observe("n2", &[vol(2, &[("north", true, 2)])]);
-        assert_eq!(c.violations[0].invariant, "one-primary-per-epoch");
+        assert_eq!(c.violations[0].invariant.name(), "one-primary-per-epoch");
         c.observe("n1", &[vol(1, &[("north", true, 1)])]);
-        assert_eq!(c.violations[1].invariant, "epochs-only-grow");
+        assert_eq!(c.violations[1].invariant.name(), "epochs-only-grow");
     }
 
     #[test]
@@ -446,7 +503,7 @@ mod tests {
         assert_eq!(check_end(&end(), &yes), vec![]);
 
         let names = |e: &EndState, x: &Expect| -> Vec<&'static str> {
-            check_end(e, x).iter().map(|v| v.invariant).collect()
+            check_end(e, x).iter().map(|v| v.invariant.name()).collect()
         };
         let mut e = end();
         e.writes_missing = 3;
@@ -526,5 +583,34 @@ mod tests {
         assert_eq!(names(&e, &yes), ["expected-failover"]);
         e.automatic_ops.push("op-1 host north-h1 fenced".into());
         assert_eq!(names(&e, &no), ["expected-no-failover"]);
+    }
+
+    #[test]
+    fn invariant_names_are_stable_and_what_serde_writes() {
+        // The names key the runner's JSON and the soak summary: renaming one breaks
+        // every summary written before.
+        let names: Vec<&str> = Invariant::ALL.iter().map(|i| i.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "one-primary-per-epoch",
+                "epochs-only-grow",
+                "no-acknowledged-write-lost",
+                "every-vm-runs-once",
+                "rto-within-target",
+                "cluster-heals",
+                "expected-failover",
+                "expected-no-failover",
+                "write-stall-bound",
+                "expected-lag-over-bound",
+                "expected-replica-keeps-up",
+            ]
+        );
+        for i in Invariant::ALL {
+            assert_eq!(serde_json::to_value(i).unwrap(), i.name());
+            assert_eq!(i.to_string(), i.name());
+            let back: Invariant = serde_json::from_value(i.name().into()).unwrap();
+            assert_eq!(back, i);
+        }
     }
 }

@@ -20,7 +20,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chaos::scenario::{Fault, Scenario};
+use chaos::scenario::{Fault, Generator, Scenario};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -81,6 +81,12 @@ pub enum ChaosCmd {
     /// throughout and at the end) in a fresh lab, or `--random` schedules from seeds.
     /// Exits 1 if any invariant failed, naming the file that replays it.
     Run(RunArgs),
+    /// What an operator runs before trusting a new version: N random schedules
+    /// (faults that overlap, by default), each in a fresh lab, one after another,
+    /// going on after failures; a summary (per seed, per invariant, times, the file
+    /// that replays each failure) written as JSON after every run and printed as a
+    /// table. Exits 1 if any run failed. See docs/chaos.md, "Soak".
+    Soak(crate::soak_cmd::SoakArgs),
     /// Drop all traffic between two sites (`--one-way`: only what A sends to B).
     Partition {
         #[arg(long)]
@@ -182,6 +188,10 @@ pub struct RunArgs {
     /// Random schedules instead of a file.
     #[arg(long, conflicts_with = "file")]
     pub random: bool,
+    /// Random schedules whose faults may overlap (`random-overlap-SEED`; a seed is a
+    /// different schedule than without it).
+    #[arg(long, requires = "random")]
+    pub overlap: bool,
     /// First seed of the random schedules (schedule i uses seed + i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -216,7 +226,7 @@ struct Reply {
     record: Option<LabRecord>,
 }
 
-fn topology_text(path: Option<&Path>) -> anyhow::Result<String> {
+pub(crate) fn topology_text(path: Option<&Path>) -> anyhow::Result<String> {
     match path {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())),
         None => Ok(LAB_TOPOLOGY.to_string()),
@@ -578,6 +588,7 @@ fn finish(said: &[String], out: Output) -> anyhow::Result<ExitCode> {
 pub fn chaos(cmd: ChaosCmd, out: Output) -> anyhow::Result<ExitCode> {
     let (dir, fault) = match cmd {
         ChaosCmd::Run(a) => return runtime()?.block_on(run(a, out)),
+        ChaosCmd::Soak(a) => return runtime()?.block_on(crate::soak_cmd::soak(a, out)),
         ChaosCmd::Partition { dir, a, b, one_way } => (
             dir,
             if one_way {
@@ -659,18 +670,11 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
     let topo = topology::check_str(&text)
         .topology
         .context("the topology is invalid (check it with `metrodr topology validate`)")?;
-    let sites = {
-        let mut prod = topo.production_sites().map(|s| s.id.to_string());
-        let (Some(x), Some(y)) = (prod.next(), prod.next()) else {
-            bail!("the topology has no two production sites");
-        };
-        chaos::scenario::Sites {
-            production: [x, y],
-            witness: topo
-                .witness()
-                .map(|s| s.id.to_string())
-                .context("the topology has no witness site")?,
-        }
+    let sites = lab::runner::sites(&topo)?;
+    let generator = if a.overlap {
+        Generator::Overlapping
+    } else {
+        Generator::OneAtATime
     };
     let scenarios: Vec<Scenario> = match (&a.file, a.random) {
         (Some(f), false) => {
@@ -679,7 +683,7 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
             vec![Scenario::parse(&f.display().to_string(), &t, &sites)?]
         }
         (None, true) => (0..a.schedules.max(1))
-            .map(|i| Scenario::random(a.seed.wrapping_add(i), &sites, a.duration))
+            .map(|i| generator.schedule(a.seed.wrapping_add(i), &sites, a.duration))
             .collect(),
         _ => bail!("name a scenario file, or use --random [--seed N] [--schedules K]"),
     };
@@ -692,7 +696,7 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
         let dir = base.join(&s.name);
         let r = lab::runner::run(s, &dir, &text, out == Output::Table, summarize).await?;
         if out == Output::Table {
-            print_result(&r);
+            print_result(&r, a.random.then_some((generator, a.duration)));
         }
         results.push(r);
     }
@@ -717,7 +721,7 @@ async fn run(a: RunArgs, out: Output) -> anyhow::Result<ExitCode> {
 }
 
 /// How a run reads an operation: as `metrodr op show` does.
-fn summarize(o: &Operation) -> OpSummary {
+pub(crate) fn summarize(o: &Operation) -> OpSummary {
     let rec = crate::op_cmd::record(o);
     OpSummary {
         kind: rec.kind,
@@ -736,7 +740,8 @@ fn summarize(o: &Operation) -> OpSummary {
     }
 }
 
-fn print_result(r: &RunResult) {
+/// One run for people; `random`: the generator and length that made its schedule.
+fn print_result(r: &RunResult, random: Option<(Generator, f64)>) {
     outln!(
         "{}: {} — {} writes acknowledged, {} missing, longest write {} ms, {} samples, healed {}",
         r.scenario,
@@ -759,7 +764,8 @@ fn print_result(r: &RunResult) {
             "  replay: metrodr chaos run {}{}",
             r.replay.display(),
             r.seed
-                .map(|s| format!("   (or: metrodr chaos run --random --seed {s})"))
+                .zip(random)
+                .map(|(s, (g, d))| format!("   (or: metrodr chaos run {})", g.replay_args(s, d)))
                 .unwrap_or_default()
         );
         outln!("  logs: {}", r.dir.display());

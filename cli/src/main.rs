@@ -12,6 +12,7 @@ mod demo;
 mod drill_cmd;
 mod lab_cmd;
 mod op_cmd;
+mod soak_cmd;
 mod topology_cmd;
 mod volume_cmd;
 

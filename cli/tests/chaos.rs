@@ -1,6 +1,7 @@
 //! The lab and chaos with real processes in network namespaces: every scenario shipped
 //! in `chaos/scenarios/` and a few random schedules run through `metrodr chaos run`
-//! and must keep every invariant; `metrodr lab up|status|down` and the fault commands
+//! (and two overlapping ones through `metrodr chaos soak`) and must keep every
+//! invariant; `metrodr lab up|status|down` and the fault commands
 //! work on a lab left running, and `lab down` cleans up after a crashed supervisor.
 //! Needs root (network namespaces); without it the tests fail loudly.
 
@@ -217,6 +218,61 @@ fn random_schedules_keep_every_invariant() {
         let replay = r["replay"].as_str().unwrap();
         let t = std::fs::read_to_string(replay).unwrap();
         assert!(t.contains(&format!("seed = {}", r["seed"])), "{t}");
+    }
+}
+
+#[test]
+fn a_soak_runs_every_seed_and_leaves_its_summary() {
+    need_netns();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let (v, ok, text) = run_json(&[
+        "chaos",
+        "soak",
+        "--seeds",
+        "2",
+        "--seed",
+        "1",
+        "--duration",
+        "12",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--json",
+        summary.to_str().unwrap(),
+    ]);
+    eprintln!("soak: {}", v["totals"]);
+    if !ok {
+        let log = runner_logs(dir.path());
+        keep_logs(dir.path(), "soak");
+        panic!("the soak failed:\n{text}\n{log}");
+    }
+    // The file is what was printed, and says what ran.
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(file, v);
+    assert_eq!(v["format"], 1);
+    assert_eq!(v["generator"], "overlapping");
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["totals"]["runs"], 2);
+    assert_eq!(v["totals"]["passed"], 2);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.iter()
+            .map(|r| r["seed"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    for r in runs {
+        // The schedule that ran is kept to replay it; a passed run's lab is not.
+        let t = std::fs::read_to_string(r["replay"].as_str().unwrap()).unwrap();
+        assert!(t.contains("name = \"random-overlap-"), "{t}");
+        let run_dir = Path::new(r["dir"].as_str().unwrap());
+        assert!(run_dir.join("runner.log").exists());
+        assert!(
+            !run_dir.join("lab").exists(),
+            "a passed run's lab is removed"
+        );
+        assert!(r["time_s"].as_f64().unwrap() > 12.0, "{r}");
     }
 }
 

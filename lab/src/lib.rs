@@ -14,7 +14,9 @@
 //! - [`wait`]: the one polling wait, with a deadline;
 //! - [`api`] and [`states`]: the operator API calls every harness makes, and the one
 //!   place its state strings are read;
-//! - [`runner`]: the chaos scenario runner and its journal (`runner.log`).
+//! - [`runner`]: the chaos scenario runner and its journal (`runner.log`);
+//! - [`soak`]: many random schedules through the runner, one after another, and
+//!   their summary.
 //!
 //! `metrodr lab|chaos|demo` (argument parsing, printing) stay in the CLI. This crate
 //! depends on orchestrator (client, pb), chaos (netns, proxy, scenario, invariants),
@@ -31,6 +33,7 @@ pub mod error;
 pub mod faults;
 pub mod procs;
 pub mod runner;
+pub mod soak;
 pub mod states;
 pub mod wait;
 pub mod workload;

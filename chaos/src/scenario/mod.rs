@@ -20,22 +20,30 @@
 //! Random scenarios ([`Scenario::random`]) come from a seed alone, through
 //! [`SplitMix64`] (a fixed algorithm, so a seed replays the same schedule on any
 //! machine and any version of the dependencies); [`Scenario::to_toml`] writes the exact
-//! schedule back, so a failure can be replayed from its file too.
+//! schedule back, so a failure can be replayed from its file too. Their faults come
+//! one at a time; [`Scenario::random_overlapping`] (`random-overlap-SEED`) lets them
+//! overlap, under the rules in `overlap`; [`Generator`] names the two.
 //!
 //! Pure: nothing here touches the lab.
 
 //!
 //! The files: this one (the scenario file's model, parsing and writing it back),
-//! [`fault`] (the faults and link shapes), `check` (everything wrong with a scenario)
-//! and `random` (schedules from a seed).
+//! [`fault`] (the faults and link shapes), `check` (everything wrong with a scenario),
+//! `random` (schedules from a seed, one fault at a time) and `overlap` (schedules whose
+//! faults overlap).
 
 mod check;
 mod fault;
+mod overlap;
+#[cfg(test)]
+mod overlap_tests;
 mod random;
 #[cfg(test)]
 mod tests;
 
 use serde::{Deserialize, Serialize};
+
+pub use overlap::Generator;
 
 pub use fault::{
     CLOCK_RATE_MAX, CLOCK_RATE_MIN, Fault, LinkShape, SHAPE_BANDWIDTH_MAX_MBIT_S,

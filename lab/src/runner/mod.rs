@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaos::invariants::{Checker, Violation};
-use chaos::scenario::Scenario;
+use chaos::scenario::{Fault, Scenario};
 use orchestrator::pb;
 use orchestrator::state::Operation;
 use serde::Serialize;
@@ -83,6 +83,25 @@ pub struct RunResult {
     /// The schedule exactly as it ran: `metrodr chaos run FILE` replays it.
     pub replay: PathBuf,
     pub dir: PathBuf,
+}
+
+/// The production sites and the witness of a topology, as scenarios name them.
+pub fn sites(topo: &topology::Topology) -> Result<chaos::scenario::Sites, LabError> {
+    let mut prod = topo.production_sites().map(|s| s.id.to_string());
+    let (Some(x), Some(y)) = (prod.next(), prod.next()) else {
+        return Err(LabError::refused(
+            "the topology has no two production sites: scenarios need two and a witness",
+        ));
+    };
+    let witness = topo.witness().map(|s| s.id.to_string()).ok_or_else(|| {
+        LabError::refused(
+            "the topology has no witness site: scenarios need two production sites and a witness",
+        )
+    })?;
+    Ok(chaos::scenario::Sites {
+        production: [x, y],
+        witness,
+    })
 }
 
 /// Run `scenario` in a fresh lab under `dir` (kept for its logs); `progress`: also
@@ -205,16 +224,21 @@ async fn drive(
         if let Some(wait) = at.checked_sub(t0.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        // Where the audit log is before the fault (its entries are numbered from 1
-        // without gaps): a killed agent's VMs end here.
-        let head = match lab.client().await {
-            Ok(c) => {
-                c.op.clone()
-                    .status(pb::StatusRequest {})
-                    .await
-                    .map_or(0, |s| s.into_inner().audit_entries)
-            }
-            Err(_) => 0,
+        // Where the audit log is before a site's kill (its entries are numbered from
+        // 1 without gaps): a killed agent's VMs end here. Only a kill needs it: asking
+        // takes seconds while a node hangs (a paused site), and would push every later
+        // fault of an overlapping schedule that much past its second.
+        let head = match &step.fault {
+            Fault::KillSite { .. } => match lab.client().await {
+                Ok(c) => {
+                    c.op.clone()
+                        .status(pb::StatusRequest {})
+                        .await
+                        .map_or(0, |s| s.into_inner().audit_entries)
+                }
+                Err(_) => 0,
+            },
+            _ => 0,
         };
         say(format!(
             "{:>5.1} s  applying: {}",
