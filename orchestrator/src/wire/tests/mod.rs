@@ -3,6 +3,7 @@
 //! value is refused with an error that says what is wrong.
 #![allow(clippy::unwrap_used)]
 
+mod audit;
 mod every;
 
 use every::*;
