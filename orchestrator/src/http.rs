@@ -23,6 +23,11 @@ struct SiteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LeaderLabels {
     leader: String,
 }
@@ -38,6 +43,8 @@ pub struct Metrics {
     last_log_index: Gauge,
     quorum_ack_ms: Gauge,
     site_state: Family<SiteLabels, Gauge>,
+    app_outage: Family<AppLabels, Gauge>,
+    apps_outage: Gauge,
     audit_entries: Gauge,
     topology_version: Gauge,
 }
@@ -54,6 +61,8 @@ impl Metrics {
             last_log_index: Gauge::default(),
             quorum_ack_ms: Gauge::default(),
             site_state: Family::default(),
+            app_outage: Family::default(),
+            apps_outage: Gauge::default(),
             audit_entries: Gauge::default(),
             topology_version: Gauge::default(),
             registry: Registry::default(),
@@ -100,6 +109,16 @@ impl Metrics {
             m.site_state.clone(),
         );
         registry.register(
+            "app_outage_seconds",
+            "Per app that should run and has not for longer than its RTO target: seconds since it stopped running (absent: it runs, or is within its RTO)",
+            m.app_outage.clone(),
+        );
+        registry.register(
+            "apps_outage",
+            "Apps that should run and have not for longer than their RTO target",
+            m.apps_outage.clone(),
+        );
+        registry.register(
             "audit_entries",
             "Entries in the audit log",
             m.audit_entries.clone(),
@@ -144,6 +163,20 @@ impl Metrics {
                     .set(v);
             }
         }
+        self.app_outage.clear();
+        let now = crate::clock::now_ms();
+        let mut outages = 0;
+        for app in a.state.apps.values() {
+            if let Some(since) = app.outage_since_ms {
+                outages += 1;
+                self.app_outage
+                    .get_or_create(&AppLabels {
+                        app: app.id.to_string(),
+                    })
+                    .set(as_i64(now.saturating_sub(since) / 1000));
+            }
+        }
+        self.apps_outage.set(outages);
         self.audit_entries.set(as_i64(a.state.audit.len() as u64));
         self.topology_version
             .set(as_i64(a.state.topology().map_or(0, |t| t.version)));

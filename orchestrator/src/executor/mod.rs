@@ -154,6 +154,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         start_automatic(&node).await;
+        report_outages(&node).await;
         start_scheduled(&node).await;
         serve_volumes(&node).await;
         let running: Vec<u64> = {
@@ -218,6 +219,30 @@ async fn start_automatic(node: &Node) {
         };
         if let Err(e) = node.write(req).await {
             tracing::warn!(node = %node.name, "could not begin the plan: {}", e.message());
+        }
+    }
+}
+
+/// Commit the reconciler's verdicts on apps that should run and do not.
+async fn report_outages(node: &Node) {
+    let verdicts = {
+        let a = node.state.read();
+        crate::reconciler::outages(&a.state, now_ms())
+    };
+    for (app, since_ms) in verdicts {
+        match since_ms {
+            Some(_) => {
+                tracing::error!(node = %node.name, %app, "app should run and has not for longer than its RTO target")
+            }
+            None => tracing::warn!(node = %node.name, %app, "app runs again"),
+        }
+        let req = Request {
+            actor: SYSTEM_ACTOR.into(),
+            at_ms: now_ms(),
+            command: Command::SetAppOutage { app, since_ms },
+        };
+        if let Err(e) = node.write(req).await {
+            tracing::warn!(node = %node.name, "could not record an app outage: {}", e.message());
         }
     }
 }

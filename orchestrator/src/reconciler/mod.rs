@@ -20,8 +20,12 @@
 //! - no restore of its app ended within [`RETRY_MS`] (a restore that cannot succeed
 //!   is retried at that pace, not every tick).
 //!
-//! Pure: the executor calls [`restore`] with the state and the time; it decides nothing
-//! else and does no I/O.
+//! It also says when an app that should run has not run for longer than its RTO target
+//! ([`outages`]), and when it runs again: the app's record carries it (`app status`,
+//! the `metrodr_apps_outage` metric) and the audit log has both ends (`app.outage`).
+//!
+//! Pure: the executor calls [`restore`] and [`outages`] with the state and the time; it
+//! decides nothing else and does no I/O.
 
 use std::collections::BTreeSet;
 
@@ -29,7 +33,7 @@ use topology::{AppId, HostId, VmId};
 
 use crate::plan::{StoppedVm, Trigger};
 use crate::state::{
-    AgentAction, ClusterState, CommandStatus, Desired, HostState, OpStatus, SiteState,
+    AgentAction, AppHealth, ClusterState, CommandStatus, Desired, HostState, OpStatus, SiteState,
 };
 
 /// A restore of an app is not begun again within this long after the last one ended.
@@ -137,6 +141,62 @@ fn restored_lately(s: &ClusterState, app: &AppId, now_ms: u64) -> bool {
         })
         .and_then(|o| o.ended_ms)
         .is_some_and(|end| now_ms.saturating_sub(end) < RETRY_MS)
+}
+
+/// What the reconciler says about apps that should run and do not (pure): per app
+/// whose verdict changes, `Some(since)` — it has not run for longer than its RTO target
+/// since then — or `None` — it runs again (or should not run any more).
+pub fn outages(s: &ClusterState, now_ms: u64) -> Vec<(AppId, Option<u64>)> {
+    let Some(topo) = s.topology().map(|t| &t.model) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for rec in s.apps.values() {
+        let Some(app) = topo.app(&rec.id) else {
+            continue;
+        };
+        let health = s.app_status(&rec.id).map(|st| st.health);
+        let down = matches!(
+            health,
+            Some(AppHealth::Down | AppHealth::Degraded | AppHealth::Failed)
+        );
+        let should_run = rec.desired == Desired::Running;
+        match rec.outage_since_ms {
+            None if should_run && down => {
+                let since = app
+                    .vms
+                    .iter()
+                    .filter_map(|vm| not_running_since(s, &vm.id, rec.placement.get(&vm.id)))
+                    .min();
+                if let Some(since) = since
+                    && now_ms.saturating_sub(since) > u64::from(app.rto_target_s) * 1000
+                {
+                    out.push((rec.id.clone(), Some(since)));
+                }
+            }
+            Some(_) if !should_run || health == Some(AppHealth::Running) => {
+                out.push((rec.id.clone(), None));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Since when `vm` (placed on `placed`) has not run there, as far as the reports say;
+/// None when it runs there, or was never reported (not started yet).
+fn not_running_since(s: &ClusterState, vm: &VmId, placed: Option<&HostId>) -> Option<u64> {
+    let rec = s.vms.get(vm)?;
+    let host = placed.and_then(|h| s.hosts.get(h));
+    if let Some(h) = host
+        && h.state != HostState::Up
+    {
+        return Some(h.last_seen_ms.unwrap_or(h.since_ms).min(rec.since_ms));
+    }
+    if rec.state.is_active() && Some(&rec.host) == placed {
+        return None;
+    }
+    Some(rec.since_ms)
 }
 
 /// The apps a restore names (for logs and tests).

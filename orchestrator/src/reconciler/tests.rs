@@ -221,3 +221,53 @@ fn an_app_an_operation_moves_is_the_operations_and_a_restore_is_not_repeated_at_
     assert_eq!(names(&s, ended + RETRY_MS - 1), vec![]);
     assert_eq!(names(&s, ended + RETRY_MS), vec![(vm, host)]);
 }
+
+#[test]
+fn an_app_down_past_its_rto_is_said_once_and_said_again_when_it_runs() {
+    let (mut s, vm, host) = one_stopped();
+    let app = s.vms.get(&vm).unwrap().app.clone();
+    let rto_ms = u64::from(
+        s.topology()
+            .and_then(|t| t.model.app(&app))
+            .unwrap()
+            .rto_target_s,
+    ) * 1000;
+    assert_eq!(outages(&s, STOPPED + rto_ms), vec![], "within its RTO");
+    let due = outages(&s, STOPPED + rto_ms + 1);
+    assert_eq!(due, vec![(app.clone(), Some(STOPPED))]);
+    apply(
+        &mut s,
+        STOPPED + rto_ms + 1,
+        Command::SetAppOutage {
+            app: app.clone(),
+            since_ms: Some(STOPPED),
+        },
+    );
+    let said = |s: &ClusterState| match s.audit.last().map(|(_, e)| &e.event) {
+        Some(crate::state::AuditEvent::AppOutage {
+            app: a, ended_ms, ..
+        }) if *a == app => Some(*ended_ms),
+        _ => None,
+    };
+    assert_eq!(said(&s), Some(None), "audited: not running past its RTO");
+    let status = s.app_status(&app).unwrap();
+    assert!(
+        matches!(status.reasons.first(), Some(crate::state::AppReason::Outage { since_ms, .. }) if *since_ms == STOPPED),
+        "{status:?}"
+    );
+    assert_eq!(outages(&s, STOPPED + 2 * rto_ms), vec![], "said once");
+    // It runs again: said, and the record is clear.
+    report(&mut s, STOPPED + 3 * rto_ms, &host, &vm, VmState::Running);
+    assert_eq!(outages(&s, STOPPED + 3 * rto_ms), vec![(app.clone(), None)]);
+    apply(
+        &mut s,
+        STOPPED + 3 * rto_ms,
+        Command::SetAppOutage {
+            app: app.clone(),
+            since_ms: None,
+        },
+    );
+    assert_eq!(said(&s), Some(Some(STOPPED + 3 * rto_ms)));
+    assert_eq!(s.apps.get(&app).unwrap().outage_since_ms, None);
+    assert_eq!(outages(&s, STOPPED + 4 * rto_ms), vec![]);
+}

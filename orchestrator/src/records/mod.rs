@@ -209,6 +209,10 @@ pub struct VmRecord {
     pub state: VmState,
     pub since_ms: u64,
     pub reason: String,
+    /// Other hosts (where it ran before it moved) whose agents confirmed it is off
+    /// there: each confirmation is audited once, not at every periodic report.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub confirmed_off: BTreeSet<HostId>,
 }
 
 /// What the operator wants an app to be.
@@ -252,6 +256,10 @@ pub struct AppRecord {
     /// started again: the reconciler leaves them as they are.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub held: BTreeSet<VmId>,
+    /// It should run and has not, for longer than its RTO target: since when (set and
+    /// cleared by the leader's reconciler, audited both ways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

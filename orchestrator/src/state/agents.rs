@@ -359,16 +359,11 @@ impl ClusterState {
                 && !matches!(state, VmState::Running | VmState::Paused);
             if moved_away {
                 // Recorded in the audit log only (the old host confirms the VM is off
-                // there), unless it says what it said before, or the VM runs where it
-                // moved (no news: agents send every state again periodically).
-                let said = self.vms.get(vm).is_some_and(|r| {
-                    r.state == *state
-                        || (r.state.is_active()
-                            && self
-                                .hosts
-                                .get(&r.host)
-                                .is_some_and(|h| h.state == HostState::Up))
-                });
+                // there), once per host: agents send every state again periodically.
+                let said = self
+                    .vms
+                    .get_mut(vm)
+                    .is_some_and(|r| !r.confirmed_off.insert(host.clone()));
                 if !said {
                     changes.push(VmStateChange {
                         vm: vm.clone(),
@@ -390,6 +385,13 @@ impl ClusterState {
                 state: *state,
                 placed_here: true,
             });
+            // Confirmations from other hosts hold while the VM stays on this one.
+            let confirmed_off = self
+                .vms
+                .get(vm)
+                .filter(|r| &r.host == host)
+                .map(|r| r.confirmed_off.clone())
+                .unwrap_or_default();
             self.vms.insert(
                 vm.clone(),
                 VmRecord {
@@ -399,6 +401,7 @@ impl ClusterState {
                     state: *state,
                     since_ms: req.at_ms,
                     reason: reason.to_string(),
+                    confirmed_off,
                 },
             );
         }

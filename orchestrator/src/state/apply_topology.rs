@@ -159,6 +159,7 @@ impl ClusterState {
                     state: AppState::Stopped,
                     placement: BTreeMap::new(),
                     held: Default::default(),
+                    outage_since_ms: None,
                 });
             if !production.contains(&&rec.active_site) {
                 return reject(

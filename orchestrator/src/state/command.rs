@@ -181,6 +181,12 @@ pub enum Command {
         states: Vec<(VmId, VmState)>,
         reason: String,
     },
+    /// The reconciler's verdict on an app that should run: not running for longer
+    /// than its RTO target since `since_ms` (Some), or running again (None).
+    SetAppOutage {
+        app: AppId,
+        since_ms: Option<u64>,
+    },
     /// Something an agent did on its own (self-fencing), for the audit log.
     AgentEvent {
         host: HostId,

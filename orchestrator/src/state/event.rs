@@ -175,6 +175,14 @@ pub enum AuditEvent {
         host: HostId,
         event: AgentEvent,
     },
+    /// An app that should run has not run for longer than its RTO target since
+    /// `since_ms` (`ended_ms` None), or runs again (`ended_ms`: when that was seen).
+    AppOutage {
+        app: AppId,
+        since_ms: u64,
+        rto_target_s: u32,
+        ended_ms: Option<u64>,
+    },
 }
 
 /// One VM's reported state.
@@ -216,6 +224,7 @@ impl AuditEvent {
             AuditEvent::CommandResults { .. } => "agent.result",
             AuditEvent::VmStates { .. } => "vm.state",
             AuditEvent::Agent { .. } => "agent.event",
+            AuditEvent::AppOutage { .. } => "app.outage",
         }
     }
 
@@ -484,6 +493,25 @@ impl fmt::Display for AuditEvent {
                     .join(", ")
             ),
             AuditEvent::Agent { host, event } => write!(f, "host {host}: {event}"),
+            AuditEvent::AppOutage {
+                app,
+                since_ms,
+                rto_target_s,
+                ended_ms: None,
+            } => write!(
+                f,
+                "app {app} should run and has not since {since_ms} (ms), longer than its RTO target of {rto_target_s} s"
+            ),
+            AuditEvent::AppOutage {
+                app,
+                since_ms,
+                ended_ms: Some(end),
+                ..
+            } => write!(
+                f,
+                "app {app} runs again after {} s not running",
+                end.saturating_sub(*since_ms) / 1000
+            ),
         }
     }
 }

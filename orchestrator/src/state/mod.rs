@@ -17,6 +17,7 @@ mod command;
 mod event;
 mod invariants;
 mod operations;
+mod outage;
 mod queries;
 mod steps;
 pub mod table;
@@ -415,6 +416,7 @@ impl ClusterState {
                 reason,
             } => self.set_vm_states(req, host, states, reason, true),
             Command::AgentEvent { host, event } => self.agent_event(host, event),
+            Command::SetAppOutage { app, since_ms } => self.set_app_outage(req, app, *since_ms),
         }
     }
 

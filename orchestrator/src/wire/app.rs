@@ -64,6 +64,13 @@ pub fn app_reason_to_wire(r: &AppReason) -> pb::AppReason {
         AppReason::LastOperationFailed { op } => R::LastOperationFailed(pb::LastOperationFailed {
             op: op.map(|o| o.0),
         }),
+        AppReason::Outage {
+            since_ms,
+            rto_target_s,
+        } => R::Outage(pb::Outage {
+            since_ms: *since_ms,
+            rto_target_s: *rto_target_s,
+        }),
     };
     pb::AppReason {
         reason: Some(reason),
@@ -103,6 +110,10 @@ pub fn app_reason_from_wire(r: pb::AppReason) -> Result<AppReason, WireError> {
         },
         R::StoppedByOperator(_) => AppReason::StoppedByOperator,
         R::LastOperationFailed(f) => AppReason::LastOperationFailed { op: f.op.map(OpId) },
+        R::Outage(o) => AppReason::Outage {
+            since_ms: o.since_ms,
+            rto_target_s: o.rto_target_s,
+        },
     })
 }
 

@@ -259,6 +259,17 @@ pub fn audit_event_to_wire(e: &AuditEvent) -> pb::AuditEvent {
                 })
                 .collect(),
         }),
+        AuditEvent::AppOutage {
+            app,
+            since_ms,
+            rto_target_s,
+            ended_ms,
+        } => E::AppOutage(pb::AppOutage {
+            app: s(app),
+            since_ms: *since_ms,
+            rto_target_s: *rto_target_s,
+            ended_ms: *ended_ms,
+        }),
         AuditEvent::SiteRecovered {
             site,
             losses_forgotten,
@@ -483,6 +494,12 @@ pub fn audit_event_from_wire(e: pb::AuditEvent) -> Result<AuditEvent, WireError>
                     ))
                 })
                 .collect::<Result<_, WireError>>()?,
+        },
+        E::AppOutage(o) => AuditEvent::AppOutage {
+            app: app(o.app)?,
+            since_ms: o.since_ms,
+            rto_target_s: o.rto_target_s,
+            ended_ms: o.ended_ms,
         },
         E::SiteRecovered(r) => AuditEvent::SiteRecovered {
             site: site(r.site)?,

@@ -92,6 +92,12 @@ pub enum AppReason {
     LastOperationFailed {
         op: Option<OpId>,
     },
+    /// It should run and has not since `since_ms`, for longer than its RTO target (the
+    /// reconciler's verdict, recorded until it runs again).
+    Outage {
+        since_ms: u64,
+        rto_target_s: u32,
+    },
 }
 
 impl fmt::Display for AppReason {
@@ -118,6 +124,13 @@ impl fmt::Display for AppReason {
             AppReason::LastOperationFailed { op: None } => {
                 write!(f, "the last operation moving it failed")
             }
+            AppReason::Outage {
+                since_ms,
+                rto_target_s,
+            } => write!(
+                f,
+                "should run and has not since {since_ms} ms after the epoch (longer than its RTO target of {rto_target_s} s)"
+            ),
         }
     }
 }
@@ -203,6 +216,15 @@ impl ClusterState {
         };
         if health != AppHealth::Stopped {
             reasons.extend(self.replicas_behind_of(model));
+        }
+        if let Some(since_ms) = rec.outage_since_ms {
+            reasons.insert(
+                0,
+                AppReason::Outage {
+                    since_ms,
+                    rto_target_s: model.map_or(0, |m| m.rto_target_s),
+                },
+            );
         }
         Some(AppStatus { health, reasons })
     }

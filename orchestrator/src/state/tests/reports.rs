@@ -89,3 +89,47 @@ fn a_complete_report_leaves_vms_recorded_on_other_hosts_alone() {
     assert!(matches!(r, Response::Rejected(_)), "{r:?}");
     assert_eq!(s.vms.get(&vm).map(|r| r.state), Some(VmState::Running));
 }
+
+#[test]
+fn the_host_a_vm_moved_from_confirms_it_off_once_however_often_it_reports() {
+    let mut s = cluster(2, 12);
+    let (vm, host) = placed(&s);
+    applied(&s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(vm.clone(), VmState::Running)],
+        reason: "started".into(),
+    })));
+    let old = s
+        .hosts
+        .keys()
+        .find(|h| **h != host)
+        .cloned()
+        .expect("another host");
+    // The old host says it is off there: audited once (placed elsewhere).
+    let off = |s: &mut ClusterState| {
+        s.apply(&req(Command::ReportAllVms {
+            host: old.clone(),
+            states: vec![(vm.clone(), VmState::ShutOff)],
+            reason: "periodic".into(),
+        }))
+    };
+    applied(&off(&mut s));
+    let Some(AuditEvent::VmStates { changes, .. }) = s.audit.last().map(|(_, e)| &e.event) else {
+        panic!("a VM report")
+    };
+    assert_eq!(changes.len(), 1);
+    assert!(!changes[0].placed_here);
+    assert_eq!(s.vms.get(&vm).map(|r| r.host.clone()), Some(host.clone()));
+    let before = s.audit.len();
+    for _ in 0..3 {
+        assert!(matches!(off(&mut s), Response::Rejected(_)));
+    }
+    assert_eq!(s.audit.len(), before, "said once");
+    // A change where it runs keeps the confirmation.
+    applied(&s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(vm.clone(), VmState::Paused)],
+        reason: "paused".into(),
+    })));
+    assert!(matches!(off(&mut s), Response::Rejected(_)));
+}

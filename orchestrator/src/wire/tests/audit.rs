@@ -141,6 +141,18 @@ fn every_event() -> Vec<AuditEvent> {
             losses_forgotten: 2,
             behind: vec![(v.clone(), DataState::Inconsistent)],
         },
+        AuditEvent::AppOutage {
+            app: a.clone(),
+            since_ms: 1_000,
+            rto_target_s: 30,
+            ended_ms: None,
+        },
+        AuditEvent::AppOutage {
+            app: a.clone(),
+            since_ms: 1_000,
+            rto_target_s: 30,
+            ended_ms: Some(90_000),
+        },
         AuditEvent::Note { text: "n".into() },
         AuditEvent::Membership { change: "c".into() },
         AuditEvent::Refused {
@@ -217,4 +229,42 @@ fn a_malformed_event_is_an_error() {
         audit_event_from_wire(bad_state),
         Err(WireError::UnknownEnum { .. })
     ));
+}
+
+#[test]
+fn every_app_reason_crosses_the_wire_unchanged() {
+    use crate::state::{AppReason, DataState, OpKind, VmSeen, VmState};
+    use crate::wire::{app_reason_from_wire, app_reason_to_wire};
+    let reasons = vec![
+        AppReason::Moving {
+            op: OpId(3),
+            kind: OpKind::Failover,
+        },
+        AppReason::VmNotRunning {
+            vm: VmId::new("db-1"),
+            host: Some(HostId::new("north-h1")),
+            seen: VmSeen::State {
+                state: VmState::ShutOff,
+            },
+        },
+        AppReason::VmNotRunning {
+            vm: VmId::new("db-1"),
+            host: None,
+            seen: VmSeen::NotReported,
+        },
+        AppReason::ReplicaBehind {
+            volume: VolumeId::new("db-data"),
+            site: SiteId::new("south"),
+            data: DataState::Syncing,
+        },
+        AppReason::StoppedByOperator,
+        AppReason::LastOperationFailed { op: Some(OpId(2)) },
+        AppReason::Outage {
+            since_ms: 1_700_000_000_000,
+            rto_target_s: 60,
+        },
+    ];
+    for r in reasons {
+        assert_eq!(app_reason_from_wire(app_reason_to_wire(&r)).unwrap(), r);
+    }
 }
