@@ -479,6 +479,78 @@ async fn a_real_guest_whose_host_lost_its_lease_is_killed_at_once_and_restarts_w
     drop(lab.north);
 }
 
+/// A guest that dies on its own (its QEMU killed, the host and its agent fine) is no
+/// event any failover rule names: the reconciler sees it stopped where it should run and
+/// restarts it there, from its own disk, with a `restore` operation that names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_guest_that_dies_is_restarted_where_it_runs_by_the_reconciler() {
+    let _g = serial();
+    let lab = start_lab("mdr-crash").await;
+    let pid_file = format!("/run/libvirt/qemu/{}.pid", lab.vm);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("reading {pid_file}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("the pid in {pid_file}: {e}"));
+    let before = chaos::guest::parse_console(&std::fs::read_to_string(&lab.north_console).unwrap());
+    // This test's own domain, by the PID libvirt recorded for it.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(killed.success(), "kill -KILL {pid}: {killed}");
+    let acked = before.max_ack.unwrap_or(0);
+    let log = wait_console(
+        &lab.north_console,
+        "the guest to boot again at north and write on",
+        Duration::from_secs(120),
+        |l| l.boots >= 2 && l.ready && l.resume_after.len() >= 2,
+    )
+    .await;
+    let resumed = log.resume_after[1];
+    eprintln!(
+        "the guest acknowledged at least {acked} records before it died and found {resumed} after its restart"
+    );
+    assert!(
+        resumed >= acked,
+        "the restarted guest's disk lacks acknowledged records: it found {resumed}, {acked} were acknowledged"
+    );
+    let c = client(&lab.any).await.expect("a node answers");
+    let ops = lab::api::operations(&c).await;
+    let restore = ops
+        .iter()
+        .find_map(|o| match o.plan.as_ref().map(|p| &p.trigger) {
+            Some(orchestrator::plan::Trigger::Restore { vms }) => Some((o, vms.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no restore operation among {:?}",
+                ops.iter().map(|o| &o.note).collect::<Vec<_>>()
+            )
+        });
+    let (op, vms) = restore;
+    assert_eq!(
+        vms.iter()
+            .map(|v| (v.vm.to_string(), v.host.to_string()))
+            .collect::<Vec<_>>(),
+        vec![(lab.vm.clone(), "north-h1".to_string())],
+        "{}",
+        op.note
+    );
+    let done = wait_op(&lab.addrs, op.id.0, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        ops.len(),
+        1,
+        "nothing else ran: {:?}",
+        ops.iter().map(|o| &o.note).collect::<Vec<_>>()
+    );
+    assert_eq!(vm_state(&lab.any, &lab.vm).await, Some(RUNNING));
+    drop(lab.south);
+    drop(lab.north);
+}
+
 #[test]
 fn the_demo_with_real_guests_fails_every_app_over_and_loses_no_record() {
     let _g = serial();
