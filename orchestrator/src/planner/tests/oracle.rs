@@ -40,6 +40,11 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         Trigger::HostFenced { host } => Some(host),
         _ => None,
     };
+    // A restore: the VMs it names, where they are placed.
+    let restore: Option<BTreeMap<&VmId, &HostId>> = match t {
+        Trigger::Restore { vms } => Some(vms.iter().map(|v| (&v.vm, &v.host)).collect()),
+        _ => None,
+    };
     let graceful = matches!(t, Trigger::Switchover { .. } | Trigger::Failback { .. });
     let loss = matches!(t, Trigger::SiteLost { .. } | Trigger::HostLost { .. });
     let site_down = |id: &SiteId| s.sites.get(id).is_some_and(|r| r.state == SiteState::Down);
@@ -80,7 +85,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
 
         // Promotion: the whole consistency group, every replica at the target up to date.
         let group: Vec<&VolumeId> = model.volumes.iter().map(|v| &v.id).collect();
-        if lost_host.is_some() || fenced_host.is_some() {
+        if lost_host.is_some() || fenced_host.is_some() || restore.is_some() {
             assert_eq!(m.from, m.to, "{ctx}");
             assert!(m.volumes.is_empty(), "{ctx}: a host loss promotes nothing");
         } else {
@@ -102,6 +107,16 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
         // brings back, besides the lost host's, the app's VMs reported stopped on its
         // other up hosts (a stall fenced them too), each where it is placed.
         let fenced: BTreeMap<VmId, HostId> = match (lost_host, fenced_host) {
+            // A restore: what it names that is still stopped where it is placed.
+            (None, None) if restore.is_some() => rec
+                .placement
+                .iter()
+                .filter(|(vm, h)| {
+                    restore.as_ref().and_then(|r| r.get(vm)) == Some(h)
+                        && stopped_on(s, &m.app, h).contains(*vm)
+                })
+                .map(|(vm, h)| (vm.clone(), h.clone()))
+                .collect(),
             (_, Some(_)) => rec
                 .placement
                 .iter()
@@ -132,6 +147,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
                 .chain(fenced.keys())
                 .collect(),
             (None, Some(_)) => fenced.keys().collect(),
+            (None, None) if restore.is_some() => fenced.keys().collect(),
             (None, None) => vms.clone(),
         };
         let started: BTreeSet<&VmId> = m.starts.iter().map(|(v, _)| v).collect();
@@ -146,7 +162,7 @@ pub(super) fn check_plan(s: &ClusterState, t: &Trigger, p: &Plan) {
                 "{ctx}: {vm} starts on {h}"
             );
             assert_ne!(Some(h), lost_host, "{ctx}: {vm} restarts on the lost host");
-            if fenced_host.is_some() || fenced.contains_key(vm) {
+            if fenced_host.is_some() || restore.is_some() || fenced.contains_key(vm) {
                 assert_eq!(
                     Some(h),
                     fenced.get(vm),
@@ -322,7 +338,10 @@ pub(super) fn check_skip(
             );
         }
         SkipReason::FencedHostDown { host } => {
-            assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+            assert!(
+                matches!(t, Trigger::HostFenced { .. } | Trigger::Restore { .. }),
+                "{ctx}"
+            );
             assert!(!stopped_on(s, &k.app, host).is_empty(), "{ctx}");
             assert_ne!(
                 s.hosts.get(host).map(|r| r.state),
@@ -331,7 +350,10 @@ pub(super) fn check_skip(
             );
         }
         SkipReason::NotServedAgain { host } => {
-            assert!(matches!(t, Trigger::HostFenced { .. }), "{ctx}");
+            assert!(
+                matches!(t, Trigger::HostFenced { .. } | Trigger::Restore { .. }),
+                "{ctx}"
+            );
             assert!(!stopped_on(s, &k.app, host).is_empty(), "{ctx}");
             assert_eq!(replica_host_of(s, model, &to).as_ref(), Some(host), "{ctx}");
             assert!(!s.serves_since_registration(&k.app, host), "{ctx}");
@@ -339,6 +361,18 @@ pub(super) fn check_skip(
         SkipReason::AlreadyActive { site } => {
             assert_eq!((&rec.active_site, site), (&to, &to), "{ctx}");
             assert!(!matches!(t, Trigger::HostLost { .. }), "{ctx}");
+            // A restore skips an app only when nothing it names is stopped any more.
+            if let Trigger::Restore { vms } = t {
+                for v in vms.iter().filter(|v| v.app == k.app) {
+                    assert!(
+                        rec.placement.get(&v.vm) != Some(&v.host)
+                            || !stopped_on(s, &k.app, &v.host).contains(&v.vm),
+                        "{ctx}: {} is still stopped on {}",
+                        v.vm,
+                        v.host
+                    );
+                }
+            }
         }
         SkipReason::TargetDown { site } => {
             assert_eq!(site, &to, "{ctx}");

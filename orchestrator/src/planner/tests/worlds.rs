@@ -30,7 +30,42 @@ pub(super) fn some_apps(rng: &mut SplitMix64, s: &ClusterState) -> Vec<AppId> {
 pub(super) fn random_trigger(rng: &mut SplitMix64, s: &ClusterState) -> Trigger {
     let sites = [site(A), site(B)];
     let hosts: Vec<HostId> = s.hosts.iter().map(|(h, _)| h.clone()).collect();
-    match rng.range(0, 10) {
+    match rng.range(0, 11) {
+        // (A world where nothing is placed has nothing to restore: a failback then.)
+        10 if s.apps.iter().all(|(_, a)| a.placement.is_empty()) => Trigger::Failback {
+            apps: some_apps(rng, s),
+        },
+        10 => Trigger::Restore {
+            // Some placed VMs of some apps, stopped or not (the planner restarts only
+            // those still stopped where they are placed); never none (refused).
+            vms: some_apps(rng, s)
+                .into_iter()
+                .filter_map(|a| s.apps.get(&a).cloned())
+                .filter(|rec| !rec.placement.is_empty())
+                .chain(
+                    s.apps
+                        .iter()
+                        .map(|(_, a)| a.clone())
+                        .filter(|a| !a.placement.is_empty())
+                        .take(1),
+                )
+                .flat_map(|rec| {
+                    rec.placement
+                        .iter()
+                        .map(|(vm, h)| crate::plan::StoppedVm {
+                            app: rec.id.clone(),
+                            vm: vm.clone(),
+                            host: h.clone(),
+                            state: None,
+                            since_ms: 0,
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .enumerate()
+                .filter(|(i, _)| *i == 0 || rng.chance(60))
+                .map(|(_, v)| v)
+                .collect(),
+        },
         0..=2 => Trigger::SiteLost {
             site: pick(rng, &sites).clone(),
         },
