@@ -144,6 +144,16 @@ fn a_leader_killed_during_a_failover_finishes_it_once() {
 }
 
 #[test]
+fn a_site_back_within_its_lease_runs_its_apps_again_where_they_belong() {
+    scenario("site-blip");
+}
+
+#[test]
+fn two_losses_in_a_row_end_with_every_app_running_where_it_belongs() {
+    scenario("double-loss");
+}
+
+#[test]
 fn a_flapping_link_settles_without_harm() {
     scenario("flapping-link");
 }

@@ -271,3 +271,53 @@ fn an_app_down_past_its_rto_is_said_once_and_said_again_when_it_runs() {
     assert_eq!(s.apps.get(&app).unwrap().outage_since_ms, None);
     assert_eq!(outages(&s, STOPPED + 4 * rto_ms), vec![]);
 }
+
+/// The health gate's view (`stopped_in_place`): a VM whose start on its new host was
+/// never reported, last seen on a host that is not up any more, runs nowhere; one last
+/// seen running on a host that is up is not the gate's to start.
+#[test]
+fn a_vm_last_seen_on_a_lost_host_is_stopped_in_place_for_the_health_gate() {
+    let (mut s, _, _) = one_stopped();
+    // A running VM, and another up host of its site to place it on.
+    let (vm, old) = s
+        .vms
+        .values()
+        .find(|r| r.state == VmState::Running)
+        .map(|r| (r.vm.clone(), r.host.clone()))
+        .unwrap();
+    let site = s.hosts.get(&old).unwrap().site.clone();
+    let new = s
+        .hosts
+        .values()
+        .find(|h| h.site == site && h.id != old)
+        .map(|h| h.id.clone())
+        .unwrap();
+    let topo = s.topology().unwrap().model.clone();
+    let app = topo
+        .apps
+        .iter()
+        .find(|a| a.vms.iter().any(|v| v.id == vm))
+        .unwrap();
+    let model = app.vms.iter().find(|v| v.id == vm).unwrap();
+    let spec = topology::spec::VmSpec::from_model(app, model, topology::spec::NetworkSpec::None);
+    let restart = vec![(new.clone(), spec)];
+    assert!(
+        s.stopped_in_place(&restart).is_empty(),
+        "it runs on {old}, which is up"
+    );
+    apply(
+        &mut s,
+        STOPPED + 1,
+        Command::SetHostState {
+            host: old.clone(),
+            state: HostState::Down,
+            reason: "test".into(),
+            last_seen_ms: None,
+        },
+    );
+    assert_eq!(
+        s.stopped_in_place(&restart).len(),
+        1,
+        "{old} is down: {vm} runs nowhere"
+    );
+}

@@ -61,8 +61,23 @@ impl ClusterState {
     ) -> Vec<&'r (HostId, VmSpec)> {
         restart
             .iter()
-            .filter(|(h, spec)| self.stopped_on_up_host(&spec.vm, h))
+            .filter(|(h, spec)| {
+                self.stopped_on_up_host(&spec.vm, h) || self.last_seen_on_a_lost_host(&spec.vm, h)
+            })
             .collect()
+    }
+
+    /// `vm` is placed on `host`, which is up, and was last reported on another host that
+    /// is not up (its start on `host` was never reported: `host` died and came back
+    /// before its report landed, on an empty hypervisor). It runs nowhere the cluster
+    /// can see; the host that last ran it fenced itself.
+    fn last_seen_on_a_lost_host(&self, vm: &VmId, host: &HostId) -> bool {
+        let up = |h: &HostId| self.hosts.get(h).is_some_and(|r| r.state == HostState::Up);
+        up(host)
+            && self
+                .vms
+                .get(vm)
+                .is_some_and(|r| &r.host != host && !up(&r.host))
     }
 
     /// What operation `op`'s health gate owes of its `restart`: the VMs stopped in place
