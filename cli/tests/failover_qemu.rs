@@ -109,6 +109,27 @@ struct QemuLab {
     _guard: DomainGuard,
 }
 
+/// Wait until the guest booted again at north and writes on; what it found on its disk
+/// after the restart (records).
+async fn rebooted_at_north(lab: &QemuLab) -> u64 {
+    let log = wait_console(
+        &lab.north_console,
+        "the guest to boot again at north and write on",
+        Duration::from_secs(120),
+        |l| l.boots >= 2 && l.ready && l.resume_after.len() >= 2,
+    )
+    .await;
+    log.resume_after[1]
+}
+
+#[track_caller]
+fn no_record_lost(resumed: u64, acked: u64) {
+    assert!(
+        resumed >= acked,
+        "the restarted guest's disk lacks acknowledged records: it found {resumed}, {acked} were acknowledged"
+    );
+}
+
 async fn start_lab(prefix: &str) -> QemuLab {
     if !virsh(&["version"]).0 {
         banner("libvirtd (qemu:///system) is not running: run `bash scripts/start-libvirtd.sh`");
@@ -444,21 +465,11 @@ async fn a_real_guest_whose_host_lost_its_lease_is_killed_at_once_and_restarts_w
     // A hung pause took the agent's libvirt timeout (30 s) here.
     assert!(ms < 10_000, "the fence took {ms} ms: {fenced}");
 
-    let log = wait_console(
-        &lab.north_console,
-        "the guest to boot again at north and write on",
-        Duration::from_secs(120),
-        |l| l.boots >= 2 && l.ready && l.resume_after.len() >= 2,
-    )
-    .await;
-    let resumed = log.resume_after[1];
+    let resumed = rebooted_at_north(&lab).await;
     eprintln!(
         "fenced in {ms} ms; the guest acknowledged {acked} records before the fence and found {resumed} after its restart"
     );
-    assert!(
-        resumed >= acked,
-        "the restarted guest's disk lacks acknowledged records: it found {resumed}, {acked} were acknowledged"
-    );
+    no_record_lost(resumed, acked);
     assert_eq!(
         vm_state(&lab.any, &lab.vm).await,
         Some(RUNNING),
@@ -500,21 +511,11 @@ async fn a_real_guest_that_dies_is_restarted_where_it_runs_by_the_reconciler() {
         .expect("running kill");
     assert!(killed.success(), "kill -KILL {pid}: {killed}");
     let acked = before.max_ack.unwrap_or(0);
-    let log = wait_console(
-        &lab.north_console,
-        "the guest to boot again at north and write on",
-        Duration::from_secs(120),
-        |l| l.boots >= 2 && l.ready && l.resume_after.len() >= 2,
-    )
-    .await;
-    let resumed = log.resume_after[1];
+    let resumed = rebooted_at_north(&lab).await;
     eprintln!(
         "the guest acknowledged at least {acked} records before it died and found {resumed} after its restart"
     );
-    assert!(
-        resumed >= acked,
-        "the restarted guest's disk lacks acknowledged records: it found {resumed}, {acked} were acknowledged"
-    );
+    no_record_lost(resumed, acked);
     let c = client(&lab.any).await.expect("a node answers");
     let ops = lab::api::operations(&c).await;
     let restore = ops

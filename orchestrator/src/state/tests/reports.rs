@@ -12,6 +12,24 @@ fn placed(s: &ClusterState) -> (VmId, HostId) {
         .expect("a placed VM")
 }
 
+/// A cluster with one placed VM reported running on its host, and another host.
+fn running_and_another_host() -> (ClusterState, VmId, HostId, HostId) {
+    let mut s = cluster(2, 12);
+    let (vm, host) = placed(&s);
+    applied(&s.apply(&req(Command::SetVmStates {
+        host: host.clone(),
+        states: vec![(vm.clone(), VmState::Running)],
+        reason: "started".into(),
+    })));
+    let other = s
+        .hosts
+        .keys()
+        .find(|h| **h != host)
+        .cloned()
+        .expect("another host");
+    (s, vm, host, other)
+}
+
 fn applied(r: &Response) {
     assert!(matches!(r, Response::Applied { .. }), "not applied: {r:?}");
 }
@@ -68,19 +86,7 @@ fn a_complete_report_marks_what_it_leaves_out_gone_and_audits_it() {
 
 #[test]
 fn a_complete_report_leaves_vms_recorded_on_other_hosts_alone() {
-    let mut s = cluster(2, 12);
-    let (vm, host) = placed(&s);
-    applied(&s.apply(&req(Command::SetVmStates {
-        host: host.clone(),
-        states: vec![(vm.clone(), VmState::Running)],
-        reason: "started".into(),
-    })));
-    let other = s
-        .hosts
-        .keys()
-        .find(|h| **h != host)
-        .cloned()
-        .expect("another host");
+    let (mut s, vm, host, other) = running_and_another_host();
     let r = s.apply(&req(Command::ReportAllVms {
         host: other,
         states: Vec::new(),
@@ -92,19 +98,7 @@ fn a_complete_report_leaves_vms_recorded_on_other_hosts_alone() {
 
 #[test]
 fn the_host_a_vm_moved_from_confirms_it_off_once_however_often_it_reports() {
-    let mut s = cluster(2, 12);
-    let (vm, host) = placed(&s);
-    applied(&s.apply(&req(Command::SetVmStates {
-        host: host.clone(),
-        states: vec![(vm.clone(), VmState::Running)],
-        reason: "started".into(),
-    })));
-    let old = s
-        .hosts
-        .keys()
-        .find(|h| **h != host)
-        .cloned()
-        .expect("another host");
+    let (mut s, vm, host, old) = running_and_another_host();
     // The old host says it is off there: audited once (placed elsewhere).
     let off = |s: &mut ClusterState| {
         s.apply(&req(Command::ReportAllVms {
