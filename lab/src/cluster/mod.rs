@@ -155,6 +155,9 @@ impl Options {
     }
 }
 
+/// How long [`Lab::client`] waits for a leader.
+pub const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A lab: its processes, its network and how to reach its cluster.
 pub struct Lab {
     // Fields drop in this order: the processes before the link proxies, the proxies
@@ -532,11 +535,17 @@ impl Lab {
 
     /// A client of the leader: reads there see every committed decision (a node that
     /// was just restarted answers from a state that is still catching up).
+    /// Waits up to [`LEADER_WAIT`] for one: a node back from isolation with a higher
+    /// term makes the leader step down, and the election takes about a second.
     pub async fn client(&self) -> Result<Client, LabError> {
-        let (_, addr) = self
-            .leader_at()
+        let (_, addr) = crate::wait::wait(LEADER_WAIT, "a leader", || self.leader_at())
             .await
-            .ok_or_else(|| LabError::refused("no orchestrator node knows a leader"))?;
+            .map_err(|_| {
+                LabError::refused(format!(
+                    "no orchestrator node knows a leader (waited {} s)",
+                    LEADER_WAIT.as_secs()
+                ))
+            })?;
         self.dialer
             .connect_to(&addr)
             .await
