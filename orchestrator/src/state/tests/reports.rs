@@ -86,7 +86,7 @@ fn a_complete_report_marks_what_it_leaves_out_gone_and_audits_it() {
 
 #[test]
 fn a_complete_report_leaves_vms_recorded_on_other_hosts_alone() {
-    let (mut s, vm, host, other) = running_and_another_host();
+    let (mut s, vm, _, other) = running_and_another_host();
     let r = s.apply(&req(Command::ReportAllVms {
         host: other,
         states: Vec::new(),
